@@ -1,0 +1,3 @@
+//! cniscope: sources -> plugins -> topology -> sinks. See ARCHITECTURE.md.
+
+pub mod sources;

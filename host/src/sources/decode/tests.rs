@@ -1,0 +1,152 @@
+use super::*;
+use etherparse::PacketBuilder;
+
+fn ip4(a: [u8; 4]) -> u128 {
+    v4_mapped(a)
+}
+
+/// An Ethernet/IPv4/UDP frame with `payload`.
+fn udp_frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(src, dst, 64)
+        .udp(sport, dport);
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+fn tcp_syn(src: [u8; 4], dst: [u8; 4], seq: u32) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([0xaa, 0, 0, 0, 0, 1], [0xbb, 0, 0, 0, 0, 2])
+        .ipv4(src, dst, 64)
+        .tcp(40000, 8080, seq, 64000)
+        .syn();
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).unwrap();
+    out
+}
+
+#[test]
+fn plain_tcp_syn_has_isn_fingerprint() {
+    let d = decode(
+        LinkType::Ethernet,
+        &tcp_syn([10, 244, 1, 5], [10, 244, 2, 7], 12345),
+        &TunnelPorts::default(),
+    )
+    .unwrap();
+    assert_eq!(d.tunnel, None);
+    assert_eq!(d.inner.src, ip4([10, 244, 1, 5]));
+    assert_eq!(
+        (d.inner.src_port, d.inner.dst_port, d.inner.protocol),
+        (40000, 8080, 6)
+    );
+    assert_eq!(d.inner.tcp_flags & 0x02, 0x02);
+    assert_eq!(d.fingerprint(), (fp::TCP_SYN_ISN, 12345));
+    assert_eq!(d.inner.src_mac, 0xaa0000000001);
+}
+
+#[test]
+fn vxlan_on_flannel_port_decodes_inner_frame() {
+    let inner = tcp_syn([10, 244, 1, 5], [10, 244, 2, 7], 7);
+    let mut payload = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+    payload.extend_from_slice(&inner);
+    let frame = udp_frame([192, 168, 0, 1], [192, 168, 0, 2], 51000, 8472, &payload);
+    let d = decode(LinkType::Ethernet, &frame, &TunnelPorts::default()).unwrap();
+    let t = d.tunnel.expect("tunnel");
+    assert_eq!((t.kind, t.vni), (tunnel::VXLAN, 1));
+    assert_eq!(t.outer.src, ip4([192, 168, 0, 1]));
+    assert_eq!(t.outer.dst_port, 8472);
+    assert_eq!(d.inner.dst, ip4([10, 244, 2, 7]));
+    assert_eq!(d.inner.src_mac, 0xaa0000000001);
+    // Not a configured port: stays plain UDP.
+    let ports = TunnelPorts {
+        vxlan: vec![4789],
+        ..TunnelPorts::default()
+    };
+    assert_eq!(
+        decode(LinkType::Ethernet, &frame, &ports).unwrap().tunnel,
+        None
+    );
+}
+
+#[test]
+fn geneve_options_are_kept() {
+    let inner = tcp_syn([10, 128, 0, 5], [10, 129, 0, 7], 9);
+    // optlen = 2 words: one option class 0x0102 type 0x80 len 1 word.
+    let mut payload = vec![0x02, 0x00, 0x65, 0x58, 0x00, 0x00, 0x05, 0x00];
+    payload.extend_from_slice(&[0x01, 0x02, 0x80, 0x01, 0x00, 0x03, 0x00, 0x04]);
+    payload.extend_from_slice(&inner);
+    let frame = udp_frame([172, 18, 0, 2], [172, 18, 0, 3], 1234, 6081, &payload);
+    let d = decode(LinkType::Ethernet, &frame, &TunnelPorts::default()).unwrap();
+    let t = d.tunnel.unwrap();
+    assert_eq!((t.kind, t.vni), (tunnel::GENEVE, 5));
+    assert_eq!(
+        t.geneve,
+        vec![GeneveOpt {
+            class: 0x0102,
+            kind: 0x80,
+            data: vec![0, 3, 0, 4]
+        }]
+    );
+    assert_eq!(d.inner.src, ip4([10, 128, 0, 5]));
+}
+
+#[test]
+fn ipip_and_flannel_udp_backend() {
+    // Inner IPv4/TCP packet without Ethernet.
+    let inner = &tcp_syn([10, 0, 0, 1], [10, 0, 1, 1], 5)[14..];
+    let b = PacketBuilder::ethernet2([2; 6], [4; 6]).ipv4([192, 168, 1, 1], [192, 168, 1, 2], 64);
+    let mut frame = Vec::new();
+    b.write(&mut frame, IpNumber(4), inner).unwrap();
+    let d = decode(LinkType::Ethernet, &frame, &TunnelPorts::default()).unwrap();
+    assert_eq!(d.tunnel.as_ref().unwrap().kind, tunnel::IPIP);
+    assert_eq!(d.inner.dst, ip4([10, 0, 1, 1]));
+
+    let frame = udp_frame([192, 168, 1, 1], [192, 168, 1, 2], 8285, 8285, inner);
+    let d = decode(LinkType::Ethernet, &frame, &TunnelPorts::default()).unwrap();
+    assert_eq!(d.tunnel.as_ref().unwrap().kind, tunnel::UDP_ENCAP);
+    assert_eq!(d.inner.src, ip4([10, 0, 0, 1]));
+}
+
+#[test]
+fn truncated_and_garbage_frames_are_errors_not_panics() {
+    let frame = tcp_syn([10, 0, 0, 1], [10, 0, 0, 2], 1);
+    for cut in 0..frame.len() {
+        let _ = decode(LinkType::Ethernet, &frame[..cut], &TunnelPorts::default());
+    }
+    assert_eq!(
+        decode(LinkType::Ethernet, &frame[..10], &TunnelPorts::default()),
+        Err(DecodeError::Truncated("ethernet"))
+    );
+    // A deterministic pseudo-random sweep over every link type.
+    let mut x: u32 = 0x1234_5678;
+    for len in 0..400usize {
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        for link in [
+            LinkType::Ethernet,
+            LinkType::RawIp,
+            LinkType::LinuxSll,
+            LinkType::LinuxSll2,
+            LinkType::Null,
+        ] {
+            let _ = decode(link, &bytes, &TunnelPorts::default());
+        }
+    }
+}
+
+#[test]
+fn arp_is_not_ip() {
+    let mut frame = vec![0xff; 12];
+    frame.extend_from_slice(&[0x08, 0x06]);
+    frame.extend_from_slice(&[0; 28]);
+    assert_eq!(
+        decode(LinkType::Ethernet, &frame, &TunnelPorts::default()),
+        Err(DecodeError::NotIp(0x0806))
+    );
+}

@@ -1,0 +1,163 @@
+//! The cniscope plugin SDK.
+//!
+//! A plugin is a type that implements [`Plugin`] and is exported with [`export_plugin!`].
+//! The SDK owns the WIT bindings (`wit/plugin.wit`), so plugin crates never call
+//! `wit_bindgen` themselves, and gives plugin authors:
+//!
+//! - [`batch::Obs`]: a row view over the columnar [`ObservationBatch`] (columns cross the Wasm
+//!   boundary an order of magnitude faster than records; rows are nicer to write rules with);
+//! - [`net`]: addresses, CIDR sets and MACs;
+//! - [`options::Options`]: the operator's TOML options, with errors that name the option;
+//! - [`inventory`]: annotation readers and a pod/node index;
+//! - [`flow::FlowBuilder`]: logical flows;
+//! - [`testkit`]: build batches by hand and run a plugin natively in unit tests.
+//!
+//! # A minimal plugin
+//!
+//! ```
+//! use cniscope_sdk::prelude::*;
+//!
+//! #[derive(Default)]
+//! struct Echo;
+//!
+//! impl Plugin for Echo {
+//!     fn describe() -> Description {
+//!         DescriptionBuilder::new("echo", "0.1.0").cni("any").capture("eth*", IfaceKind::Uplink).build()
+//!     }
+//!     fn process(&mut self, batch: &ObservationBatch) -> Result<Vec<LogicalFlow>, PluginError> {
+//!         Ok(batch_rows(batch)
+//!             .map(|o| {
+//!                 FlowBuilder::new(Endpoint::unknown(o.src_ip()), Endpoint::unknown(o.dst_ip()), o.protocol(), o.dst_port())
+//!                     .counters_from(&o)
+//!                     .evidence("echo")
+//!                     .build()
+//!             })
+//!             .collect())
+//!     }
+//! }
+//!
+//! // In a plugin crate (crate-type = ["cdylib", "rlib"]):
+//! // cniscope_sdk::export_plugin!(Echo);
+//! let flows = cniscope_sdk::testkit::Harness::<Echo>::new().process(&BatchBuilder::new().build()).unwrap();
+//! assert!(flows.is_empty());
+//! ```
+
+pub mod batch;
+pub mod describe;
+pub mod flow;
+pub mod inventory;
+pub mod net;
+pub mod options;
+pub mod testkit;
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "plugin",
+        path: "../wit",
+        default_bindings_module: "cniscope_sdk::bindings",
+        pub_export_macro: true,
+        export_macro_name: "__export_world",
+        additional_derives: [PartialEq],
+    });
+}
+
+pub use bindings::cniscope::plugin::types::{
+    CapturePoint, CaptureSpec, Description, Direction, Endpoint, EndpointSliceInfo, GeneveOptions,
+    IfaceKind, Inventory, Ip, LogicalFlow, NodeInfo, ObservationBatch, OptionSpec, OptionType,
+    PluginError, PodInfo, Role, ServiceInfo, ServicePort,
+};
+
+/// What a CNI plugin implements. The SDK keeps one instance per Wasm instance and calls it
+/// from the exported WIT functions.
+///
+/// Returning `Err` is *data*: the host logs and counts it and the pipeline goes on. A panic
+/// is a *trap*: the host drops the instance, marks the plugin degraded and restarts it.
+pub trait Plugin: Default + 'static {
+    /// Static facts: name, version, CNI kinds, interfaces wanted, options.
+    fn describe() -> Description;
+
+    /// Options from the operator's TOML. The default accepts none.
+    fn configure(&mut self, options: &options::Options) -> Result<(), PluginError> {
+        options.deny_unknown(&[])
+    }
+
+    /// The whole inventory, whenever it changes.
+    fn on_inventory(&mut self, _inventory: Inventory) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    /// Observations in, logical flows out (now or from a later call).
+    fn process(&mut self, batch: &ObservationBatch) -> Result<Vec<LogicalFlow>, PluginError>;
+
+    /// End of a correlation window: return everything still held.
+    fn flush(&mut self, _now_ns: u64) -> Result<Vec<LogicalFlow>, PluginError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Exports a [`Plugin`] as the component's WIT world. Use once, in the plugin crate's root.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        const _: () = {
+            struct __CniscopeExport;
+
+            ::std::thread_local! {
+                static __CNISCOPE_STATE: ::std::cell::RefCell<$plugin> =
+                    ::std::cell::RefCell::new(<$plugin as ::core::default::Default>::default());
+            }
+
+            impl $crate::bindings::Guest for __CniscopeExport {
+                fn describe() -> $crate::Description {
+                    <$plugin as $crate::Plugin>::describe()
+                }
+                fn configure(options: ::std::string::String) -> Result<(), $crate::PluginError> {
+                    let options = $crate::options::Options::parse(&options)?;
+                    __CNISCOPE_STATE
+                        .with(|s| $crate::Plugin::configure(&mut *s.borrow_mut(), &options))
+                }
+                fn on_inventory(snapshot: $crate::Inventory) -> Result<(), $crate::PluginError> {
+                    __CNISCOPE_STATE
+                        .with(|s| $crate::Plugin::on_inventory(&mut *s.borrow_mut(), snapshot))
+                }
+                fn process(
+                    batch: $crate::ObservationBatch,
+                ) -> Result<::std::vec::Vec<$crate::LogicalFlow>, $crate::PluginError> {
+                    __CNISCOPE_STATE.with(|s| $crate::Plugin::process(&mut *s.borrow_mut(), &batch))
+                }
+                fn flush(
+                    now_ns: u64,
+                ) -> Result<::std::vec::Vec<$crate::LogicalFlow>, $crate::PluginError> {
+            __CNISCOPE_STATE.with(|s| $crate::Plugin::flush(&mut *s.borrow_mut(), now_ns))
+                }
+            }
+
+            $crate::bindings::__export_world!(__CniscopeExport with_types_in $crate::bindings);
+        };
+    };
+}
+
+/// Builds a [`PluginError`].
+pub fn error(code: &str, field: &str, message: impl Into<String>) -> PluginError {
+    PluginError {
+        code: code.to_string(),
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Everything a plugin usually needs, in one `use`.
+pub mod prelude {
+    pub use crate::batch::{Obs, Tunnel, batch_rows};
+    pub use crate::describe::DescriptionBuilder;
+    pub use crate::flow::FlowBuilder;
+    pub use crate::inventory::{Annotations, InventoryIndex};
+    pub use crate::net::{Cidr, CidrSet, Mac, ip_from_std, ip_to_std};
+    pub use crate::options::Options;
+    pub use crate::testkit::BatchBuilder;
+    pub use crate::{
+        CapturePoint, Description, Direction, Endpoint, IfaceKind, Inventory, Ip, LogicalFlow,
+        ObservationBatch, OptionType, Plugin, PluginError, Role, error,
+    };
+}

@@ -1,0 +1,133 @@
+//! The operator's options for a plugin (the `[plugins.<name>.options]` TOML table, passed as
+//! JSON). Every error names the option, so the operator knows which line to fix.
+
+use crate::{PluginError, error};
+use serde_json::{Map, Value};
+
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    map: Map<String, Value>,
+}
+
+fn bad(field: &str, message: String) -> PluginError {
+    error("bad-option", field, message)
+}
+
+impl Options {
+    /// Parses the JSON object the host sends; "" means no options.
+    pub fn parse(json: &str) -> Result<Options, PluginError> {
+        if json.trim().is_empty() {
+            return Ok(Options::default());
+        }
+        match serde_json::from_str::<Value>(json) {
+            Ok(Value::Object(map)) => Ok(Options { map }),
+            Ok(_) => Err(bad("", "options must be a table".into())),
+            Err(e) => Err(bad("", format!("options are not valid JSON: {e}"))),
+        }
+    }
+
+    /// Fails on the first option not in `known`, naming it and listing the known ones.
+    pub fn deny_unknown(&self, known: &[&str]) -> Result<(), PluginError> {
+        match self.map.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(k) if known.is_empty() => Err(bad(
+                k,
+                format!("unknown option `{k}`: this plugin takes no options"),
+            )),
+            Some(k) => Err(bad(
+                k,
+                format!(
+                    "unknown option `{k}`, expected one of: {}",
+                    known.join(", ")
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+
+    pub fn string(&self, name: &str, default: &str) -> Result<String, PluginError> {
+        match self.map.get(name) {
+            None => Ok(default.to_string()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(v) => Err(bad(
+                name,
+                format!("option `{name}` must be a string, got {v}"),
+            )),
+        }
+    }
+
+    pub fn integer(&self, name: &str, default: i64) -> Result<i64, PluginError> {
+        match self.map.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .as_i64()
+                .ok_or_else(|| bad(name, format!("option `{name}` must be an integer, got {v}"))),
+        }
+    }
+
+    /// An integer option that must fit `T` (a port, a VNI).
+    pub fn integer_in<T: TryFrom<i64>>(&self, name: &str, default: T) -> Result<T, PluginError> {
+        if !self.has(name) {
+            return Ok(default);
+        }
+        let v = self.integer(name, 0)?;
+        T::try_from(v).map_err(|_| bad(name, format!("option `{name}` is out of range: {v}")))
+    }
+
+    pub fn boolean(&self, name: &str, default: bool) -> Result<bool, PluginError> {
+        match self.map.get(name) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(bad(
+                name,
+                format!("option `{name}` must be true or false, got {v}"),
+            )),
+        }
+    }
+
+    pub fn strings(&self, name: &str) -> Result<Vec<String>, PluginError> {
+        match self.map.get(name) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| {
+                    i.as_str().map(str::to_string).ok_or_else(|| {
+                        bad(
+                            name,
+                            format!("option `{name}` must be a list of strings, got {i}"),
+                        )
+                    })
+                })
+                .collect(),
+            Some(v) => Err(bad(
+                name,
+                format!("option `{name}` must be a list of strings, got {v}"),
+            )),
+        }
+    }
+
+    /// The raw JSON value, for structured options (e.g. a Port_Binding export).
+    pub fn raw(&self, name: &str) -> Option<&Value> {
+        self.map.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_option() {
+        let o = Options::parse(r#"{"vni": "one", "port": 70000}"#).unwrap();
+        assert_eq!(o.integer("vni", 1).unwrap_err().field, "vni");
+        assert_eq!(o.integer_in::<u16>("port", 8472).unwrap_err().field, "port");
+        let e = o.deny_unknown(&["vni"]).unwrap_err();
+        assert_eq!(e.field, "port");
+        assert!(e.message.contains("expected one of: vni"));
+        assert_eq!(Options::parse("").unwrap().integer("vni", 1).unwrap(), 1);
+        assert!(Options::parse("[1]").is_err());
+    }
+}
