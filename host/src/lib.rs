@@ -1,3 +1,9 @@
 //! cniscope: sources -> plugins -> topology -> sinks. See ARCHITECTURE.md.
 
+pub mod config;
+pub mod inventory;
+pub mod pipeline;
+pub mod plugins;
+pub mod sinks;
 pub mod sources;
+pub mod topology;

@@ -1,1 +1,242 @@
-fn main() {}
+//! The `cniscope` command line: the edge where errors become messages and exit codes.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use cniscope::config::{self, EXIT_CONFIG, PluginToLoad, Settings};
+use cniscope::inventory::{Inventory, kubectl};
+use cniscope::pipeline::Pipeline;
+use cniscope::plugins::engine::sha256_file;
+use cniscope::plugins::policy::Grants;
+use cniscope::plugins::{PluginEngine, PluginInstance, PluginSettings};
+use cniscope::sinks::{Format, render};
+use cniscope::sources::decode::TunnelPorts;
+use cniscope::sources::replay::{CaptureSpec, Replay};
+use cniscope::topology::Health;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "cniscope", version, about = "Who is really talking to whom, on any Kubernetes cluster network")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay capture files through the plugins and print the topology.
+    Replay(ReplayArgs),
+    /// Inspect plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Check configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// Capture files (pcap or pcapng), each as `[NODE[/IFACE]=]PATH`.
+    #[arg(required = true)]
+    captures: Vec<CaptureSpec>,
+    /// kubectl JSON dumps (`kubectl get nodes,pods,services,endpointslices -A -o json`).
+    #[arg(long = "inventory", short = 'i')]
+    inventories: Vec<PathBuf>,
+    /// cniscope.toml: plugins, their options and limits.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Without a config: plugins to load from --plugin-dir, by name, with default options.
+    #[arg(long = "plugin", short = 'p')]
+    plugins: Vec<String>,
+    /// Without a config: where plugins are.
+    #[arg(long, default_value = "dist/plugins")]
+    plugin_dir: PathBuf,
+    #[arg(long, short = 'f')]
+    format: Option<Format>,
+    /// Write the topology here instead of stdout.
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+    /// Overrides the window length (seconds of capture time).
+    #[arg(long)]
+    window_secs: Option<f64>,
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// List the plugins in a folder.
+    List {
+        #[arg(long, default_value = "dist/plugins")]
+        dir: PathBuf,
+    },
+    /// Describe one plugin: name, version, CNI kinds, capture points, options, imports, sha256.
+    Inspect { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a cniscope.toml; every problem is printed as file:line:column: key: message.
+    Check { file: PathBuf },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CNISCOPE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Replay(args) => replay(args),
+        Command::Plugin(PluginCommand::List { dir }) => plugin_list(&dir),
+        Command::Plugin(PluginCommand::Inspect { file }) => plugin_inspect(&file),
+        Command::Config(ConfigCommand::Check { file }) => config_check(&file),
+    };
+    if let Err(e) = result {
+        eprintln!("cniscope: {e:#}");
+        let code = if e.downcast_ref::<config::ConfigError>().is_some() { EXIT_CONFIG } else { 1 };
+        std::process::exit(code);
+    }
+}
+
+fn load_settings(args: &ReplayArgs) -> Result<Settings> {
+    let mut settings = match &args.config {
+        Some(path) => config::load(path)?,
+        None => {
+            if args.plugins.is_empty() {
+                bail!("no plugins: pass --plugin NAME (e.g. --plugin flannel) or --config cniscope.toml");
+            }
+            Settings {
+                plugins: args
+                    .plugins
+                    .iter()
+                    .map(|name| PluginToLoad {
+                        path: args.plugin_dir.join(format!("{name}.wasm")),
+                        sha256: None,
+                        settings: PluginSettings::new(name),
+                    })
+                    .collect(),
+                cache_dir: config::default_cache_dir(),
+                ports: TunnelPorts::default(),
+                window_ns: 10_000_000_000,
+                format: None,
+                plugin_dir: args.plugin_dir.clone(),
+            }
+        }
+    };
+    if let Some(w) = args.window_secs {
+        if !(w > 0.0) {
+            bail!("--window-secs must be above 0");
+        }
+        settings.window_ns = (w * 1e9) as u64;
+    }
+    Ok(settings)
+}
+
+fn load_inventory(paths: &[PathBuf]) -> Result<Inventory> {
+    let mut inv = Inventory::default();
+    for p in paths {
+        inv.merge(kubectl::load_file(p).context("loading the inventory")?);
+    }
+    Ok(inv)
+}
+
+fn replay(args: ReplayArgs) -> Result<()> {
+    let settings = load_settings(&args)?;
+    let inventory = load_inventory(&args.inventories)?;
+    let engine = PluginEngine::new(settings.cache_dir.clone())?;
+    let mut pipeline = Pipeline::new(&engine, &settings.plugins, inventory)?;
+    let mut ports = settings.ports.clone();
+    let (vx, gn) = pipeline.wanted_ports();
+    ports.vxlan.extend(vx);
+    ports.geneve.extend(gn);
+    let mut replay = Replay::open(&args.captures, ports, settings.window_ns)?;
+    replay.run(|points, obs, end| pipeline.window(points, &obs, end));
+    let stats = &replay.stats;
+    let mut health = Health::default();
+    for (reason, n) in &stats.malformed {
+        health.drops.insert(format!("malformed packet: {reason}"), *n);
+    }
+    if stats.unsupported_linktype > 0 {
+        health.drops.insert("unsupported link type".into(), stats.unsupported_linktype);
+    }
+    health.errors.extend(stats.file_errors.iter().cloned());
+    for e in &stats.file_errors {
+        tracing::warn!("{e}");
+    }
+    let doc = pipeline.doc(health);
+    let format = args.format.or(settings.format).unwrap_or(Format::Table);
+    let text = render(&doc, format);
+    match &args.output {
+        Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+fn plugin_inspect(file: &Path) -> Result<()> {
+    let engine = PluginEngine::new(config::default_cache_dir())?;
+    // A refused plugin is still inspected: the refusal is what the operator needs to see.
+    let loaded = match engine.load(file, None, &Grants::default()) {
+        Ok(l) => l,
+        Err(cniscope::plugins::PluginError::Refused { detail, .. }) => {
+            println!("file:      {}\nsha256:    {}\nREFUSED:   {detail}", file.display(), sha256_file(file)?);
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let imports = loaded.imports.clone();
+    let sha = loaded.sha256.clone();
+    let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_string();
+    let p = PluginInstance::start(&engine, loaded, PluginSettings::new(&name))?;
+    let d = &p.description;
+    println!("file:      {}", file.display());
+    println!("sha256:    {sha}");
+    println!("name:      {}", d.name);
+    println!("version:   {}", d.version);
+    println!("cni kinds: {}", d.cni_kinds.join(", "));
+    println!("capture:");
+    for c in &d.capture {
+        let dirs = [(c.ingress, "ingress"), (c.egress, "egress")].iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect::<Vec<_>>();
+        println!("  {:<16} {:?} ({})", c.pattern, c.kind, dirs.join("+"));
+    }
+    println!("options:");
+    for o in &d.options {
+        let default = if o.default.is_empty() { "required".to_string() } else { format!("default {}", o.default) };
+        println!("  {:<16} {:?}, {default}: {}", o.name, o.type_, o.doc);
+    }
+    if !d.vxlan_ports.is_empty() || !d.geneve_ports.is_empty() {
+        println!("extra ports: vxlan {:?} geneve {:?}", d.vxlan_ports, d.geneve_ports);
+    }
+    println!("imports:");
+    for i in imports {
+        println!("  {i}");
+    }
+    Ok(())
+}
+
+fn plugin_list(dir: &Path) -> Result<()> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading plugin folder {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+        .collect();
+    files.sort();
+    let engine = PluginEngine::new(config::default_cache_dir())?;
+    for f in files {
+        let name = f.file_stem().and_then(|s| s.to_str()).unwrap_or("?").to_string();
+        let line = engine
+            .load(&f, None, &Grants::default())
+            .map_err(anyhow::Error::from)
+            .and_then(|l| Ok(PluginInstance::start(&engine, l, PluginSettings::new(&name))?))
+            .map(|p| format!("{:<12} {:<8} cni: {}", p.description.name, p.description.version, p.description.cni_kinds.join(",")))
+            .unwrap_or_else(|e| format!("{name:<12} unusable: {e:#}"));
+        println!("{:<28} {line}", f.file_name().and_then(|s| s.to_str()).unwrap_or("?"));
+    }
+    Ok(())
+}
+
+fn config_check(file: &Path) -> Result<()> {
+    let s = config::load(file)?;
+    println!("{}: ok ({} plugins: {})", file.display(), s.plugins.len(), s.plugins.iter().map(|p| p.settings.name.as_str()).collect::<Vec<_>>().join(", "));
+    Ok(())
+}

@@ -48,6 +48,7 @@ pub mod fp {
     pub const TCP_SEQ: u8 = 2;
     pub const IPV4_ID: u8 = 3;
     pub const PAYLOAD_HASH: u8 = 4;
+    pub const TCP_SYNACK_ISN: u8 = 5;
 }
 
 /// TCP flag bits in the `tcp-flags` column.
@@ -204,16 +205,12 @@ impl<'a> Obs<'a> {
             })
     }
 
-    /// The packet's TCP handshake role, if the flags tell: `Some(true)` if this direction is
-    /// the client's (SYN without ACK), `Some(false)` if the server's (SYN+ACK).
+    /// Whether this direction is the TCP client's, if the handshake was seen: `Some(true)`
+    /// for the SYN's direction, `Some(false)` for the SYN+ACK's.
     pub fn tcp_client_side(&self) -> Option<bool> {
-        if self.protocol() != 6 {
-            return None;
-        }
-        let f = self.tcp_flags();
-        match (f & tcp::SYN != 0, f & tcp::ACK != 0) {
-            (true, false) => Some(true),
-            (true, true) => Some(false),
+        match self.fp_kind() {
+            fp::TCP_SYN_ISN => Some(true),
+            fp::TCP_SYNACK_ISN => Some(false),
             _ => None,
         }
     }

@@ -1,6 +1,6 @@
 //! Packets -> observations: one observation per flow direction per capture point per window.
 
-use super::decode::{Decoded, GeneveOpt, L3L4};
+use super::decode::{Decoded, GeneveOpt, L3L4, fp};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 

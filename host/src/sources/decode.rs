@@ -29,6 +29,7 @@ pub mod fp {
     pub const TCP_SEQ: u8 = 2;
     pub const IPV4_ID: u8 = 3;
     pub const PAYLOAD_HASH: u8 = 4;
+    pub const TCP_SYNACK_ISN: u8 = 5;
 }
 
 /// Link-layer types we read (pcap LINKTYPE_* values).
@@ -143,7 +144,8 @@ impl Decoded {
     pub fn fingerprint(&self) -> (u8, u32) {
         let p = &self.inner;
         match (p.protocol, p.ip_id) {
-            (6, _) if p.tcp_flags & 0x02 != 0 => (fp::TCP_SYN_ISN, p.tcp_seq),
+            (6, _) if p.tcp_flags & 0x12 == 0x02 => (fp::TCP_SYN_ISN, p.tcp_seq),
+            (6, _) if p.tcp_flags & 0x12 == 0x12 => (fp::TCP_SYNACK_ISN, p.tcp_seq),
             (6, _) => (fp::TCP_SEQ, p.tcp_seq),
             (_, Some(id)) => (fp::IPV4_ID, (id as u32) << 16 | p.payload_len as u32),
             (_, None) => (fp::PAYLOAD_HASH, p.payload_hash ^ p.payload_len as u32),

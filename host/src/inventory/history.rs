@@ -1,0 +1,107 @@
+//! Names endpoints by IP *at a time*: an IP reused by a new pod must not inherit the old
+//! pod's edges, so every lookup says when.
+
+use super::Inventory;
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+/// What an address belonged to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// Index into `Inventory::pods`.
+    Pod(usize),
+    /// Index into `Inventory::nodes`.
+    Node(usize),
+    /// Index into `Inventory::services`.
+    Service(usize),
+}
+
+#[derive(Clone, Debug)]
+struct Tenure {
+    from_ns: u64,
+    /// 0 = open-ended.
+    until_ns: u64,
+    owner: Owner,
+}
+
+#[derive(Default, Debug)]
+pub struct IpHistory {
+    by_ip: HashMap<IpAddr, Vec<Tenure>>,
+}
+
+impl IpHistory {
+    pub fn new(inv: &Inventory) -> IpHistory {
+        let mut h = IpHistory::default();
+        for (i, n) in inv.nodes.iter().enumerate() {
+            for ip in &n.addresses {
+                h.add(*ip, 0, 0, Owner::Node(i));
+            }
+        }
+        for (i, s) in inv.services.iter().enumerate() {
+            for ip in s.cluster_ips.iter().chain(&s.external_ips) {
+                h.add(*ip, 0, 0, Owner::Service(i));
+            }
+        }
+        for (i, p) in inv.pods.iter().enumerate() {
+            // A host-network pod's IP is its node's: the node names that address.
+            if p.host_network {
+                continue;
+            }
+            for ip in &p.ips {
+                h.add(*ip, p.created_ns, p.deleted_ns, Owner::Pod(i));
+            }
+        }
+        for tenures in h.by_ip.values_mut() {
+            tenures.sort_by_key(|t| t.from_ns);
+        }
+        h
+    }
+
+    fn add(&mut self, ip: IpAddr, from_ns: u64, until_ns: u64, owner: Owner) {
+        self.by_ip.entry(ip).or_default().push(Tenure { from_ns, until_ns, owner });
+    }
+
+    /// The owner of `ip` at `at_ns`: of the tenures that had begun by then and not ended, the
+    /// one that began last. A flow seen before any known tenure began (clock skew, or a pod
+    /// created during the window) goes to the earliest tenure.
+    pub fn owner_at(&self, ip: IpAddr, at_ns: u64) -> Option<&Owner> {
+        let tenures = self.by_ip.get(&ip)?;
+        tenures
+            .iter()
+            .rev()
+            .find(|t| t.from_ns <= at_ns && (t.until_ns == 0 || at_ns < t.until_ns))
+            .or_else(|| tenures.iter().find(|t| at_ns < t.from_ns))
+            .map(|t| &t.owner)
+    }
+
+    /// Every owner `ip` ever had, for deciding whether an address is in the cluster at all.
+    pub fn known(&self, ip: IpAddr) -> bool {
+        self.by_ip.contains_key(&ip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::Pod;
+
+    #[test]
+    fn reused_ip_goes_to_the_pod_that_held_it_then() {
+        let ip: IpAddr = "10.244.1.5".parse().unwrap();
+        let pod = |name: &str, from, until| Pod {
+            namespace: "default".into(),
+            name: name.into(),
+            ips: vec![ip],
+            created_ns: from,
+            deleted_ns: until,
+            ..Pod::default()
+        };
+        let inv = Inventory { pods: vec![pod("old", 100, 200), pod("new", 250, 0)], ..Inventory::default() };
+        let h = IpHistory::new(&inv);
+        assert_eq!(h.owner_at(ip, 150), Some(&Owner::Pod(0)));
+        assert_eq!(h.owner_at(ip, 300), Some(&Owner::Pod(1)));
+        assert_eq!(h.owner_at(ip, 50), Some(&Owner::Pod(0)));
+        // Between the two lives nobody held it.
+        assert_eq!(h.owner_at(ip, 220), None);
+    }
+}

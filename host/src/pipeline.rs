@@ -1,0 +1,75 @@
+//! The pipeline: a source's windows of observations go through every plugin, and the logical
+//! flows they return become the topology.
+//!
+//! Plugins run side by side, not in series: each receives every batch (one cluster runs one
+//! CNI, so normally one plugin is active). Batches are cut at [`MAX_BATCH`] observations so a
+//! plugin's memory stays bounded whatever the window holds.
+
+use crate::config::PluginToLoad;
+use crate::inventory::Inventory;
+use crate::plugins::bindings::wit;
+use crate::plugins::{PluginEngine, PluginError, PluginInstance, convert};
+use crate::sources::aggregate::{Observation, PointTable};
+use crate::topology::resolve::Resolver;
+use crate::topology::{Health, Topology, TopologyDoc};
+
+pub const MAX_BATCH: usize = 16_384;
+
+pub struct Pipeline {
+    pub plugins: Vec<PluginInstance>,
+    resolver: Resolver,
+    topology: Topology,
+    windows: u64,
+}
+
+impl Pipeline {
+    /// Loads and starts every plugin; the first that cannot start is the error (its config
+    /// or file is wrong, and the operator must fix it before we report anything).
+    pub fn new(engine: &PluginEngine, to_load: &[PluginToLoad], inventory: Inventory) -> Result<Pipeline, PluginError> {
+        let mut plugins = Vec::new();
+        for p in to_load {
+            let loaded = engine.load(&p.path, p.sha256.as_deref(), &p.settings.grants)?;
+            plugins.push(PluginInstance::start(engine, loaded, p.settings.clone())?);
+        }
+        let snapshot = convert::inventory(&inventory);
+        for p in &mut plugins {
+            p.on_inventory(&snapshot);
+        }
+        Ok(Pipeline { plugins, resolver: Resolver::new(inventory), topology: Topology::default(), windows: 0 })
+    }
+
+    /// Extra tunnel ports the plugins asked to decode.
+    pub fn wanted_ports(&self) -> (Vec<u16>, Vec<u16>) {
+        let vx = self.plugins.iter().flat_map(|p| p.description.vxlan_ports.clone()).collect();
+        let gn = self.plugins.iter().flat_map(|p| p.description.geneve_ports.clone()).collect();
+        (vx, gn)
+    }
+
+    /// One window: process in bounded batches, then flush at the window's end.
+    pub fn window(&mut self, points: &PointTable, observations: &[Observation], end_ns: u64) {
+        self.windows += 1;
+        let mut flows: Vec<wit::LogicalFlow> = Vec::new();
+        for chunk in observations.chunks(MAX_BATCH) {
+            let batch = convert::batch(points.all(), chunk);
+            for p in &mut self.plugins {
+                flows.extend(p.process(&batch));
+            }
+        }
+        for p in &mut self.plugins {
+            flows.extend(p.flush(end_ns));
+        }
+        if let (Some(first), Some(last)) = (observations.iter().map(|o| o.first_ns).min(), observations.iter().map(|o| o.last_ns).max()) {
+            self.topology.cover(first, last);
+        }
+        for f in &flows {
+            self.topology.add(&self.resolver, f);
+        }
+    }
+
+    pub fn doc(&self, mut health: Health) -> TopologyDoc {
+        for p in &self.plugins {
+            health.plugins.insert(p.name().to_string(), p.health().clone());
+        }
+        self.topology.doc(health)
+    }
+}

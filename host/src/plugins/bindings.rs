@@ -1,0 +1,8 @@
+//! Host-side bindings generated from `wit/plugin.wit`.
+
+wasmtime::component::bindgen!({
+    world: "plugin",
+    path: "../wit",
+});
+
+pub use cniscope::plugin::types as wit;

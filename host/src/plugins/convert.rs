@@ -1,0 +1,181 @@
+//! Host types -> WIT types: observations become one columnar batch, the inventory a snapshot.
+
+use super::bindings::wit;
+use crate::inventory::{Inventory, ServicePort};
+use crate::sources::aggregate::{CapturePoint, Direction, IfaceKind, Observation};
+use std::net::IpAddr;
+
+pub fn ip(addr: IpAddr) -> wit::Ip {
+    let bits = u128::from(match addr {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    });
+    ip_bits(bits)
+}
+
+pub fn ip_bits(bits: u128) -> wit::Ip {
+    wit::Ip { hi: (bits >> 64) as u64, lo: bits as u64 }
+}
+
+pub fn ip_to_std(ip: wit::Ip) -> IpAddr {
+    bits_to_std(((ip.hi as u128) << 64) | ip.lo as u128)
+}
+
+/// 128-bit (IPv4-mapped) address -> std address.
+pub fn bits_to_std(bits: u128) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(bits);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+fn point(p: &CapturePoint) -> wit::CapturePoint {
+    wit::CapturePoint {
+        node: p.node.clone(),
+        iface: p.iface.clone(),
+        kind: match p.kind {
+            IfaceKind::PodVeth => wit::IfaceKind::PodVeth,
+            IfaceKind::Bridge => wit::IfaceKind::Bridge,
+            IfaceKind::Tunnel => wit::IfaceKind::Tunnel,
+            IfaceKind::Uplink => wit::IfaceKind::Uplink,
+            IfaceKind::Other => wit::IfaceKind::Other,
+        },
+        direction: match p.direction {
+            Direction::Ingress => wit::Direction::Ingress,
+            Direction::Egress => wit::Direction::Egress,
+            Direction::Unknown => wit::Direction::Unknown,
+        },
+    }
+}
+
+/// Builds one columnar batch. `points` is the source's point table: observations index into it.
+pub fn batch(points: &[CapturePoint], obs: &[Observation]) -> wit::ObservationBatch {
+    let n = obs.len();
+    macro_rules! col {
+        ($f:expr) => {
+            obs.iter().map($f).collect::<Vec<_>>()
+        };
+    }
+    let mut geneve = wit::GeneveOptions {
+        obs: Vec::new(),
+        class: Vec::new(),
+        type_: Vec::new(),
+        data_start: Vec::new(),
+        data_len: Vec::new(),
+        data: Vec::new(),
+    };
+    for (i, o) in obs.iter().enumerate() {
+        for g in &o.geneve {
+            geneve.obs.push(i as u32);
+            geneve.class.push(g.class);
+            geneve.type_.push(g.kind);
+            geneve.data_start.push(geneve.data.len() as u32);
+            geneve.data_len.push(g.data.len().min(255) as u8);
+            geneve.data.extend_from_slice(&g.data[..g.data.len().min(255)]);
+        }
+    }
+    let b = wit::ObservationBatch {
+        points: points.iter().map(point).collect(),
+        point: col!(|o| o.key.point),
+        src_ip_hi: col!(|o| (o.key.src >> 64) as u64),
+        src_ip_lo: col!(|o| o.key.src as u64),
+        dst_ip_hi: col!(|o| (o.key.dst >> 64) as u64),
+        dst_ip_lo: col!(|o| o.key.dst as u64),
+        protocol: col!(|o| o.key.protocol),
+        src_port: col!(|o| o.key.src_port),
+        dst_port: col!(|o| o.key.dst_port),
+        src_mac: col!(|o| o.src_mac),
+        dst_mac: col!(|o| o.dst_mac),
+        tcp_flags: col!(|o| o.tcp_flags),
+        fp_kind: col!(|o| o.fp_kind),
+        fingerprint: col!(|o| o.fingerprint),
+        packets: col!(|o| o.packets),
+        bytes: col!(|o| o.bytes),
+        first_ns: col!(|o| o.first_ns),
+        last_ns: col!(|o| o.last_ns),
+        tunnel: col!(|o| o.key.tunnel),
+        vni: col!(|o| o.key.vni),
+        outer_src_hi: col!(|o| (o.key.outer_src >> 64) as u64),
+        outer_src_lo: col!(|o| o.key.outer_src as u64),
+        outer_dst_hi: col!(|o| (o.key.outer_dst >> 64) as u64),
+        outer_dst_lo: col!(|o| o.key.outer_dst as u64),
+        outer_src_port: col!(|o| o.key.outer_src_port),
+        outer_dst_port: col!(|o| o.key.outer_dst_port),
+        outer_src_mac: col!(|o| o.outer_src_mac),
+        outer_dst_mac: col!(|o| o.outer_dst_mac),
+        geneve,
+    };
+    debug_assert_eq!(b.point.len(), n);
+    b
+}
+
+fn pairs(m: &std::collections::BTreeMap<String, String>) -> Vec<(String, String)> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn ports(p: &[ServicePort]) -> Vec<wit::ServicePort> {
+    p.iter()
+        .map(|p| wit::ServicePort {
+            name: p.name.clone(),
+            protocol: p.protocol,
+            port: p.port,
+            target_port: p.target_port,
+            node_port: p.node_port,
+        })
+        .collect()
+}
+
+pub fn inventory(inv: &Inventory) -> wit::Inventory {
+    wit::Inventory {
+        nodes: inv
+            .nodes
+            .iter()
+            .map(|n| wit::NodeInfo {
+                name: n.name.clone(),
+                addresses: n.addresses.iter().copied().map(ip).collect(),
+                pod_cidrs: n.pod_cidrs.clone(),
+                annotations: pairs(&n.annotations),
+                labels: pairs(&n.labels),
+            })
+            .collect(),
+        pods: inv
+            .pods
+            .iter()
+            .map(|p| wit::PodInfo {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                node: p.node.clone(),
+                ips: p.ips.iter().copied().map(ip).collect(),
+                host_network: p.host_network,
+                workload: p.workload.clone(),
+                annotations: pairs(&p.annotations),
+                created_ns: p.created_ns,
+                deleted_ns: p.deleted_ns,
+            })
+            .collect(),
+        services: inv
+            .services
+            .iter()
+            .map(|s| wit::ServiceInfo {
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+                type_: s.kind.clone(),
+                cluster_ips: s.cluster_ips.iter().copied().map(ip).collect(),
+                external_ips: s.external_ips.iter().copied().map(ip).collect(),
+                ports: ports(&s.ports),
+                external_traffic_policy: s.external_traffic_policy.clone(),
+            })
+            .collect(),
+        endpoint_slices: inv
+            .endpoint_slices
+            .iter()
+            .map(|e| wit::EndpointSliceInfo {
+                namespace: e.namespace.clone(),
+                service: e.service.clone(),
+                addresses: e.addresses.iter().copied().map(ip).collect(),
+                ports: ports(&e.ports),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,293 @@
+//! One running plugin: its Store, limits, deadline, fault handling and health counters.
+//!
+//! Two tiers of plugin failure, as in wasmtime's own WASI: a WIT `result` error is *data*
+//! (logged, counted, the plugin keeps running); a trap is a *fault* (the Store is dropped, the
+//! plugin restarts from its `InstancePre` on the next call, and after `max_restarts` faults it
+//! is disabled). Either way the observations it could not handle are counted as lost.
+
+use super::bindings::{Plugin, PluginPre, wit};
+use super::engine::{EPOCH_TICK, LoadedComponent, PluginEngine, PluginError};
+use super::policy::Grants;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// How a plugin runs; from the config, with defaults.
+#[derive(Clone, Debug)]
+pub struct PluginSettings {
+    pub name: String,
+    /// The plugin's options as a JSON object.
+    pub options_json: String,
+    pub memory_limit_bytes: usize,
+    pub call_deadline: Duration,
+    pub max_restarts: u32,
+    pub grants: Grants,
+}
+
+impl PluginSettings {
+    pub fn new(name: &str) -> PluginSettings {
+        PluginSettings {
+            name: name.to_string(),
+            options_json: "{}".into(),
+            memory_limit_bytes: 64 << 20,
+            call_deadline: Duration::from_millis(2000),
+            max_restarts: 3,
+            grants: Grants::default(),
+        }
+    }
+}
+
+/// Health counters, exported in the topology's `health.plugins`.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct PluginHealth {
+    /// "ok", "degraded" (faulted, restarted) or "disabled" (too many faults).
+    pub state: String,
+    pub calls: u64,
+    /// WIT `result` errors returned by the plugin.
+    pub errors: u64,
+    pub traps: u64,
+    pub deadline_kills: u64,
+    pub memory_kills: u64,
+    pub restarts: u64,
+    pub observations_in: u64,
+    /// Observations in batches the plugin faulted on or was disabled for.
+    pub observations_lost: u64,
+    pub flows_out: u64,
+    pub busy_ms: f64,
+    pub peak_memory_bytes: u64,
+    pub last_fault: Option<String>,
+}
+
+/// Enforces the memory cap and remembers whether it had to.
+struct Limits {
+    max_bytes: usize,
+    denied: bool,
+    peak: usize,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.denied = true;
+            return Ok(false);
+        }
+        self.peak = self.peak.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+pub struct StoreState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: Limits,
+    stderr: MemoryOutputPipe,
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+struct Live {
+    store: Store<StoreState>,
+    plugin: Plugin,
+}
+
+pub struct PluginInstance {
+    pub settings: PluginSettings,
+    pub description: wit::Description,
+    pub sha256: String,
+    pre: PluginPre<StoreState>,
+    live: Option<Live>,
+    /// Kept to re-send after a restart.
+    inventory: Option<wit::Inventory>,
+    health: PluginHealth,
+}
+
+type CallResult<R> = wasmtime::Result<Result<R, wit::PluginError>>;
+
+impl PluginInstance {
+    /// Instantiates, describes and configures the plugin. Bad options are an error here,
+    /// before any traffic: the operator must fix the config.
+    pub fn start(engine: &PluginEngine, loaded: LoadedComponent, settings: PluginSettings) -> Result<Self, PluginError> {
+        let name = settings.name.clone();
+        let start_err = |detail: String| PluginError::Start { name: name.clone(), detail };
+        let mut linker: Linker<StoreState> = Linker::new(&engine.engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| start_err(format!("{e:#}")))?;
+        let pre = linker.instantiate_pre(&loaded.component).map_err(|e| start_err(format!("{e:#}")))?;
+        let pre = PluginPre::new(pre).map_err(|e| start_err(format!("not a cniscope plugin: {e:#}")))?;
+        let mut me = PluginInstance {
+            settings,
+            description: empty_description(),
+            sha256: loaded.sha256,
+            pre,
+            live: None,
+            inventory: None,
+            health: PluginHealth { state: "ok".into(), ..PluginHealth::default() },
+        };
+        let live = me.instantiate().map_err(|e| start_err(format!("{e:#}")))?;
+        me.live = Some(live);
+        me.description = me
+            .call("describe", 0, |p, s| p.call_describe(s).map(Ok))
+            .ok_or_else(|| start_err(format!("describe failed: {}", me.health.last_fault.clone().unwrap_or_default())))?;
+        let options = me.settings.options_json.clone();
+        match me.call_raw("configure", 0, |p, s| p.call_configure(s, &options)) {
+            Some(Ok(())) => Ok(me),
+            Some(Err(e)) => Err(PluginError::Rejected { name, code: e.code, field: e.field, message: e.message }),
+            None => Err(start_err(format!("configure failed: {}", me.health.last_fault.clone().unwrap_or_default()))),
+        }
+    }
+
+    fn instantiate(&self) -> wasmtime::Result<Live> {
+        let stderr = MemoryOutputPipe::new(64 << 10);
+        // No env, no args, no preopened directories, no network, no stdin.
+        let wasi = WasiCtx::builder().stdout(MemoryOutputPipe::new(64 << 10)).stderr(stderr.clone()).build();
+        let limits = Limits { max_bytes: self.settings.memory_limit_bytes, denied: false, peak: 0 };
+        let mut store = Store::new(self.pre.engine(), StoreState { wasi, table: ResourceTable::new(), limits, stderr });
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.deadline_ticks());
+        let plugin = self.pre.instantiate(&mut store)?;
+        Ok(Live { store, plugin })
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.settings.call_deadline.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1
+    }
+
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    pub fn health(&self) -> &PluginHealth {
+        &self.health
+    }
+
+    pub fn on_inventory(&mut self, inv: &wit::Inventory) {
+        self.inventory = Some(inv.clone());
+        if let Some(Err(e)) = self.call_raw("on-inventory", 0, |p, s| p.call_on_inventory(s, inv)) {
+            self.data_error("on-inventory", &e);
+        }
+    }
+
+    pub fn process(&mut self, batch: &wit::ObservationBatch) -> Vec<wit::LogicalFlow> {
+        let n = batch.point.len() as u64;
+        self.health.observations_in += n;
+        let out = self.call("process", n, |p, s| p.call_process(s, batch)).unwrap_or_default();
+        self.health.flows_out += out.len() as u64;
+        out
+    }
+
+    pub fn flush(&mut self, now_ns: u64) -> Vec<wit::LogicalFlow> {
+        let out = self.call("flush", 0, |p, s| p.call_flush(s, now_ns)).unwrap_or_default();
+        self.health.flows_out += out.len() as u64;
+        out
+    }
+
+    /// A call whose WIT error is handled here (logged and counted).
+    fn call<R>(&mut self, what: &str, lost: u64, f: impl FnOnce(&Plugin, &mut Store<StoreState>) -> CallResult<R>) -> Option<R> {
+        match self.call_raw(what, lost, f)? {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.data_error(what, &e);
+                None
+            }
+        }
+    }
+
+    fn data_error(&mut self, what: &str, e: &wit::PluginError) {
+        self.health.errors += 1;
+        tracing::warn!(plugin = %self.settings.name, call = what, code = %e.code, field = %e.field, "{}", e.message);
+    }
+
+    /// Runs one call under the deadline; a trap drops the Store and returns None.
+    fn call_raw<R>(&mut self, what: &str, lost: u64, f: impl FnOnce(&Plugin, &mut Store<StoreState>) -> CallResult<R>) -> Option<Result<R, wit::PluginError>> {
+        if self.health.state == "disabled" {
+            self.health.observations_lost += lost;
+            return None;
+        }
+        if self.live.is_none() {
+            if let Err(e) = self.restart() {
+                self.fault(what, lost, format!("restart failed: {e:#}"), None);
+                return None;
+            }
+        }
+        let live = self.live.as_mut()?;
+        let ticks = (self.settings.call_deadline.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1;
+        live.store.set_epoch_deadline(ticks);
+        let started = Instant::now();
+        let result = f(&live.plugin, &mut live.store);
+        self.health.calls += 1;
+        self.health.busy_ms += started.elapsed().as_secs_f64() * 1e3;
+        let limits = &live.store.data().limits;
+        self.health.peak_memory_bytes = self.health.peak_memory_bytes.max(limits.peak as u64);
+        match result {
+            Ok(r) => Some(r),
+            Err(err) => {
+                let kind = if limits.denied {
+                    self.health.memory_kills += 1;
+                    "memory limit"
+                } else if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+                    self.health.deadline_kills += 1;
+                    "deadline"
+                } else {
+                    self.health.traps += 1;
+                    "trap"
+                };
+                let stderr = String::from_utf8_lossy(&live.store.data().stderr.contents()).trim().to_string();
+                self.fault(what, lost, format!("{kind}: {err:#}"), Some(stderr));
+                None
+            }
+        }
+    }
+
+    fn fault(&mut self, what: &str, lost: u64, detail: String, stderr: Option<String>) {
+        self.live = None;
+        self.health.observations_lost += lost;
+        let disabled = self.health.restarts >= self.settings.max_restarts as u64;
+        self.health.state = if disabled { "disabled" } else { "degraded" }.into();
+        let tail: String = stderr.unwrap_or_default().lines().rev().take(3).collect::<Vec<_>>().join(" | ");
+        tracing::error!(
+            plugin = %self.settings.name, call = what, lost_observations = lost, state = %self.health.state,
+            stderr = %tail, "plugin fault: {detail}"
+        );
+        self.health.last_fault = Some(if tail.is_empty() { format!("{what}: {detail}") } else { format!("{what}: {detail} ({tail})") });
+    }
+
+    /// A fresh instance from the template, configured and given the last inventory again.
+    fn restart(&mut self) -> wasmtime::Result<()> {
+        self.health.restarts += 1;
+        let mut live = self.instantiate()?;
+        let options = self.settings.options_json.clone();
+        if let Err(e) = live.plugin.call_configure(&mut live.store, &options)? {
+            wasmtime::bail!("configure: {}", e.message);
+        }
+        if let Some(inv) = &self.inventory {
+            live.store.set_epoch_deadline(self.deadline_ticks());
+            let _ = live.plugin.call_on_inventory(&mut live.store, inv)?;
+        }
+        self.live = Some(live);
+        tracing::info!(plugin = %self.settings.name, restarts = self.health.restarts, "plugin restarted");
+        Ok(())
+    }
+}
+
+fn empty_description() -> wit::Description {
+    wit::Description {
+        name: String::new(),
+        version: String::new(),
+        cni_kinds: Vec::new(),
+        capture: Vec::new(),
+        options: Vec::new(),
+        vxlan_ports: Vec::new(),
+        geneve_ports: Vec::new(),
+    }
+}

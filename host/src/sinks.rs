@@ -1,0 +1,84 @@
+//! Sinks render the topology: JSON (the contract), Graphviz DOT, and a table for people.
+
+use crate::topology::TopologyDoc;
+use std::fmt::Write;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Table,
+    Json,
+    Dot,
+}
+
+pub fn render(doc: &TopologyDoc, format: Format) -> String {
+    match format {
+        Format::Json => serde_json::to_string_pretty(doc).expect("topology serializes") + "\n",
+        Format::Dot => dot(doc),
+        Format::Table => table(doc),
+    }
+}
+
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn dot(doc: &TopologyDoc) -> String {
+    let mut out = String::from("digraph cniscope {\n  rankdir=LR;\n  node [fontname=\"Helvetica\"];\n");
+    for n in &doc.nodes {
+        let shape = match n.kind.as_str() {
+            "pod" => "box",
+            "service" => "ellipse",
+            "node" => "box3d",
+            _ => "diamond",
+        };
+        let _ = writeln!(out, "  {} [label={}, shape={shape}];", quote(&n.id), quote(&n.id));
+    }
+    for e in &doc.edges {
+        let via = e.service.as_deref().map(|s| format!(" via {s}")).unwrap_or_default();
+        let label = format!("{}/{}{via}\\n{} pkts", e.protocol, e.port, e.packets);
+        let _ = writeln!(out, "  {} -> {} [label={}];", quote(&e.src), quote(&e.dst), quote(&label).replace("\\\\n", "\\n"));
+    }
+    out.push_str("}\n");
+    out
+}
+
+fn table(doc: &TopologyDoc) -> String {
+    let rows: Vec<[String; 6]> = doc
+        .edges
+        .iter()
+        .map(|e| {
+            [
+                e.src.clone(),
+                e.dst.clone(),
+                e.service.clone().unwrap_or_else(|| "-".into()),
+                format!("{}/{}", e.protocol, e.port),
+                e.packets.to_string(),
+                e.evidence.iter().cloned().collect::<Vec<_>>().join(","),
+            ]
+        })
+        .collect();
+    let header = ["CLIENT", "SERVER", "SERVICE", "PORT", "PACKETS", "EVIDENCE"].map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    for r in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    let _ = writeln!(out, "\n{} edges, {} endpoints, window {} .. {}", doc.edges.len(), doc.nodes.len(), doc.window.start, doc.window.end);
+    for (name, h) in &doc.health.plugins {
+        let _ = writeln!(out, "plugin {name}: {} ({} calls, {} traps, {} deadline kills, {} memory kills, {} observations lost)", h.state, h.calls, h.traps, h.deadline_kills, h.memory_kills, h.observations_lost);
+    }
+    for (reason, n) in &doc.health.drops {
+        let _ = writeln!(out, "dropped {n}: {reason}");
+    }
+    for e in &doc.health.errors {
+        let _ = writeln!(out, "error: {e}");
+    }
+    out
+}

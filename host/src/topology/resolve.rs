@@ -1,0 +1,114 @@
+//! Names the endpoints plugins refer to by role and address, with the time-indexed IP history.
+
+use super::NodeEntry;
+use crate::inventory::Inventory;
+use crate::inventory::history::{IpHistory, Owner};
+use crate::plugins::bindings::wit;
+use crate::plugins::convert::ip_to_std;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+pub struct Resolver {
+    inv: Inventory,
+    history: IpHistory,
+}
+
+impl Resolver {
+    pub fn new(inv: Inventory) -> Resolver {
+        let history = IpHistory::new(&inv);
+        Resolver { inv, history }
+    }
+
+    pub fn inventory(&self) -> &Inventory {
+        &self.inv
+    }
+
+    fn entry(&self, owner: &Owner, ip: Option<IpAddr>) -> NodeEntry {
+        let ips: BTreeSet<String> = ip.map(|i| i.to_string()).into_iter().collect();
+        match owner {
+            Owner::Pod(i) => {
+                let p = &self.inv.pods[*i];
+                NodeEntry {
+                    id: format!("pod/{}/{}", p.namespace, p.name),
+                    kind: "pod".into(),
+                    namespace: Some(p.namespace.clone()),
+                    name: p.name.clone(),
+                    workload: Some(p.workload.clone()).filter(|w| !w.is_empty()),
+                    node: Some(p.node.clone()).filter(|n| !n.is_empty()),
+                    ips,
+                }
+            }
+            Owner::Node(i) => self.node_entry(&self.inv.nodes[*i].name, ips),
+            Owner::Service(i) => {
+                let s = &self.inv.services[*i];
+                NodeEntry {
+                    id: format!("service/{}/{}", s.namespace, s.name),
+                    kind: "service".into(),
+                    namespace: Some(s.namespace.clone()),
+                    name: s.name.clone(),
+                    workload: None,
+                    node: None,
+                    ips,
+                }
+            }
+        }
+    }
+
+    fn node_entry(&self, name: &str, ips: BTreeSet<String>) -> NodeEntry {
+        NodeEntry {
+            id: format!("node/{name}"),
+            kind: "node".into(),
+            namespace: None,
+            name: name.to_string(),
+            workload: None,
+            node: None,
+            ips,
+        }
+    }
+
+    fn by_ip(&self, kind: &str, ip: IpAddr) -> NodeEntry {
+        NodeEntry {
+            id: format!("{kind}/{ip}"),
+            kind: kind.into(),
+            namespace: None,
+            name: ip.to_string(),
+            workload: None,
+            node: None,
+            ips: [ip.to_string()].into_iter().collect(),
+        }
+    }
+
+    /// Names an endpoint at time `at_ns`. A plugin's role is a claim about *what kind* of
+    /// thing the address is; the inventory decides *which* one it was at that time.
+    pub fn resolve(&self, ep: &wit::Endpoint, at_ns: u64) -> NodeEntry {
+        let ip = (ep.ip.hi != 0 || ep.ip.lo != 0).then(|| ip_to_std(ep.ip));
+        let owner = ip.and_then(|ip| self.history.owner_at(ip, at_ns));
+        match ep.role {
+            wit::Role::Node if !ep.name.is_empty() => self.node_entry(&ep.name, ip.map(|i| i.to_string()).into_iter().collect()),
+            wit::Role::Service if !ep.name.is_empty() => {
+                let (ns, name) = ep.name.split_once('/').unwrap_or(("default", ep.name.as_str()));
+                match self.inv.services.iter().position(|s| s.namespace == ns && s.name == name) {
+                    Some(i) => self.entry(&Owner::Service(i), ip),
+                    None => NodeEntry {
+                        id: format!("service/{ns}/{name}"),
+                        kind: "service".into(),
+                        namespace: Some(ns.into()),
+                        name: name.into(),
+                        workload: None,
+                        node: None,
+                        ips: ip.map(|i| i.to_string()).into_iter().collect(),
+                    },
+                }
+            }
+            wit::Role::External => match ip {
+                Some(ip) => self.by_ip("external", ip),
+                None => self.by_ip("unknown", IpAddr::from([0, 0, 0, 0])),
+            },
+            _ => match (owner, ip) {
+                (Some(owner), ip) => self.entry(owner, ip),
+                (None, Some(ip)) => self.by_ip("unknown", ip),
+                (None, None) => self.by_ip("unknown", IpAddr::from([0, 0, 0, 0])),
+            },
+        }
+    }
+}
