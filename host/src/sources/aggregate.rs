@@ -176,7 +176,7 @@ impl Aggregator {
         // A SYN seen after other packets (out-of-order capture) still gives the ISN.
         if d.inner.protocol == 6
             && d.inner.tcp_flags & 0x02 != 0
-            && obs.fp_kind != super::decode::fp::TCP_SYN_ISN
+            && !matches!(obs.fp_kind, fp::TCP_SYN_ISN | fp::TCP_SYNACK_ISN)
         {
             (obs.fp_kind, obs.fingerprint) = d.fingerprint();
         }
