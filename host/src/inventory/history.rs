@@ -70,7 +70,7 @@ impl IpHistory {
             .iter()
             .rev()
             .find(|t| t.from_ns <= at_ns && (t.until_ns == 0 || at_ns < t.until_ns))
-            .or_else(|| tenures.iter().find(|t| at_ns < t.from_ns))
+            .or_else(|| tenures.first().filter(|t| at_ns < t.from_ns))
             .map(|t| &t.owner)
     }
 
