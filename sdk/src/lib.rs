@@ -48,7 +48,11 @@ pub mod flow;
 pub mod inventory;
 pub mod net;
 pub mod options;
+pub mod stitch;
 pub mod testkit;
+
+/// JSON, for annotations that carry JSON (flannel backend-data, OVN node-subnets).
+pub use serde_json as json;
 
 #[doc(hidden)]
 pub mod bindings {
@@ -155,6 +159,7 @@ pub mod prelude {
     pub use crate::inventory::{Annotations, InventoryIndex};
     pub use crate::net::{Cidr, CidrSet, Mac, ip_from_std, ip_to_std};
     pub use crate::options::Options;
+    pub use crate::stitch::{Connection, Seen, Stitcher};
     pub use crate::testkit::BatchBuilder;
     pub use crate::{
         CapturePoint, Description, Direction, Endpoint, IfaceKind, Inventory, Ip, LogicalFlow,
