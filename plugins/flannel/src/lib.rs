@@ -1,1 +1,97 @@
+//! The Flannel plugin: names the real pods behind flannel's VXLAN, host-gw and udp backends,
+//! recovers clients hidden behind node gateways, and counts each connection once.
+//! The rules are in `rules.rs`; what flannel tells about nodes is in `cluster.rs`.
 
+pub mod cluster;
+pub mod rules;
+
+use cluster::Cluster;
+use cniscope_sdk::prelude::*;
+use rules::Backend;
+
+pub struct Flannel {
+    cluster: Cluster,
+    backend: Backend,
+    network: Option<Cidr>,
+    stitcher: Stitcher,
+}
+
+impl Default for Flannel {
+    fn default() -> Self {
+        Flannel {
+            cluster: Cluster::default(),
+            backend: Backend { vni: 1, vxlan_port: 8472, udp_port: 8285 },
+            network: None,
+            stitcher: Stitcher::default(),
+        }
+    }
+}
+
+impl Flannel {
+    fn flows(&mut self) -> Vec<LogicalFlow> {
+        self.stitcher.drain().iter().filter_map(|c| rules::flow(&self.cluster, &self.backend, c)).collect()
+    }
+}
+
+impl Plugin for Flannel {
+    fn describe() -> Description {
+        DescriptionBuilder::new("flannel", env!("CARGO_PKG_VERSION"))
+            .cni("flannel")
+            .capture("veth*", IfaceKind::PodVeth)
+            .capture("cni0", IfaceKind::Bridge)
+            .capture("flannel.1", IfaceKind::Tunnel)
+            .capture("flannel0", IfaceKind::Tunnel)
+            .capture("eth*", IfaceKind::Uplink)
+            .capture("ens*", IfaceKind::Uplink)
+            .option("vni", OptionType::Integer, "1", "VXLAN VNI (flannel's Backend.VNI)")
+            .option("port", OptionType::Integer, "8472", "VXLAN UDP port (Backend.Port); add it to replay.vxlan_ports if not 4789/8472")
+            .option("udp_port", OptionType::Integer, "8285", "UDP port of the obsolete udp backend")
+            .option("network", OptionType::String, "\"\"", "the flannel Network CIDR (net-conf.json), e.g. 10.244.0.0/16; addresses outside it and all leases are external")
+            .option("max_held", OptionType::Integer, "200000", "observations held per correlation window before stitching early")
+            .build()
+    }
+
+    fn configure(&mut self, o: &Options) -> Result<(), PluginError> {
+        o.deny_unknown(&["vni", "port", "udp_port", "network", "max_held"])?;
+        self.backend.vni = o.integer_in("vni", 1u32)?;
+        self.backend.vxlan_port = o.integer_in("port", 8472u16)?;
+        self.backend.udp_port = o.integer_in("udp_port", 8285u16)?;
+        let network = o.string("network", "")?;
+        self.network = if network.is_empty() {
+            None
+        } else {
+            Some(network.parse().map_err(|e: String| error("bad-option", "network", e))?)
+        };
+        self.stitcher.max_held = o.integer_in("max_held", 200_000usize)?.max(1);
+        Ok(())
+    }
+
+    fn on_inventory(&mut self, inv: Inventory) -> Result<(), PluginError> {
+        let (cluster, warnings) = Cluster::new(inv, self.network);
+        self.cluster = cluster;
+        match warnings.first() {
+            // Partial knowledge still names most things: report, keep what was read.
+            Some(w) => Err(error("bad-inventory", "", format!("{w} ({} problems)", warnings.len()))),
+            None => Ok(()),
+        }
+    }
+
+    fn process(&mut self, batch: &ObservationBatch) -> Result<Vec<LogicalFlow>, PluginError> {
+        let mut out = Vec::new();
+        for o in batch_rows(batch) {
+            if self.stitcher.push(Seen::from_obs(&o)) {
+                out.extend(self.flows());
+            }
+        }
+        Ok(out)
+    }
+
+    fn flush(&mut self, _now_ns: u64) -> Result<Vec<LogicalFlow>, PluginError> {
+        Ok(self.flows())
+    }
+}
+
+cniscope_sdk::export_plugin!(Flannel);
+
+#[cfg(test)]
+mod tests;
