@@ -163,10 +163,16 @@ pub struct ConfigProblem {
 pub enum ConfigError {
     /// The file could not be read.
     #[error("{path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     /// Parse or validation problems, all of them.
     #[error("{}", .problems.iter().map(|p| format!("{}:{}:{}: {}: {}", .path, p.line, p.column, p.key, p.message)).collect::<Vec<_>>().join("\n"))]
-    Invalid { path: String, problems: Vec<ConfigProblem> },
+    Invalid {
+        path: String,
+        problems: Vec<ConfigProblem>,
+    },
 }
 
 /// A plugin to load, resolved from the config.
@@ -191,16 +197,25 @@ pub struct Settings {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map(|i| before.len() - i).unwrap_or(before.len() + 1);
+    let column = before
+        .rfind('\n')
+        .map(|i| before.len() - i)
+        .unwrap_or(before.len() + 1);
     (line, column)
 }
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: shown.clone(),
+        source,
+    })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    parse(&text, &base).map_err(|problems| ConfigError::Invalid { path: shown, problems })
+    parse(&text, &base).map_err(|problems| ConfigError::Invalid {
+        path: shown,
+        problems,
+    })
 }
 
 /// Parses and validates config text; relative paths are resolved against `base`.
@@ -208,7 +223,12 @@ pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<ConfigProblem>> {
     let config: Config = toml::from_str(text).map_err(|e| {
         let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
         let key = e.span().map(|s| key_at(text, s.start)).unwrap_or_default();
-        vec![ConfigProblem { line, column, key, message: e.message().trim().to_string() }]
+        vec![ConfigProblem {
+            line,
+            column,
+            key,
+            message: e.message().trim().to_string(),
+        }]
     })?;
     validate(config, text, base)
 }
@@ -217,7 +237,10 @@ pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<ConfigProblem>> {
 fn key_at(text: &str, offset: usize) -> String {
     let before = &text[..offset.min(text.len())];
     let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let line_end = text[line_start..].find('\n').map(|i| line_start + i).unwrap_or(text.len());
+    let line_end = text[line_start..]
+        .find('\n')
+        .map(|i| line_start + i)
+        .unwrap_or(text.len());
     let line = text[line_start..line_end].trim();
     let table = before[..line_start]
         .lines()
@@ -241,23 +264,52 @@ fn validate(c: Config, text: &str, base: &Path) -> Result<Settings, Vec<ConfigPr
     let mut problems = Vec::new();
     let mut problem = |span: std::ops::Range<usize>, key: &str, message: String| {
         let (line, column) = line_col(text, span.start);
-        problems.push(ConfigProblem { line, column, key: key.to_string(), message });
+        problems.push(ConfigProblem {
+            line,
+            column,
+            key: key.to_string(),
+            message,
+        });
     };
-    let mib = |v: &Spanned<u64>, key: &str, problem: &mut dyn FnMut(std::ops::Range<usize>, &str, String)| {
+    let mib = |v: &Spanned<u64>,
+               key: &str,
+               problem: &mut dyn FnMut(std::ops::Range<usize>, &str, String)| {
         if !(1..=4096).contains(v.get_ref()) {
-            problem(v.span(), key, format!("{} MiB is out of range: use 1 to 4096", v.get_ref()));
+            problem(
+                v.span(),
+                key,
+                format!("{} MiB is out of range: use 1 to 4096", v.get_ref()),
+            );
         }
     };
-    mib(&c.plugins.memory_limit_mib, "plugins.memory_limit_mib", &mut problem);
-    let ms = |v: &Spanned<u64>, key: &str, problem: &mut dyn FnMut(std::ops::Range<usize>, &str, String)| {
+    mib(
+        &c.plugins.memory_limit_mib,
+        "plugins.memory_limit_mib",
+        &mut problem,
+    );
+    let ms = |v: &Spanned<u64>,
+              key: &str,
+              problem: &mut dyn FnMut(std::ops::Range<usize>, &str, String)| {
         if !(1..=600_000).contains(v.get_ref()) {
-            problem(v.span(), key, format!("{} ms is out of range: use 1 to 600000", v.get_ref()));
+            problem(
+                v.span(),
+                key,
+                format!("{} ms is out of range: use 1 to 600000", v.get_ref()),
+            );
         }
     };
-    ms(&c.plugins.call_deadline_ms, "plugins.call_deadline_ms", &mut problem);
+    ms(
+        &c.plugins.call_deadline_ms,
+        "plugins.call_deadline_ms",
+        &mut problem,
+    );
     let window = *c.replay.window_secs.get_ref();
     if !(window > 0.0 && window <= 86_400.0) {
-        problem(c.replay.window_secs.span(), "replay.window_secs", format!("{window} is out of range: use a number of seconds above 0, at most 86400"));
+        problem(
+            c.replay.window_secs.span(),
+            "replay.window_secs",
+            format!("{window} is out of range: use a number of seconds above 0, at most 86400"),
+        );
     }
     let plugin_dir = base.join(c.plugins.dir.get_ref());
     let mut plugins = Vec::new();
@@ -265,16 +317,33 @@ fn validate(c: Config, text: &str, base: &Path) -> Result<Settings, Vec<ConfigPr
     for (i, p) in c.plugin.iter().enumerate() {
         let key = |k: &str| format!("plugin[{i}].{k}");
         let name = p.name.get_ref();
-        if name.is_empty() || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
-            problem(p.name.span(), &key("name"), format!("{name:?} is not a plugin name: use letters, digits, '-' and '_'"));
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+        {
+            problem(
+                p.name.span(),
+                &key("name"),
+                format!("{name:?} is not a plugin name: use letters, digits, '-' and '_'"),
+            );
         }
         if !seen.insert(name.clone()) {
-            problem(p.name.span(), &key("name"), format!("plugin {name:?} is listed twice"));
+            problem(
+                p.name.span(),
+                &key("name"),
+                format!("plugin {name:?} is listed twice"),
+            );
         }
         if let Some(sha) = &p.sha256
-            && (sha.get_ref().len() != 64 || !sha.get_ref().chars().all(|ch| ch.is_ascii_hexdigit()))
+            && (sha.get_ref().len() != 64
+                || !sha.get_ref().chars().all(|ch| ch.is_ascii_hexdigit()))
         {
-            problem(sha.span(), &key("sha256"), "must be 64 hex digits (`cniscope plugin inspect` prints it)".into());
+            problem(
+                sha.span(),
+                &key("sha256"),
+                "must be 64 hex digits (`cniscope plugin inspect` prints it)".into(),
+            );
         }
         if let Some(m) = &p.memory_limit_mib {
             mib(m, &key("memory_limit_mib"), &mut problem);
@@ -282,11 +351,22 @@ fn validate(c: Config, text: &str, base: &Path) -> Result<Settings, Vec<ConfigPr
         if let Some(d) = &p.call_deadline_ms {
             ms(d, &key("call_deadline_ms"), &mut problem);
         }
-        let file = p.file.as_ref().map(|f| f.get_ref().clone()).unwrap_or_else(|| format!("{name}.wasm"));
+        let file = p
+            .file
+            .as_ref()
+            .map(|f| f.get_ref().clone())
+            .unwrap_or_else(|| format!("{name}.wasm"));
         let path = plugin_dir.join(&file);
         if p.enabled && !path.is_file() {
             let span = p.file.as_ref().map(|f| f.span()).unwrap_or(p.name.span());
-            problem(span, &key(if p.file.is_some() { "file" } else { "name" }), format!("{} does not exist (build plugins with `./x build-plugins`)", path.display()));
+            problem(
+                span,
+                &key(if p.file.is_some() { "file" } else { "name" }),
+                format!(
+                    "{} does not exist (build plugins with `./x build-plugins`)",
+                    path.display()
+                ),
+            );
         }
         if !p.enabled {
             continue;
@@ -298,8 +378,18 @@ fn validate(c: Config, text: &str, base: &Path) -> Result<Settings, Vec<ConfigPr
             settings: PluginSettings {
                 name: name.clone(),
                 options_json,
-                memory_limit_bytes: (*p.memory_limit_mib.as_ref().unwrap_or(&c.plugins.memory_limit_mib).get_ref() as usize) << 20,
-                call_deadline: Duration::from_millis(*p.call_deadline_ms.as_ref().unwrap_or(&c.plugins.call_deadline_ms).get_ref()),
+                memory_limit_bytes: (*p
+                    .memory_limit_mib
+                    .as_ref()
+                    .unwrap_or(&c.plugins.memory_limit_mib)
+                    .get_ref() as usize)
+                    << 20,
+                call_deadline: Duration::from_millis(
+                    *p.call_deadline_ms
+                        .as_ref()
+                        .unwrap_or(&c.plugins.call_deadline_ms)
+                        .get_ref(),
+                ),
                 max_restarts: c.plugins.max_restarts,
                 grants: p.grants.clone(),
             },
@@ -315,7 +405,11 @@ fn validate(c: Config, text: &str, base: &Path) -> Result<Settings, Vec<ConfigPr
             Some(d) => Some(base.join(d)),
             None => default_cache_dir(),
         },
-        ports: TunnelPorts { vxlan: c.replay.vxlan_ports, geneve: c.replay.geneve_ports, udp_encap: c.replay.udp_encap_ports },
+        ports: TunnelPorts {
+            vxlan: c.replay.vxlan_ports,
+            geneve: c.replay.geneve_ports,
+            udp_encap: c.replay.udp_encap_ports,
+        },
         window_ns: (window * 1e9) as u64,
         format: c.output.format,
         plugin_dir,
@@ -339,8 +433,15 @@ mod tests {
         let text = "[plugins]\ndir = \"x\"\nmemory_limit_mb = 3\n";
         let p = parse(text, Path::new("/nonexistent")).unwrap_err();
         assert_eq!(p.len(), 1);
-        assert_eq!((p[0].line, p[0].key.as_str()), (3, "plugins.memory_limit_mb"));
-        assert!(p[0].message.contains("unknown field `memory_limit_mb`"), "{}", p[0].message);
+        assert_eq!(
+            (p[0].line, p[0].key.as_str()),
+            (3, "plugins.memory_limit_mb")
+        );
+        assert!(
+            p[0].message.contains("unknown field `memory_limit_mb`"),
+            "{}",
+            p[0].message
+        );
     }
 
     #[test]
@@ -351,7 +452,10 @@ mod tests {
         assert!(keys.contains(&(2, "plugins.memory_limit_mib")), "{keys:?}");
         assert!(keys.contains(&(6, "plugin[0].sha256")), "{keys:?}");
         assert!(keys.contains(&(9, "plugin[1].name")), "{keys:?}");
-        assert!(keys.contains(&(5, "plugin[0].name")), "missing file is reported: {keys:?}");
+        assert!(
+            keys.contains(&(5, "plugin[0].name")),
+            "missing file is reported: {keys:?}"
+        );
     }
 
     #[test]

@@ -15,7 +15,11 @@ use cniscope::topology::Health;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(name = "cniscope", version, about = "Who is really talking to whom, on any Kubernetes cluster network")]
+#[command(
+    name = "cniscope",
+    version,
+    about = "Who is really talking to whom, on any Kubernetes cluster network"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -80,7 +84,8 @@ enum ConfigCommand {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CNISCOPE_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("CNISCOPE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -93,7 +98,11 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("cniscope: {e:#}");
-        let code = if e.downcast_ref::<config::ConfigError>().is_some() { EXIT_CONFIG } else { 1 };
+        let code = if e.downcast_ref::<config::ConfigError>().is_some() {
+            EXIT_CONFIG
+        } else {
+            1
+        };
         std::process::exit(code);
     }
 }
@@ -103,7 +112,9 @@ fn load_settings(args: &ReplayArgs) -> Result<Settings> {
         Some(path) => config::load(path)?,
         None => {
             if args.plugins.is_empty() {
-                bail!("no plugins: pass --plugin NAME (e.g. --plugin flannel) or --config cniscope.toml");
+                bail!(
+                    "no plugins: pass --plugin NAME (e.g. --plugin flannel) or --config cniscope.toml"
+                );
             }
             Settings {
                 plugins: args
@@ -124,7 +135,7 @@ fn load_settings(args: &ReplayArgs) -> Result<Settings> {
         }
     };
     if let Some(w) = args.window_secs {
-        if !(w > 0.0) {
+        if w.is_nan() || w <= 0.0 {
             bail!("--window-secs must be above 0");
         }
         settings.window_ns = (w * 1e9) as u64;
@@ -154,10 +165,14 @@ fn replay(args: ReplayArgs) -> Result<()> {
     let stats = &replay.stats;
     let mut health = Health::default();
     for (reason, n) in &stats.malformed {
-        health.drops.insert(format!("malformed packet: {reason}"), *n);
+        health
+            .drops
+            .insert(format!("malformed packet: {reason}"), *n);
     }
     if stats.unsupported_linktype > 0 {
-        health.drops.insert("unsupported link type".into(), stats.unsupported_linktype);
+        health
+            .drops
+            .insert("unsupported link type".into(), stats.unsupported_linktype);
     }
     health.errors.extend(stats.file_errors.iter().cloned());
     for e in &stats.file_errors {
@@ -167,7 +182,9 @@ fn replay(args: ReplayArgs) -> Result<()> {
     let format = args.format.or(settings.format).unwrap_or(Format::Table);
     let text = render(&doc, format);
     match &args.output {
-        Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?
+        }
         None => print!("{text}"),
     }
     Ok(())
@@ -179,14 +196,22 @@ fn plugin_inspect(file: &Path) -> Result<()> {
     let loaded = match engine.load(file, None, &Grants::default()) {
         Ok(l) => l,
         Err(cniscope::plugins::PluginError::Refused { detail, .. }) => {
-            println!("file:      {}\nsha256:    {}\nREFUSED:   {detail}", file.display(), sha256_file(file)?);
+            println!(
+                "file:      {}\nsha256:    {}\nREFUSED:   {detail}",
+                file.display(),
+                sha256_file(file)?
+            );
             return Ok(());
         }
         Err(e) => return Err(e.into()),
     };
     let imports = loaded.imports.clone();
     let sha = loaded.sha256.clone();
-    let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_string();
+    let name = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("plugin")
+        .to_string();
     let p = PluginInstance::start(&engine, loaded, PluginSettings::new(&name))?;
     let d = &p.description;
     println!("file:      {}", file.display());
@@ -196,16 +221,27 @@ fn plugin_inspect(file: &Path) -> Result<()> {
     println!("cni kinds: {}", d.cni_kinds.join(", "));
     println!("capture:");
     for c in &d.capture {
-        let dirs = [(c.ingress, "ingress"), (c.egress, "egress")].iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect::<Vec<_>>();
+        let dirs = [(c.ingress, "ingress"), (c.egress, "egress")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| *n)
+            .collect::<Vec<_>>();
         println!("  {:<16} {:?} ({})", c.pattern, c.kind, dirs.join("+"));
     }
     println!("options:");
     for o in &d.options {
-        let default = if o.default.is_empty() { "required".to_string() } else { format!("default {}", o.default) };
+        let default = if o.default.is_empty() {
+            "required".to_string()
+        } else {
+            format!("default {}", o.default)
+        };
         println!("  {:<16} {:?}, {default}: {}", o.name, o.type_, o.doc);
     }
     if !d.vxlan_ports.is_empty() || !d.geneve_ports.is_empty() {
-        println!("extra ports: vxlan {:?} geneve {:?}", d.vxlan_ports, d.geneve_ports);
+        println!(
+            "extra ports: vxlan {:?} geneve {:?}",
+            d.vxlan_ports, d.geneve_ports
+        );
     }
     println!("imports:");
     for i in imports {
@@ -223,20 +259,49 @@ fn plugin_list(dir: &Path) -> Result<()> {
     files.sort();
     let engine = PluginEngine::new(config::default_cache_dir())?;
     for f in files {
-        let name = f.file_stem().and_then(|s| s.to_str()).unwrap_or("?").to_string();
+        let name = f
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("?")
+            .to_string();
         let line = engine
             .load(&f, None, &Grants::default())
             .map_err(anyhow::Error::from)
-            .and_then(|l| Ok(PluginInstance::start(&engine, l, PluginSettings::new(&name))?))
-            .map(|p| format!("{:<12} {:<8} cni: {}", p.description.name, p.description.version, p.description.cni_kinds.join(",")))
+            .and_then(|l| {
+                Ok(PluginInstance::start(
+                    &engine,
+                    l,
+                    PluginSettings::new(&name),
+                )?)
+            })
+            .map(|p| {
+                format!(
+                    "{:<12} {:<8} cni: {}",
+                    p.description.name,
+                    p.description.version,
+                    p.description.cni_kinds.join(",")
+                )
+            })
             .unwrap_or_else(|e| format!("{name:<12} unusable: {e:#}"));
-        println!("{:<28} {line}", f.file_name().and_then(|s| s.to_str()).unwrap_or("?"));
+        println!(
+            "{:<28} {line}",
+            f.file_name().and_then(|s| s.to_str()).unwrap_or("?")
+        );
     }
     Ok(())
 }
 
 fn config_check(file: &Path) -> Result<()> {
     let s = config::load(file)?;
-    println!("{}: ok ({} plugins: {})", file.display(), s.plugins.len(), s.plugins.iter().map(|p| p.settings.name.as_str()).collect::<Vec<_>>().join(", "));
+    println!(
+        "{}: ok ({} plugins: {})",
+        file.display(),
+        s.plugins.len(),
+        s.plugins
+            .iter()
+            .map(|p| p.settings.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(())
 }

@@ -25,7 +25,11 @@ pub struct Pipeline {
 impl Pipeline {
     /// Loads and starts every plugin; the first that cannot start is the error (its config
     /// or file is wrong, and the operator must fix it before we report anything).
-    pub fn new(engine: &PluginEngine, to_load: &[PluginToLoad], inventory: Inventory) -> Result<Pipeline, PluginError> {
+    pub fn new(
+        engine: &PluginEngine,
+        to_load: &[PluginToLoad],
+        inventory: Inventory,
+    ) -> Result<Pipeline, PluginError> {
         let mut plugins = Vec::new();
         for p in to_load {
             let loaded = engine.load(&p.path, p.sha256.as_deref(), &p.settings.grants)?;
@@ -35,13 +39,26 @@ impl Pipeline {
         for p in &mut plugins {
             p.on_inventory(&snapshot);
         }
-        Ok(Pipeline { plugins, resolver: Resolver::new(inventory), topology: Topology::default(), windows: 0 })
+        Ok(Pipeline {
+            plugins,
+            resolver: Resolver::new(inventory),
+            topology: Topology::default(),
+            windows: 0,
+        })
     }
 
     /// Extra tunnel ports the plugins asked to decode.
     pub fn wanted_ports(&self) -> (Vec<u16>, Vec<u16>) {
-        let vx = self.plugins.iter().flat_map(|p| p.description.vxlan_ports.clone()).collect();
-        let gn = self.plugins.iter().flat_map(|p| p.description.geneve_ports.clone()).collect();
+        let vx = self
+            .plugins
+            .iter()
+            .flat_map(|p| p.description.vxlan_ports.clone())
+            .collect();
+        let gn = self
+            .plugins
+            .iter()
+            .flat_map(|p| p.description.geneve_ports.clone())
+            .collect();
         (vx, gn)
     }
 
@@ -58,7 +75,10 @@ impl Pipeline {
         for p in &mut self.plugins {
             flows.extend(p.flush(end_ns));
         }
-        if let (Some(first), Some(last)) = (observations.iter().map(|o| o.first_ns).min(), observations.iter().map(|o| o.last_ns).max()) {
+        if let (Some(first), Some(last)) = (
+            observations.iter().map(|o| o.first_ns).min(),
+            observations.iter().map(|o| o.last_ns).max(),
+        ) {
             self.topology.cover(first, last);
         }
         for f in &flows {
@@ -68,7 +88,9 @@ impl Pipeline {
 
     pub fn doc(&self, mut health: Health) -> TopologyDoc {
         for p in &self.plugins {
-            health.plugins.insert(p.name().to_string(), p.health().clone());
+            health
+                .plugins
+                .insert(p.name().to_string(), p.health().clone());
         }
         self.topology.doc(health)
     }

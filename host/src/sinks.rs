@@ -24,7 +24,8 @@ fn quote(s: &str) -> String {
 }
 
 fn dot(doc: &TopologyDoc) -> String {
-    let mut out = String::from("digraph cniscope {\n  rankdir=LR;\n  node [fontname=\"Helvetica\"];\n");
+    let mut out =
+        String::from("digraph cniscope {\n  rankdir=LR;\n  node [fontname=\"Helvetica\"];\n");
     for n in &doc.nodes {
         let shape = match n.kind.as_str() {
             "pod" => "box",
@@ -32,12 +33,27 @@ fn dot(doc: &TopologyDoc) -> String {
             "node" => "box3d",
             _ => "diamond",
         };
-        let _ = writeln!(out, "  {} [label={}, shape={shape}];", quote(&n.id), quote(&n.id));
+        let _ = writeln!(
+            out,
+            "  {} [label={}, shape={shape}];",
+            quote(&n.id),
+            quote(&n.id)
+        );
     }
     for e in &doc.edges {
-        let via = e.service.as_deref().map(|s| format!(" via {s}")).unwrap_or_default();
+        let via = e
+            .service
+            .as_deref()
+            .map(|s| format!(" via {s}"))
+            .unwrap_or_default();
         let label = format!("{}/{}{via}\\n{} pkts", e.protocol, e.port, e.packets);
-        let _ = writeln!(out, "  {} -> {} [label={}];", quote(&e.src), quote(&e.dst), quote(&label).replace("\\\\n", "\\n"));
+        let _ = writeln!(
+            out,
+            "  {} -> {} [label={}];",
+            quote(&e.src),
+            quote(&e.dst),
+            quote(&label).replace("\\\\n", "\\n")
+        );
     }
     out.push_str("}\n");
     out
@@ -67,12 +83,27 @@ fn table(doc: &TopologyDoc) -> String {
     }
     let mut out = String::new();
     for r in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
-    let _ = writeln!(out, "\n{} edges, {} endpoints, window {} .. {}", doc.edges.len(), doc.nodes.len(), doc.window.start, doc.window.end);
+    let _ = writeln!(
+        out,
+        "\n{} edges, {} endpoints, window {} .. {}",
+        doc.edges.len(),
+        doc.nodes.len(),
+        doc.window.start,
+        doc.window.end
+    );
     for (name, h) in &doc.health.plugins {
-        let _ = writeln!(out, "plugin {name}: {} ({} calls, {} traps, {} deadline kills, {} memory kills, {} observations lost)", h.state, h.calls, h.traps, h.deadline_kills, h.memory_kills, h.observations_lost);
+        let _ = writeln!(
+            out,
+            "plugin {name}: {} ({} calls, {} traps, {} deadline kills, {} memory kills, {} observations lost)",
+            h.state, h.calls, h.traps, h.deadline_kills, h.memory_kills, h.observations_lost
+        );
     }
     for (reason, n) in &doc.health.drops {
         let _ = writeln!(out, "dropped {n}: {reason}");

@@ -165,7 +165,10 @@ impl Topology {
 
     pub fn doc(&self, health: Health) -> TopologyDoc {
         TopologyDoc {
-            window: Window { start: rfc3339(self.start_ns), end: rfc3339(self.end_ns) },
+            window: Window {
+                start: rfc3339(self.start_ns),
+                end: rfc3339(self.end_ns),
+            },
             nodes: self.nodes.values().cloned().collect(),
             edges: self
                 .edges

@@ -133,11 +133,11 @@ macro_rules! export_plugin {
                 fn flush(
                     now_ns: u64,
                 ) -> Result<::std::vec::Vec<$crate::LogicalFlow>, $crate::PluginError> {
-            __CNISCOPE_STATE.with(|s| $crate::Plugin::flush(&mut *s.borrow_mut(), now_ns))
+                    __CNISCOPE_STATE.with(|s| $crate::Plugin::flush(&mut *s.borrow_mut(), now_ns))
                 }
             }
 
-            $crate::bindings::__export_world!(__CniscopeExport with_types_in $crate::bindings);
+    $crate::bindings::__export_world!(__CniscopeExport with_types_in $crate::bindings);
         };
     };
 }

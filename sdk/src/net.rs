@@ -190,7 +190,7 @@ impl<T> CidrSet<T> {
     pub fn insert(&mut self, cidr: Cidr, value: T) {
         self.entries.push((cidr, value));
         // Longest prefix first, so the first hit is the longest match.
-        self.entries.sort_by(|a, b| b.0.len.cmp(&a.0.len));
+        self.entries.sort_by_key(|e| std::cmp::Reverse(e.0.len));
     }
 
     pub fn lookup(&self, ip: Ip) -> Option<(&Cidr, &T)> {

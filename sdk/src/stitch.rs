@@ -14,8 +14,8 @@
 //! Memory is bounded: a [`Stitcher`] holds at most `max_held` observations; past that the
 //! caller drains early (fewer joins, nothing lost) and [`Stitcher::early_drains`] counts it.
 
-use crate::batch::{Obs, Tunnel, fp};
 use crate::Ip;
+use crate::batch::{Obs, Tunnel, fp};
 use std::collections::HashMap;
 
 /// An owned copy of what stitching and naming need from one observation.
@@ -76,22 +76,34 @@ impl Seen {
 
     /// Ports as they identify a flow: ICMP's type/code differ between request and reply.
     fn flow_ports(&self) -> (u16, u16) {
-        if self.is_icmp() { (0, 0) } else { (self.src_port, self.dst_port) }
+        if self.is_icmp() {
+            (0, 0)
+        } else {
+            (self.src_port, self.dst_port)
+        }
     }
 
     /// The 5-tuple with its two ends in a fixed order, so both directions share it.
     fn tuple_key(&self) -> (u8, (Ip, u16), (Ip, u16)) {
         let (sp, dp) = self.flow_ports();
         let (a, b) = ((self.src, sp), (self.dst, dp));
-        if a <= b { (self.protocol, a, b) } else { (self.protocol, b, a) }
+        if a <= b {
+            (self.protocol, a, b)
+        } else {
+            (self.protocol, b, a)
+        }
     }
 
     /// A fingerprint strong enough to join on: IPv4 ID 0 (common for DF packets) and payload
     /// hashes are too weak.
     fn join_fingerprint(&self) -> Option<(u8, u8, u32)> {
         match self.fp_kind {
-            fp::TCP_SYN_ISN | fp::TCP_SYNACK_ISN | fp::TCP_SEQ => Some((self.protocol, self.fp_kind, self.fingerprint)),
-            fp::IPV4_ID if self.fingerprint >> 16 != 0 => Some((self.protocol, self.fp_kind, self.fingerprint)),
+            fp::TCP_SYN_ISN | fp::TCP_SYNACK_ISN | fp::TCP_SEQ => {
+                Some((self.protocol, self.fp_kind, self.fingerprint))
+            }
+            fp::IPV4_ID if self.fingerprint >> 16 != 0 => {
+                Some((self.protocol, self.fp_kind, self.fingerprint))
+            }
             _ => None,
         }
     }
@@ -124,20 +136,32 @@ pub struct Connection {
 
 impl Connection {
     pub fn forward_members(&self) -> impl Iterator<Item = &Seen> {
-        self.members.iter().zip(&self.forward).filter(|(_, f)| **f).map(|(m, _)| m)
+        self.members
+            .iter()
+            .zip(&self.forward)
+            .filter(|(_, f)| **f)
+            .map(|(m, _)| m)
     }
 
     pub fn reverse_members(&self) -> impl Iterator<Item = &Seen> {
-        self.members.iter().zip(&self.forward).filter(|(_, f)| !**f).map(|(m, _)| m)
+        self.members
+            .iter()
+            .zip(&self.forward)
+            .filter(|(_, f)| !**f)
+            .map(|(m, _)| m)
     }
 
     /// Counters from one interface only (no double counting): the interface that saw the
-    /// most client -> server packets, both directions there. Returns (packets, bytes, first,
-    /// last, "node/iface").
+    /// most client -> server packets, both directions there. Returns (packets, bytes,
+    /// first_ns, last_ns).
     pub fn counters(&self) -> (u64, u64, u64, u64) {
-        let mut by_iface: HashMap<(&str, &str), (u64, u64, u64, u64, u64)> = HashMap::new();
+        // Per interface: (forward packets, packets, bytes, first, last).
+        type Tally = (u64, u64, u64, u64, u64);
+        let mut by_iface: HashMap<(&str, &str), Tally> = HashMap::new();
         for (m, f) in self.members.iter().zip(&self.forward) {
-            let e = by_iface.entry((m.node.as_str(), m.iface.as_str())).or_insert((0, 0, 0, u64::MAX, 0));
+            let e = by_iface
+                .entry((m.node.as_str(), m.iface.as_str()))
+                .or_insert((0, 0, 0, u64::MAX, 0));
             if *f {
                 e.0 += m.packets;
             }
@@ -172,7 +196,11 @@ pub struct Stitcher {
 
 impl Default for Stitcher {
     fn default() -> Self {
-        Stitcher { held: Vec::new(), max_held: 200_000, early_drains: 0 }
+        Stitcher {
+            held: Vec::new(),
+            max_held: 200_000,
+            early_drains: 0,
+        }
     }
 }
 
@@ -196,7 +224,10 @@ impl UnionFind {
 
 impl Stitcher {
     pub fn new(max_held: usize) -> Stitcher {
-        Stitcher { max_held: max_held.max(1), ..Stitcher::default() }
+        Stitcher {
+            max_held: max_held.max(1),
+            ..Stitcher::default()
+        }
     }
 
     /// Holds an observation; returns true when the window is full and the caller should
@@ -244,7 +275,10 @@ impl Stitcher {
         roots
             .into_iter()
             .map(|r| {
-                let members: Vec<Seen> = groups[&r].iter().map(|&i| slots[i].take().expect("each member once")).collect();
+                let members: Vec<Seen> = groups[&r]
+                    .iter()
+                    .map(|&i| slots[i].take().expect("each member once"))
+                    .collect();
                 let forward = orient(&members);
                 Connection { members, forward }
             })
@@ -261,7 +295,13 @@ fn orient(members: &[Seen]) -> Vec<bool> {
         // Nothing says: the side that spoke first is the client; on a tie, the one talking
         // to the lower (service-like) port.
         let first = (0..n)
-            .min_by_key(|&i| (members[i].first_ns, members[i].dst_port > members[i].src_port, i))
+            .min_by_key(|&i| {
+                (
+                    members[i].first_ns,
+                    members[i].dst_port > members[i].src_port,
+                    i,
+                )
+            })
             .unwrap_or(0);
         dir[first] = Some(true);
     }
@@ -277,7 +317,8 @@ fn orient(members: &[Seen]) -> Vec<bool> {
                 }
                 let (a, b) = (&members[i], &members[j]);
                 let same_tuple = a.tuple_key() == b.tuple_key();
-                let same_fp = a.join_fingerprint().is_some() && a.join_fingerprint() == b.join_fingerprint();
+                let same_fp =
+                    a.join_fingerprint().is_some() && a.join_fingerprint() == b.join_fingerprint();
                 if same_tuple {
                     let same_way = (a.src, a.flow_ports().0) == (b.src, b.flow_ports().0);
                     dir[j] = Some(if same_way { d } else { !d });
@@ -317,13 +358,32 @@ mod tests {
             .point("b", "flannel.1", IfaceKind::Tunnel, Direction::Ingress)
             .point("a", "veth1", IfaceKind::PodVeth, Direction::Egress)
             // client -> ClusterIP, as the client's veth sees it
-            .row(Row::flow(6, "10.244.0.5", 40000, "10.96.0.10", 80).at(0).fingerprint(fp::TCP_SYN_ISN, 777).counters(5, 500))
+            .row(
+                Row::flow(6, "10.244.0.5", 40000, "10.96.0.10", 80)
+                    .at(0)
+                    .fingerprint(fp::TCP_SYN_ISN, 777)
+                    .counters(5, 500),
+            )
             // after DNAT + SNAT to the gateway, on the other node
-            .row(Row::flow(6, "10.244.0.0", 40000, "10.244.1.7", 8080).at(1).fingerprint(fp::TCP_SYN_ISN, 777).counters(5, 500))
+            .row(
+                Row::flow(6, "10.244.0.0", 40000, "10.244.1.7", 8080)
+                    .at(1)
+                    .fingerprint(fp::TCP_SYN_ISN, 777)
+                    .counters(5, 500),
+            )
             // the replies back at the client's veth
-            .row(Row::flow(6, "10.96.0.10", 80, "10.244.0.5", 40000).at(2).fingerprint(fp::TCP_SYNACK_ISN, 9).counters(4, 900))
+            .row(
+                Row::flow(6, "10.96.0.10", 80, "10.244.0.5", 40000)
+                    .at(2)
+                    .fingerprint(fp::TCP_SYNACK_ISN, 9)
+                    .counters(4, 900),
+            )
             // an unrelated flow
-            .row(Row::flow(17, "10.244.0.9", 5353, "10.244.1.3", 53).at(0).counters(1, 60))
+            .row(
+                Row::flow(17, "10.244.0.9", 5353, "10.244.1.3", 53)
+                    .at(0)
+                    .counters(1, 60),
+            )
             .build();
         let mut s = Stitcher::default();
         for x in seen(&b) {

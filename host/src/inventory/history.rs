@@ -58,7 +58,11 @@ impl IpHistory {
     }
 
     fn add(&mut self, ip: IpAddr, from_ns: u64, until_ns: u64, owner: Owner) {
-        self.by_ip.entry(ip).or_default().push(Tenure { from_ns, until_ns, owner });
+        self.by_ip.entry(ip).or_default().push(Tenure {
+            from_ns,
+            until_ns,
+            owner,
+        });
     }
 
     /// The owner of `ip` at `at_ns`: of the tenures that had begun by then and not ended, the
@@ -96,7 +100,10 @@ mod tests {
             deleted_ns: until,
             ..Pod::default()
         };
-        let inv = Inventory { pods: vec![pod("old", 100, 200), pod("new", 250, 0)], ..Inventory::default() };
+        let inv = Inventory {
+            pods: vec![pod("old", 100, 200), pod("new", 250, 0)],
+            ..Inventory::default()
+        };
         let h = IpHistory::new(&inv);
         assert_eq!(h.owner_at(ip, 150), Some(&Owner::Pod(0)));
         assert_eq!(h.owner_at(ip, 300), Some(&Owner::Pod(1)));

@@ -13,20 +13,40 @@ use thiserror::Error;
 pub enum InventoryError {
     /// The file could not be read.
     #[error("{path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     /// The file is not JSON.
     #[error("{path}: not JSON: {source}")]
-    Json { path: String, source: serde_json::Error },
+    Json {
+        path: String,
+        source: serde_json::Error,
+    },
     /// An item lacks a field we need, or has it in the wrong form.
     #[error("{path}: {item}: {detail}")]
-    Field { path: String, item: String, detail: String },
+    Field {
+        path: String,
+        item: String,
+        detail: String,
+    },
 }
 
 pub fn load_file(path: &Path) -> Result<Inventory, InventoryError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read { path: shown.clone(), source })?;
-    let value: Value = serde_json::from_str(&text).map_err(|source| InventoryError::Json { path: shown.clone(), source })?;
-    from_value(&value).map_err(|(item, detail)| InventoryError::Field { path: shown, item, detail })
+    let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let value: Value = serde_json::from_str(&text).map_err(|source| InventoryError::Json {
+        path: shown.clone(),
+        source,
+    })?;
+    from_value(&value).map_err(|(item, detail)| InventoryError::Field {
+        path: shown,
+        item,
+        detail,
+    })
 }
 
 /// Parses a List or a single object; the error is (item, detail).
@@ -39,26 +59,25 @@ pub fn from_value(value: &Value) -> Result<Inventory, (String, String)> {
     let list_kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
     for (i, item) in items.into_iter().enumerate() {
         // Items of a typed list (PodList) may omit their own kind.
-        let kind = item.get("kind").and_then(Value::as_str).unwrap_or_else(|| list_kind.trim_end_matches("List"));
+        let kind = item
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| list_kind.trim_end_matches("List"));
         let label = format!("items[{i}] ({kind} {})", name_of(item));
         let r = match kind {
             "Node" => node(item).map(|n| inv.nodes.push(n)),
             "Pod" => pod(item).map(|p| inv.pods.push(p)),
             "Service" => service(item).map(|s| inv.services.push(s)),
-            "EndpointSlice" => inv.endpoint_slices.push(slice(item)).pipe(Ok),
+            "EndpointSlice" => {
+                inv.endpoint_slices.push(slice(item));
+                Ok(())
+            }
             _ => Ok(()),
         };
         r.map_err(|detail| (label, detail))?;
     }
     Ok(inv)
 }
-
-trait Pipe: Sized {
-    fn pipe<R>(self, f: impl FnOnce(Self) -> R) -> R {
-        f(self)
-    }
-}
-impl<T> Pipe for T {}
 
 fn name_of(v: &Value) -> String {
     let m = &v["metadata"];
@@ -75,12 +94,24 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> &'a str {
 
 fn map_at(v: &Value) -> BTreeMap<String, String> {
     v.as_object()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| v.to_string()),
+                    )
+                })
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn ip(s: &str, field: &str) -> Result<IpAddr, String> {
-    s.parse().map_err(|_| format!("{field}: {s:?} is not an IP address"))
+    s.parse()
+        .map_err(|_| format!("{field}: {s:?} is not an IP address"))
 }
 
 /// RFC 3339 time -> ns since the epoch; 0 when absent.
@@ -88,7 +119,11 @@ pub fn time_ns(v: &Value, field: &str) -> Result<u64, String> {
     match v.as_str() {
         None => Ok(0),
         Some(s) => humantime::parse_rfc3339_weak(s.trim_end_matches('Z'))
-            .map(|t| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0))
+            .map(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0)
+            })
             .map_err(|e| format!("{field}: {s:?}: {e}")),
     }
 }
@@ -104,8 +139,13 @@ fn node(v: &Value) -> Result<Node, String> {
             addresses.push(ip(str_at(a, &["address"]), "status.addresses")?);
         }
     }
-    let mut pod_cidrs: Vec<String> =
-        v["spec"]["podCIDRs"].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect();
+    let mut pod_cidrs: Vec<String> = v["spec"]["podCIDRs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect();
     if pod_cidrs.is_empty() && !str_at(v, &["spec", "podCIDR"]).is_empty() {
         pod_cidrs.push(str_at(v, &["spec", "podCIDR"]).to_string());
     }
@@ -119,7 +159,10 @@ fn node(v: &Value) -> Result<Node, String> {
 }
 
 fn workload(v: &Value) -> String {
-    let Some(owner) = v["metadata"]["ownerReferences"].as_array().and_then(|o| o.first()) else {
+    let Some(owner) = v["metadata"]["ownerReferences"]
+        .as_array()
+        .and_then(|o| o.first())
+    else {
         return String::new();
     };
     let (kind, name) = (str_at(owner, &["kind"]), str_at(owner, &["name"]));
@@ -154,8 +197,14 @@ fn pod(v: &Value) -> Result<Pod, String> {
         workload: workload(v),
         annotations: map_at(&v["metadata"]["annotations"]),
         labels: map_at(&v["metadata"]["labels"]),
-        created_ns: time_ns(&v["metadata"]["creationTimestamp"], "metadata.creationTimestamp")?,
-        deleted_ns: time_ns(&v["metadata"]["deletionTimestamp"], "metadata.deletionTimestamp")?,
+        created_ns: time_ns(
+            &v["metadata"]["creationTimestamp"],
+            "metadata.creationTimestamp",
+        )?,
+        deleted_ns: time_ns(
+            &v["metadata"]["deletionTimestamp"],
+            "metadata.deletionTimestamp",
+        )?,
     })
 }
 
@@ -176,7 +225,12 @@ fn ports(v: &Value) -> Vec<ServicePort> {
 fn service(v: &Value) -> Result<Service, String> {
     let spec = &v["spec"];
     let mut cluster_ips = Vec::new();
-    let listed: Vec<&str> = spec["clusterIPs"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let listed: Vec<&str> = spec["clusterIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
     let single = spec["clusterIP"].as_str().into_iter().collect::<Vec<_>>();
     for s in if listed.is_empty() { single } else { listed } {
         if s != "None" && !s.is_empty() {
@@ -184,10 +238,19 @@ fn service(v: &Value) -> Result<Service, String> {
         }
     }
     let mut external_ips = Vec::new();
-    for s in spec["externalIPs"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+    for s in spec["externalIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
         external_ips.push(ip(s, "spec.externalIPs")?);
     }
-    for i in v["status"]["loadBalancer"]["ingress"].as_array().into_iter().flatten() {
+    for i in v["status"]["loadBalancer"]["ingress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         if let Some(s) = i["ip"].as_str() {
             external_ips.push(ip(s, "status.loadBalancer.ingress")?);
         }
@@ -199,7 +262,10 @@ fn service(v: &Value) -> Result<Service, String> {
         cluster_ips,
         external_ips,
         ports: ports(&spec["ports"]),
-        external_traffic_policy: spec["externalTrafficPolicy"].as_str().unwrap_or("Cluster").to_string(),
+        external_traffic_policy: spec["externalTrafficPolicy"]
+            .as_str()
+            .unwrap_or("Cluster")
+            .to_string(),
     })
 }
 

@@ -14,7 +14,10 @@ pub fn ip(addr: IpAddr) -> wit::Ip {
 }
 
 pub fn ip_bits(bits: u128) -> wit::Ip {
-    wit::Ip { hi: (bits >> 64) as u64, lo: bits as u64 }
+    wit::Ip {
+        hi: (bits >> 64) as u64,
+        lo: bits as u64,
+    }
 }
 
 pub fn ip_to_std(ip: wit::Ip) -> IpAddr {
@@ -72,7 +75,9 @@ pub fn batch(points: &[CapturePoint], obs: &[Observation]) -> wit::ObservationBa
             geneve.type_.push(g.kind);
             geneve.data_start.push(geneve.data.len() as u32);
             geneve.data_len.push(g.data.len().min(255) as u8);
-            geneve.data.extend_from_slice(&g.data[..g.data.len().min(255)]);
+            geneve
+                .data
+                .extend_from_slice(&g.data[..g.data.len().min(255)]);
         }
     }
     let b = wit::ObservationBatch {

@@ -20,10 +20,17 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 pub enum PluginError {
     /// The `.wasm` file could not be read.
     #[error("plugin {path}: cannot read: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     /// The file's sha256 differs from the pin in the config.
     #[error("plugin {path}: sha256 is {actual}, but the config pins {expected}")]
-    Pin { path: String, expected: String, actual: String },
+    Pin {
+        path: String,
+        expected: String,
+        actual: String,
+    },
     /// Not a valid component, or compilation failed.
     #[error("plugin {path}: not a loadable Wasm component: {detail}")]
     Compile { path: String, detail: String },
@@ -35,7 +42,12 @@ pub enum PluginError {
     Start { name: String, detail: String },
     /// The plugin rejected its options or inventory (a WIT `result` error).
     #[error("plugin {name}: {code} {field}: {message}")]
-    Rejected { name: String, code: String, field: String, message: String },
+    Rejected {
+        name: String,
+        code: String,
+        field: String,
+        message: String,
+    },
     /// The engine could not be built.
     #[error("wasm engine: {0}")]
     Engine(String),
@@ -84,24 +96,57 @@ impl PluginEngine {
                 })
                 .map_err(|e| PluginError::Engine(format!("epoch ticker: {e}")))?
         };
-        Ok(PluginEngine { engine, cache_dir, stop, ticker: Some(ticker) })
+        Ok(PluginEngine {
+            engine,
+            cache_dir,
+            stop,
+            ticker: Some(ticker),
+        })
     }
 
     /// Reads, pins, compiles (or loads from cache) and checks a component's imports.
-    pub fn load(&self, path: &Path, pin: Option<&str>, grants: &Grants) -> Result<LoadedComponent, PluginError> {
+    pub fn load(
+        &self,
+        path: &Path,
+        pin: Option<&str>,
+        grants: &Grants,
+    ) -> Result<LoadedComponent, PluginError> {
         let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: shown.clone(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+            path: shown.clone(),
+            source,
+        })?;
         let sha256 = hex(&Sha256::digest(&bytes));
         if let Some(expected) = pin
             && !expected.eq_ignore_ascii_case(&sha256)
         {
-            return Err(PluginError::Pin { path: shown, expected: expected.to_string(), actual: sha256 });
+            return Err(PluginError::Pin {
+                path: shown,
+                expected: expected.to_string(),
+                actual: sha256,
+            });
         }
-        let component = self.compile(&bytes, &sha256).map_err(|detail| PluginError::Compile { path: shown.clone(), detail })?;
-        let imports: Vec<String> =
-            component.component_type().imports(&self.engine).map(|(name, _)| name.to_string()).collect();
-        check_imports(&imports, grants).map_err(|detail| PluginError::Refused { path: shown, detail })?;
-        Ok(LoadedComponent { component, path: path.to_path_buf(), sha256, imports })
+        let component = self
+            .compile(&bytes, &sha256)
+            .map_err(|detail| PluginError::Compile {
+                path: shown.clone(),
+                detail,
+            })?;
+        let imports: Vec<String> = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        check_imports(&imports, grants).map_err(|detail| PluginError::Refused {
+            path: shown,
+            detail,
+        })?;
+        Ok(LoadedComponent {
+            component,
+            path: path.to_path_buf(),
+            sha256,
+            imports,
+        })
     }
 
     fn compile(&self, bytes: &[u8], sha256: &str) -> Result<Component, String> {
@@ -116,13 +161,21 @@ impl PluginEngine {
             // same compatibility hash (it is in the file name), into our own cache directory.
             match unsafe { Component::deserialize_file(&self.engine, &artifact) } {
                 Ok(c) => return Ok(c),
-                Err(e) => tracing::warn!(artifact = %artifact.display(), "stale cache entry, recompiling: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(artifact = %artifact.display(), "stale cache entry, recompiling: {e:#}")
+                }
             }
         }
-        let compiled = self.engine.precompile_component(bytes).map_err(|e| format!("{e:#}"))?;
+        let compiled = self
+            .engine
+            .precompile_component(bytes)
+            .map_err(|e| format!("{e:#}"))?;
         // A cache that cannot be written only costs time: log and go on.
         let tmp = artifact.with_extension(format!("tmp{}", std::process::id()));
-        if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&tmp, &compiled)).and_then(|_| std::fs::rename(&tmp, &artifact)) {
+        if let Err(e) = std::fs::create_dir_all(dir)
+            .and_then(|_| std::fs::write(&tmp, &compiled))
+            .and_then(|_| std::fs::rename(&tmp, &artifact))
+        {
             tracing::warn!(dir = %dir.display(), "cannot write the plugin cache: {e}");
         }
         // SAFETY: `compiled` was just produced by this engine's `precompile_component`.

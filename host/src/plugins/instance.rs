@@ -69,7 +69,12 @@ struct Limits {
 }
 
 impl ResourceLimiter for Limits {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
             self.denied = true;
             return Ok(false);
@@ -78,7 +83,12 @@ impl ResourceLimiter for Limits {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
 }
@@ -92,7 +102,10 @@ pub struct StoreState {
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -117,13 +130,24 @@ type CallResult<R> = wasmtime::Result<Result<R, wit::PluginError>>;
 impl PluginInstance {
     /// Instantiates, describes and configures the plugin. Bad options are an error here,
     /// before any traffic: the operator must fix the config.
-    pub fn start(engine: &PluginEngine, loaded: LoadedComponent, settings: PluginSettings) -> Result<Self, PluginError> {
+    pub fn start(
+        engine: &PluginEngine,
+        loaded: LoadedComponent,
+        settings: PluginSettings,
+    ) -> Result<Self, PluginError> {
         let name = settings.name.clone();
-        let start_err = |detail: String| PluginError::Start { name: name.clone(), detail };
+        let start_err = |detail: String| PluginError::Start {
+            name: name.clone(),
+            detail,
+        };
         let mut linker: Linker<StoreState> = Linker::new(&engine.engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| start_err(format!("{e:#}")))?;
-        let pre = linker.instantiate_pre(&loaded.component).map_err(|e| start_err(format!("{e:#}")))?;
-        let pre = PluginPre::new(pre).map_err(|e| start_err(format!("not a cniscope plugin: {e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| start_err(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&loaded.component)
+            .map_err(|e| start_err(format!("{e:#}")))?;
+        let pre =
+            PluginPre::new(pre).map_err(|e| start_err(format!("not a cniscope plugin: {e:#}")))?;
         let mut me = PluginInstance {
             settings,
             description: empty_description(),
@@ -131,27 +155,58 @@ impl PluginInstance {
             pre,
             live: None,
             inventory: None,
-            health: PluginHealth { state: "ok".into(), ..PluginHealth::default() },
+            health: PluginHealth {
+                state: "ok".into(),
+                ..PluginHealth::default()
+            },
         };
         let live = me.instantiate().map_err(|e| start_err(format!("{e:#}")))?;
         me.live = Some(live);
         me.description = me
             .call("describe", 0, |p, s| p.call_describe(s).map(Ok))
-            .ok_or_else(|| start_err(format!("describe failed: {}", me.health.last_fault.clone().unwrap_or_default())))?;
+            .ok_or_else(|| {
+                start_err(format!(
+                    "describe failed: {}",
+                    me.health.last_fault.clone().unwrap_or_default()
+                ))
+            })?;
         let options = me.settings.options_json.clone();
         match me.call_raw("configure", 0, |p, s| p.call_configure(s, &options)) {
             Some(Ok(())) => Ok(me),
-            Some(Err(e)) => Err(PluginError::Rejected { name, code: e.code, field: e.field, message: e.message }),
-            None => Err(start_err(format!("configure failed: {}", me.health.last_fault.clone().unwrap_or_default()))),
+            Some(Err(e)) => Err(PluginError::Rejected {
+                name,
+                code: e.code,
+                field: e.field,
+                message: e.message,
+            }),
+            None => Err(start_err(format!(
+                "configure failed: {}",
+                me.health.last_fault.clone().unwrap_or_default()
+            ))),
         }
     }
 
     fn instantiate(&self) -> wasmtime::Result<Live> {
         let stderr = MemoryOutputPipe::new(64 << 10);
         // No env, no args, no preopened directories, no network, no stdin.
-        let wasi = WasiCtx::builder().stdout(MemoryOutputPipe::new(64 << 10)).stderr(stderr.clone()).build();
-        let limits = Limits { max_bytes: self.settings.memory_limit_bytes, denied: false, peak: 0 };
-        let mut store = Store::new(self.pre.engine(), StoreState { wasi, table: ResourceTable::new(), limits, stderr });
+        let wasi = WasiCtx::builder()
+            .stdout(MemoryOutputPipe::new(64 << 10))
+            .stderr(stderr.clone())
+            .build();
+        let limits = Limits {
+            max_bytes: self.settings.memory_limit_bytes,
+            denied: false,
+            peak: 0,
+        };
+        let mut store = Store::new(
+            self.pre.engine(),
+            StoreState {
+                wasi,
+                table: ResourceTable::new(),
+                limits,
+                stderr,
+            },
+        );
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(self.deadline_ticks());
@@ -181,19 +236,28 @@ impl PluginInstance {
     pub fn process(&mut self, batch: &wit::ObservationBatch) -> Vec<wit::LogicalFlow> {
         let n = batch.point.len() as u64;
         self.health.observations_in += n;
-        let out = self.call("process", n, |p, s| p.call_process(s, batch)).unwrap_or_default();
+        let out = self
+            .call("process", n, |p, s| p.call_process(s, batch))
+            .unwrap_or_default();
         self.health.flows_out += out.len() as u64;
         out
     }
 
     pub fn flush(&mut self, now_ns: u64) -> Vec<wit::LogicalFlow> {
-        let out = self.call("flush", 0, |p, s| p.call_flush(s, now_ns)).unwrap_or_default();
+        let out = self
+            .call("flush", 0, |p, s| p.call_flush(s, now_ns))
+            .unwrap_or_default();
         self.health.flows_out += out.len() as u64;
         out
     }
 
     /// A call whose WIT error is handled here (logged and counted).
-    fn call<R>(&mut self, what: &str, lost: u64, f: impl FnOnce(&Plugin, &mut Store<StoreState>) -> CallResult<R>) -> Option<R> {
+    fn call<R>(
+        &mut self,
+        what: &str,
+        lost: u64,
+        f: impl FnOnce(&Plugin, &mut Store<StoreState>) -> CallResult<R>,
+    ) -> Option<R> {
         match self.call_raw(what, lost, f)? {
             Ok(r) => Some(r),
             Err(e) => {
@@ -209,19 +273,25 @@ impl PluginInstance {
     }
 
     /// Runs one call under the deadline; a trap drops the Store and returns None.
-    fn call_raw<R>(&mut self, what: &str, lost: u64, f: impl FnOnce(&Plugin, &mut Store<StoreState>) -> CallResult<R>) -> Option<Result<R, wit::PluginError>> {
+    fn call_raw<R>(
+        &mut self,
+        what: &str,
+        lost: u64,
+        f: impl FnOnce(&Plugin, &mut Store<StoreState>) -> CallResult<R>,
+    ) -> Option<Result<R, wit::PluginError>> {
         if self.health.state == "disabled" {
             self.health.observations_lost += lost;
             return None;
         }
-        if self.live.is_none() {
-            if let Err(e) = self.restart() {
-                self.fault(what, lost, format!("restart failed: {e:#}"), None);
-                return None;
-            }
+        if self.live.is_none()
+            && let Err(e) = self.restart()
+        {
+            self.fault(what, lost, format!("restart failed: {e:#}"), None);
+            return None;
         }
         let live = self.live.as_mut()?;
-        let ticks = (self.settings.call_deadline.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1;
+        let ticks =
+            (self.settings.call_deadline.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1;
         live.store.set_epoch_deadline(ticks);
         let started = Instant::now();
         let result = f(&live.plugin, &mut live.store);
@@ -242,7 +312,9 @@ impl PluginInstance {
                     self.health.traps += 1;
                     "trap"
                 };
-                let stderr = String::from_utf8_lossy(&live.store.data().stderr.contents()).trim().to_string();
+                let stderr = String::from_utf8_lossy(&live.store.data().stderr.contents())
+                    .trim()
+                    .to_string();
                 self.fault(what, lost, format!("{kind}: {err:#}"), Some(stderr));
                 None
             }
@@ -254,12 +326,22 @@ impl PluginInstance {
         self.health.observations_lost += lost;
         let disabled = self.health.restarts >= self.settings.max_restarts as u64;
         self.health.state = if disabled { "disabled" } else { "degraded" }.into();
-        let tail: String = stderr.unwrap_or_default().lines().rev().take(3).collect::<Vec<_>>().join(" | ");
+        let tail: String = stderr
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" | ");
         tracing::error!(
             plugin = %self.settings.name, call = what, lost_observations = lost, state = %self.health.state,
             stderr = %tail, "plugin fault: {detail}"
         );
-        self.health.last_fault = Some(if tail.is_empty() { format!("{what}: {detail}") } else { format!("{what}: {detail} ({tail})") });
+        self.health.last_fault = Some(if tail.is_empty() {
+            format!("{what}: {detail}")
+        } else {
+            format!("{what}: {detail} ({tail})")
+        });
     }
 
     /// A fresh instance from the template, configured and given the last inventory again.

@@ -62,7 +62,11 @@ pub fn check_imports(imports: &[String], grants: &Grants) -> Result<(), String> 
             Some(format!("imports {full}: {why}"))
         })
         .collect();
-    if refused.is_empty() { Ok(()) } else { Err(refused.join("; ")) }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(refused.join("; "))
+    }
 }
 
 #[cfg(test)]
@@ -72,12 +76,32 @@ mod tests {
     #[test]
     fn filesystem_and_ungranted_clocks_are_refused() {
         let imports = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(check_imports(&imports(&["wasi:cli/stderr@0.2.6", "wasi:io/streams@0.2.6"]), &Grants::default()).is_ok());
-        let e = check_imports(&imports(&["wasi:filesystem/preopens@0.2.6"]), &Grants::default()).unwrap_err();
+        assert!(
+            check_imports(
+                &imports(&["wasi:cli/stderr@0.2.6", "wasi:io/streams@0.2.6"]),
+                &Grants::default()
+            )
+            .is_ok()
+        );
+        let e = check_imports(
+            &imports(&["wasi:filesystem/preopens@0.2.6"]),
+            &Grants::default(),
+        )
+        .unwrap_err();
         assert!(e.contains("no filesystem access"), "{e}");
         let clocks = imports(&["wasi:clocks/wall-clock@0.2.6"]);
-        assert!(check_imports(&clocks, &Grants::default()).unwrap_err().contains("grants.clocks"));
+        assert!(
+            check_imports(&clocks, &Grants::default())
+                .unwrap_err()
+                .contains("grants.clocks")
+        );
         assert!(check_imports(&clocks, &Grants { clocks: true }).is_ok());
-        assert!(check_imports(&imports(&["wasi:sockets/tcp@0.2.6"]), &Grants { clocks: true }).is_err());
+        assert!(
+            check_imports(
+                &imports(&["wasi:sockets/tcp@0.2.6"]),
+                &Grants { clocks: true }
+            )
+            .is_err()
+        );
     }
 }

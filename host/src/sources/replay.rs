@@ -104,6 +104,8 @@ struct CaptureFile {
     reader: Box<dyn PcapReaderIterator>,
     state: FileState,
     done: bool,
+    /// Current buffer size; grows for blocks larger than it.
+    capacity: usize,
 }
 
 const MAX_BLOCK: usize = 64 << 20;
@@ -126,6 +128,7 @@ impl CaptureFile {
                 interfaces: Vec::new(),
             },
             done: false,
+            capacity: 1 << 16,
         })
     }
 
@@ -135,7 +138,6 @@ impl CaptureFile {
         points: &mut PointTable,
         stats: &mut ReplayStats,
     ) -> Option<Packet> {
-        let mut capacity = 1 << 16;
         while !self.done {
             match self.reader.next() {
                 Ok((offset, block)) => {
@@ -148,19 +150,23 @@ impl CaptureFile {
                 Err(PcapError::Eof) => self.done = true,
                 Err(PcapError::Incomplete(_)) => {
                     if self.reader.reader_exhausted() {
-                        self.fail(stats, "truncated: the last block is incomplete");
+                        self.fail(stats, "truncated: the file ends inside a packet");
                     } else if let Err(e) = self
                         .reader
                         .refill()
                         .map_err(|e| format!("read error: {e:?}"))
                     {
                         self.fail(stats, &e);
-                    } else if self.reader.data().len() >= capacity {
-                        // The buffer is full and still holds no whole block: grow it.
-                        capacity *= 2;
-                        if capacity > MAX_BLOCK || !self.reader.grow(capacity) {
-                            self.fail(stats, "a block is larger than 64 MiB");
-                        }
+                    }
+                }
+                Err(PcapError::UnexpectedEof) => {
+                    self.fail(stats, "truncated: the file ends inside a packet")
+                }
+                // A block larger than the buffer (BIG TCP, jumbo GSO frames): grow, up to a limit.
+                Err(PcapError::BufferTooSmall) => {
+                    self.capacity *= 4;
+                    if self.capacity > MAX_BLOCK || !self.reader.grow(self.capacity) {
+                        self.fail(stats, "corrupt: a block claims more than 64 MiB");
                     }
                 }
                 Err(e) => {

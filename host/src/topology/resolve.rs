@@ -84,10 +84,20 @@ impl Resolver {
         let ip = (ep.ip.hi != 0 || ep.ip.lo != 0).then(|| ip_to_std(ep.ip));
         let owner = ip.and_then(|ip| self.history.owner_at(ip, at_ns));
         match ep.role {
-            wit::Role::Node if !ep.name.is_empty() => self.node_entry(&ep.name, ip.map(|i| i.to_string()).into_iter().collect()),
+            wit::Role::Node if !ep.name.is_empty() => {
+                self.node_entry(&ep.name, ip.map(|i| i.to_string()).into_iter().collect())
+            }
             wit::Role::Service if !ep.name.is_empty() => {
-                let (ns, name) = ep.name.split_once('/').unwrap_or(("default", ep.name.as_str()));
-                match self.inv.services.iter().position(|s| s.namespace == ns && s.name == name) {
+                let (ns, name) = ep
+                    .name
+                    .split_once('/')
+                    .unwrap_or(("default", ep.name.as_str()));
+                match self
+                    .inv
+                    .services
+                    .iter()
+                    .position(|s| s.namespace == ns && s.name == name)
+                {
                     Some(i) => self.entry(&Owner::Service(i), ip),
                     None => NodeEntry {
                         id: format!("service/{ns}/{name}"),

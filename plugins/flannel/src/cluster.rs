@@ -1,8 +1,8 @@
 //! What flannel tells about the cluster, read from node annotations and leases
 //! (CNI-RULES.md, "Flannel"): public IPs, VTEP MACs, backend, each node's lease and gateways.
 
-use cniscope_sdk::prelude::*;
 use cniscope_sdk::json;
+use cniscope_sdk::prelude::*;
 
 pub const PUBLIC_IP: &str = "flannel.alpha.coreos.com/public-ip";
 pub const BACKEND_TYPE: &str = "flannel.alpha.coreos.com/backend-type";
@@ -49,7 +49,10 @@ impl Cluster {
     /// that node is still used with what could be read.
     pub fn new(inv: Inventory, network: Option<Cidr>) -> (Cluster, Vec<String>) {
         let (index, mut warnings) = InventoryIndex::new(inv);
-        let mut c = Cluster { network, ..Cluster::default() };
+        let mut c = Cluster {
+            network,
+            ..Cluster::default()
+        };
         for n in &index.nodes {
             let a = n.annotations.as_slice();
             let mut ips: Vec<Ip> = Vec::new();
@@ -69,7 +72,10 @@ impl Cluster {
                 match json::from_str::<json::Value>(data) {
                     Ok(v) => {
                         vni = v.get("VNI").and_then(json::Value::as_u64).map(|v| v as u32);
-                        vtep_mac = v.get("VtepMAC").and_then(json::Value::as_str).and_then(|m| m.parse().ok());
+                        vtep_mac = v
+                            .get("VtepMAC")
+                            .and_then(json::Value::as_str)
+                            .and_then(|m| m.parse().ok());
                     }
                     Err(e) => warnings.push(format!("node {}: {BACKEND_DATA}: {e}", n.name)),
                 }

@@ -20,7 +20,11 @@ impl Default for Flannel {
     fn default() -> Self {
         Flannel {
             cluster: Cluster::default(),
-            backend: Backend { vni: 1, vxlan_port: 8472, udp_port: 8285 },
+            backend: Backend {
+                vni: 1,
+                vxlan_port: 8472,
+                udp_port: 8285,
+            },
             network: None,
             stitcher: Stitcher::default(),
         }
@@ -29,7 +33,11 @@ impl Default for Flannel {
 
 impl Flannel {
     fn flows(&mut self) -> Vec<LogicalFlow> {
-        self.stitcher.drain().iter().filter_map(|c| rules::flow(&self.cluster, &self.backend, c)).collect()
+        self.stitcher
+            .drain()
+            .iter()
+            .filter_map(|c| rules::flow(&self.cluster, &self.backend, c))
+            .collect()
     }
 }
 
@@ -60,7 +68,11 @@ impl Plugin for Flannel {
         self.network = if network.is_empty() {
             None
         } else {
-            Some(network.parse().map_err(|e: String| error("bad-option", "network", e))?)
+            Some(
+                network
+                    .parse()
+                    .map_err(|e: String| error("bad-option", "network", e))?,
+            )
         };
         self.stitcher.max_held = o.integer_in("max_held", 200_000usize)?.max(1);
         Ok(())
@@ -71,7 +83,11 @@ impl Plugin for Flannel {
         self.cluster = cluster;
         match warnings.first() {
             // Partial knowledge still names most things: report, keep what was read.
-            Some(w) => Err(error("bad-inventory", "", format!("{w} ({} problems)", warnings.len()))),
+            Some(w) => Err(error(
+                "bad-inventory",
+                "",
+                format!("{w} ({} problems)", warnings.len()),
+            )),
             None => Ok(()),
         }
     }

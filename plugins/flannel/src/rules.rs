@@ -16,18 +16,28 @@ pub struct Backend {
 
 pub fn flow(c: &Cluster, b: &Backend, conn: &Connection) -> Option<LogicalFlow> {
     let first = conn.members.first()?;
+    if is_link_control(first) {
+        return None;
+    }
     let mut evidence: Vec<String> = Vec::new();
     let mut confidence = 1.0f32;
 
     // Client: the real source, which only the first hop (a pod veth) still shows after SNAT.
-    let sources: Vec<(Ip, Addr)> = conn.forward_members().map(|m| (m.src, c.classify(m.src))).collect();
+    let sources: Vec<(Ip, Addr)> = conn
+        .forward_members()
+        .map(|m| (m.src, c.classify(m.src)))
+        .collect();
     let client = if let Some((ip, _)) = sources.iter().find(|(_, a)| *a == Addr::Pod) {
-        if sources.iter().any(|(_, a)| matches!(a, Addr::Gateway(_) | Addr::NodeIp(_))) {
+        if sources
+            .iter()
+            .any(|(_, a)| matches!(a, Addr::Gateway(_) | Addr::NodeIp(_)))
+        {
             evidence.push("nat:snat-recovered".into());
         }
         Endpoint::pod(*ip)
-    } else if let Some((ip, Addr::Gateway(n) | Addr::NodeIp(n))) =
-        sources.iter().find(|(_, a)| matches!(a, Addr::Gateway(_) | Addr::NodeIp(_)))
+    } else if let Some((ip, Addr::Gateway(n) | Addr::NodeIp(n))) = sources
+        .iter()
+        .find(|(_, a)| matches!(a, Addr::Gateway(_) | Addr::NodeIp(_)))
     {
         if matches!(c.classify(*ip), Addr::Gateway(_)) {
             // The node itself, or a pod whose pre-SNAT view we never saw: say which we cannot tell.
@@ -42,14 +52,24 @@ pub fn flow(c: &Cluster, b: &Backend, conn: &Connection) -> Option<LogicalFlow> 
     };
 
     // Server: the post-DNAT destination; the pre-DNAT one names the service.
-    let dests: Vec<(Ip, u16, Addr)> = conn.forward_members().map(|m| (m.dst, m.dst_port, c.classify(m.dst))).collect();
-    let service = dests.iter().find(|(_, _, a)| *a == Addr::Service).map(|(ip, port, _)| (*ip, *port));
+    let dests: Vec<(Ip, u16, Addr)> = conn
+        .forward_members()
+        .map(|m| (m.dst, m.dst_port, c.classify(m.dst)))
+        .collect();
+    let service = dests
+        .iter()
+        .find(|(_, _, a)| *a == Addr::Service)
+        .map(|(ip, port, _)| (*ip, *port));
     let backend = dests.iter().find(|(_, _, a)| !matches!(a, Addr::Service));
     let (server, port) = match backend {
         Some((ip, port, Addr::Pod)) => (Endpoint::pod(*ip), *port),
-        Some((ip, port, Addr::Gateway(n) | Addr::NodeIp(n))) => (Endpoint::node(&c.nodes[*n].name, *ip), *port),
+        Some((ip, port, Addr::Gateway(n) | Addr::NodeIp(n))) => {
+            (Endpoint::node(&c.nodes[*n].name, *ip), *port)
+        }
         Some((ip, port, Addr::External)) => {
-            if sources.iter().any(|(_, a)| matches!(a, Addr::NodeIp(_))) && matches!(client.role, Role::Pod) {
+            if sources.iter().any(|(_, a)| matches!(a, Addr::NodeIp(_)))
+                && matches!(client.role, Role::Pod)
+            {
                 evidence.push("nat:masquerade".into());
             }
             (Endpoint::external(*ip), *port)
@@ -76,14 +96,18 @@ pub fn flow(c: &Cluster, b: &Backend, conn: &Connection) -> Option<LogicalFlow> 
                     confidence = confidence.min(0.5);
                 }
             }
-            Tunnel::UdpEncap if m.outer_dst_port == b.udp_port => evidence.push("flannel:udp".into()),
+            Tunnel::UdpEncap if m.outer_dst_port == b.udp_port => {
+                evidence.push("flannel:udp".into())
+            }
             Tunnel::None if is_host_gw(c, m) => evidence.push("flannel:host-gw".into()),
             _ => {}
         }
     }
 
     let (packets, bytes, first_ns, last_ns) = conn.counters();
-    let mut f = FlowBuilder::new(client, server, first.protocol, port).counters(packets, bytes, first_ns, last_ns).confidence(confidence);
+    let mut f = FlowBuilder::new(client, server, first.protocol, port)
+        .counters(packets, bytes, first_ns, last_ns)
+        .confidence(confidence);
     if let Some((ip, _)) = service {
         f = f.service(Endpoint::service(ip));
     }
@@ -98,7 +122,23 @@ pub fn flow(c: &Cluster, b: &Backend, conn: &Connection) -> Option<LogicalFlow> 
 
 /// host-gw: pod traffic between nodes, unencapsulated, on an uplink.
 fn is_host_gw(c: &Cluster, m: &Seen) -> bool {
-    let uplink = ["eth", "ens", "enp", "eno", "bond"].iter().any(|p| m.iface.starts_with(p));
+    let uplink = ["eth", "ens", "enp", "eno", "bond"]
+        .iter()
+        .any(|p| m.iface.starts_with(p));
     let (s, d) = (c.lease_node(m.src), c.lease_node(m.dst));
     uplink && s.is_some() && d.is_some() && s != d
+}
+
+/// Link-level control traffic (IGMP, MLD and neighbour discovery to multicast groups, or from
+/// the unspecified address) is not a workload talking: not an edge of the topology.
+fn is_link_control(m: &Seen) -> bool {
+    let multicast = |ip: Ip| {
+        let b = ip.bits();
+        if ip.is_v4() {
+            (b as u32) >> 28 == 0xe || b as u32 == u32::MAX
+        } else {
+            b >> 120 == 0xff
+        }
+    };
+    multicast(m.dst) || m.src.is_none() || (!m.src.is_v4() && m.src.bits() == 0)
 }

@@ -1,0 +1,112 @@
+use crate::support::*;
+
+fn text(o: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn plugin_inspect_prints_the_description() {
+    let out = cniscope(&["plugin", "inspect", plugin("flannel").to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for needle in [
+        "name:      flannel",
+        "cni kinds: flannel",
+        "flannel.1",
+        "vni",
+        "sha256:",
+        "cniscope:plugin/types@0.1.0",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} in\n{stdout}");
+    }
+    let out = cniscope(&["plugin", "inspect", plugin("fs-reader").to_str().unwrap()]);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("REFUSED:") && stdout.contains("imports wasi:filesystem/preopens"),
+        "{stdout}"
+    );
+    let out = cniscope(&["plugin", "list", "--dir", "dist/plugins"]);
+    assert!(text(&out).0.contains("flannel.wasm"), "{:?}", text(&out));
+}
+
+#[test]
+fn config_check_names_file_line_and_key_and_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("cniscope.toml");
+    std::fs::write(
+        &bad,
+        "[plugins]\ndir = \"plugins\"\n\n[[plugin]]\nname = \"flannel\"\nmemory_limit = 3\n",
+    )
+    .unwrap();
+    let out = cniscope(&["config", "check", bad.to_str().unwrap()]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let want = format!(
+        "{}:6:1: plugin.memory_limit: unknown field `memory_limit`",
+        bad.display()
+    );
+    assert!(stderr.contains(&want), "{want:?} in {stderr}");
+
+    let out = cniscope(&["config", "check", "examples/cniscope.toml"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+}
+
+#[test]
+fn a_truncated_capture_is_reported_and_the_rest_still_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = std::fs::read(data("flannel-vxlan/node-a.client-veth.pcap")).unwrap();
+    let cut = dir.path().join("cut.pcap");
+    std::fs::write(&cut, &full[..full.len() * 2 / 3]).unwrap();
+    let garbage = dir.path().join("garbage.pcap");
+    let mut bytes = full[..24].to_vec(); // a valid pcap header, then noise records
+    bytes.extend((0..4000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8));
+    std::fs::write(&garbage, &bytes).unwrap();
+    let inv = data("flannel-vxlan/inventory.json");
+    let cut_spec = format!("node-a/vethclienta1={}", cut.display());
+    let garbage_spec = format!("node-a/eth9={}", garbage.display());
+    let mut args = vec!["replay", &cut_spec, &garbage_spec];
+    let rest = lab_captures();
+    args.extend(rest[1..].iter().map(String::as_str));
+    args.extend([
+        "-i",
+        inv.to_str().unwrap(),
+        "-c",
+        "examples/cniscope.toml",
+        "-f",
+        "json",
+    ]);
+    let out = cniscope(&args);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let errors = doc["health"]["errors"].to_string();
+    assert!(errors.contains("cut.pcap: truncated"), "{errors}");
+    assert!(errors.contains("garbage.pcap"), "{errors}");
+    // The other files still name the cross-node flow from the server side and the uplinks.
+    assert!(
+        doc["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["src"] == "pod/default/client-a1" && e["dst"] == "pod/default/server-b1")
+    );
+}
+
+#[test]
+fn a_missing_capture_or_inventory_is_a_clear_error() {
+    let out = cniscope(&["replay", "nope.pcap", "--plugin", "flannel"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).1.contains("nope.pcap"), "{:?}", text(&out));
+    let out = cniscope(&[
+        "replay",
+        "x.pcap",
+        "-i",
+        "missing.json",
+        "--plugin",
+        "flannel",
+    ]);
+    assert!(text(&out).1.contains("missing.json"), "{:?}", text(&out));
+}

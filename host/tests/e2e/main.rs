@@ -1,0 +1,17 @@
+//! End-to-end tests: one binary (links once), one module per area.
+//! They need the plugins built first: `./x build` (the test command does it).
+
+/// Paths, the built plugins, and running the `cniscope` binary.
+mod support;
+
+/// The recorded Flannel VXLAN lab capture through the built flannel.wasm: exact edges.
+mod flannel_replay;
+
+/// The shared real captures (tcpdump, Zeek, DeepFlow test suites): decoded tunnels as tcpdump shows them.
+mod real_captures;
+
+/// Plugins that loop, hoard memory, trap or ask for files are contained; the others' output survives.
+mod sandbox;
+
+/// The command line: inspect, config check, bad inputs.
+mod cli;

@@ -1,0 +1,187 @@
+use crate::support::*;
+use cniscope::config::PluginToLoad;
+use cniscope::inventory::kubectl;
+use cniscope::pipeline::Pipeline;
+use cniscope::plugins::bindings::wit;
+use cniscope::plugins::policy::Grants;
+use cniscope::plugins::{PluginEngine, PluginError, PluginInstance, PluginSettings, convert};
+use cniscope::sources::aggregate::{Observation, PointTable};
+use cniscope::sources::decode::TunnelPorts;
+use cniscope::sources::replay::Replay;
+use cniscope::topology::Health;
+use std::time::Duration;
+
+fn misbehaving(name: &str, mode: &str, tweak: impl FnOnce(&mut PluginSettings)) -> PluginToLoad {
+    let mut settings = PluginSettings::new(name);
+    settings.options_json = format!(r#"{{"mode": "{mode}"}}"#);
+    settings.call_deadline = Duration::from_millis(200);
+    settings.max_restarts = 1;
+    tweak(&mut settings);
+    PluginToLoad {
+        path: plugin("misbehave"),
+        sha256: None,
+        settings,
+    }
+}
+
+fn lab_replay() -> Replay {
+    let specs: Vec<_> = lab_captures().iter().map(|s| s.parse().unwrap()).collect();
+    Replay::open(&specs, TunnelPorts::default(), 60_000_000_000).unwrap()
+}
+
+fn lab_observations() -> (PointTable, Vec<Observation>) {
+    let mut r = lab_replay();
+    let mut all = Vec::new();
+    r.run(|_, obs, _| all.extend(obs));
+    (r.points, all)
+}
+
+#[test]
+fn looping_hoarding_and_trapping_plugins_are_contained_and_flannel_still_answers() {
+    let engine = PluginEngine::new(None).unwrap();
+    let inventory = kubectl::load_file(&data("flannel-vxlan/inventory.json")).unwrap();
+    let plugins = vec![
+        misbehaving("looper", "loop", |_| {}),
+        PluginToLoad {
+            path: plugin("flannel"),
+            sha256: None,
+            settings: PluginSettings::new("flannel"),
+        },
+        misbehaving("hog", "alloc", |s| s.memory_limit_bytes = 16 << 20),
+        misbehaving("trapper", "trap", |_| {}),
+    ];
+    let mut pipeline = Pipeline::new(&engine, &plugins, inventory).unwrap();
+    let mut replay = lab_replay();
+    // Two windows' worth of calls, so the faulted plugins are restarted and then disabled.
+    let mut windows = Vec::new();
+    replay.run(|points, obs, end| windows.push((points.clone(), obs, end)));
+    for (points, obs, end) in windows.iter().chain(windows.iter()) {
+        pipeline.window(points, obs, *end);
+    }
+    let doc = pipeline.doc(Health::default());
+
+    let flannel_edges: Vec<_> = doc
+        .edges
+        .iter()
+        .filter(|e| e.evidence.iter().all(|x| !x.starts_with("misbehave")))
+        .collect();
+    assert_eq!(
+        flannel_edges.len(),
+        5,
+        "flannel's edges survive: {flannel_edges:#?}"
+    );
+    let h = &doc.health.plugins;
+    assert_eq!(h["flannel"].state, "ok");
+    assert_eq!(h["flannel"].observations_lost, 0);
+
+    assert!(h["looper"].deadline_kills >= 1, "{:?}", h["looper"]);
+    assert!(h["hog"].memory_kills >= 1, "{:?}", h["hog"]);
+    assert!(h["hog"].peak_memory_bytes <= 16 << 20);
+    assert!(h["trapper"].traps >= 1, "{:?}", h["trapper"]);
+    assert!(
+        h["trapper"]
+            .last_fault
+            .as_deref()
+            .unwrap_or("")
+            .contains("trapping on purpose"),
+        "the panic message reaches the report: {:?}",
+        h["trapper"].last_fault
+    );
+    for name in ["looper", "hog", "trapper"] {
+        let p = &h[name];
+        assert_eq!(
+            p.state, "disabled",
+            "{name}: faulted past max_restarts: {p:?}"
+        );
+        assert_eq!(p.restarts, 1, "{name}");
+        assert_eq!(
+            p.observations_lost, p.observations_in,
+            "{name}: every observation it could not handle is counted"
+        );
+    }
+}
+
+#[test]
+fn a_faulted_plugin_restarts_with_its_options_and_goes_on() {
+    let engine = PluginEngine::new(None).unwrap();
+    let (points, obs) = lab_observations();
+    let batch = convert::batch(points.all(), &obs);
+    let mut settings = PluginSettings::new("flaky");
+    settings.options_json = r#"{"mode": "trap", "after": 1}"#.into();
+    let loaded = engine
+        .load(&plugin("misbehave"), None, &Grants::default())
+        .unwrap();
+    let mut p = PluginInstance::start(&engine, loaded, settings).unwrap();
+    let counted = |flows: Vec<wit::LogicalFlow>| flows.first().map(|f| f.packets);
+    assert_eq!(
+        counted(p.process(&batch)),
+        Some(obs.len() as u64),
+        "the whole batch crossed the boundary"
+    );
+    assert_eq!(counted(p.process(&batch)), None, "second call traps");
+    assert_eq!(p.health().state, "degraded");
+    assert_eq!(
+        counted(p.process(&batch)),
+        Some(obs.len() as u64),
+        "restarted, configured again, answering"
+    );
+    assert_eq!((p.health().traps, p.health().restarts), (1, 1));
+    assert_eq!(p.health().observations_lost, obs.len() as u64);
+}
+
+#[test]
+fn a_plugin_that_imports_the_filesystem_is_refused_at_load() {
+    let engine = PluginEngine::new(None).unwrap();
+    match engine.load(&plugin("fs-reader"), None, &Grants { clocks: true }) {
+        Err(PluginError::Refused { detail, .. }) => {
+            assert!(
+                detail.contains("wasi:filesystem/preopens")
+                    && detail.contains("no filesystem access"),
+                "{detail}"
+            )
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("fs-reader was loaded"),
+    }
+}
+
+#[test]
+fn bad_options_are_rejected_naming_the_option() {
+    let engine = PluginEngine::new(None).unwrap();
+    let loaded = engine
+        .load(&plugin("flannel"), None, &Grants::default())
+        .unwrap();
+    let mut settings = PluginSettings::new("flannel");
+    settings.options_json = r#"{"vni": 70000000000}"#.into();
+    match PluginInstance::start(&engine, loaded, settings) {
+        Err(PluginError::Rejected { field, .. }) => assert_eq!(field, "vni"),
+        other => panic!("expected a rejection, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn sha256_pins_and_the_compile_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let engine = PluginEngine::new(Some(cache.path().to_path_buf())).unwrap();
+    let wasm = plugin("flannel");
+    let first = engine.load(&wasm, None, &Grants::default()).unwrap();
+    let artifacts: Vec<_> = std::fs::read_dir(cache.path()).unwrap().collect();
+    assert_eq!(
+        artifacts.len(),
+        1,
+        "one precompiled artifact, named by content hash"
+    );
+    let again = engine
+        .load(
+            &wasm,
+            Some(&first.sha256.to_uppercase()),
+            &Grants::default(),
+        )
+        .unwrap();
+    assert_eq!(again.sha256, first.sha256);
+    let wrong = "0".repeat(64);
+    assert!(matches!(
+        engine.load(&wasm, Some(&wrong), &Grants::default()),
+        Err(PluginError::Pin { .. })
+    ));
+}

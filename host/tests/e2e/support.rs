@@ -1,0 +1,47 @@
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn data(rel: &str) -> PathBuf {
+    root().join("tests/data").join(rel)
+}
+
+/// A built plugin from dist/plugins.
+pub fn plugin(name: &str) -> PathBuf {
+    let p = root().join("dist/plugins").join(format!("{name}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} is missing: build the plugins first with `./x build`",
+        p.display()
+    );
+    p
+}
+
+pub fn cniscope(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cniscope"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run cniscope")
+}
+
+/// The lab capture as replay arguments (`NODE/IFACE=FILE`).
+pub fn lab_captures() -> Vec<String> {
+    let d = data("flannel-vxlan");
+    [
+        ("node-a/vethclienta1", "node-a.client-veth.pcap"),
+        ("node-a/vethpeera2", "node-a.peer-veth.pcap"),
+        ("node-a/eth0", "node-a.eth0.pcap"),
+        ("node-b/eth0", "node-b.eth0.pcap"),
+        ("node-b/vethserverb1", "node-b.server-veth.pcap"),
+    ]
+    .iter()
+    .map(|(point, file)| format!("{point}={}", d.join(file).display()))
+    .collect()
+}

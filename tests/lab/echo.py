@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Traffic for the lab: tiny TCP/UDP echo servers and clients that send a known number of
+messages, so tests can reason about what was sent.
+
+  echo.py serve-tcp ADDR PORT     echo.py tcp HOST PORT ROUNDS
+  echo.py serve-udp ADDR PORT     echo.py udp HOST PORT DATAGRAMS
+Servers stop by themselves after 30 seconds.
+"""
+import socket
+import sys
+import threading
+
+
+def serve_tcp(addr, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port))
+    s.listen(16)
+    s.settimeout(30)
+
+    def handle(conn):
+        with conn:
+            while True:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                conn.sendall(data)
+
+    try:
+        while True:
+            conn, _ = s.accept()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+    except socket.timeout:
+        pass
+
+
+def serve_udp(addr, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((addr, port))
+    s.settimeout(30)
+    try:
+        while True:
+            data, peer = s.recvfrom(4096)
+            s.sendto(data, peer)
+    except socket.timeout:
+        pass
+
+
+def tcp(host, port, rounds):
+    with socket.create_connection((host, port), timeout=5) as s:
+        for i in range(rounds):
+            msg = b"ping %d\n" % i
+            s.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                got += s.recv(4096)
+
+
+def udp(host, port, count):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    for i in range(count):
+        s.sendto(b"dgram %d" % i, (host, port))
+        s.recvfrom(4096)
+
+
+if __name__ == "__main__":
+    cmd, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if cmd == "serve-tcp":
+        serve_tcp(host, port)
+    elif cmd == "serve-udp":
+        serve_udp(host, port)
+    elif cmd == "tcp":
+        tcp(host, port, int(sys.argv[4]))
+    elif cmd == "udp":
+        udp(host, port, int(sys.argv[4]))
+    else:
+        sys.exit("unknown command " + cmd)

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Writes a kubectl-style List (nodes, pods, services, endpointslices) for a lab, with the
+fields and annotations a real flannel cluster has (`kubectl get ... -o json`).
+
+  inventory.py --node "NAME IP PODCIDR VTEPMAC" ... --pod "NAME NODE IP APP" ...
+               --service "NAME CLUSTERIP PORT TARGETPORT"   (selects pods with app=server)
+"""
+import argparse
+import json
+
+CREATED = "2026-11-21T10:00:00Z"
+
+
+def node(name, ip, cidr, mac):
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "creationTimestamp": CREATED,
+            "labels": {"kubernetes.io/hostname": name},
+            "annotations": {
+                "flannel.alpha.coreos.com/backend-data": json.dumps({"VNI": 1, "VtepMAC": mac}, separators=(",", ":")),
+                "flannel.alpha.coreos.com/backend-type": "vxlan",
+                "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+                "flannel.alpha.coreos.com/public-ip": ip,
+            },
+        },
+        "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}]},
+    }
+
+
+def pod(name, node_name, ip, app):
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "creationTimestamp": CREATED,
+            "labels": {"app": app, "pod-template-hash": "5d4f8b7c9"},
+            "ownerReferences": [{"kind": "ReplicaSet", "name": app + "-5d4f8b7c9", "controller": True}],
+        },
+        "spec": {"nodeName": node_name, "containers": [{"name": app, "image": "busybox"}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+    }
+
+
+def service(name, cluster_ip, port, target, backends):
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "default", "creationTimestamp": CREATED},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": cluster_ip,
+            "clusterIPs": [cluster_ip],
+            "selector": {"app": "server"},
+            "ports": [{"name": "tcp", "protocol": "TCP", "port": port, "targetPort": target}],
+        },
+    }
+    eps = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name + "-abcde", "namespace": "default", "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in backends],
+        "ports": [{"name": "tcp", "protocol": "TCP", "port": target}],
+    }
+    return [svc, eps]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--node", action="append", default=[])
+    ap.add_argument("--pod", action="append", default=[])
+    ap.add_argument("--service", action="append", default=[])
+    a = ap.parse_args()
+    items = [node(*n.split()) for n in a.node]
+    pods = [p.split() for p in a.pod]
+    items += [pod(*p) for p in pods]
+    for s in a.service:
+        name, cip, port, target = s.split()
+        items += service(name, cip, int(port), int(target), [p[2] for p in pods if p[3] == "server"])
+    print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
