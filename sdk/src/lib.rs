@@ -159,7 +159,7 @@ pub mod prelude {
     pub use crate::inventory::{Annotations, InventoryIndex};
     pub use crate::net::{Cidr, CidrSet, Mac, ip_from_std, ip_to_std};
     pub use crate::options::Options;
-    pub use crate::stitch::{Connection, Seen, Stitcher};
+    pub use crate::stitch::{Connection, PointInfo, Seen, Stitcher};
     pub use crate::testkit::BatchBuilder;
     pub use crate::{
         CapturePoint, Description, Direction, Endpoint, IfaceKind, Inventory, Ip, LogicalFlow,

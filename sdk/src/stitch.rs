@@ -14,17 +14,26 @@
 //! Memory is bounded: a [`Stitcher`] holds at most `max_held` observations; past that the
 //! caller drains early (fewer joins, nothing lost) and [`Stitcher::early_drains`] counts it.
 
-use crate::Ip;
-use crate::batch::{Obs, Tunnel, fp};
+use crate::batch::{Obs, Tunnel, batch_rows, fp};
+use crate::{Ip, ObservationBatch};
 use std::collections::HashMap;
+use std::rc::Rc;
+
+/// A capture point, interned once per window: observations refer to it by index, so holding
+/// an observation allocates nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PointInfo {
+    pub node: String,
+    pub iface: String,
+    /// "node/iface:direction".
+    pub label: String,
+}
 
 /// An owned copy of what stitching and naming need from one observation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Seen {
-    pub node: String,
-    pub iface: String,
-    /// "node/iface:direction".
-    pub point: String,
+    /// Index into the window's points ([`Connection::point`]).
+    pub point: u32,
     pub src: Ip,
     pub dst: Ip,
     pub src_port: u16,
@@ -45,11 +54,10 @@ pub struct Seen {
 }
 
 impl Seen {
-    pub fn from_obs(o: &Obs<'_>) -> Seen {
+    /// `point` is the interned index of the observation's capture point.
+    pub fn from_obs(o: &Obs<'_>, point: u32) -> Seen {
         Seen {
-            node: o.node().to_string(),
-            iface: o.iface().to_string(),
-            point: o.point_label(),
+            point,
             src: o.src_ip(),
             dst: o.dst_ip(),
             src_port: o.src_port(),
@@ -132,9 +140,15 @@ impl Seen {
 pub struct Connection {
     pub members: Vec<Seen>,
     pub forward: Vec<bool>,
+    points: Rc<Vec<PointInfo>>,
 }
 
 impl Connection {
+    /// Where a member was seen.
+    pub fn point(&self, m: &Seen) -> &PointInfo {
+        &self.points[m.point as usize]
+    }
+
     pub fn forward_members(&self) -> impl Iterator<Item = &Seen> {
         self.members
             .iter()
@@ -159,8 +173,9 @@ impl Connection {
         type Tally = (u64, u64, u64, u64, u64);
         let mut by_iface: HashMap<(&str, &str), Tally> = HashMap::new();
         for (m, f) in self.members.iter().zip(&self.forward) {
+            let p = self.point(m);
             let e = by_iface
-                .entry((m.node.as_str(), m.iface.as_str()))
+                .entry((p.node.as_str(), p.iface.as_str()))
                 .or_insert((0, 0, 0, u64::MAX, 0));
             if *f {
                 e.0 += m.packets;
@@ -180,7 +195,11 @@ impl Connection {
 
     /// Every point that saw this connection.
     pub fn points(&self) -> Vec<String> {
-        let mut p: Vec<String> = self.members.iter().map(|m| m.point.clone()).collect();
+        let mut p: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| self.point(m).label.clone())
+            .collect();
         p.sort();
         p.dedup();
         p
@@ -190,6 +209,8 @@ impl Connection {
 /// Holds a window of observations and stitches them into connections.
 pub struct Stitcher {
     held: Vec<Seen>,
+    points: Vec<PointInfo>,
+    point_ids: HashMap<PointInfo, u32>,
     pub max_held: usize,
     pub early_drains: u64,
 }
@@ -198,6 +219,8 @@ impl Default for Stitcher {
     fn default() -> Self {
         Stitcher {
             held: Vec::new(),
+            points: Vec::new(),
+            point_ids: HashMap::new(),
             max_held: 200_000,
             early_drains: 0,
         }
@@ -241,6 +264,41 @@ impl Stitcher {
         self.held.len()
     }
 
+    /// Holds every observation of a batch; returns the connections of any window that filled
+    /// up on the way (usually none).
+    pub fn add_batch(&mut self, batch: &ObservationBatch) -> Vec<Connection> {
+        let mut ids = Vec::with_capacity(batch.points.len());
+        for p in &batch.points {
+            let dir = match p.direction {
+                crate::Direction::Ingress => "ingress",
+                crate::Direction::Egress => "egress",
+                crate::Direction::Unknown => "any",
+            };
+            let info = PointInfo {
+                node: p.node.clone(),
+                iface: p.iface.clone(),
+                label: format!("{}/{}:{dir}", p.node, p.iface),
+            };
+            let next = self.points.len() as u32;
+            let id = *self.point_ids.entry(info.clone()).or_insert_with(|| {
+                self.points.push(info);
+                next
+            });
+            ids.push(id);
+        }
+        let mut early = Vec::new();
+        for o in batch_rows(batch) {
+            let point = ids
+                .get(batch.point[o.index()] as usize)
+                .copied()
+                .unwrap_or(0);
+            if self.push(Seen::from_obs(&o, point)) {
+                early.extend(self.drain());
+            }
+        }
+        early
+    }
+
     /// Stitches everything held into connections and empties the window.
     pub fn drain(&mut self) -> Vec<Connection> {
         if self.held.len() >= self.max_held {
@@ -272,6 +330,7 @@ impl Stitcher {
         let mut roots: Vec<usize> = groups.keys().copied().collect();
         roots.sort();
         let mut slots: Vec<Option<Seen>> = held.into_iter().map(Some).collect();
+        let points = Rc::new(self.points.clone());
         roots
             .into_iter()
             .map(|r| {
@@ -280,7 +339,11 @@ impl Stitcher {
                     .map(|&i| slots[i].take().expect("each member once"))
                     .collect();
                 let forward = orient(&members);
-                Connection { members, forward }
+                Connection {
+                    members,
+                    forward,
+                    points: points.clone(),
+                }
             })
             .collect()
     }
@@ -343,13 +406,8 @@ fn orient(members: &[Seen]) -> Vec<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::batch_rows;
     use crate::testkit::{BatchBuilder, Row};
     use crate::{Direction, IfaceKind};
-
-    fn seen(batch: &crate::ObservationBatch) -> Vec<Seen> {
-        batch_rows(batch).map(|o| Seen::from_obs(&o)).collect()
-    }
 
     #[test]
     fn dnat_and_snat_views_join_by_fingerprint_and_orient_by_handshake() {
@@ -386,9 +444,7 @@ mod tests {
             )
             .build();
         let mut s = Stitcher::default();
-        for x in seen(&b) {
-            s.push(x);
-        }
+        assert!(s.add_batch(&b).is_empty());
         let conns = s.drain();
         assert_eq!(conns.len(), 2);
         let tcp = conns.iter().find(|c| c.members.len() == 3).unwrap();
@@ -406,10 +462,12 @@ mod tests {
             .row(Row::flow(17, "10.0.0.1", 1000, "10.0.0.2", 53))
             .row(Row::flow(17, "10.0.0.3", 1000, "10.0.0.2", 53))
             .build();
-        let mut v = seen(&b).into_iter();
-        assert!(!s.push(v.next().unwrap()));
-        assert!(s.push(v.next().unwrap()));
-        assert_eq!(s.drain().len(), 2);
+        assert_eq!(
+            s.add_batch(&b).len(),
+            2,
+            "the window filled and was stitched early"
+        );
         assert_eq!(s.early_drains, 1);
+        assert_eq!(s.held(), 0);
     }
 }

@@ -93,13 +93,11 @@ impl Plugin for Flannel {
     }
 
     fn process(&mut self, batch: &ObservationBatch) -> Result<Vec<LogicalFlow>, PluginError> {
-        let mut out = Vec::new();
-        for o in batch_rows(batch) {
-            if self.stitcher.push(Seen::from_obs(&o)) {
-                out.extend(self.flows());
-            }
-        }
-        Ok(out)
+        let early = self.stitcher.add_batch(batch);
+        Ok(early
+            .iter()
+            .filter_map(|c| rules::flow(&self.cluster, &self.backend, c))
+            .collect())
     }
 
     fn flush(&mut self, _now_ns: u64) -> Result<Vec<LogicalFlow>, PluginError> {

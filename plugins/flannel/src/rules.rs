@@ -99,7 +99,9 @@ pub fn flow(c: &Cluster, b: &Backend, conn: &Connection) -> Option<LogicalFlow> 
             Tunnel::UdpEncap if m.outer_dst_port == b.udp_port => {
                 evidence.push("flannel:udp".into())
             }
-            Tunnel::None if is_host_gw(c, m) => evidence.push("flannel:host-gw".into()),
+            Tunnel::None if is_host_gw(c, &conn.point(m).iface, m) => {
+                evidence.push("flannel:host-gw".into())
+            }
             _ => {}
         }
     }
@@ -121,10 +123,10 @@ pub fn flow(c: &Cluster, b: &Backend, conn: &Connection) -> Option<LogicalFlow> 
 }
 
 /// host-gw: pod traffic between nodes, unencapsulated, on an uplink.
-fn is_host_gw(c: &Cluster, m: &Seen) -> bool {
+fn is_host_gw(c: &Cluster, iface: &str, m: &Seen) -> bool {
     let uplink = ["eth", "ens", "enp", "eno", "bond"]
         .iter()
-        .any(|p| m.iface.starts_with(p));
+        .any(|p| iface.starts_with(p));
     let (s, d) = (c.lease_node(m.src), c.lease_node(m.dst));
     uplink && s.is_some() && d.is_some() && s != d
 }

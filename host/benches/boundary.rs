@@ -1,0 +1,251 @@
+//! Observations per second through the Wasm boundary, and the Wasm flannel plugin against
+//! the same plugin logic compiled natively. Prints figures and ratios; asserts nothing (these
+//! machines are shared and noisy: read the ratios, not single runs). Run with `./x bench`.
+
+use cniscope::inventory::kubectl;
+use cniscope::plugins::bindings::wit;
+use cniscope::plugins::policy::Grants;
+use cniscope::plugins::{PluginEngine, PluginInstance, PluginSettings, convert};
+use cniscope::sources::aggregate::Observation;
+use cniscope::sources::decode::TunnelPorts;
+use cniscope::sources::replay::Replay;
+use cniscope_sdk::testkit::Harness;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const BATCH: usize = 16_384;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The lab's real observations, replicated with distinct client ports into a full batch of
+/// distinct connections (each replica is its own connection, with its own fingerprint).
+fn workload() -> (
+    Vec<cniscope::sources::aggregate::CapturePoint>,
+    Vec<Observation>,
+) {
+    let d = root().join("tests/data/flannel-vxlan");
+    let specs: Vec<_> = [
+        ("node-a/vethclienta1", "node-a.client-veth.pcap"),
+        ("node-a/eth0", "node-a.eth0.pcap"),
+        ("node-b/eth0", "node-b.eth0.pcap"),
+        ("node-b/vethserverb1", "node-b.server-veth.pcap"),
+    ]
+    .iter()
+    .map(|(p, f)| format!("{p}={}", d.join(f).display()).parse().unwrap())
+    .collect();
+    let mut r = Replay::open(&specs, TunnelPorts::default(), u64::MAX / 4).unwrap();
+    let mut base = Vec::new();
+    r.run(|_, obs, _| base.extend(obs));
+    let mut out = Vec::with_capacity(BATCH);
+    let mut i = 0u32;
+    while out.len() < BATCH {
+        for o in &base {
+            let mut o = o.clone();
+            let shift = |p: u16| {
+                if p > 1024 {
+                    1025 + ((p as u32 + i * 7) % 60000) as u16
+                } else {
+                    p
+                }
+            };
+            o.key.src_port = shift(o.key.src_port);
+            o.key.dst_port = shift(o.key.dst_port);
+            o.fingerprint = o.fingerprint.wrapping_add(i.wrapping_mul(2_654_435_761));
+            out.push(o);
+            if out.len() == BATCH {
+                break;
+            }
+        }
+        i += 1;
+    }
+    (r.points.all().to_vec(), out)
+}
+
+/// The same batch as the SDK's type (what the plugin sees inside Wasm), column by column.
+fn sdk_batch(b: &wit::ObservationBatch) -> cniscope_sdk::ObservationBatch {
+    use cniscope_sdk as s;
+    s::ObservationBatch {
+        points: b
+            .points
+            .iter()
+            .map(|p| s::CapturePoint {
+                node: p.node.clone(),
+                iface: p.iface.clone(),
+                kind: s::IfaceKind::Other,
+                direction: s::Direction::Unknown,
+            })
+            .collect(),
+        point: b.point.clone(),
+        src_ip_hi: b.src_ip_hi.clone(),
+        src_ip_lo: b.src_ip_lo.clone(),
+        dst_ip_hi: b.dst_ip_hi.clone(),
+        dst_ip_lo: b.dst_ip_lo.clone(),
+        protocol: b.protocol.clone(),
+        src_port: b.src_port.clone(),
+        dst_port: b.dst_port.clone(),
+        src_mac: b.src_mac.clone(),
+        dst_mac: b.dst_mac.clone(),
+        tcp_flags: b.tcp_flags.clone(),
+        fp_kind: b.fp_kind.clone(),
+        fingerprint: b.fingerprint.clone(),
+        packets: b.packets.clone(),
+        bytes: b.bytes.clone(),
+        first_ns: b.first_ns.clone(),
+        last_ns: b.last_ns.clone(),
+        tunnel: b.tunnel.clone(),
+        vni: b.vni.clone(),
+        outer_src_hi: b.outer_src_hi.clone(),
+        outer_src_lo: b.outer_src_lo.clone(),
+        outer_dst_hi: b.outer_dst_hi.clone(),
+        outer_dst_lo: b.outer_dst_lo.clone(),
+        outer_src_port: b.outer_src_port.clone(),
+        outer_dst_port: b.outer_dst_port.clone(),
+        outer_src_mac: b.outer_src_mac.clone(),
+        outer_dst_mac: b.outer_dst_mac.clone(),
+        geneve: s::GeneveOptions {
+            obs: b.geneve.obs.clone(),
+            class: b.geneve.class.clone(),
+            type_: b.geneve.type_.clone(),
+            data_start: b.geneve.data_start.clone(),
+            data_len: b.geneve.data_len.clone(),
+            data: b.geneve.data.clone(),
+        },
+    }
+}
+
+/// Best observations/s over `rounds` timed runs of `f` (each handles `n` observations).
+fn best_rate(n: usize, rounds: usize, mut f: impl FnMut()) -> f64 {
+    f(); // warm up
+    let mut best = Duration::MAX;
+    for _ in 0..rounds {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed());
+    }
+    n as f64 / best.as_secs_f64()
+}
+
+fn start(engine: &PluginEngine, name: &str, file: &str, options: &str) -> PluginInstance {
+    let path = root().join("dist/plugins").join(file);
+    let loaded = engine
+        .load(&path, None, &Grants::default())
+        .unwrap_or_else(|e| panic!("{e} (run ./x build)"));
+    let mut s = PluginSettings::new(name);
+    s.options_json = options.into();
+    s.memory_limit_bytes = 512 << 20;
+    PluginInstance::start(engine, loaded, s).unwrap()
+}
+
+fn main() {
+    let (points, obs) = workload();
+    let batch = convert::batch(&points, &obs);
+    let inventory =
+        kubectl::load_file(&root().join("tests/data/flannel-vxlan/inventory.json")).unwrap();
+    let engine = PluginEngine::new(None).unwrap();
+
+    let build_rate = best_rate(BATCH, 20, || {
+        std::hint::black_box(convert::batch(&points, &obs));
+    });
+
+    let mut noop = start(&engine, "noop", "misbehave.wasm", r#"{"mode":"noop"}"#);
+    let noop_rate = best_rate(BATCH, 50, || {
+        std::hint::black_box(noop.process(&batch));
+    });
+
+    let mut flannel = start(&engine, "flannel", "flannel.wasm", "{}");
+    flannel.on_inventory(&convert::inventory(&inventory));
+    let wasm_rate = best_rate(BATCH, 10, || {
+        let mut out = flannel.process(&batch);
+        out.extend(flannel.flush(0));
+        std::hint::black_box(out);
+    });
+
+    let native_batch = sdk_batch(&batch);
+    let sdk_inventory = {
+        // The SDK's inventory type is field-for-field the host's WIT type.
+        let w = convert::inventory(&inventory);
+        cniscope_sdk::Inventory {
+            nodes: w
+                .nodes
+                .into_iter()
+                .map(|n| cniscope_sdk::NodeInfo {
+                    name: n.name,
+                    addresses: n
+                        .addresses
+                        .into_iter()
+                        .map(|i| cniscope_sdk::Ip { hi: i.hi, lo: i.lo })
+                        .collect(),
+                    pod_cidrs: n.pod_cidrs,
+                    annotations: n.annotations,
+                    labels: n.labels,
+                })
+                .collect(),
+            pods: w
+                .pods
+                .into_iter()
+                .map(|p| cniscope_sdk::PodInfo {
+                    namespace: p.namespace,
+                    name: p.name,
+                    node: p.node,
+                    ips: p
+                        .ips
+                        .into_iter()
+                        .map(|i| cniscope_sdk::Ip { hi: i.hi, lo: i.lo })
+                        .collect(),
+                    host_network: p.host_network,
+                    workload: p.workload,
+                    annotations: p.annotations,
+                    created_ns: p.created_ns,
+                    deleted_ns: p.deleted_ns,
+                })
+                .collect(),
+            services: Vec::new(),
+            endpoint_slices: Vec::new(),
+        }
+    };
+    let mut native = Harness::<cniscope_plugin_flannel::Flannel>::new()
+        .inventory(sdk_inventory)
+        .unwrap();
+    let native_rate = best_rate(BATCH, 10, || {
+        std::hint::black_box(native.run(&native_batch).unwrap());
+    });
+
+    let m = |r: f64| r / 1e6;
+    println!("batch of {BATCH} observations (real lab flows, replicated)");
+    println!(
+        "host: rows -> columnar batch           {:>8.2} M obs/s",
+        m(build_rate)
+    );
+    println!(
+        "wasm: no-op plugin, through boundary   {:>8.2} M obs/s   (target >= 10)",
+        m(noop_rate)
+    );
+    println!(
+        "wasm: flannel plugin, process+flush    {:>8.2} M obs/s",
+        m(wasm_rate)
+    );
+    println!(
+        "native: same flannel logic             {:>8.2} M obs/s",
+        m(native_rate)
+    );
+    println!(
+        "ratio wasm/native flannel              {:>8.2}x        (target >= 0.5)",
+        wasm_rate / native_rate
+    );
+    println!(
+        "ratio no-op target                     {:>8.2}x",
+        noop_rate / 10e6
+    );
+    let h = flannel.health();
+    println!(
+        "flannel health: {} calls, peak memory {} KiB, {} traps",
+        h.calls,
+        h.peak_memory_bytes / 1024,
+        h.traps
+    );
+}
