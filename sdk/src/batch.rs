@@ -18,38 +18,32 @@ pub enum Tunnel {
 impl Tunnel {
     pub fn from_code(code: u8) -> Tunnel {
         match code {
-            0 => Tunnel::None,
-            1 => Tunnel::Vxlan,
-            2 => Tunnel::Geneve,
-            3 => Tunnel::IpInIp,
-            4 => Tunnel::Gre,
-            5 => Tunnel::UdpEncap,
+            tunnel::NONE => Tunnel::None,
+            tunnel::VXLAN => Tunnel::Vxlan,
+            tunnel::GENEVE => Tunnel::Geneve,
+            tunnel::IPIP => Tunnel::IpInIp,
+            tunnel::GRE => Tunnel::Gre,
+            tunnel::UDP_ENCAP => Tunnel::UdpEncap,
             other => Tunnel::Other(other),
         }
     }
 
     pub fn code(self) -> u8 {
         match self {
-            Tunnel::None => 0,
-            Tunnel::Vxlan => 1,
-            Tunnel::Geneve => 2,
-            Tunnel::IpInIp => 3,
-            Tunnel::Gre => 4,
-            Tunnel::UdpEncap => 5,
+            Tunnel::None => tunnel::NONE,
+            Tunnel::Vxlan => tunnel::VXLAN,
+            Tunnel::Geneve => tunnel::GENEVE,
+            Tunnel::IpInIp => tunnel::IPIP,
+            Tunnel::Gre => tunnel::GRE,
+            Tunnel::UdpEncap => tunnel::UDP_ENCAP,
             Tunnel::Other(c) => c,
         }
     }
 }
 
 /// Fingerprint kinds (the `fp-kind` column); see `wit/plugin.wit`.
-pub mod fp {
-    pub const NONE: u8 = 0;
-    pub const TCP_SYN_ISN: u8 = 1;
-    pub const TCP_SEQ: u8 = 2;
-    pub const IPV4_ID: u8 = 3;
-    pub const PAYLOAD_HASH: u8 = 4;
-    pub const TCP_SYNACK_ISN: u8 = 5;
-}
+pub use cniscope_common::fp;
+use cniscope_common::tunnel;
 
 /// TCP flag bits in the `tcp-flags` column.
 pub mod tcp {

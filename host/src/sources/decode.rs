@@ -12,25 +12,7 @@ use etherparse::{
 };
 use thiserror::Error;
 
-/// Tunnel codes, as in the WIT `tunnel` column.
-pub mod tunnel {
-    pub const NONE: u8 = 0;
-    pub const VXLAN: u8 = 1;
-    pub const GENEVE: u8 = 2;
-    pub const IPIP: u8 = 3;
-    pub const GRE: u8 = 4;
-    pub const UDP_ENCAP: u8 = 5;
-}
-
-/// Fingerprint kinds, as in the WIT `fp-kind` column.
-pub mod fp {
-    pub const NONE: u8 = 0;
-    pub const TCP_SYN_ISN: u8 = 1;
-    pub const TCP_SEQ: u8 = 2;
-    pub const IPV4_ID: u8 = 3;
-    pub const PAYLOAD_HASH: u8 = 4;
-    pub const TCP_SYNACK_ISN: u8 = 5;
-}
+pub use cniscope_common::{fp, tunnel};
 
 /// Link-layer types we read (pcap LINKTYPE_* values).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
