@@ -73,6 +73,29 @@ enum PluginCommand {
     },
     /// Describe one plugin: name, version, CNI kinds, capture points, options, imports, sha256.
     Inspect { file: PathBuf },
+    /// Run a built plugin on recorded captures and compare its edges with an expected
+    /// topology (`--bless` writes the expected file instead).
+    Test(PluginTestArgs),
+}
+
+#[derive(clap::Args)]
+struct PluginTestArgs {
+    /// The plugin's .wasm file.
+    file: PathBuf,
+    /// Recorded captures, each as `[NODE[/IFACE]=]PATH`.
+    #[arg(long = "capture", required = true)]
+    captures: Vec<CaptureSpec>,
+    #[arg(long = "inventory", short = 'i')]
+    inventories: Vec<PathBuf>,
+    /// The plugin's options as JSON.
+    #[arg(long, default_value = "{}")]
+    options: String,
+    /// Expected topology JSON (as `replay --format json` prints it); edges are compared.
+    #[arg(long)]
+    expect: PathBuf,
+    /// Write the current output to --expect instead of comparing.
+    #[arg(long)]
+    bless: bool,
 }
 
 #[derive(Subcommand)]
@@ -94,6 +117,7 @@ fn main() {
         Command::Replay(args) => replay(args),
         Command::Plugin(PluginCommand::List { dir }) => plugin_list(&dir),
         Command::Plugin(PluginCommand::Inspect { file }) => plugin_inspect(&file),
+        Command::Plugin(PluginCommand::Test(args)) => plugin_test(args),
         Command::Config(ConfigCommand::Check { file }) => config_check(&file),
     };
     if let Err(e) = result {
@@ -153,14 +177,32 @@ fn load_inventory(paths: &[PathBuf]) -> Result<Inventory> {
 
 fn replay(args: ReplayArgs) -> Result<()> {
     let settings = load_settings(&args)?;
-    let inventory = load_inventory(&args.inventories)?;
+    let doc = run_replay(&settings, &args.captures, &args.inventories)?;
+    let format = args.format.or(settings.format).unwrap_or(Format::Table);
+    let text = render(&doc, format);
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+/// Captures -> plugins -> topology document.
+fn run_replay(
+    settings: &Settings,
+    captures: &[CaptureSpec],
+    inventories: &[PathBuf],
+) -> Result<cniscope::topology::TopologyDoc> {
+    let inventory = load_inventory(inventories)?;
     let engine = PluginEngine::new(settings.cache_dir.clone())?;
     let mut pipeline = Pipeline::new(&engine, &settings.plugins, inventory)?;
     let mut ports = settings.ports.clone();
     let (vx, gn) = pipeline.wanted_ports();
     ports.vxlan.extend(vx);
     ports.geneve.extend(gn);
-    let mut replay = Replay::open(&args.captures, ports, settings.window_ns)?;
+    let mut replay = Replay::open(captures, ports, settings.window_ns)?;
     replay.run(|points, obs, end| pipeline.window(points, &obs, end));
     let stats = &replay.stats;
     let mut health = Health::default();
@@ -178,16 +220,84 @@ fn replay(args: ReplayArgs) -> Result<()> {
     for e in &stats.file_errors {
         tracing::warn!("{e}");
     }
-    let doc = pipeline.doc(health);
-    let format = args.format.or(settings.format).unwrap_or(Format::Table);
-    let text = render(&doc, format);
-    match &args.output {
-        Some(path) => {
-            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?
-        }
-        None => print!("{text}"),
+    Ok(pipeline.doc(health))
+}
+
+/// The comparable part of an edge: who, to whom, via what, and how much.
+fn edge_lines(edges: &serde_json::Value) -> Vec<String> {
+    let line = |e: &serde_json::Value| {
+        format!(
+            "{} -> {} via {} {}/{} packets {}",
+            e["src"].as_str().unwrap_or("?"),
+            e["dst"].as_str().unwrap_or("?"),
+            e["service"].as_str().unwrap_or("-"),
+            e["protocol"].as_str().unwrap_or("?"),
+            e["port"],
+            e["packets"]
+        )
+    };
+    edges
+        .as_array()
+        .map(|a| a.iter().map(line).collect())
+        .unwrap_or_default()
+}
+
+fn plugin_test(args: PluginTestArgs) -> Result<()> {
+    let name = args
+        .file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("plugin")
+        .to_string();
+    let mut plugin = PluginSettings::new(&name);
+    serde_json::from_str::<serde_json::Value>(&args.options).context("--options is not JSON")?;
+    plugin.options_json = args.options.clone();
+    let settings = Settings {
+        plugins: vec![PluginToLoad {
+            path: args.file.clone(),
+            sha256: None,
+            settings: plugin,
+        }],
+        cache_dir: config::default_cache_dir(),
+        ports: TunnelPorts::default(),
+        window_ns: 10_000_000_000,
+        format: None,
+        plugin_dir: PathBuf::new(),
+    };
+    let doc = run_replay(&settings, &args.captures, &args.inventories)?;
+    let got = serde_json::to_value(&doc)?;
+    if args.bless {
+        std::fs::write(&args.expect, serde_json::to_string_pretty(&got)? + "\n")
+            .with_context(|| format!("writing {}", args.expect.display()))?;
+        println!(
+            "blessed {} ({} edges)",
+            args.expect.display(),
+            doc.edges.len()
+        );
+        return Ok(());
     }
-    Ok(())
+    let text = std::fs::read_to_string(&args.expect)
+        .with_context(|| format!("reading {}", args.expect.display()))?;
+    let want: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not JSON", args.expect.display()))?;
+    let (got, want) = (edge_lines(&got["edges"]), edge_lines(&want["edges"]));
+    let missing: Vec<&String> = want.iter().filter(|e| !got.contains(e)).collect();
+    let extra: Vec<&String> = got.iter().filter(|e| !want.contains(e)).collect();
+    if missing.is_empty() && extra.is_empty() {
+        println!("ok: {} edges as expected", got.len());
+        return Ok(());
+    }
+    for e in &missing {
+        println!("- {e}");
+    }
+    for e in &extra {
+        println!("+ {e}");
+    }
+    bail!(
+        "{} edges missing, {} unexpected (- expected, + got)",
+        missing.len(),
+        extra.len()
+    )
 }
 
 fn plugin_inspect(file: &Path) -> Result<()> {

@@ -1,6 +1,8 @@
 //! A native test kit: build batches by hand and drive a [`Plugin`] without Wasm, so plugin
-//! rules are unit-tested with plain `cargo test`. (To run a *built* `.wasm` against recorded
-//! batches, use `cniscope plugin test`.)
+//! rules are unit-tested with plain `cargo test`. To run a *built* `.wasm` against recorded
+//! captures and an expected topology, use
+//! `cniscope plugin test my.wasm --capture node-a/eth0=a.pcap -i inventory.json --expect expected.json`
+//! (`--bless` writes `expected.json` from the current output).
 
 use crate::batch::Tunnel;
 use crate::net::ip_from_std;

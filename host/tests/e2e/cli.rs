@@ -110,3 +110,57 @@ fn a_missing_capture_or_inventory_is_a_clear_error() {
     ]);
     assert!(text(&out).1.contains("missing.json"), "{:?}", text(&out));
 }
+
+#[test]
+fn plugin_test_compares_a_built_plugin_with_an_expected_topology() {
+    let dir = tempfile::tempdir().unwrap();
+    let expect = dir.path().join("expected.json");
+    let wasm = plugin("flannel");
+    let inv = data("flannel-vxlan/inventory.json");
+    let captures = lab_captures();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "plugin",
+            "test",
+            wasm.to_str().unwrap(),
+            "-i",
+            inv.to_str().unwrap(),
+            "--expect",
+            expect.to_str().unwrap(),
+        ];
+        for c in &captures {
+            args.extend(["--capture", c.as_str()]);
+        }
+        args.extend(extra);
+        cniscope(&args)
+    };
+    let out = run(&["--bless"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = run(&[]);
+    assert!(
+        out.status.success() && text(&out).0.contains("ok: 5 edges"),
+        "{:?}",
+        text(&out)
+    );
+    // An expectation the plugin does not meet fails, showing the difference.
+    let blessed = std::fs::read_to_string(&expect).unwrap();
+    std::fs::write(
+        &expect,
+        blessed.replacen("\"packets\": 14", "\"packets\": 15", 1),
+    )
+    .unwrap();
+    let out = run(&[]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout
+            .contains("- pod/default/client-a1 -> pod/default/server-b1 via - tcp/8080 packets 15"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .contains("+ pod/default/client-a1 -> pod/default/server-b1 via - tcp/8080 packets 14"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("1 edges missing, 1 unexpected"), "{stderr}");
+}
