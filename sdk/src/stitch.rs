@@ -17,7 +17,44 @@
 use crate::batch::{Obs, Tunnel, batch_rows, fp};
 use crate::{Ip, ObservationBatch};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
+
+/// A multiply-rotate hasher (the Fx hash of rustc) for the stitcher's small keys: SipHash's
+/// DoS resistance buys nothing here (keys come from our own observations) and costs most of
+/// the stitching time, especially inside Wasm.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(i as u64);
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.write_u64(i as u64);
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(i as u64);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// A capture point, interned once per window: observations refer to it by index, so holding
 /// an observation allocates nothing.
@@ -171,7 +208,7 @@ impl Connection {
     pub fn counters(&self) -> (u64, u64, u64, u64) {
         // Per interface: (forward packets, packets, bytes, first, last).
         type Tally = (u64, u64, u64, u64, u64);
-        let mut by_iface: HashMap<(&str, &str), Tally> = HashMap::new();
+        let mut by_iface: FastMap<(&str, &str), Tally> = FastMap::default();
         for (m, f) in self.members.iter().zip(&self.forward) {
             let p = self.point(m);
             let e = by_iface
@@ -210,7 +247,7 @@ impl Connection {
 pub struct Stitcher {
     held: Vec<Seen>,
     points: Vec<PointInfo>,
-    point_ids: HashMap<PointInfo, u32>,
+    point_ids: FastMap<PointInfo, u32>,
     pub max_held: usize,
     pub early_drains: u64,
 }
@@ -220,7 +257,7 @@ impl Default for Stitcher {
         Stitcher {
             held: Vec::new(),
             points: Vec::new(),
-            point_ids: HashMap::new(),
+            point_ids: FastMap::default(),
             max_held: 200_000,
             early_drains: 0,
         }
@@ -306,8 +343,8 @@ impl Stitcher {
         }
         let held = std::mem::take(&mut self.held);
         let mut uf = UnionFind((0..held.len()).collect());
-        let mut by_tuple = HashMap::new();
-        let mut by_fp = HashMap::new();
+        let mut by_tuple = FastMap::default();
+        let mut by_fp = FastMap::default();
         for (i, s) in held.iter().enumerate() {
             if let Some(&j) = by_tuple.get(&s.tuple_key()) {
                 uf.union(i, j);
@@ -323,7 +360,7 @@ impl Stitcher {
                 }
             }
         }
-        let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
+        let mut groups: FastMap<usize, Vec<usize>> = FastMap::default();
         for i in 0..held.len() {
             groups.entry(uf.find(i)).or_default().push(i);
         }
