@@ -5,4 +5,4 @@ wasmtime::component::bindgen!({
     path: "../wit",
 });
 
-pub use cniscope::plugin::types as wit;
+pub use self::cniscope::plugin::types as wit;
