@@ -65,7 +65,7 @@ impl Pipeline {
     /// One window: process in bounded batches, then flush at the window's end.
     pub fn window(&mut self, points: &PointTable, observations: &[Observation], end_ns: u64) {
         self.windows += 1;
-        let mut flows: Vec<wit::LogicalFlow> = Vec::new();
+        let mut flows: Vec<wit::FlowBatch> = Vec::new();
         for chunk in observations.chunks(MAX_BATCH) {
             let batch = convert::batch(points.all(), chunk);
             for p in &mut self.plugins {
@@ -82,7 +82,7 @@ impl Pipeline {
             self.topology.cover(first, last);
         }
         for f in &flows {
-            self.topology.add(&self.resolver, f);
+            self.topology.add_batch(&self.resolver, f);
         }
     }
 

@@ -114,18 +114,88 @@ pub fn protocol_name(p: u8) -> String {
 }
 
 impl Topology {
-    /// Adds one logical flow; endpoints are named at the flow's time.
-    pub fn add(&mut self, resolver: &Resolver, flow: &wit::LogicalFlow) {
-        let at = flow.first_ns;
-        let src = resolver.resolve(&flow.client, at);
-        let dst = resolver.resolve(&flow.server, at);
-        let service = flow.service.as_ref().map(|s| resolver.resolve(s, at));
+    /// Adds a plugin's flows; endpoints are named at each flow's time. A batch whose columns
+    /// disagree in length is malformed: the flows past the shortest column are dropped.
+    pub fn add_batch(&mut self, resolver: &Resolver, b: &wit::FlowBatch) {
+        let s = |i: u32| b.strings.get(i as usize).map(String::as_str).unwrap_or("");
+        let (mut ev, mut ob) = (0usize, 0usize);
+        for i in 0..b.protocol.len() {
+            let at = b.first_ns[i];
+            let ip = |hi: &[u64], lo: &[u64]| wit::Ip {
+                hi: hi[i],
+                lo: lo[i],
+            };
+            let src = resolver.resolve(
+                b.client_role[i],
+                ip(&b.client_ip_hi, &b.client_ip_lo),
+                s(b.client_name[i]),
+                at,
+            );
+            let dst = resolver.resolve(
+                b.server_role[i],
+                ip(&b.server_ip_hi, &b.server_ip_lo),
+                s(b.server_name[i]),
+                at,
+            );
+            let service = (b.service_role[i] != 255).then(|| {
+                resolver.resolve(
+                    b.service_role[i],
+                    ip(&b.service_ip_hi, &b.service_ip_lo),
+                    s(b.service_name[i]),
+                    at,
+                )
+            });
+            let ne = b.evidence_count[i] as usize;
+            let no = b.observed_count[i] as usize;
+            let evidence = b
+                .evidence
+                .get(ev..ev + ne)
+                .unwrap_or(&[])
+                .iter()
+                .map(|&x| s(x));
+            let observed = b
+                .observed_at
+                .get(ob..ob + no)
+                .unwrap_or(&[])
+                .iter()
+                .map(|&x| s(x));
+            ev += ne;
+            ob += no;
+            let counters = (
+                b.packets[i],
+                b.bytes[i],
+                b.first_ns[i],
+                b.last_ns[i],
+                b.confidence[i],
+            );
+            self.add(
+                src,
+                dst,
+                service,
+                (b.protocol[i], b.server_port[i]),
+                counters,
+                evidence,
+                observed,
+            );
+        }
+    }
+
+    fn add<'a>(
+        &mut self,
+        src: NodeEntry,
+        dst: NodeEntry,
+        service: Option<NodeEntry>,
+        (protocol, port): (u8, u16),
+        (packets, bytes, first_ns, last_ns, confidence): (u64, u64, u64, u64, f32),
+        evidence: impl Iterator<Item = &'a str>,
+        observed: impl Iterator<Item = &'a str>,
+    ) {
         let key = EdgeKey {
             src: src.id.clone(),
             dst: dst.id.clone(),
             service: service.as_ref().map(|s| s.id.clone()),
-            protocol: flow.protocol,
-            port: flow.server_port,
+            protocol,
+            port,
         };
         for n in [Some(src), Some(dst), service].into_iter().flatten() {
             match self.nodes.get_mut(&n.id) {
@@ -145,13 +215,13 @@ impl Topology {
             confidence: 1.0,
             flows: 0,
         });
-        acc.packets += flow.packets;
-        acc.bytes += flow.bytes;
-        acc.first_ns = acc.first_ns.min(flow.first_ns);
-        acc.last_ns = acc.last_ns.max(flow.last_ns);
-        acc.evidence.extend(flow.evidence.iter().cloned());
-        acc.observed_at.extend(flow.observed_at.iter().cloned());
-        acc.confidence = acc.confidence.min(flow.confidence);
+        acc.packets += packets;
+        acc.bytes += bytes;
+        acc.first_ns = acc.first_ns.min(first_ns);
+        acc.last_ns = acc.last_ns.max(last_ns);
+        acc.evidence.extend(evidence.map(str::to_string));
+        acc.observed_at.extend(observed.map(str::to_string));
+        acc.confidence = acc.confidence.min(confidence);
         acc.flows += 1;
     }
 

@@ -1,8 +1,8 @@
 //! Reading the inventory: annotations, and an index from addresses to nodes and pods.
 
+use crate::hash::FastMap;
 use crate::net::{Cidr, CidrSet};
 use crate::{Inventory, Ip, NodeInfo, PodInfo};
-use std::collections::HashMap;
 
 /// Lookup over `list<tuple<string, string>>` annotations or labels.
 pub trait Annotations {
@@ -27,15 +27,15 @@ impl Annotations for Vec<(String, String)> {
 pub struct InventoryIndex {
     pub nodes: Vec<NodeInfo>,
     /// Node index by any of its addresses.
-    node_by_ip: HashMap<Ip, usize>,
+    node_by_ip: FastMap<Ip, usize>,
     /// Node index by its pod CIDRs (`spec.podCIDRs`).
     node_by_pod_cidr: CidrSet<usize>,
     /// Pods (possibly several over time) by IP; host-network pods are left out (their IP is
     /// the node's).
-    pods_by_ip: HashMap<Ip, Vec<usize>>,
+    pods_by_ip: FastMap<Ip, Vec<usize>>,
     pub pods: Vec<PodInfo>,
     /// Every ClusterIP / external IP of a service.
-    service_ips: HashMap<Ip, usize>,
+    service_ips: FastMap<Ip, usize>,
     pub inventory: Option<Inventory>,
 }
 

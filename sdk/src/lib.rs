@@ -9,7 +9,8 @@
 //! - [`net`]: addresses, CIDR sets and MACs;
 //! - [`options::Options`]: the operator's TOML options, with errors that name the option;
 //! - [`inventory`]: annotation readers and a pod/node index;
-//! - [`flow::FlowBuilder`]: logical flows;
+//! - [`flow::FlowBuilder`] and [`flow::Flows`]: logical flows, and the sink that sends them as
+//!   columns (use [`flow::FlowRef`] to emit without allocating);
 //! - [`testkit`]: build batches by hand and run a plugin natively in unit tests.
 //!
 //! # A minimal plugin
@@ -24,15 +25,15 @@
 //!     fn describe() -> Description {
 //!         DescriptionBuilder::new("echo", "0.1.0").cni("any").capture("eth*", IfaceKind::Uplink).build()
 //!     }
-//!     fn process(&mut self, batch: &ObservationBatch) -> Result<Vec<LogicalFlow>, PluginError> {
-//!         Ok(batch_rows(batch)
-//!             .map(|o| {
-//!                 FlowBuilder::new(Endpoint::unknown(o.src_ip()), Endpoint::unknown(o.dst_ip()), o.protocol(), o.dst_port())
-//!                     .counters_from(&o)
-//!                     .evidence("echo")
-//!                     .build()
-//!             })
-//!             .collect())
+//!     fn process(&mut self, batch: &ObservationBatch, out: &mut Flows) -> Result<(), PluginError> {
+//!         for o in batch_rows(batch) {
+//!             let flow = FlowBuilder::new(Endpoint::unknown(o.src_ip()), Endpoint::unknown(o.dst_ip()), o.protocol(), o.dst_port())
+//!                 .counters_from(&o)
+//!                 .evidence("echo")
+//!                 .build();
+//!             out.push(&flow);
+//!         }
+//!         Ok(())
 //!     }
 //! }
 //!
@@ -45,6 +46,7 @@
 pub mod batch;
 pub mod describe;
 pub mod flow;
+mod hash;
 pub mod inventory;
 pub mod net;
 pub mod options;
@@ -67,10 +69,11 @@ pub mod bindings {
 }
 
 pub use bindings::cniscope::plugin::types::{
-    CapturePoint, CaptureSpec, Description, Direction, Endpoint, EndpointSliceInfo, GeneveOptions,
-    IfaceKind, Inventory, Ip, LogicalFlow, NodeInfo, ObservationBatch, OptionSpec, OptionType,
-    PluginError, PodInfo, Role, ServiceInfo, ServicePort,
+    CapturePoint, CaptureSpec, Description, Direction, EndpointSliceInfo, FlowBatch, GeneveOptions,
+    IfaceKind, Inventory, Ip, NodeInfo, ObservationBatch, OptionSpec, OptionType, PluginError,
+    PodInfo, ServiceInfo, ServicePort,
 };
+pub use flow::{Endpoint, LogicalFlow, Role};
 
 /// What a CNI plugin implements. The SDK keeps one instance per Wasm instance and calls it
 /// from the exported WIT functions.
@@ -91,12 +94,16 @@ pub trait Plugin: Default + 'static {
         Ok(())
     }
 
-    /// Observations in, logical flows out (now or from a later call).
-    fn process(&mut self, batch: &ObservationBatch) -> Result<Vec<LogicalFlow>, PluginError>;
+    /// Observations in; logical flows go to `out` (now, or from a later call).
+    fn process(
+        &mut self,
+        batch: &ObservationBatch,
+        out: &mut flow::Flows,
+    ) -> Result<(), PluginError>;
 
-    /// End of a correlation window: return everything still held.
-    fn flush(&mut self, _now_ns: u64) -> Result<Vec<LogicalFlow>, PluginError> {
-        Ok(Vec::new())
+    /// End of a correlation window: put everything still held into `out`.
+    fn flush(&mut self, _now_ns: u64, _out: &mut flow::Flows) -> Result<(), PluginError> {
+        Ok(())
     }
 }
 
@@ -127,13 +134,18 @@ macro_rules! export_plugin {
                 }
                 fn process(
                     batch: $crate::ObservationBatch,
-                ) -> Result<::std::vec::Vec<$crate::LogicalFlow>, $crate::PluginError> {
-                    __CNISCOPE_STATE.with(|s| $crate::Plugin::process(&mut *s.borrow_mut(), &batch))
+                ) -> Result<$crate::FlowBatch, $crate::PluginError> {
+                    let mut out = $crate::flow::Flows::new();
+                    __CNISCOPE_STATE.with(|s| {
+                        $crate::Plugin::process(&mut *s.borrow_mut(), &batch, &mut out)
+                    })?;
+                    Ok(out.into_batch())
                 }
-                fn flush(
-                    now_ns: u64,
-                ) -> Result<::std::vec::Vec<$crate::LogicalFlow>, $crate::PluginError> {
-                    __CNISCOPE_STATE.with(|s| $crate::Plugin::flush(&mut *s.borrow_mut(), now_ns))
+                fn flush(now_ns: u64) -> Result<$crate::FlowBatch, $crate::PluginError> {
+                    let mut out = $crate::flow::Flows::new();
+                    __CNISCOPE_STATE
+                        .with(|s| $crate::Plugin::flush(&mut *s.borrow_mut(), now_ns, &mut out))?;
+                    Ok(out.into_batch())
                 }
             }
 
@@ -155,7 +167,7 @@ pub fn error(code: &str, field: &str, message: impl Into<String>) -> PluginError
 pub mod prelude {
     pub use crate::batch::{Obs, Tunnel, batch_rows};
     pub use crate::describe::DescriptionBuilder;
-    pub use crate::flow::FlowBuilder;
+    pub use crate::flow::{EndpointRef, FlowBuilder, FlowRef, Flows};
     pub use crate::inventory::{Annotations, InventoryIndex};
     pub use crate::net::{Cidr, CidrSet, Mac, ip_from_std, ip_to_std};
     pub use crate::options::Options;

@@ -62,9 +62,11 @@ impl Ip {
 
 impl Eq for Ip {}
 
+// Hash and order as two u64s: u128 arithmetic is emulated in Wasm and costs calls.
 impl std::hash::Hash for Ip {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.bits().hash(state)
+        state.write_u64(self.hi);
+        state.write_u64(self.lo);
     }
 }
 
@@ -76,7 +78,7 @@ impl PartialOrd for Ip {
 
 impl Ord for Ip {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.bits().cmp(&other.bits())
+        (self.hi, self.lo).cmp(&(other.hi, other.lo))
     }
 }
 
@@ -97,11 +99,17 @@ impl FromStr for Ip {
 }
 
 /// An IPv4 or IPv6 prefix, stored in the 128-bit mapped space so one type covers both.
+/// Network and mask are kept as (hi, lo) halves so `contains` is four 64-bit operations, also
+/// inside Wasm (where 128-bit shifts are library calls).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Cidr {
     network: u128,
     /// Prefix length in the 128-bit space (IPv4 /24 is 96 + 24).
     len: u8,
+    net_hi: u64,
+    net_lo: u64,
+    mask_hi: u64,
+    mask_lo: u64,
 }
 
 impl Cidr {
@@ -111,9 +119,15 @@ impl Cidr {
         } else {
             prefix_len.min(128)
         };
+        let mask = Self::mask(len);
+        let network = addr.bits() & mask;
         Cidr {
-            network: addr.bits() & Self::mask(len),
+            network,
             len,
+            net_hi: (network >> 64) as u64,
+            net_lo: network as u64,
+            mask_hi: (mask >> 64) as u64,
+            mask_lo: mask as u64,
         }
     }
 
@@ -126,7 +140,7 @@ impl Cidr {
     }
 
     pub fn contains(&self, ip: Ip) -> bool {
-        ip.bits() & Self::mask(self.len) == self.network
+        ip.hi & self.mask_hi == self.net_hi && ip.lo & self.mask_lo == self.net_lo
     }
 
     /// The network address (`10.244.1.0` of `10.244.1.0/24`).

@@ -16,45 +16,9 @@
 
 use crate::batch::{Obs, Tunnel, batch_rows, fp};
 use crate::{Ip, ObservationBatch};
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
-/// A multiply-rotate hasher (the Fx hash of rustc) for the stitcher's small keys: SipHash's
-/// DoS resistance buys nothing here (keys come from our own observations) and costs most of
-/// the stitching time, especially inside Wasm.
-#[derive(Default, Clone, Copy)]
-struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(b));
-        }
-    }
-    fn write_u8(&mut self, i: u8) {
-        self.write_u64(i as u64);
-    }
-    fn write_u16(&mut self, i: u16) {
-        self.write_u64(i as u64);
-    }
-    fn write_u32(&mut self, i: u32) {
-        self.write_u64(i as u64);
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn write_usize(&mut self, i: usize) {
-        self.write_u64(i as u64);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+use crate::hash::FastMap;
 
 /// A capture point, interned once per window: observations refer to it by index, so holding
 /// an observation allocates nothing.
@@ -64,7 +28,12 @@ pub struct PointInfo {
     pub iface: String,
     /// "node/iface:direction".
     pub label: String,
+    /// The same number for both directions of one interface of one node.
+    pub iface_id: u32,
 }
+
+/// A 5-tuple with its ends in a fixed order: (protocol, lower end, higher end).
+type TupleKey = (u8, (Ip, u16), (Ip, u16));
 
 /// An owned copy of what stitching and naming need from one observation.
 #[derive(Clone, Debug, PartialEq)]
@@ -129,7 +98,7 @@ impl Seen {
     }
 
     /// The 5-tuple with its two ends in a fixed order, so both directions share it.
-    fn tuple_key(&self) -> (u8, (Ip, u16), (Ip, u16)) {
+    fn tuple_key(&self) -> TupleKey {
         let (sp, dp) = self.flow_ports();
         let (a, b) = ((self.src, sp), (self.dst, dp));
         if a <= b {
@@ -206,40 +175,60 @@ impl Connection {
     /// most client -> server packets, both directions there. Returns (packets, bytes,
     /// first_ns, last_ns).
     pub fn counters(&self) -> (u64, u64, u64, u64) {
-        // Per interface: (forward packets, packets, bytes, first, last).
-        type Tally = (u64, u64, u64, u64, u64);
-        let mut by_iface: FastMap<(&str, &str), Tally> = FastMap::default();
+        // Per interface: (iface id, forward packets, packets, bytes, first, last). A
+        // connection crosses a handful of interfaces: a linear scan beats a map.
+        let mut tally: Vec<(u32, u64, u64, u64, u64, u64)> = Vec::with_capacity(8);
         for (m, f) in self.members.iter().zip(&self.forward) {
-            let p = self.point(m);
-            let e = by_iface
-                .entry((p.node.as_str(), p.iface.as_str()))
-                .or_insert((0, 0, 0, u64::MAX, 0));
+            let id = self.point(m).iface_id;
+            let e = match tally.iter().position(|t| t.0 == id) {
+                Some(i) => &mut tally[i],
+                None => {
+                    tally.push((id, 0, 0, 0, u64::MAX, 0));
+                    tally.last_mut().expect("just pushed")
+                }
+            };
             if *f {
-                e.0 += m.packets;
+                e.1 += m.packets;
             }
-            e.1 += m.packets;
-            e.2 += m.bytes;
-            e.3 = e.3.min(m.first_ns);
-            e.4 = e.4.max(m.last_ns);
+            e.2 += m.packets;
+            e.3 += m.bytes;
+            e.4 = e.4.min(m.first_ns);
+            e.5 = e.5.max(m.last_ns);
         }
-        let best = by_iface
-            .into_iter()
-            .max_by(|a, b| (a.1.0, a.1.1, b.0).cmp(&(b.1.0, b.1.1, a.0)))
-            .map(|(_, v)| v)
-            .unwrap_or((0, 0, 0, 0, 0));
-        (best.1, best.2, best.3, best.4)
+        // Most forward packets, then most packets, then the first interface seen.
+        let best = tally
+            .iter()
+            .rev()
+            .max_by_key(|t| (t.1, t.2))
+            .copied()
+            .unwrap_or((0, 0, 0, 0, 0, 0));
+        (best.2, best.3, best.4, best.5)
     }
 
-    /// Every point that saw this connection.
-    pub fn points(&self) -> Vec<String> {
-        let mut p: Vec<String> = self
-            .members
+    /// Every point that saw this connection, sorted, borrowed from the window's points.
+    pub fn point_labels(&self) -> Vec<&str> {
+        let mut ids: Vec<u32> = self.members.iter().map(|m| m.point).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut labels: Vec<&str> = ids
             .iter()
-            .map(|m| self.point(m).label.clone())
+            .map(|&i| self.points[i as usize].label.as_str())
             .collect();
-        p.sort();
-        p.dedup();
-        p
+        labels.sort_unstable();
+        labels
+    }
+
+    /// Every point that saw this connection, sorted by label.
+    pub fn points(&self) -> Vec<String> {
+        let mut ids: Vec<u32> = self.members.iter().map(|m| m.point).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut labels: Vec<String> = ids
+            .iter()
+            .map(|&i| self.points[i as usize].label.clone())
+            .collect();
+        labels.sort_unstable();
+        labels
     }
 }
 
@@ -247,7 +236,8 @@ impl Connection {
 pub struct Stitcher {
     held: Vec<Seen>,
     points: Vec<PointInfo>,
-    point_ids: FastMap<PointInfo, u32>,
+    point_ids: FastMap<(String, String, &'static str), u32>,
+    iface_ids: FastMap<(String, String), u32>,
     pub max_held: usize,
     pub early_drains: u64,
 }
@@ -258,6 +248,7 @@ impl Default for Stitcher {
             held: Vec::new(),
             points: Vec::new(),
             point_ids: FastMap::default(),
+            iface_ids: FastMap::default(),
             max_held: 200_000,
             early_drains: 0,
         }
@@ -311,16 +302,26 @@ impl Stitcher {
                 crate::Direction::Egress => "egress",
                 crate::Direction::Unknown => "any",
             };
-            let info = PointInfo {
-                node: p.node.clone(),
-                iface: p.iface.clone(),
-                label: format!("{}/{}:{dir}", p.node, p.iface),
+            let key = (p.node.clone(), p.iface.clone(), dir);
+            let id = match self.point_ids.get(&key) {
+                Some(&id) => id,
+                None => {
+                    let next_iface = self.iface_ids.len() as u32;
+                    let iface_id = *self
+                        .iface_ids
+                        .entry((p.node.clone(), p.iface.clone()))
+                        .or_insert(next_iface);
+                    let id = self.points.len() as u32;
+                    self.points.push(PointInfo {
+                        node: p.node.clone(),
+                        iface: p.iface.clone(),
+                        label: format!("{}/{}:{dir}", p.node, p.iface),
+                        iface_id,
+                    });
+                    self.point_ids.insert(key, id);
+                    id
+                }
             };
-            let next = self.points.len() as u32;
-            let id = *self.point_ids.entry(info.clone()).or_insert_with(|| {
-                self.points.push(info);
-                next
-            });
             ids.push(id);
         }
         let mut early = Vec::new();
@@ -346,11 +347,8 @@ impl Stitcher {
         let mut by_tuple = FastMap::default();
         let mut by_fp = FastMap::default();
         for (i, s) in held.iter().enumerate() {
-            if let Some(&j) = by_tuple.get(&s.tuple_key()) {
-                uf.union(i, j);
-            } else {
-                by_tuple.insert(s.tuple_key(), i);
-            }
+            let j = *by_tuple.entry(s.tuple_key()).or_insert(i);
+            uf.union(i, j);
             if let Some(k) = s.join_fingerprint() {
                 match by_fp.get(&k) {
                     Some(&j) => uf.union(i, j),
@@ -360,20 +358,17 @@ impl Stitcher {
                 }
             }
         }
-        let mut groups: FastMap<usize, Vec<usize>> = FastMap::default();
-        for i in 0..held.len() {
-            groups.entry(uf.find(i)).or_default().push(i);
-        }
-        let mut roots: Vec<usize> = groups.keys().copied().collect();
-        roots.sort();
+        // Group by sorting (root, index): one allocation, members in arrival order.
+        let mut order: Vec<(usize, usize)> = (0..held.len()).map(|i| (uf.find(i), i)).collect();
+        order.sort_unstable();
         let mut slots: Vec<Option<Seen>> = held.into_iter().map(Some).collect();
         let points = Rc::new(self.points.clone());
-        roots
-            .into_iter()
-            .map(|r| {
-                let members: Vec<Seen> = groups[&r]
+        order
+            .chunk_by(|a, b| a.0 == b.0)
+            .map(|group| {
+                let members: Vec<Seen> = group
                     .iter()
-                    .map(|&i| slots[i].take().expect("each member once"))
+                    .map(|&(_, i)| slots[i].take().expect("each member once"))
                     .collect();
                 let forward = orient(&members);
                 Connection {
@@ -388,10 +383,29 @@ impl Stitcher {
 
 /// Orients every member: seeds from what packets say of themselves, then propagates along
 /// shared 5-tuples (same source = same direction) and shared fingerprints (same direction).
+///
+/// Linear in the number of members: each tuple group and each fingerprint group is expanded
+/// once, from the first member of it that gets a direction. (A connection can be large: a
+/// ping flood, or every replica of a flow in a long window.)
 fn orient(members: &[Seen]) -> Vec<bool> {
     let n = members.len();
     let mut dir: Vec<Option<bool>> = members.iter().map(Seen::own_direction).collect();
-    if dir.iter().all(Option::is_none) {
+    let mut tuple_groups: FastMap<TupleKey, Vec<usize>> = FastMap::default();
+    let mut fp_groups: FastMap<(u8, u8, u32), Vec<usize>> = FastMap::default();
+    let mut tuple_of = Vec::with_capacity(n);
+    let mut fp_of = Vec::with_capacity(n);
+    for (i, m) in members.iter().enumerate() {
+        let t = m.tuple_key();
+        tuple_groups.entry(t).or_default().push(i);
+        tuple_of.push(t);
+        let f = m.join_fingerprint();
+        if let Some(f) = f {
+            fp_groups.entry(f).or_default().push(i);
+        }
+        fp_of.push(f);
+    }
+    let mut queue: Vec<usize> = (0..n).filter(|&i| dir[i].is_some()).collect();
+    if queue.is_empty() && n > 0 {
         // Nothing says: the side that spoke first is the client; on a tie, the one talking
         // to the lower (service-like) port.
         let first = (0..n)
@@ -404,38 +418,41 @@ fn orient(members: &[Seen]) -> Vec<bool> {
             })
             .unwrap_or(0);
         dir[first] = Some(true);
+        queue.push(first);
     }
-    // Propagate to a fixpoint; n is small (a connection's points), so quadratic is fine.
-    let mut changed = true;
-    while changed {
-        changed = false;
-        for i in 0..n {
-            let Some(d) = dir[i] else { continue };
-            for j in 0..n {
-                if dir[j].is_some() {
-                    continue;
+    let mut next_unset = 0;
+    loop {
+        while let Some(i) = queue.pop() {
+            let d = dir[i].expect("queued members have a direction");
+            let a = &members[i];
+            if let Some(group) = tuple_groups.remove(&tuple_of[i]) {
+                for j in group {
+                    if dir[j].is_none() {
+                        let b = &members[j];
+                        let same_way = (a.src, a.flow_ports().0) == (b.src, b.flow_ports().0);
+                        dir[j] = Some(if same_way { d } else { !d });
+                        queue.push(j);
+                    }
                 }
-                let (a, b) = (&members[i], &members[j]);
-                let same_tuple = a.tuple_key() == b.tuple_key();
-                let same_fp =
-                    a.join_fingerprint().is_some() && a.join_fingerprint() == b.join_fingerprint();
-                if same_tuple {
-                    let same_way = (a.src, a.flow_ports().0) == (b.src, b.flow_ports().0);
-                    dir[j] = Some(if same_way { d } else { !d });
-                    changed = true;
-                } else if same_fp {
-                    dir[j] = Some(d);
-                    changed = true;
+            }
+            if let Some(group) = fp_of[i].and_then(|f| fp_groups.remove(&f)) {
+                for j in group {
+                    if dir[j].is_none() {
+                        dir[j] = Some(d);
+                        queue.push(j);
+                    }
                 }
             }
         }
-        if !changed && dir.iter().any(Option::is_none) {
-            // A member joined by fingerprint kinds that do not propagate: orient it alone.
-            if let Some(j) = dir.iter().position(Option::is_none) {
-                dir[j] = Some(true);
-                changed = true;
-            }
+        // Members joined only through kinds that do not propagate: orient each alone.
+        while next_unset < n && dir[next_unset].is_some() {
+            next_unset += 1;
         }
+        if next_unset == n {
+            break;
+        }
+        dir[next_unset] = Some(true);
+        queue.push(next_unset);
     }
     dir.into_iter().map(|d| d.unwrap_or(true)).collect()
 }
@@ -489,6 +506,30 @@ mod tests {
         // Counted at a's veth (both directions), not a second time on b.
         assert_eq!(tcp.counters().0, 9);
         assert_eq!(s.held(), 0);
+    }
+
+    #[test]
+    fn a_huge_connection_is_oriented_in_linear_time() {
+        // 20 000 pings between the same two pods: one connection (ICMP has no ports).
+        let mut b = BatchBuilder::new().point("a", "veth1", IfaceKind::PodVeth, Direction::Ingress);
+        for i in 0..10_000u32 {
+            let req = Row::flow(1, "10.244.0.5", 8, "10.244.1.7", 0)
+                .fingerprint(fp::IPV4_ID, (i + 1) << 16 | 64);
+            let rep = Row::flow(1, "10.244.1.7", 0, "10.244.0.5", 0)
+                .fingerprint(fp::IPV4_ID, (i + 1) << 16 | 64);
+            b = b.row(req).row(rep);
+        }
+        let mut s = Stitcher::default();
+        s.add_batch(&b.build());
+        let conns = s.drain();
+        assert_eq!(conns.len(), 1);
+        let c = &conns[0];
+        assert_eq!(
+            c.forward.iter().filter(|f| **f).count(),
+            10_000,
+            "requests forward, replies back"
+        );
+        assert!(c.forward_members().all(|m| m.src_port == 8));
     }
 
     #[test]

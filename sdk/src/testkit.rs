@@ -5,6 +5,7 @@
 //! (`--bless` writes `expected.json` from the current output).
 
 use crate::batch::Tunnel;
+use crate::flow::{Flows, flows_from_batch};
 use crate::net::ip_from_std;
 use crate::options::Options;
 use crate::{
@@ -241,14 +242,18 @@ impl<P: Plugin> Harness<P> {
         Ok(self)
     }
 
+    /// `process`, with the flows read back from the columns the host would receive.
     pub fn process(&mut self, batch: &ObservationBatch) -> Result<Vec<LogicalFlow>, PluginError> {
-        self.plugin.process(batch)
+        let mut out = Flows::new();
+        self.plugin.process(batch, &mut out)?;
+        Ok(flows_from_batch(&out.into_batch()))
     }
 
     /// `process` then `flush`, as the host does at the end of a window.
     pub fn run(&mut self, batch: &ObservationBatch) -> Result<Vec<LogicalFlow>, PluginError> {
-        let mut out = self.plugin.process(batch)?;
-        out.extend(self.plugin.flush(u64::MAX)?);
-        Ok(out)
+        let mut out = Flows::new();
+        self.plugin.process(batch, &mut out)?;
+        self.plugin.flush(u64::MAX, &mut out)?;
+        Ok(flows_from_batch(&out.into_batch()))
     }
 }

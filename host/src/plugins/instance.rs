@@ -233,22 +233,19 @@ impl PluginInstance {
         }
     }
 
-    pub fn process(&mut self, batch: &wit::ObservationBatch) -> Vec<wit::LogicalFlow> {
+    /// Observations in, flows out; None when the plugin failed (logged and counted).
+    pub fn process(&mut self, batch: &wit::ObservationBatch) -> Option<wit::FlowBatch> {
         let n = batch.point.len() as u64;
         self.health.observations_in += n;
-        let out = self
-            .call("process", n, |p, s| p.call_process(s, batch))
-            .unwrap_or_default();
-        self.health.flows_out += out.len() as u64;
-        out
+        let out = self.call("process", n, |p, s| p.call_process(s, batch))?;
+        self.health.flows_out += out.protocol.len() as u64;
+        Some(out)
     }
 
-    pub fn flush(&mut self, now_ns: u64) -> Vec<wit::LogicalFlow> {
-        let out = self
-            .call("flush", 0, |p, s| p.call_flush(s, now_ns))
-            .unwrap_or_default();
-        self.health.flows_out += out.len() as u64;
-        out
+    pub fn flush(&mut self, now_ns: u64) -> Option<wit::FlowBatch> {
+        let out = self.call("flush", 0, |p, s| p.call_flush(s, now_ns))?;
+        self.health.flows_out += out.protocol.len() as u64;
+        Some(out)
     }
 
     /// A call whose WIT error is handled here (logged and counted).

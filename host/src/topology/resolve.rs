@@ -8,6 +8,10 @@ use crate::plugins::convert::ip_to_std;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+const ROLE_NODE: u8 = 1;
+const ROLE_SERVICE: u8 = 2;
+const ROLE_EXTERNAL: u8 = 3;
+
 pub struct Resolver {
     inv: Inventory,
     history: IpHistory,
@@ -80,18 +84,16 @@ impl Resolver {
 
     /// Names an endpoint at time `at_ns`. A plugin's role is a claim about *what kind* of
     /// thing the address is; the inventory decides *which* one it was at that time.
-    pub fn resolve(&self, ep: &wit::Endpoint, at_ns: u64) -> NodeEntry {
-        let ip = (ep.ip.hi != 0 || ep.ip.lo != 0).then(|| ip_to_std(ep.ip));
+    /// `role` is the WIT role code (0 pod, 1 node, 2 service, 3 external, else unknown).
+    pub fn resolve(&self, role: u8, ip: wit::Ip, name: &str, at_ns: u64) -> NodeEntry {
+        let ip = (ip.hi != 0 || ip.lo != 0).then(|| ip_to_std(ip));
         let owner = ip.and_then(|ip| self.history.owner_at(ip, at_ns));
-        match ep.role {
-            wit::Role::Node if !ep.name.is_empty() => {
-                self.node_entry(&ep.name, ip.map(|i| i.to_string()).into_iter().collect())
+        match role {
+            ROLE_NODE if !name.is_empty() => {
+                self.node_entry(name, ip.map(|i| i.to_string()).into_iter().collect())
             }
-            wit::Role::Service if !ep.name.is_empty() => {
-                let (ns, name) = ep
-                    .name
-                    .split_once('/')
-                    .unwrap_or(("default", ep.name.as_str()));
+            ROLE_SERVICE if !name.is_empty() => {
+                let (ns, name) = name.split_once('/').unwrap_or(("default", name));
                 match self
                     .inv
                     .services
@@ -110,7 +112,7 @@ impl Resolver {
                     },
                 }
             }
-            wit::Role::External => match ip {
+            ROLE_EXTERNAL => match ip {
                 Some(ip) => self.by_ip("external", ip),
                 None => self.by_ip("unknown", IpAddr::from([0, 0, 0, 0])),
             },

@@ -112,7 +112,7 @@ fn a_faulted_plugin_restarts_with_its_options_and_goes_on() {
         .load(&plugin("misbehave"), None, &Grants::default())
         .unwrap();
     let mut p = PluginInstance::start(&engine, loaded, settings).unwrap();
-    let counted = |flows: Vec<wit::LogicalFlow>| flows.first().map(|f| f.packets);
+    let counted = |flows: Option<wit::FlowBatch>| flows.and_then(|b| b.packets.first().copied());
     assert_eq!(
         counted(p.process(&batch)),
         Some(obs.len() as u64),

@@ -31,16 +31,6 @@ impl Default for Flannel {
     }
 }
 
-impl Flannel {
-    fn flows(&mut self) -> Vec<LogicalFlow> {
-        self.stitcher
-            .drain()
-            .iter()
-            .filter_map(|c| rules::flow(&self.cluster, &self.backend, c))
-            .collect()
-    }
-}
-
 impl Plugin for Flannel {
     fn describe() -> Description {
         DescriptionBuilder::new("flannel", env!("CARGO_PKG_VERSION"))
@@ -92,16 +82,18 @@ impl Plugin for Flannel {
         }
     }
 
-    fn process(&mut self, batch: &ObservationBatch) -> Result<Vec<LogicalFlow>, PluginError> {
-        let early = self.stitcher.add_batch(batch);
-        Ok(early
-            .iter()
-            .filter_map(|c| rules::flow(&self.cluster, &self.backend, c))
-            .collect())
+    fn process(&mut self, batch: &ObservationBatch, out: &mut Flows) -> Result<(), PluginError> {
+        for conn in self.stitcher.add_batch(batch) {
+            rules::flow(&self.cluster, &self.backend, &conn, out);
+        }
+        Ok(())
     }
 
-    fn flush(&mut self, _now_ns: u64) -> Result<Vec<LogicalFlow>, PluginError> {
-        Ok(self.flows())
+    fn flush(&mut self, _now_ns: u64, out: &mut Flows) -> Result<(), PluginError> {
+        for conn in self.stitcher.drain() {
+            rules::flow(&self.cluster, &self.backend, &conn, out);
+        }
+        Ok(())
     }
 }
 

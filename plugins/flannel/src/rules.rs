@@ -14,12 +14,15 @@ pub struct Backend {
     pub udp_port: u16,
 }
 
-pub fn flow(c: &Cluster, b: &Backend, conn: &Connection) -> Option<LogicalFlow> {
-    let first = conn.members.first()?;
+/// Emits the connection's logical flow into `out`, unless it is link-level control traffic.
+pub fn flow(c: &Cluster, b: &Backend, conn: &Connection, out: &mut Flows) {
+    let Some(first) = conn.members.first() else {
+        return;
+    };
     if is_link_control(first) {
-        return None;
+        return;
     }
-    let mut evidence: Vec<String> = Vec::new();
+    let mut evidence: Vec<&'static str> = Vec::with_capacity(4);
     let mut confidence = 1.0f32;
 
     // Client: the real source, which only the first hop (a pod veth) still shows after SNAT.
@@ -32,23 +35,39 @@ pub fn flow(c: &Cluster, b: &Backend, conn: &Connection) -> Option<LogicalFlow> 
             .iter()
             .any(|(_, a)| matches!(a, Addr::Gateway(_) | Addr::NodeIp(_)))
         {
-            evidence.push("nat:snat-recovered".into());
+            evidence.push("nat:snat-recovered");
         }
-        Endpoint::pod(*ip)
+        EndpointRef {
+            role: Role::Pod,
+            ip: *ip,
+            name: "",
+        }
     } else if let Some((ip, Addr::Gateway(n) | Addr::NodeIp(n))) = sources
         .iter()
         .find(|(_, a)| matches!(a, Addr::Gateway(_) | Addr::NodeIp(_)))
     {
         if matches!(c.classify(*ip), Addr::Gateway(_)) {
             // The node itself, or a pod whose pre-SNAT view we never saw: say which we cannot tell.
-            evidence.push("gateway-unresolved".into());
+            evidence.push("gateway-unresolved");
             confidence = 0.7;
         }
-        Endpoint::node(&c.nodes[*n].name, *ip)
+        EndpointRef {
+            role: Role::Node,
+            ip: *ip,
+            name: &c.nodes[*n].name,
+        }
     } else if let Some((ip, _)) = sources.iter().find(|(_, a)| *a == Addr::External) {
-        Endpoint::external(*ip)
+        EndpointRef {
+            role: Role::External,
+            ip: *ip,
+            name: "",
+        }
     } else {
-        Endpoint::unknown(first.src)
+        EndpointRef {
+            role: Role::Unknown,
+            ip: first.src,
+            name: "",
+        }
     };
 
     // Server: the post-DNAT destination; the pre-DNAT one names the service.
@@ -62,64 +81,103 @@ pub fn flow(c: &Cluster, b: &Backend, conn: &Connection) -> Option<LogicalFlow> 
         .map(|(ip, port, _)| (*ip, *port));
     let backend = dests.iter().find(|(_, _, a)| !matches!(a, Addr::Service));
     let (server, port) = match backend {
-        Some((ip, port, Addr::Pod)) => (Endpoint::pod(*ip), *port),
-        Some((ip, port, Addr::Gateway(n) | Addr::NodeIp(n))) => {
-            (Endpoint::node(&c.nodes[*n].name, *ip), *port)
-        }
+        Some((ip, port, Addr::Pod)) => (
+            EndpointRef {
+                role: Role::Pod,
+                ip: *ip,
+                name: "",
+            },
+            *port,
+        ),
+        Some((ip, port, Addr::Gateway(n) | Addr::NodeIp(n))) => (
+            EndpointRef {
+                role: Role::Node,
+                ip: *ip,
+                name: &c.nodes[*n].name,
+            },
+            *port,
+        ),
         Some((ip, port, Addr::External)) => {
             if sources.iter().any(|(_, a)| matches!(a, Addr::NodeIp(_)))
                 && matches!(client.role, Role::Pod)
             {
-                evidence.push("nat:masquerade".into());
+                evidence.push("nat:masquerade");
             }
-            (Endpoint::external(*ip), *port)
+            (
+                EndpointRef {
+                    role: Role::External,
+                    ip: *ip,
+                    name: "",
+                },
+                *port,
+            )
         }
-        Some((ip, port, _)) => (Endpoint::unknown(*ip), *port),
+        Some((ip, port, _)) => (
+            EndpointRef {
+                role: Role::Unknown,
+                ip: *ip,
+                name: "",
+            },
+            *port,
+        ),
         None => {
             let (ip, port) = service.unwrap_or((first.dst, first.dst_port));
-            evidence.push("no-backend-seen".into());
-            (Endpoint::service(ip), port)
+            evidence.push("no-backend-seen");
+            (
+                EndpointRef {
+                    role: Role::Service,
+                    ip,
+                    name: "",
+                },
+                port,
+            )
         }
     };
     if service.is_some() && backend.is_some() {
-        evidence.push("service:dnat".into());
+        evidence.push("service:dnat");
     }
 
     // How the packets travelled.
     for m in &conn.members {
         match m.tunnel {
             Tunnel::Vxlan if m.vni == b.vni && m.outer_dst_port == b.vxlan_port => {
-                evidence.push("flannel:vxlan".into());
+                evidence.push("flannel:vxlan");
                 // Rule 1: the VTEP must be a node, and the inner MAC its VtepMAC.
                 if c.node_by_ip(m.outer_src).is_none() && c.node_by_vtep_mac(m.src_mac).is_none() {
-                    evidence.push("flannel:unknown-vtep".into());
+                    evidence.push("flannel:unknown-vtep");
                     confidence = confidence.min(0.5);
                 }
             }
-            Tunnel::UdpEncap if m.outer_dst_port == b.udp_port => {
-                evidence.push("flannel:udp".into())
-            }
+            Tunnel::UdpEncap if m.outer_dst_port == b.udp_port => evidence.push("flannel:udp"),
             Tunnel::None if is_host_gw(c, &conn.point(m).iface, m) => {
-                evidence.push("flannel:host-gw".into())
+                evidence.push("flannel:host-gw")
             }
             _ => {}
         }
     }
 
     let (packets, bytes, first_ns, last_ns) = conn.counters();
-    let mut f = FlowBuilder::new(client, server, first.protocol, port)
-        .counters(packets, bytes, first_ns, last_ns)
-        .confidence(confidence);
-    if let Some((ip, _)) = service {
-        f = f.service(Endpoint::service(ip));
-    }
-    for e in &evidence {
-        f = f.evidence(e);
-    }
-    for p in conn.points() {
-        f = f.observed_at(p);
-    }
-    Some(f.build())
+    evidence.sort_unstable();
+    evidence.dedup();
+    let points = conn.point_labels();
+    out.add(&FlowRef {
+        client,
+        server,
+        service: service.map(|(ip, _)| EndpointRef {
+            role: Role::Service,
+            ip,
+            name: "",
+        }),
+        protocol: first.protocol,
+        server_port: port,
+        packets,
+        bytes,
+        first_ns,
+        last_ns,
+        confidence,
+        evidence: &evidence,
+        observed_at: &points,
+    });
 }
 
 /// host-gw: pod traffic between nodes, unencapsulated, on an uplink.

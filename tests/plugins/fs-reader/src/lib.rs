@@ -12,7 +12,7 @@ impl Plugin for FsReader {
             .build()
     }
 
-    fn process(&mut self, _batch: &ObservationBatch) -> Result<Vec<LogicalFlow>, PluginError> {
+    fn process(&mut self, _batch: &ObservationBatch, _out: &mut Flows) -> Result<(), PluginError> {
         // Reading a file pulls in wasi:filesystem imports.
         let secret = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
         Err(error(

@@ -1,7 +1,8 @@
 //! A test plugin that misbehaves on purpose, to prove the host contains it.
 //!
 //! Option `mode`: "noop" (returns nothing: the boundary benchmark), "count" (one flow per
-//! batch whose packet count is the number of rows: proves the batch arrived whole), "trap"
+//! batch whose packet count is the number of rows: proves the batch arrived whole), "flows"
+//! (one flow per row with flannel-like evidence and points: the cost of returning flows), "trap"
 //! (panics), "loop" (never returns), "alloc" (grows memory without bound).
 //! Option `after`: behave for this many `process` calls first.
 
@@ -39,7 +40,7 @@ impl Plugin for Misbehave {
         self.mode = options.string("mode", "noop")?;
         self.after = options.integer("after", 0)?;
         match self.mode.as_str() {
-            "noop" | "count" | "trap" | "loop" | "alloc" => Ok(()),
+            "noop" | "count" | "flows" | "trap" | "loop" | "alloc" => Ok(()),
             other => Err(error(
                 "bad-option",
                 "mode",
@@ -48,7 +49,7 @@ impl Plugin for Misbehave {
         }
     }
 
-    fn process(&mut self, batch: &ObservationBatch) -> Result<Vec<LogicalFlow>, PluginError> {
+    fn process(&mut self, batch: &ObservationBatch, out: &mut Flows) -> Result<(), PluginError> {
         self.calls += 1;
         let mode = if self.calls <= self.after {
             "count"
@@ -73,14 +74,48 @@ impl Plugin for Misbehave {
             "count" => {
                 let n = batch.point.len() as u64;
                 let ip = Ip::v4(192, 0, 2, 1);
-                Ok(vec![
-                    FlowBuilder::new(Endpoint::unknown(ip), Endpoint::unknown(ip), 0, 0)
-                        .counters(n, 0, 0, 0)
-                        .evidence("misbehave:count")
-                        .build(),
-                ])
+                let flow = FlowBuilder::new(Endpoint::unknown(ip), Endpoint::unknown(ip), 0, 0)
+                    .counters(n, 0, 0, 0)
+                    .evidence("misbehave:count")
+                    .build();
+                out.push(&flow);
+                Ok(())
             }
-            _ => Ok(Vec::new()),
+            "flows" => {
+                // Shaped like flannel's output, emitted without allocating.
+                let points = [
+                    "node-a/vethclienta1:any",
+                    "node-a/eth0:any",
+                    "node-b/eth0:any",
+                    "node-b/vethserverb1:any",
+                ];
+                for o in batch_rows(batch) {
+                    out.add(&FlowRef {
+                        client: EndpointRef {
+                            role: Role::Pod,
+                            ip: o.src_ip(),
+                            name: "",
+                        },
+                        server: EndpointRef {
+                            role: Role::Pod,
+                            ip: o.dst_ip(),
+                            name: "",
+                        },
+                        service: None,
+                        protocol: o.protocol(),
+                        server_port: o.dst_port(),
+                        packets: o.packets(),
+                        bytes: o.bytes(),
+                        first_ns: o.first_ns(),
+                        last_ns: o.last_ns(),
+                        confidence: 1.0,
+                        evidence: &["flannel:vxlan", "service:dnat"],
+                        observed_at: &points,
+                    });
+                }
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 }
