@@ -5,6 +5,7 @@ use crate::plugins::PluginSettings;
 use crate::plugins::policy::Grants;
 use crate::sinks::Format;
 use crate::sources::decode::TunnelPorts;
+use crate::sources::replay::CaptureSpec;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -117,6 +118,24 @@ pub struct ReplaySection {
     /// UDP ports that carry a raw IP packet (flannel's udp backend).
     #[serde(default = "default_udp_encap")]
     pub udp_encap_ports: Vec<u16>,
+    /// kubectl JSON dumps naming the cluster, relative to this file.
+    #[serde(default)]
+    pub inventory: Vec<Spanned<String>>,
+    /// Capture files to replay, each with the point it was taken at.
+    #[serde(default)]
+    pub capture: Vec<CaptureEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureEntry {
+    /// pcap or pcapng file, relative to this file.
+    pub path: Spanned<String>,
+    /// The Kubernetes node it was captured on.
+    #[serde(default)]
+    pub node: String,
+    /// The interface; when absent, the pcapng interface name.
+    pub iface: Option<String>,
 }
 
 fn default_window() -> Spanned<f64> {
@@ -139,6 +158,8 @@ impl Default for ReplaySection {
             vxlan_ports: default_vxlan(),
             geneve_ports: default_geneve(),
             udp_encap_ports: default_udp_encap(),
+            inventory: Vec::new(),
+            capture: Vec::new(),
         }
     }
 }
@@ -192,6 +213,10 @@ pub struct Settings {
     pub window_ns: u64,
     pub format: Option<Format>,
     pub plugin_dir: PathBuf,
+    /// From `[[replay.capture]]`.
+    pub captures: Vec<CaptureSpec>,
+    /// From `replay.inventory`.
+    pub inventories: Vec<PathBuf>,
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -395,10 +420,40 @@ fn validate(c: Config, text: &str, base: &Path) -> Result<Settings, Vec<ConfigPr
             },
         });
     }
+    let mut captures = Vec::new();
+    for (i, c) in c.replay.capture.iter().enumerate() {
+        let path = base.join(c.path.get_ref());
+        if !path.is_file() {
+            problem(
+                c.path.span(),
+                &format!("replay.capture[{i}].path"),
+                format!("{} does not exist", path.display()),
+            );
+        }
+        captures.push(CaptureSpec {
+            path,
+            node: c.node.clone(),
+            iface: c.iface.clone(),
+        });
+    }
+    let mut inventories = Vec::new();
+    for (i, f) in c.replay.inventory.iter().enumerate() {
+        let path = base.join(f.get_ref());
+        if !path.is_file() {
+            problem(
+                f.span(),
+                &format!("replay.inventory[{i}]"),
+                format!("{} does not exist", path.display()),
+            );
+        }
+        inventories.push(path);
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
     Ok(Settings {
+        captures,
+        inventories,
         plugins,
         cache_dir: match c.plugins.cache_dir.as_deref() {
             Some("") => None,

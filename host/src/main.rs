@@ -39,8 +39,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ReplayArgs {
-    /// Capture files (pcap or pcapng), each as `[NODE[/IFACE]=]PATH`.
-    #[arg(required = true)]
+    /// Capture files (pcap or pcapng), each as `[NODE[/IFACE]=]PATH`; added to the
+    /// config's `[[replay.capture]]`.
     captures: Vec<CaptureSpec>,
     /// kubectl JSON dumps (`kubectl get nodes,pods,services,endpointslices -A -o json`).
     #[arg(long = "inventory", short = 'i')]
@@ -155,6 +155,8 @@ fn load_settings(args: &ReplayArgs) -> Result<Settings> {
                 window_ns: 10_000_000_000,
                 format: None,
                 plugin_dir: args.plugin_dir.clone(),
+                captures: Vec::new(),
+                inventories: Vec::new(),
             }
         }
     };
@@ -177,7 +179,22 @@ fn load_inventory(paths: &[PathBuf]) -> Result<Inventory> {
 
 fn replay(args: ReplayArgs) -> Result<()> {
     let settings = load_settings(&args)?;
-    let doc = run_replay(&settings, &args.captures, &args.inventories)?;
+    let captures: Vec<CaptureSpec> = settings
+        .captures
+        .iter()
+        .chain(&args.captures)
+        .cloned()
+        .collect();
+    if captures.is_empty() {
+        bail!("nothing to replay: name capture files, or [[replay.capture]] entries in the config");
+    }
+    let inventories: Vec<PathBuf> = settings
+        .inventories
+        .iter()
+        .chain(&args.inventories)
+        .cloned()
+        .collect();
+    let doc = run_replay(&settings, &captures, &inventories)?;
     let format = args.format.or(settings.format).unwrap_or(Format::Table);
     let text = render(&doc, format);
     match &args.output {
@@ -263,6 +280,8 @@ fn plugin_test(args: PluginTestArgs) -> Result<()> {
         window_ns: 10_000_000_000,
         format: None,
         plugin_dir: PathBuf::new(),
+        captures: Vec::new(),
+        inventories: Vec::new(),
     };
     let doc = run_replay(&settings, &args.captures, &args.inventories)?;
     let got = serde_json::to_value(&doc)?;

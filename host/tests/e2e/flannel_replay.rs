@@ -175,3 +175,41 @@ fn dot_and_table_formats_render_the_same_edges() {
         );
     }
 }
+
+#[test]
+fn the_demo_config_describes_the_whole_replay() {
+    plugin("flannel");
+    let out = cniscope(&[
+        "replay",
+        "--config",
+        "examples/flannel-vxlan-demo.toml",
+        "--format",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        edges(&doc),
+        edges(&replay_json(&["--config", "examples/cniscope.toml"]))
+    );
+    // A capture named in the config that does not exist is a config error, with its line.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[replay]\n\n[[replay.capture]]\npath = \"missing.pcap\"\nnode = \"n1\"\n",
+    )
+    .unwrap();
+    let out = cniscope(&["replay", "--config", bad.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains(":4:8: replay.capture[0].path:")
+            && stderr.contains("missing.pcap does not exist"),
+        "{stderr}"
+    );
+}
