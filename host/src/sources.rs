@@ -4,4 +4,5 @@
 
 pub mod aggregate;
 pub mod decode;
+pub mod live;
 pub mod replay;

@@ -28,3 +28,113 @@ pub mod fp {
     /// ISN of a TCP SYN+ACK: the server's direction.
     pub const TCP_SYNACK_ISN: u8 = 5;
 }
+
+/// Direction codes in [`FlowKey::direction`].
+pub mod direction {
+    pub const INGRESS: u8 = 0;
+    pub const EGRESS: u8 = 1;
+}
+
+/// Indexes of the probe's `COUNTERS` per-CPU array. Everything the probe could not record is
+/// counted here: it never drops a packet, only (counted) observations.
+pub mod counter {
+    /// Packets seen by the probe.
+    pub const PACKETS: u32 = 0;
+    /// New-flow events lost because the ring buffer was full.
+    pub const RINGBUF_FULL: u32 = 1;
+    /// Packets not recorded because the flow map was full (insert failed).
+    pub const MAP_FULL: u32 = 2;
+    /// Packets whose headers could not be read (truncated, malformed).
+    pub const PARSE_FAILED: u32 = 3;
+    /// Not IP (ARP, LLDP, STP): expected, not a loss.
+    pub const NOT_IP: u32 = 4;
+    pub const COUNT: u32 = 5;
+}
+
+/// Ports the probe decodes as tunnels (the `CONFIG` array's only entry). Zero = unused slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeConfig {
+    pub vxlan_ports: [u16; 8],
+    pub geneve_ports: [u16; 4],
+    pub udp_encap_ports: [u16; 4],
+}
+
+/// The identity of one observation: one direction of one flow at one interface.
+/// Addresses are 16 bytes, IPv4 mapped (`::ffff:a.b.c.d`), network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub ifindex: u32,
+    pub direction: u8,
+    pub tunnel: u8,
+    pub protocol: u8,
+    pub _pad: u8,
+    pub vni: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub outer_src_port: u16,
+    pub outer_dst_port: u16,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub outer_src: [u8; 16],
+    pub outer_dst: [u8; 16],
+}
+
+/// What the probe accumulates per [`FlowKey`] (per CPU; the host merges the CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// `bpf_ktime_get_ns` (monotonic since boot) of the first and last packet.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub fingerprint: u32,
+    pub tcp_flags: u8,
+    pub fp_kind: u8,
+    /// Length in bytes of the first Geneve option's data (the probe keeps at most 8).
+    pub geneve_len: u8,
+    pub geneve_type: u8,
+    pub geneve_class: u16,
+    pub _pad: [u8; 2],
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub outer_src_mac: [u8; 6],
+    pub outer_dst_mac: [u8; 6],
+    pub geneve_data: [u8; 8],
+    pub _pad2: [u8; 4],
+}
+
+/// Sent through the ring buffer when a flow is first seen at an interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NewFlow {
+    pub key: FlowKey,
+    pub fingerprint: u32,
+    pub fp_kind: u8,
+    pub _pad: [u8; 7],
+    pub ts_ns: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] structs of integers and byte arrays, with explicit padding
+    // fields, so every bit pattern is valid and there are no implicit padding bytes.
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::NewFlow {}
+    unsafe impl aya::Pod for super::ProbeConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<super::FlowKey>(), 4 + 4 + 4 + 8 + 64);
+        assert_eq!(size_of::<super::FlowStats>(), 32 + 4 + 4 + 4 + 24 + 8 + 4);
+        assert_eq!(size_of::<super::NewFlow>(), 84 + 4 + 8 + 8);
+        assert_eq!(size_of::<super::ProbeConfig>(), 32);
+    }
+}

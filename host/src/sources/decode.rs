@@ -257,8 +257,14 @@ fn ip_packet(ethertype: u16, data: &[u8]) -> Result<IpPacket<'_>, DecodeError> {
             p.dst = v4_mapped(h.destination());
             p.protocol = h.protocol().0;
             p.ip_id = Some(h.identification());
-            p.ip_len = h.total_len() as u32;
             let hl = h.slice().len();
+            // BIG TCP (and some GSO captures) leave tot_len 0 for packets over 64 KiB: the
+            // length is then what the packet carries.
+            let total = match h.total_len() as usize {
+                t if t < hl => data.len(),
+                t => t,
+            };
+            p.ip_len = total as u32;
             // A later fragment carries no L4 header: observe it without ports.
             if h.fragments_offset().value() != 0 {
                 return Ok(IpPacket {
@@ -267,7 +273,7 @@ fn ip_packet(ethertype: u16, data: &[u8]) -> Result<IpPacket<'_>, DecodeError> {
                     udp_payload: &[],
                 });
             }
-            let end = (h.total_len() as usize).clamp(hl, data.len());
+            let end = total.clamp(hl, data.len());
             &data[hl..end]
         }
         0x86dd => {

@@ -15,3 +15,6 @@ mod sandbox;
 
 /// The command line: inspect, config check, bad inputs.
 mod cli;
+
+/// The eBPF probes: loaded in the kernel, run on real captures, attached in lab namespaces.
+mod live;

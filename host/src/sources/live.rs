@@ -1,0 +1,437 @@
+//! Live capture: the eBPF TC probes (`ebpf/probe`), one instance per node network namespace.
+//!
+//! Each [`NodeProbe`] loads its own copy of the probes and maps (ifindexes are per namespace),
+//! attaches them with TCX links (they vanish with the process, even after SIGKILL), and is
+//! drained every interval into the same [`Observation`]s the replay source produces.
+
+pub mod netns;
+pub mod test_run;
+
+use super::aggregate::{CapturePoint, Direction, FlowKey, IfaceKind, Observation, PointTable};
+use super::decode::{GeneveOpt, TunnelPorts};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::LinkOrder;
+use aya::programs::tc::{SchedClassifier, TcAttachOptions, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+use cniscope_common::{FlowKey as WireKey, FlowStats, ProbeConfig, counter, direction};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// The probes, built by `host/build.rs` from `ebpf/probe`.
+static PROBE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cniscope-probe"));
+
+#[derive(Debug, Error)]
+pub enum LiveError {
+    /// The kernel refused the probes (verifier, missing BTF or TCX, not root).
+    #[error("node {node}: loading the eBPF probes: {detail}")]
+    Load { node: String, detail: String },
+    /// Attaching to an interface failed.
+    #[error("node {node}: attaching to {iface}: {detail}")]
+    Attach {
+        node: String,
+        iface: String,
+        detail: String,
+    },
+    /// Entering the node's network namespace failed.
+    #[error("node {node}: network namespace {path}: {source}")]
+    Netns {
+        node: String,
+        path: String,
+        source: std::io::Error,
+    },
+    /// Reading or writing a probe map failed.
+    #[error("node {node}: map {map}: {detail}")]
+    Map {
+        node: String,
+        map: &'static str,
+        detail: String,
+    },
+}
+
+/// Sizes of the probe's maps.
+#[derive(Clone, Debug)]
+pub struct ProbeSettings {
+    /// Flows per interval per node (each of the two buffers).
+    pub flow_entries: u32,
+    /// Ring buffer for new-flow events, in bytes (a power of two, at least a page).
+    pub ringbuf_bytes: u32,
+    pub ports: TunnelPorts,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        ProbeSettings {
+            flow_entries: 16384,
+            ringbuf_bytes: 256 * 1024,
+            ports: TunnelPorts::default(),
+        }
+    }
+}
+
+/// What a probe could not record, and what it saw, since load.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ProbeCounters {
+    pub packets: u64,
+    pub ringbuf_full: u64,
+    pub map_full: u64,
+    pub parse_failed: u64,
+    pub not_ip: u64,
+    pub new_flow_events: u64,
+}
+
+struct Attached {
+    name: String,
+    kind: IfaceKind,
+}
+
+pub struct NodeProbe {
+    pub node: String,
+    netns: Option<PathBuf>,
+    ebpf: Ebpf,
+    /// One consumer for the probe's lifetime: the ring buffer's read position lives in it.
+    events_rb: RingBuf<MapData>,
+    attached: BTreeMap<u32, Attached>,
+    active: u32,
+    events: u64,
+}
+
+fn ports<const N: usize>(list: &[u16]) -> [u16; N] {
+    let mut out = [0u16; N];
+    for (o, p) in out.iter_mut().zip(list) {
+        *o = *p;
+    }
+    out
+}
+
+impl NodeProbe {
+    /// Loads the probes for one node; `netns` is the node's network namespace (None: ours).
+    pub fn load(
+        node: &str,
+        netns: Option<PathBuf>,
+        settings: &ProbeSettings,
+    ) -> Result<NodeProbe, LiveError> {
+        let err = |detail: String| LiveError::Load {
+            node: node.to_string(),
+            detail,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .set_max_entries("FLOWS_A", settings.flow_entries)
+            .set_max_entries("FLOWS_B", settings.flow_entries)
+            .set_max_entries("EVENTS", settings.ringbuf_bytes)
+            .load(PROBE)
+            .map_err(|e| err(format!("{e}")))?;
+        for name in ["cniscope_ingress", "cniscope_egress"] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| err(format!("program {name} missing")))?
+                .try_into()
+                .map_err(|e| err(format!("{name}: {e}")))?;
+            prog.load().map_err(|e| err(format!("{name}: {e:#}")))?;
+        }
+        let cfg = ProbeConfig {
+            vxlan_ports: ports(&settings.ports.vxlan),
+            geneve_ports: ports(&settings.ports.geneve),
+            udp_encap_ports: ports(&settings.ports.udp_encap),
+        };
+        let mut config: Array<&mut MapData, ProbeConfig> = Array::try_from(
+            ebpf.map_mut("CONFIG")
+                .ok_or_else(|| err("map CONFIG missing".into()))?,
+        )
+        .map_err(|e| err(format!("CONFIG: {e}")))?;
+        config
+            .set(0, cfg, 0)
+            .map_err(|e| err(format!("CONFIG: {e}")))?;
+        let events_rb = RingBuf::try_from(
+            ebpf.take_map("EVENTS")
+                .ok_or_else(|| err("map EVENTS missing".into()))?,
+        )
+        .map_err(|e| err(format!("EVENTS: {e}")))?;
+        Ok(NodeProbe {
+            node: node.to_string(),
+            netns,
+            ebpf,
+            events_rb,
+            attached: BTreeMap::new(),
+            active: 0,
+            events: 0,
+        })
+    }
+
+    /// Interfaces of the node's namespace, as (ifindex, name).
+    pub fn interfaces(&self) -> Result<Vec<(u32, String)>, LiveError> {
+        netns::run_in(self.netns.as_deref(), netns::interfaces)
+            .map_err(|source| self.netns_err(source))?
+            .map_err(|source| self.netns_err(source))
+    }
+
+    fn netns_err(&self, source: std::io::Error) -> LiveError {
+        LiveError::Netns {
+            node: self.node.clone(),
+            path: self
+                .netns
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(own)".into()),
+            source,
+        }
+    }
+
+    /// Attaches both probes to `iface` (ingress and egress, TCX). Idempotent per ifindex.
+    pub fn attach(
+        &mut self,
+        ifindex: u32,
+        iface: &str,
+        kind: IfaceKind,
+    ) -> Result<bool, LiveError> {
+        if self.attached.contains_key(&ifindex) {
+            return Ok(false);
+        }
+        let attach_err = |detail: String| LiveError::Attach {
+            node: self.node.clone(),
+            iface: iface.to_string(),
+            detail,
+        };
+        let l3 = netns::run_in(self.netns.as_deref(), || netns::is_l3_device(iface))
+            .and_then(|r| r)
+            .map_err(|e| attach_err(format!("device type: {e}")))?;
+        if l3 {
+            let mut l3_ifaces: HashMap<&mut MapData, u32, u8> = HashMap::try_from(
+                self.ebpf
+                    .map_mut("L3_IFACES")
+                    .expect("L3_IFACES is in the probe"),
+            )
+            .map_err(|e| attach_err(e.to_string()))?;
+            l3_ifaces
+                .insert(ifindex, 1, 0)
+                .map_err(|e| attach_err(e.to_string()))?;
+        }
+        let netns_path = self.netns.clone();
+        let ebpf = &mut self.ebpf;
+        let result: Result<(), String> = netns::run_in(netns_path.as_deref(), || {
+            for (name, attach_type) in [
+                ("cniscope_ingress", TcAttachType::Ingress),
+                ("cniscope_egress", TcAttachType::Egress),
+            ] {
+                let prog: &mut SchedClassifier = ebpf
+                    .program_mut(name)
+                    .expect("loaded")
+                    .try_into()
+                    .expect("a classifier");
+                prog.attach_with_options(
+                    iface,
+                    attach_type,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|e| format!("{name}: {e:#}"))?;
+            }
+            Ok(())
+        })
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        result.map_err(attach_err)?;
+        self.attached.insert(
+            ifindex,
+            Attached {
+                name: iface.to_string(),
+                kind,
+            },
+        );
+        tracing::info!(node = %self.node, iface, ifindex, "probes attached");
+        Ok(true)
+    }
+
+    /// Forgets interfaces that are gone (their TCX links went with them).
+    pub fn forget_missing(&mut self, present: &[(u32, String)]) {
+        self.attached
+            .retain(|ifindex, a| present.iter().any(|(i, n)| i == ifindex && *n == a.name));
+    }
+
+    pub fn attached(&self) -> impl Iterator<Item = (&u32, &str)> {
+        self.attached.iter().map(|(i, a)| (i, a.name.as_str()))
+    }
+
+    /// Swaps the flow buffers and drains the one the probes just stopped writing.
+    /// `clock_offset_ns` turns the probes' monotonic times into Unix times.
+    pub fn drain(
+        &mut self,
+        points: &mut PointTable,
+        clock_offset_ns: i64,
+    ) -> Result<Vec<Observation>, LiveError> {
+        let map_err = |map: &'static str, e: String| LiveError::Map {
+            node: self.node.clone(),
+            map,
+            detail: e,
+        };
+        let old = self.active;
+        self.active ^= 1;
+        {
+            let mut active: Array<&mut MapData, u32> =
+                Array::try_from(self.ebpf.map_mut("ACTIVE").expect("ACTIVE is in the probe"))
+                    .map_err(|e| map_err("ACTIVE", e.to_string()))?;
+            active
+                .set(0, self.active, 0)
+                .map_err(|e| map_err("ACTIVE", e.to_string()))?;
+        }
+        // A program that read ACTIVE just before the swap may still be writing the old
+        // buffer: TC programs run for well under a microsecond; give them a millisecond.
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        let name = if old == 0 { "FLOWS_A" } else { "FLOWS_B" };
+        let mut flows: PerCpuHashMap<&mut MapData, WireKey, FlowStats> =
+            PerCpuHashMap::try_from(self.ebpf.map_mut(name).expect("flow maps are in the probe"))
+                .map_err(|e| map_err("FLOWS", e.to_string()))?;
+        let mut entries = Vec::new();
+        for item in flows.iter() {
+            match item {
+                Ok((k, v)) => entries.push((k, v.iter().copied().collect::<Vec<_>>())),
+                Err(e) => tracing::warn!(node = %self.node, "reading {name}: {e}"),
+            }
+        }
+        for (k, _) in &entries {
+            let _ = flows.remove(k);
+        }
+        let mut out = Vec::with_capacity(entries.len());
+        for (key, per_cpu) in entries {
+            // Not attached by us (BPF_PROG_TEST_RUN runs on the loopback): named by ifindex.
+            let (iface, kind) = match self.attached.get(&key.ifindex) {
+                Some(a) => (a.name.clone(), a.kind),
+                None => (format!("if{}", key.ifindex), IfaceKind::Other),
+            };
+            let point = points.intern(CapturePoint {
+                node: self.node.clone(),
+                iface,
+                kind,
+                direction: if key.direction == direction::EGRESS {
+                    Direction::Egress
+                } else {
+                    Direction::Ingress
+                },
+            });
+            if let Some(o) = observation(point, &key, &per_cpu, clock_offset_ns) {
+                out.push(o);
+            }
+        }
+        out.sort_by_key(|o| {
+            (
+                o.first_ns,
+                o.key.point,
+                o.key.src,
+                o.key.dst,
+                o.key.src_port,
+                o.key.dst_port,
+            )
+        });
+        // New-flow events: counted here (the flow maps carry the same facts, merged per CPU).
+        while let Some(item) = self.events_rb.next() {
+            if item.len() >= std::mem::size_of::<cniscope_common::NewFlow>() {
+                self.events += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn counters(&self) -> Result<ProbeCounters, LiveError> {
+        let map = self.ebpf.map("COUNTERS").expect("COUNTERS is in the probe");
+        let arr: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|e| LiveError::Map {
+                node: self.node.clone(),
+                map: "COUNTERS",
+                detail: e.to_string(),
+            })?;
+        let sum = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+        Ok(ProbeCounters {
+            packets: sum(counter::PACKETS),
+            ringbuf_full: sum(counter::RINGBUF_FULL),
+            map_full: sum(counter::MAP_FULL),
+            parse_failed: sum(counter::PARSE_FAILED),
+            not_ip: sum(counter::NOT_IP),
+            new_flow_events: self.events,
+        })
+    }
+
+    /// The loaded ingress program, for `BPF_PROG_TEST_RUN`.
+    pub fn ingress_program(&self) -> &SchedClassifier {
+        self.ebpf
+            .program("cniscope_ingress")
+            .expect("loaded")
+            .try_into()
+            .expect("a classifier")
+    }
+}
+
+fn addr(b: &[u8; 16]) -> u128 {
+    u128::from_be_bytes(*b)
+}
+
+fn mac(b: &[u8; 6]) -> u64 {
+    b.iter().fold(0u64, |acc, x| (acc << 8) | *x as u64)
+}
+
+/// Merges one flow's per-CPU slots: counters add up, the first packet (earliest CPU slot)
+/// gives the fingerprint, unless a slot saw the handshake (as the replay aggregator).
+pub fn observation(
+    point: u16,
+    key: &WireKey,
+    per_cpu: &[FlowStats],
+    clock_offset_ns: i64,
+) -> Option<Observation> {
+    let used: Vec<&FlowStats> = per_cpu.iter().filter(|s| s.packets > 0).collect();
+    let first = used.iter().min_by_key(|s| s.first_ns)?;
+    let syn = used
+        .iter()
+        .filter(|s| matches!(s.fp_kind, 1 | 5))
+        .min_by_key(|s| s.first_ns);
+    let fp_from = syn.unwrap_or(first);
+    let to_unix = |t: u64| t.saturating_add_signed(clock_offset_ns);
+    let geneve = if first.geneve_len > 0 || first.geneve_class != 0 || first.geneve_type != 0 {
+        vec![GeneveOpt {
+            class: first.geneve_class,
+            kind: first.geneve_type,
+            data: first.geneve_data[..(first.geneve_len as usize).min(8)].to_vec(),
+        }]
+    } else {
+        Vec::new()
+    };
+    Some(Observation {
+        key: FlowKey {
+            point,
+            src: addr(&key.src),
+            dst: addr(&key.dst),
+            protocol: key.protocol,
+            src_port: key.src_port,
+            dst_port: key.dst_port,
+            tunnel: key.tunnel,
+            vni: key.vni,
+            outer_src: addr(&key.outer_src),
+            outer_dst: addr(&key.outer_dst),
+            outer_src_port: key.outer_src_port,
+            outer_dst_port: key.outer_dst_port,
+        },
+        src_mac: mac(&first.src_mac),
+        dst_mac: mac(&first.dst_mac),
+        outer_src_mac: mac(&first.outer_src_mac),
+        outer_dst_mac: mac(&first.outer_dst_mac),
+        tcp_flags: used.iter().fold(0, |f, s| f | s.tcp_flags),
+        fp_kind: fp_from.fp_kind,
+        fingerprint: fp_from.fingerprint,
+        packets: used.iter().map(|s| s.packets).sum(),
+        bytes: used.iter().map(|s| s.bytes).sum(),
+        first_ns: to_unix(first.first_ns),
+        last_ns: to_unix(used.iter().map(|s| s.last_ns).max().unwrap_or(0)),
+        geneve,
+    })
+}
+
+/// Unix time minus the monotonic clock the probes stamp with (`bpf_ktime_get_ns`).
+pub fn clock_offset_ns() -> i64 {
+    let now = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec we own.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+    };
+    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
+}

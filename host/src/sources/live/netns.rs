@@ -1,0 +1,105 @@
+//! Running code inside a node's network namespace, and what we ask of it there.
+//!
+//! `setns` changes the namespace of the calling *thread* only, so work in another namespace
+//! runs on a short-lived scoped thread; the agent's own threads never leave theirs.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// Runs `f` in the network namespace at `netns` (e.g. `/run/netns/<name>`), or here if None.
+pub fn run_in<R: Send>(netns: Option<&Path>, f: impl FnOnce() -> R + Send) -> io::Result<R> {
+    let Some(path) = netns else { return Ok(f()) };
+    let file = std::fs::File::open(path)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on a namespace file we opened; affects only this scoped thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| io::Error::other("namespace worker panicked"))?
+    })
+}
+
+/// The namespace's interfaces as (ifindex, name), from `if_nameindex(3)`.
+pub fn interfaces() -> io::Result<Vec<(u32, String)>> {
+    // SAFETY: if_nameindex returns a heap array terminated by a zero entry, freed below.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        let mut out = Vec::new();
+        let mut p = list;
+        while (*p).if_index != 0 && !(*p).if_name.is_null() {
+            let name = std::ffi::CStr::from_ptr((*p).if_name)
+                .to_string_lossy()
+                .into_owned();
+            out.push(((*p).if_index, name));
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+        Ok(out)
+    }
+}
+
+/// Whether packets on `iface` start at the IP header (TUN, IPIP, GRE, SIT devices), from the
+/// device's hardware type (`SIOCGIFHWADDR`), asked in the current namespace.
+pub fn is_l3_device(iface: &str) -> io::Result<bool> {
+    const ARPHRD_ETHER: u16 = 1;
+    const ARPHRD_LOOPBACK: u16 = 772;
+    // SAFETY: a plain socket for the ioctl, closed on every path.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: ifreq is plain data; the name is copied with a terminating zero.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req
+        .ifr_name
+        .iter_mut()
+        .zip(iface.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR fills ifr_hwaddr of the ifreq we own.
+    let r = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    let err = io::Error::last_os_error();
+    // SAFETY: closing the socket we opened.
+    unsafe { libc::close(fd) };
+    if r != 0 {
+        return Err(err);
+    }
+    // SAFETY: the kernel filled the hwaddr member of the union.
+    let family = unsafe { req.ifr_ifru.ifru_hwaddr.sa_family };
+    Ok(!matches!(family, ARPHRD_ETHER | ARPHRD_LOOPBACK))
+}
+
+/// `*`-glob match on interface names (`veth*`, `flannel.1`, `cali*`).
+pub fn glob(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((prefix, rest)) => {
+            name.len() >= prefix.len() && name.starts_with(prefix) && {
+                let tail = &name[prefix.len()..];
+                (0..=tail.len()).any(|i| glob(rest, &tail[i..]))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn globs() {
+        assert!(super::glob("veth*", "veth1a2b"));
+        assert!(super::glob("flannel.1", "flannel.1"));
+        assert!(!super::glob("flannel.1", "flannel.10"));
+        assert!(super::glob("*0", "cni0"));
+        assert!(super::glob("e*h*", "eth0"));
+        assert!(!super::glob("cali*", "veth0"));
+    }
+}

@@ -1,0 +1,56 @@
+//! `BPF_PROG_TEST_RUN`: runs the loaded probe on a packet we hand it, without a network.
+//! The replay/live equivalence test feeds it every packet of the shared captures.
+
+use aya::programs::SchedClassifier;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+/// The `test` member of `union bpf_attr` (linux/bpf.h).
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// Runs `prog` once on `frame` (an Ethernet frame); returns the program's return code.
+pub fn run(prog: &SchedClassifier, frame: &[u8]) -> io::Result<u32> {
+    let fd = prog.fd().map_err(|e| io::Error::other(e.to_string()))?;
+    let mut attr = TestRunAttr {
+        prog_fd: fd.as_fd().as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat: 1,
+        ..TestRunAttr::default()
+    };
+    // SAFETY: BPF_PROG_TEST_RUN reads `frame` (len data_size_in) and writes only the attr's
+    // output fields; data_out is null so no output buffer is written.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(attr.retval)
+}

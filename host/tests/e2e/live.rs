@@ -1,0 +1,131 @@
+use crate::support::*;
+use cniscope::sources::aggregate::{Aggregator, Observation, PointTable};
+use cniscope::sources::decode::{DecodeError, LinkType, TunnelPorts, decode};
+use cniscope::sources::live::{NodeProbe, ProbeSettings, test_run};
+use pcap_parser::{PcapBlockOwned, PcapError, create_reader};
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Every Ethernet frame of a legacy pcap file.
+fn ethernet_frames(rel: &str) -> Vec<Vec<u8>> {
+    let file = std::fs::File::open(data(rel)).unwrap();
+    let mut reader = create_reader(1 << 20, file).unwrap();
+    let mut frames = Vec::new();
+    let mut ethernet = false;
+    loop {
+        match reader.next() {
+            Ok((off, block)) => {
+                match block {
+                    PcapBlockOwned::LegacyHeader(h) => ethernet = h.network.0 == 1,
+                    PcapBlockOwned::Legacy(b) if ethernet => frames.push(b.data.to_vec()),
+                    _ => {}
+                }
+                reader.consume(off);
+            }
+            Err(PcapError::Incomplete(_)) => {
+                if reader.refill().is_err() || reader.reader_exhausted() {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    frames
+}
+
+/// What must agree between live and replay: everything but the capture point and the clock.
+fn comparable(o: &Observation) -> String {
+    let mut k = o.key;
+    k.point = 0;
+    let geneve = o.geneve.first().map(|g| {
+        (
+            g.class,
+            g.kind,
+            g.data.iter().take(8).copied().collect::<Vec<_>>(),
+        )
+    });
+    format!(
+        "{k:?} macs {:x}/{:x}/{:x}/{:x} flags {:x} fp {}:{:x} pkts {} bytes {} geneve {geneve:?}",
+        o.src_mac,
+        o.dst_mac,
+        o.outer_src_mac,
+        o.outer_dst_mac,
+        o.tcp_flags,
+        o.fp_kind,
+        o.fingerprint,
+        o.packets,
+        o.bytes
+    )
+}
+
+#[test]
+fn the_probe_and_the_replay_decoder_agree_on_every_shared_capture() {
+    if !is_root() {
+        eprintln!("skipped: loading eBPF programs needs root");
+        return;
+    }
+    let mut compared = 0;
+    // One probe for all files: each drain swaps buffers, so each file's flows come out alone.
+    let mut probe = NodeProbe::load("test", None, &ProbeSettings::default())
+        .expect("the kernel accepts the probes");
+    for dir in ["pcap/tcpdump", "pcap/zeek", "pcap/deepflow"] {
+        let mut files: Vec<_> = std::fs::read_dir(data(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for path in files
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "pcap"))
+        {
+            let rel = path
+                .strip_prefix(data(""))
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
+            let frames = ethernet_frames(&rel);
+            if frames.is_empty() {
+                continue;
+            }
+            let mut agg = Aggregator::default();
+            for (i, f) in frames.iter().enumerate() {
+                // BPF_PROG_TEST_RUN needs at least an Ethernet header (shorter frames are
+                // malformed for both sides) and at most about a page: both sides get the same
+                // frame cut at 3000 bytes, as a snaplen would cut it (the GSO/BIG TCP frames).
+                if f.len() < 14 {
+                    continue;
+                }
+                let f = &f[..f.len().min(3000)];
+                let rc = test_run::run(probe.ingress_program(), f)
+                    .unwrap_or_else(|e| panic!("{rel} frame {i}: test run: {e}"));
+                assert_eq!(rc, 0, "the probe never changes a packet's fate (TC_ACT_OK)");
+                match decode(LinkType::Ethernet, f, &TunnelPorts::default()) {
+                    Ok(d) => agg.add(0, &d, i as u64),
+                    Err(DecodeError::NotIp(_)) | Err(_) => {}
+                }
+            }
+            let mut points = PointTable::default();
+            let mut live: Vec<String> = probe
+                .drain(&mut points, 0)
+                .unwrap()
+                .iter()
+                .map(comparable)
+                .collect();
+            let mut replay: Vec<String> = agg.drain().iter().map(comparable).collect();
+            live.sort();
+            replay.sort();
+            let only_live: Vec<_> = live.iter().filter(|x| !replay.contains(x)).collect();
+            let only_replay: Vec<_> = replay.iter().filter(|x| !live.contains(x)).collect();
+            assert!(
+                only_live.is_empty() && only_replay.is_empty(),
+                "{rel}:\nonly live: {only_live:#?}\nonly replay: {only_replay:#?}"
+            );
+            compared += live.len();
+        }
+    }
+    assert!(compared > 50, "compared {compared} observations");
+}
