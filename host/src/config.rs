@@ -28,6 +28,66 @@ pub struct Config {
     pub replay: ReplaySection,
     #[serde(default)]
     pub output: OutputSection,
+    /// Live capture (`cniscope run`).
+    #[serde(default)]
+    pub agent: AgentSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// How often the probes' maps are drained into the plugins, and the topology written.
+    #[serde(default = "default_interval")]
+    pub interval_secs: Spanned<f64>,
+    /// Stop after this long (0: run until SIGINT/SIGTERM).
+    #[serde(default)]
+    pub duration_secs: f64,
+    /// Where the topology is written each interval and at exit (besides stdout at exit).
+    pub output_file: Option<String>,
+    /// Flows per node per interval the probes can hold (each of two buffers).
+    #[serde(default = "default_flow_entries")]
+    pub flow_entries: u32,
+    /// Ring buffer for new-flow events, in bytes (a power of two).
+    #[serde(default = "default_ringbuf")]
+    pub ringbuf_bytes: Spanned<u32>,
+    /// The nodes to watch: one network namespace each. None: this host, as `node` = hostname.
+    #[serde(default)]
+    pub node: Vec<AgentNode>,
+}
+
+fn default_interval() -> Spanned<f64> {
+    Spanned::new(0..0, 5.0)
+}
+fn default_flow_entries() -> u32 {
+    16384
+}
+fn default_ringbuf() -> Spanned<u32> {
+    Spanned::new(0..0, 256 * 1024)
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection {
+            interval_secs: default_interval(),
+            duration_secs: 0.0,
+            output_file: None,
+            flow_entries: default_flow_entries(),
+            ringbuf_bytes: default_ringbuf(),
+            node: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct AgentNode {
+    /// The Kubernetes node name this namespace stands for.
+    pub name: String,
+    /// Network namespace: a name under /run/netns, or a path; absent = the agent's own.
+    pub netns: Option<Spanned<String>>,
+    /// Interface patterns to watch besides those the plugins ask for (`*` globs).
+    #[serde(default)]
+    pub ifaces: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,6 +277,19 @@ pub struct Settings {
     pub captures: Vec<CaptureSpec>,
     /// From `replay.inventory`.
     pub inventories: Vec<PathBuf>,
+    pub agent: AgentSettings,
+}
+
+/// Validated `[agent]`.
+#[derive(Debug, Clone, Default)]
+pub struct AgentSettings {
+    pub interval: Duration,
+    pub duration: Option<Duration>,
+    pub output_file: Option<PathBuf>,
+    pub flow_entries: u32,
+    pub ringbuf_bytes: u32,
+    /// (node name, namespace path, extra interface patterns)
+    pub nodes: Vec<(String, Option<PathBuf>, Vec<String>)>,
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -436,6 +509,51 @@ fn validate(c: Config, text: &str, base: &Path) -> Result<Settings, Vec<ConfigPr
             iface: c.iface.clone(),
         });
     }
+    let a = &c.agent;
+    let interval = *a.interval_secs.get_ref();
+    if !(interval > 0.0 && interval <= 3600.0) {
+        problem(
+            a.interval_secs.span(),
+            "agent.interval_secs",
+            format!("{interval} is out of range: use seconds above 0, at most 3600"),
+        );
+    }
+    let rb = *a.ringbuf_bytes.get_ref();
+    if !rb.is_power_of_two() || rb < 4096 {
+        problem(
+            a.ringbuf_bytes.span(),
+            "agent.ringbuf_bytes",
+            format!("{rb} must be a power of two of at least 4096"),
+        );
+    }
+    let mut nodes = Vec::new();
+    for (i, n) in a.node.iter().enumerate() {
+        let netns = n.netns.as_ref().map(|ns| {
+            let v = ns.get_ref();
+            let path = if v.contains('/') {
+                PathBuf::from(v)
+            } else {
+                PathBuf::from("/run/netns").join(v)
+            };
+            if !path.exists() {
+                problem(
+                    ns.span(),
+                    &format!("agent.node[{i}].netns"),
+                    format!("{} does not exist (`ip netns list`)", path.display()),
+                );
+            }
+            path
+        });
+        nodes.push((n.name.clone(), netns, n.ifaces.clone()));
+    }
+    let agent = AgentSettings {
+        interval: Duration::from_secs_f64(interval.clamp(0.001, 3600.0)),
+        duration: (a.duration_secs > 0.0).then(|| Duration::from_secs_f64(a.duration_secs)),
+        output_file: a.output_file.as_ref().map(|f| base.join(f)),
+        flow_entries: a.flow_entries.max(16),
+        ringbuf_bytes: rb,
+        nodes,
+    };
     let mut inventories = Vec::new();
     for (i, f) in c.replay.inventory.iter().enumerate() {
         let path = base.join(f.get_ref());
@@ -454,6 +572,7 @@ fn validate(c: Config, text: &str, base: &Path) -> Result<Settings, Vec<ConfigPr
     Ok(Settings {
         captures,
         inventories,
+        agent,
         plugins,
         cache_dir: match c.plugins.cache_dir.as_deref() {
             Some("") => None,

@@ -1,5 +1,6 @@
 //! cniscope: sources -> plugins -> topology -> sinks. See ARCHITECTURE.md.
 
+pub mod agent;
 pub mod config;
 pub mod inventory;
 pub mod pipeline;

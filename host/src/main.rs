@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use cniscope::agent::Agent;
 use cniscope::config::{self, EXIT_CONFIG, PluginToLoad, Settings};
 use cniscope::inventory::{Inventory, kubectl};
 use cniscope::pipeline::Pipeline;
@@ -13,6 +14,7 @@ use cniscope::sources::decode::TunnelPorts;
 use cniscope::sources::replay::{CaptureSpec, Replay};
 use cniscope::topology::Health;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +31,18 @@ struct Cli {
 enum Command {
     /// Replay capture files through the plugins and print the topology.
     Replay(ReplayArgs),
+    /// Capture live with the eBPF probes (root) and print the topology at exit; with
+    /// `agent.output_file`, also write it every interval. Stops on SIGINT/SIGTERM or after
+    /// `agent.duration_secs`.
+    Run {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// kubectl JSON dumps, besides the config's `replay.inventory`.
+        #[arg(long = "inventory", short = 'i')]
+        inventories: Vec<PathBuf>,
+        #[arg(long, short = 'f')]
+        format: Option<Format>,
+    },
     /// Inspect plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -115,6 +129,11 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Replay(args) => replay(args),
+        Command::Run {
+            config,
+            inventories,
+            format,
+        } => run(&config, &inventories, format),
         Command::Plugin(PluginCommand::List { dir }) => plugin_list(&dir),
         Command::Plugin(PluginCommand::Inspect { file }) => plugin_inspect(&file),
         Command::Plugin(PluginCommand::Test(args)) => plugin_test(args),
@@ -157,6 +176,7 @@ fn load_settings(args: &ReplayArgs) -> Result<Settings> {
                 plugin_dir: args.plugin_dir.clone(),
                 captures: Vec::new(),
                 inventories: Vec::new(),
+                agent: Default::default(),
             }
         }
     };
@@ -282,6 +302,7 @@ fn plugin_test(args: PluginTestArgs) -> Result<()> {
         plugin_dir: PathBuf::new(),
         captures: Vec::new(),
         inventories: Vec::new(),
+        agent: Default::default(),
     };
     let doc = run_replay(&settings, &args.captures, &args.inventories)?;
     let got = serde_json::to_value(&doc)?;
@@ -317,6 +338,52 @@ fn plugin_test(args: PluginTestArgs) -> Result<()> {
         missing.len(),
         extra.len()
     )
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn run(config_path: &Path, extra_inventories: &[PathBuf], format: Option<Format>) -> Result<()> {
+    let settings = config::load(config_path)?;
+    let inventories: Vec<PathBuf> = settings
+        .inventories
+        .iter()
+        .chain(extra_inventories)
+        .cloned()
+        .collect();
+    let inventory = load_inventory(&inventories)?;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_stop_signal as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_stop_signal as *const () as libc::sighandler_t,
+        );
+    }
+    let engine = PluginEngine::new(settings.cache_dir.clone())?;
+    let mut agent = Agent::new(&engine, &settings, inventory)
+        .context("starting the agent (it needs root, and a kernel with BTF and TCX)")?;
+    let format = format.or(settings.format).unwrap_or(Format::Table);
+    let output = settings.agent.output_file.clone();
+    let doc = agent.run(&STOP, |doc| {
+        if let Some(path) = &output {
+            // Write then rename, so readers never see half a document.
+            let tmp = path.with_extension("tmp");
+            if let Err(e) = std::fs::write(&tmp, render(doc, Format::Json))
+                .and_then(|_| std::fs::rename(&tmp, path))
+            {
+                tracing::warn!("writing {}: {e}", path.display());
+            }
+        }
+    })?;
+    print!("{}", render(&doc, format));
+    Ok(())
 }
 
 fn plugin_inspect(file: &Path) -> Result<()> {

@@ -1,0 +1,250 @@
+//! `cniscope run`: live capture through the same pipeline as replay.
+//!
+//! One [`NodeProbe`] per node namespace (in production, the agent's own node; in the lab, one
+//! namespace per emulated node). Every interval: attach the probes to interfaces that appeared
+//! and match what the plugins asked for, drain the probes' maps, hand the observations to the
+//! plugins, and publish the topology.
+
+use crate::config::Settings;
+use crate::inventory::Inventory;
+use crate::pipeline::Pipeline;
+use crate::plugins::bindings::wit;
+use crate::plugins::{PluginEngine, PluginError};
+use crate::sources::aggregate::{IfaceKind, PointTable};
+use crate::sources::live::netns::glob;
+use crate::sources::live::{LiveError, NodeProbe, ProbeSettings, clock_offset_ns};
+use crate::topology::{Health, TopologyDoc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Live(#[from] LiveError),
+}
+
+/// An interface pattern and the kind of device it names.
+#[derive(Clone, Debug)]
+struct Wanted {
+    pattern: String,
+    kind: IfaceKind,
+}
+
+fn kind_of(k: wit::IfaceKind) -> IfaceKind {
+    match k {
+        wit::IfaceKind::PodVeth => IfaceKind::PodVeth,
+        wit::IfaceKind::Bridge => IfaceKind::Bridge,
+        wit::IfaceKind::Tunnel => IfaceKind::Tunnel,
+        wit::IfaceKind::Uplink => IfaceKind::Uplink,
+        wit::IfaceKind::Other => IfaceKind::Other,
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+struct Node {
+    probe: NodeProbe,
+    wanted: Vec<Wanted>,
+}
+
+/// How often the agent looks for new interfaces between drains.
+const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+
+pub struct Agent {
+    nodes: Vec<Node>,
+    pipeline: Pipeline,
+    points: PointTable,
+    clock_offset: i64,
+    interval: Duration,
+    duration: Option<Duration>,
+    attach_errors: Vec<String>,
+}
+
+impl Agent {
+    /// Loads the plugins and one probe per node.
+    pub fn new(
+        engine: &PluginEngine,
+        settings: &Settings,
+        inventory: Inventory,
+    ) -> Result<Agent, AgentError> {
+        let pipeline = Pipeline::new(engine, &settings.plugins, inventory)?;
+        let mut ports = settings.ports.clone();
+        let (vx, gn) = pipeline.wanted_ports();
+        ports.vxlan.extend(vx);
+        ports.geneve.extend(gn);
+        let probe_settings = ProbeSettings {
+            flow_entries: settings.agent.flow_entries,
+            ringbuf_bytes: settings.agent.ringbuf_bytes,
+            ports,
+        };
+        let from_plugins: Vec<Wanted> = pipeline
+            .plugins
+            .iter()
+            .flat_map(|p| {
+                p.description.capture.iter().map(|c| Wanted {
+                    pattern: c.pattern.clone(),
+                    kind: kind_of(c.kind),
+                })
+            })
+            .collect();
+        let node_list = if settings.agent.nodes.is_empty() {
+            vec![(hostname(), None, Vec::new())]
+        } else {
+            settings.agent.nodes.clone()
+        };
+        let mut nodes = Vec::new();
+        for (name, netns, extra) in node_list {
+            let probe = NodeProbe::load(&name, netns, &probe_settings)?;
+            let mut wanted = from_plugins.clone();
+            wanted.extend(extra.into_iter().map(|p| Wanted {
+                kind: IfaceKind::guess(&p),
+                pattern: p,
+            }));
+            nodes.push(Node { probe, wanted });
+        }
+        Ok(Agent {
+            nodes,
+            pipeline,
+            points: PointTable::default(),
+            clock_offset: clock_offset_ns(),
+            interval: settings.agent.interval,
+            duration: settings.agent.duration,
+            attach_errors: Vec::new(),
+        })
+    }
+
+    /// Attaches to every wanted interface not attached yet; forgets the ones that are gone.
+    /// Returns how many were newly attached.
+    pub fn follow_interfaces(&mut self) -> usize {
+        let mut added = 0;
+        for n in &mut self.nodes {
+            let present = match n.probe.interfaces() {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    continue;
+                }
+            };
+            n.probe.forget_missing(&present);
+            for (ifindex, name) in &present {
+                let Some(w) = n.wanted.iter().find(|w| glob(&w.pattern, name)) else {
+                    continue;
+                };
+                // A kind the plugin names wins over the guess from the name.
+                let kind = if w.kind == IfaceKind::Other {
+                    IfaceKind::guess(name)
+                } else {
+                    w.kind
+                };
+                match n.probe.attach(*ifindex, name, kind) {
+                    Ok(true) => added += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        // Interfaces come and go (a pod deleted between listing and attaching):
+                        // report and go on.
+                        tracing::warn!("{e}");
+                        self.attach_errors.push(e.to_string());
+                    }
+                }
+            }
+        }
+        added
+    }
+
+    /// Drains every probe into the plugins: one window.
+    pub fn tick(&mut self) -> Result<(), AgentError> {
+        let mut all = Vec::new();
+        for n in &mut self.nodes {
+            all.extend(n.probe.drain(&mut self.points, self.clock_offset)?);
+        }
+        self.pipeline.window(&self.points, &all, now_ns());
+        Ok(())
+    }
+
+    /// The topology so far, with the probes' counters in `health.drops`.
+    pub fn doc(&self) -> TopologyDoc {
+        let mut health = Health::default();
+        for n in &self.nodes {
+            match n.probe.counters() {
+                Ok(c) => {
+                    let node = &n.probe.node;
+                    for (what, v) in [
+                        ("ring buffer full (new-flow events lost)", c.ringbuf_full),
+                        ("flow map full (packets not recorded)", c.map_full),
+                        ("headers unreadable", c.parse_failed),
+                    ] {
+                        health.drops.insert(format!("probe {node}: {what}"), v);
+                    }
+                }
+                Err(e) => health.errors.push(e.to_string()),
+            }
+        }
+        health.errors.extend(self.attach_errors.iter().cloned());
+        self.pipeline.doc(health)
+    }
+
+    pub fn attached(&self) -> Vec<(String, String)> {
+        self.nodes
+            .iter()
+            .flat_map(|n| {
+                n.probe
+                    .attached()
+                    .map(|(_, name)| (n.probe.node.clone(), name.to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Runs until `stop` is set or the configured duration passes; `publish` gets the topology
+    /// after every interval and once more at the end.
+    pub fn run(
+        &mut self,
+        stop: &AtomicBool,
+        mut publish: impl FnMut(&TopologyDoc),
+    ) -> Result<TopologyDoc, AgentError> {
+        let started = Instant::now();
+        self.follow_interfaces();
+        loop {
+            let next = Instant::now() + self.interval;
+            let mut last = false;
+            let mut follow_at = Instant::now() + FOLLOW_EVERY;
+            while Instant::now() < next {
+                if stop.load(Ordering::Relaxed)
+                    || self.duration.is_some_and(|d| started.elapsed() >= d)
+                {
+                    last = true;
+                    break;
+                }
+                // New pods bring new veths: look for them often, not just once per interval.
+                if Instant::now() >= follow_at {
+                    self.follow_interfaces();
+                    follow_at = Instant::now() + FOLLOW_EVERY;
+                }
+                std::thread::sleep(
+                    Duration::from_millis(50).min(next.saturating_duration_since(Instant::now())),
+                );
+            }
+            self.tick()?;
+            let doc = self.doc();
+            publish(&doc);
+            if last {
+                return Ok(doc);
+            }
+            self.follow_interfaces();
+        }
+    }
+}

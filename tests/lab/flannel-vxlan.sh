@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# A 2-node Flannel VXLAN cluster in network namespaces, built the way flanneld and the flannel
+# CNI build a node (CNI-RULES.md, "Flannel"): cni0 bridge 10.244.N.1/24, flannel.1 VXLAN
+# (VNI 1, UDP 8472, nolearning) at 10.244.N.0/32, routes `10.244.M.0/24 via 10.244.M.0 dev
+# flannel.1 onlink`, a permanent ARP entry and an FDB entry per remote VTEP, flannel's
+# MASQUERADE rule, and kube-proxy-like DNAT for one ClusterIP.
+#
+#   flannel-vxlan.sh up ID DIR      build it (names start with ID-); write DIR/inventory.json
+#                                   and DIR/cniscope.toml (an agent config for these nodes)
+#   flannel-vxlan.sh traffic ID     the known traffic (pod->pod both ways, ClusterIP, UDP, ping)
+#   flannel-vxlan.sh down ID        remove every namespace named ID-*
+#   flannel-vxlan.sh record DIR     up, tcpdump on 5 points, traffic, down: tests/data/flannel-vxlan
+#
+# Every address lives only inside namespaces this script creates. Needs root, iproute2,
+# iptables, tcpdump (record) and python3.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+
+nodes=(a b)
+declare -A node_ip=([a]=192.168.77.11 [b]=192.168.77.12)
+declare -A node_net=([a]=10.244.0 [b]=10.244.1)
+declare -A vtep_mac=([a]=0a:58:0a:f4:00:00 [b]=0a:58:0a:f4:01:00)
+# pods: name node ip
+pods=("client-a1 a 10.244.0.2" "peer-a2 a 10.244.0.3" "server-b1 b 10.244.1.2")
+cluster_ip=10.96.0.10
+
+nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+veth_of() { local v="veth${1//-/}"; echo "${v:0:15}"; }
+
+down() {
+  local id=$1
+  for ns in $(ip netns list | awk '{print $1}' | grep "^$id-" || true); do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || true
+  done
+}
+
+up() {
+  local id=$1 dir=$2
+  mkdir -p "$dir"
+  local ul="$id-ul"
+  ip netns add "$ul"
+  nsx "$ul" ip link add br0 type bridge
+  nsx "$ul" ip link set br0 up
+  nsx "$ul" ip link set lo up
+  for n in "${nodes[@]}"; do
+    local ns="$id-n$n"
+    ip netns add "$ns"
+    nsx "$ns" ip link set lo up
+    nsx "$ns" sysctl -qw net.ipv4.ip_forward=1
+    ip link add eth0 netns "$ns" type veth peer name "up-$n" netns "$ul"
+    nsx "$ul" ip link set "up-$n" master br0 up
+    nsx "$ns" ip addr add "${node_ip[$n]}/24" dev eth0
+    nsx "$ns" ip link set eth0 up
+    nsx "$ns" ip link add cni0 type bridge
+    nsx "$ns" ip addr add "${node_net[$n]}.1/24" dev cni0
+    nsx "$ns" ip link set cni0 up
+    nsx "$ns" ip link add flannel.1 type vxlan id 1 local "${node_ip[$n]}" dev eth0 dstport 8472 nolearning
+    nsx "$ns" ip link set flannel.1 address "${vtep_mac[$n]}"
+    nsx "$ns" ip addr add "${node_net[$n]}.0/32" dev flannel.1
+    nsx "$ns" ip link set flannel.1 up
+  done
+  for n in "${nodes[@]}"; do
+    for m in "${nodes[@]}"; do
+      [ "$n" = "$m" ] && continue
+      local ns="$id-n$n"
+      nsx "$ns" ip route add "${node_net[$m]}.0/24" via "${node_net[$m]}.0" dev flannel.1 onlink
+      nsx "$ns" ip neigh add "${node_net[$m]}.0" lladdr "${vtep_mac[$m]}" dev flannel.1 nud permanent
+      nsx "$ns" bridge fdb append "${vtep_mac[$m]}" dev flannel.1 dst "${node_ip[$m]}"
+    done
+    # flanneld's rule: pods leaving the pod network are masqueraded.
+    nsx "$id-n$n" iptables -t nat -A POSTROUTING -s 10.244.0.0/16 ! -d 10.244.0.0/16 -j MASQUERADE
+  done
+  for p in "${pods[@]}"; do
+    read -r name n addr <<<"$p"
+    local ns="$id-$name" veth
+    veth=$(veth_of "$name")
+    ip netns add "$ns"
+    nsx "$ns" ip link set lo up
+    ip link add "$veth" netns "$id-n$n" type veth peer name eth0 netns "$ns"
+    nsx "$id-n$n" ip link set "$veth" master cni0 up
+    nsx "$ns" ip addr add "$addr/24" dev eth0
+    nsx "$ns" ip link set eth0 up
+    nsx "$ns" ip route add default via "${node_net[$n]}.1"
+  done
+  # kube-proxy (iptables mode) on node a: ClusterIP 10.96.0.10:80 -> server-b1:8080.
+  nsx "$id-na" iptables -t nat -A PREROUTING -d "$cluster_ip" -p tcp --dport 80 -j DNAT --to-destination 10.244.1.2:8080
+
+  python3 "$here/inventory.py" \
+    --node "node-a ${node_ip[a]} ${node_net[a]}.0/24 ${vtep_mac[a]}" \
+    --node "node-b ${node_ip[b]} ${node_net[b]}.0/24 ${vtep_mac[b]}" \
+    --pod "client-a1 node-a 10.244.0.2 client" \
+    --pod "peer-a2 node-a 10.244.0.3 peer" \
+    --pod "server-b1 node-b 10.244.1.2 server" \
+    --service "echo $cluster_ip 80 8080" \
+    >"$dir/inventory.json"
+  cat >"$dir/cniscope.toml" <<EOF
+# Agent config for lab $id (written by tests/lab/flannel-vxlan.sh).
+[plugins]
+dir = "$root/dist/plugins"
+
+[[plugin]]
+name = "flannel"
+[plugin.options]
+network = "10.244.0.0/16"
+
+[replay]
+inventory = ["inventory.json"]
+
+[agent]
+interval_secs = 1
+output_file = "topology.json"
+
+[[agent.node]]
+name = "node-a"
+netns = "$id-na"
+
+[[agent.node]]
+name = "node-b"
+netns = "$id-nb"
+EOF
+}
+
+traffic() {
+  local id=$1 pids=()
+  # Servers: TCP echo on 8080 in server-b1 and peer-a2, UDP echo on 5353 in server-b1.
+  nsx "$id-server-b1" python3 "$here/echo.py" serve-tcp 0.0.0.0 8080 & pids+=($!)
+  nsx "$id-peer-a2" python3 "$here/echo.py" serve-tcp 0.0.0.0 8080 & pids+=($!)
+  nsx "$id-server-b1" python3 "$here/echo.py" serve-udp 0.0.0.0 5353 & pids+=($!)
+  sleep 1
+  local c="$id-client-a1"
+  nsx "$c" python3 "$here/echo.py" tcp 10.244.1.2 8080 3      # pod -> pod across nodes (TCP), 3 round trips
+  nsx "$c" python3 "$here/echo.py" tcp 10.244.0.3 8080 2      # pod -> pod on the same node
+  nsx "$c" python3 "$here/echo.py" tcp "$cluster_ip" 80 4     # pod -> ClusterIP -> remote pod
+  nsx "$c" python3 "$here/echo.py" udp 10.244.1.2 5353 5      # pod -> pod across nodes (UDP), 5 datagrams
+  nsx "$id-na" ping -c 2 -i 0.2 -W 1 10.244.1.2 >/dev/null   # node a -> remote pod (source 10.244.0.0)
+  kill "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+}
+
+record() {
+  local dir=$1 id="cs$$" pids=()
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  trap 'kill "${pids[@]}" 2>/dev/null || true; down '"$id" EXIT
+  up "$id" "$dir"
+  rm -f "$dir/cniscope.toml"
+  capture() { # ns iface file
+    nsx "$1" tcpdump -i "$2" -U -w "$dir/$3" -s 256 >/dev/null 2>&1 &
+    pids+=($!)
+  }
+  capture "$id-na" "$(veth_of client-a1)" node-a.client-veth.pcap
+  capture "$id-na" "$(veth_of peer-a2)" node-a.peer-veth.pcap
+  capture "$id-na" eth0 node-a.eth0.pcap
+  capture "$id-nb" eth0 node-b.eth0.pcap
+  capture "$id-nb" "$(veth_of server-b1)" node-b.server-veth.pcap
+  sleep 1.5
+  traffic "$id"
+  sleep 1.5
+  echo "recorded into $dir"
+}
+
+case "${1:-}" in
+  up) up "${2:?id}" "${3:?dir}" ;;
+  traffic) traffic "${2:?id}" ;;
+  down) down "${2:?id}" ;;
+  record) record "${2:?dir}" ;;
+  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
