@@ -4,6 +4,7 @@ messages, so tests can reason about what was sent.
 
   echo.py serve-tcp ADDR PORT     echo.py tcp HOST PORT ROUNDS
   echo.py serve-udp ADDR PORT     echo.py udp HOST PORT DATAGRAMS
+  echo.py flood HOST FLOWS        one UDP datagram to each of FLOWS ports: FLOWS new flows
 Servers stop by themselves after 30 seconds.
 """
 import socket
@@ -64,6 +65,12 @@ def udp(host, port, count):
         s.recvfrom(4096)
 
 
+def flood(host, flows):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(flows):
+        s.sendto(b"x", (host, 20000 + i))
+
+
 if __name__ == "__main__":
     cmd, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if cmd == "serve-tcp":
@@ -74,5 +81,7 @@ if __name__ == "__main__":
         tcp(host, port, int(sys.argv[4]))
     elif cmd == "udp":
         udp(host, port, int(sys.argv[4]))
+    elif cmd == "flood":
+        flood(host, port)
     else:
         sys.exit("unknown command " + cmd)

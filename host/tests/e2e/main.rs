@@ -16,5 +16,8 @@ mod sandbox;
 /// The command line: inspect, config check, bad inputs.
 mod cli;
 
-/// The eBPF probes: loaded in the kernel, run on real captures, attached in lab namespaces.
+/// The eBPF probes: loaded in the kernel and run on every packet of the real captures.
 mod live;
+
+/// The agent capturing live on a Flannel VXLAN lab built in network namespaces.
+mod lab;

@@ -1,0 +1,271 @@
+//! Live capture on the Flannel VXLAN lab: real namespaces, real VXLAN and NAT, the real probes.
+
+use crate::live::is_root;
+use crate::support::*;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A lab in namespaces named `<id>-*`, removed on drop, also when the test fails.
+struct Lab {
+    id: String,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn up(tag: &str) -> Lab {
+        let id = format!("cs{}{tag}", std::process::id());
+        let dir = tempfile::tempdir().unwrap();
+        let lab = Lab { id, dir };
+        lab.script(&["up", &lab.id, lab.dir.path().to_str().unwrap()]);
+        lab
+    }
+
+    fn script(&self, args: &[&str]) {
+        let out = Command::new("bash")
+            .arg(root().join("tests/lab/flannel-vxlan.sh"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "lab {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("cniscope.toml")
+    }
+
+    /// Sets `[agent]` keys of the lab's config (replacing the interval the lab wrote).
+    fn agent_settings(&self, interval_secs: u32, extra: &str) {
+        let c = std::fs::read_to_string(self.config()).unwrap();
+        let c = c.replace(
+            "interval_secs = 1\n",
+            &format!("interval_secs = {interval_secs}\n{extra}\n"),
+        );
+        std::fs::write(self.config(), c).unwrap();
+    }
+
+    /// Starts the agent and waits until it has published once (the probes are attached).
+    fn start_agent(&self) -> Child {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cniscope"))
+            .args([
+                "run",
+                "--config",
+                self.config().to_str().unwrap(),
+                "--format",
+                "json",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let published = self.dir.path().join("topology.json");
+        let t = Instant::now();
+        while !published.exists() {
+            if let Some(status) = child.try_wait().unwrap() {
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "the agent exited ({status}): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "the agent never published"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child
+    }
+
+    fn namespaces_left(&self) -> usize {
+        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&format!("{}-", self.id)))
+            .count()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(root().join("tests/lab/flannel-vxlan.sh"))
+            .args(["down", &self.id])
+            .status();
+    }
+}
+
+fn finish(agent: Child) -> Value {
+    let out = agent.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "agent: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON topology on stdout")
+}
+
+fn edge<'a>(doc: &'a Value, src: &str, dst: &str, proto: &str, service: Option<&str>) -> &'a Value {
+    doc["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["src"] == src
+                && e["dst"] == dst
+                && e["protocol"] == proto
+                && e["service"].as_str() == service
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no edge {src} -> {dst} {proto} via {service:?} in {:#}",
+                doc["edges"]
+            )
+        })
+}
+
+#[test]
+fn live_capture_on_the_flannel_lab_names_every_real_edge_once() {
+    if !is_root() {
+        eprintln!("skipped: the lab and the probes need root");
+        return;
+    }
+    plugin("flannel");
+    let lab = Lab::up("l");
+    lab.agent_settings(1, "duration_secs = 9");
+    let agent = lab.start_agent();
+    lab.script(&["traffic", &lab.id]);
+    let doc = finish(agent);
+
+    // Exactly these edges, no duplicates, no phantom endpoints.
+    let edges = doc["edges"].as_array().unwrap();
+    assert_eq!(edges.len(), 5, "{doc:#}");
+    assert!(
+        doc["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| !n["id"].as_str().unwrap().starts_with("unknown/"))
+    );
+    let cross = edge(
+        &doc,
+        "pod/default/client-a1",
+        "pod/default/server-b1",
+        "tcp",
+        None,
+    );
+    assert_eq!(cross["port"], 8080);
+    // 3 echo rounds: handshake, 3 x (data, ack, echo, ack) with some ACKs coalesced, teardown.
+    let pk = cross["packets"].as_u64().unwrap();
+    assert!((12..=18).contains(&pk), "{pk} packets");
+    assert!(
+        cross["evidence"]
+            .as_array()
+            .unwrap()
+            .contains(&"flannel:vxlan".into())
+    );
+    assert_eq!(cross["flows"], 1, "one connection, counted once");
+    let points = cross["observed_at"].as_array().unwrap();
+    assert!(
+        points
+            .iter()
+            .any(|p| p.as_str().unwrap().starts_with("node-a/vethclienta1"))
+    );
+    assert!(
+        points
+            .iter()
+            .any(|p| p.as_str().unwrap().starts_with("node-b/eth0")),
+        "{points:?}"
+    );
+    let via = edge(
+        &doc,
+        "pod/default/client-a1",
+        "pod/default/server-b1",
+        "tcp",
+        Some("service/default/echo"),
+    );
+    assert_eq!(via["port"], 8080, "the server's port after DNAT");
+    assert_eq!(
+        edge(
+            &doc,
+            "pod/default/client-a1",
+            "pod/default/server-b1",
+            "udp",
+            None
+        )["packets"],
+        10,
+        "5 datagrams, 5 replies"
+    );
+    assert_eq!(
+        edge(
+            &doc,
+            "pod/default/client-a1",
+            "pod/default/peer-a2",
+            "tcp",
+            None
+        )["port"],
+        8080
+    );
+    let ping = edge(&doc, "node/node-a", "pod/default/server-b1", "icmp", None);
+    assert_eq!(ping["packets"], 4, "2 requests, 2 replies");
+    assert!(
+        ping["evidence"]
+            .as_array()
+            .unwrap()
+            .contains(&"gateway-unresolved".into())
+    );
+    for (k, v) in doc["health"]["drops"].as_object().unwrap() {
+        assert_eq!(v, 0, "{k}");
+    }
+
+    lab_down(lab);
+}
+
+/// Tears the lab down and checks nothing is left.
+fn lab_down(lab: Lab) {
+    lab.script(&["down", &lab.id]);
+    assert_eq!(lab.namespaces_left(), 0, "namespaces left behind");
+}
+
+#[test]
+fn full_maps_and_ring_buffers_are_counted_not_silent() {
+    if !is_root() {
+        eprintln!("skipped: the lab and the probes need root");
+        return;
+    }
+    plugin("flannel");
+    let lab = Lab::up("d");
+    // 64 flows per interval and a 4 KiB ring buffer (about 36 events), then 600 new flows.
+    lab.agent_settings(
+        3,
+        "duration_secs = 4\nflow_entries = 64\nringbuf_bytes = 4096",
+    );
+    let agent = lab.start_agent();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &format!("{}-client-a1", lab.id), "python3"])
+        .arg(root().join("tests/lab/echo.py"))
+        .args(["flood", "10.244.1.2", "600"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc = finish(agent);
+    let drops = &doc["health"]["drops"];
+    let map_full = drops["probe node-a: flow map full (packets not recorded)"]
+        .as_u64()
+        .unwrap();
+    let ring_full = drops["probe node-a: ring buffer full (new-flow events lost)"]
+        .as_u64()
+        .unwrap();
+    assert!(map_full >= 400, "600 flows into 64 slots: {drops:#}");
+    assert!(ring_full >= 10, "64 events into a 4 KiB ring: {drops:#}");
+    lab_down(lab);
+}
