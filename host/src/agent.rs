@@ -72,6 +72,8 @@ pub struct Agent {
     interval: Duration,
     duration: Option<Duration>,
     attach_errors: Vec<String>,
+    /// Keeps the kernel's per-program run statistics on while held.
+    _bpf_stats: Option<std::os::fd::OwnedFd>,
 }
 
 impl Agent {
@@ -116,7 +118,19 @@ impl Agent {
             }));
             nodes.push(Node { probe, wanted });
         }
+        let bpf_stats = if settings.agent.bpf_stats {
+            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    tracing::warn!("bpf_stats: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(Agent {
+            _bpf_stats: bpf_stats,
             nodes,
             pipeline,
             points: PointTable::default(),
@@ -189,6 +203,7 @@ impl Agent {
                     ] {
                         health.drops.insert(format!("probe {node}: {what}"), v);
                     }
+                    health.probes.insert(node.clone(), c);
                 }
                 Err(e) => health.errors.push(e.to_string()),
             }

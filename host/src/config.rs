@@ -50,6 +50,10 @@ pub struct AgentSection {
     /// Ring buffer for new-flow events, in bytes (a power of two).
     #[serde(default = "default_ringbuf")]
     pub ringbuf_bytes: Spanned<u32>,
+    /// Turn on the kernel's per-program run-time statistics (a small cost per packet) and
+    /// report them in `health.probes` (`./x bench-probe` uses it).
+    #[serde(default)]
+    pub bpf_stats: bool,
     /// The nodes to watch: one network namespace each. None: this host, as `node` = hostname.
     #[serde(default)]
     pub node: Vec<AgentNode>,
@@ -73,6 +77,7 @@ impl Default for AgentSection {
             output_file: None,
             flow_entries: default_flow_entries(),
             ringbuf_bytes: default_ringbuf(),
+            bpf_stats: false,
             node: Vec::new(),
         }
     }
@@ -288,6 +293,7 @@ pub struct AgentSettings {
     pub output_file: Option<PathBuf>,
     pub flow_entries: u32,
     pub ringbuf_bytes: u32,
+    pub bpf_stats: bool,
     /// (node name, namespace path, extra interface patterns)
     pub nodes: Vec<(String, Option<PathBuf>, Vec<String>)>,
 }
@@ -552,6 +558,7 @@ fn validate(c: Config, text: &str, base: &Path) -> Result<Settings, Vec<ConfigPr
         output_file: a.output_file.as_ref().map(|f| base.join(f)),
         flow_entries: a.flow_entries.max(16),
         ringbuf_bytes: rb,
+        bpf_stats: a.bpf_stats,
         nodes,
     };
     let mut inventories = Vec::new();

@@ -67,6 +67,9 @@ pub struct Health {
     pub drops: BTreeMap<String, u64>,
     /// Per-file or per-source problems, in words.
     pub errors: Vec<String>,
+    /// Live capture: each node's probe counters.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub probes: BTreeMap<String, crate::sources::live::ProbeCounters>,
 }
 
 /// The document printed by `--format json`.

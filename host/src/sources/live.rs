@@ -78,6 +78,10 @@ pub struct ProbeCounters {
     pub parse_failed: u64,
     pub not_ip: u64,
     pub new_flow_events: u64,
+    /// Runs of both probes and their total time, from the kernel's `bpf_stats` (zero unless
+    /// `agent.bpf_stats` is on): `program_run_ns / program_runs` is the cost per packet.
+    pub program_runs: u64,
+    pub program_run_ns: u64,
 }
 
 struct Attached {
@@ -339,7 +343,16 @@ impl NodeProbe {
                 detail: e.to_string(),
             })?;
         let sum = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+        let (mut runs, mut run_ns) = (0, 0);
+        for name in ["cniscope_ingress", "cniscope_egress"] {
+            if let Some(Ok(info)) = self.ebpf.program(name).map(|p| p.info()) {
+                runs += info.run_count();
+                run_ns += info.run_time().as_nanos() as u64;
+            }
+        }
         Ok(ProbeCounters {
+            program_runs: runs,
+            program_run_ns: run_ns,
             packets: sum(counter::PACKETS),
             ringbuf_full: sum(counter::RINGBUF_FULL),
             map_full: sum(counter::MAP_FULL),
