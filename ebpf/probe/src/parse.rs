@@ -28,6 +28,8 @@ pub struct Hdr {
     pub ip_id: u16,
     pub is_v4: bool,
     pub payload_len: u16,
+    /// Only computed where the fingerprint uses it (IPv6, not TCP): a helper call saved on
+    /// every other packet.
     pub payload_hash: u32,
     pub ip_len: u32,
     pub src_mac: [u8; 6],
@@ -247,7 +249,6 @@ pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) ->
                     p.tcp_seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
                     p.tcp_flags = t[13] & 0x1f;
                     p.payload_len = from_ip(doff);
-                    p.payload_hash = fnv(ctx, payload + doff, end);
                 }
             }
         }
@@ -258,7 +259,9 @@ pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) ->
                 let ulen = be16(u[4], u[5]);
                 p.payload_len = if ulen > 8 { ulen - 8 } else { 0 };
                 p.udp_payload = payload + 8;
-                p.payload_hash = fnv(ctx, payload + 8, end);
+                if !p.is_v4 {
+                    p.payload_hash = fnv(ctx, payload + 8, end);
+                }
             }
         }
         1 | 58 => {
@@ -267,11 +270,15 @@ pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) ->
                 p.dst_port = t[1] as u16;
             }
             p.payload_len = from_ip(0);
-            p.payload_hash = fnv(ctx, payload + 4, end);
+            if !p.is_v4 {
+                p.payload_hash = fnv(ctx, payload + 4, end);
+            }
         }
         _ => {
             p.payload_len = from_ip(0);
-            p.payload_hash = fnv(ctx, payload, end);
+            if !p.is_v4 {
+                p.payload_hash = fnv(ctx, payload, end);
+            }
         }
     }
     Ok(())
