@@ -7,17 +7,26 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Lab tests run one at a time: the SIGKILL test counts every probe link in the kernel.
+static LAB_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A lab in namespaces named `<id>-*`, removed on drop, also when the test fails.
 struct Lab {
     id: String,
     dir: tempfile::TempDir,
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Lab {
     fn up(tag: &str) -> Lab {
+        let serial = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let id = format!("cs{}{tag}", std::process::id());
         let dir = tempfile::tempdir().unwrap();
-        let lab = Lab { id, dir };
+        let lab = Lab {
+            id,
+            dir,
+            _serial: serial,
+        };
         lab.script(&["up", &lab.id, lab.dir.path().to_str().unwrap()]);
         lab
     }
@@ -267,5 +276,62 @@ fn full_maps_and_ring_buffers_are_counted_not_silent() {
         .unwrap();
     assert!(map_full >= 400, "600 flows into 64 slots: {drops:#}");
     assert!(ring_full >= 10, "64 events into a 4 KiB ring: {drops:#}");
+    lab_down(lab);
+}
+
+/// BPF links (TCX attachments) whose program is one of our probes, in the whole kernel.
+fn probe_links() -> usize {
+    let ours: std::collections::HashSet<u32> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("cniscope_")))
+        .map(|p| p.id())
+        .collect();
+    aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .filter(|l| ours.contains(&l.prog_id))
+        .count()
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_sigkill_leaves_no_attachment_behind() {
+    if !is_root() {
+        eprintln!("skipped: the lab and the probes need root");
+        return;
+    }
+    plugin("flannel");
+    let lab = Lab::up("k");
+    lab.agent_settings(1, "duration_secs = 120");
+    let baseline = probe_links();
+
+    // SIGTERM: the agent stops, drains, prints the topology and exits 0.
+    let agent = lab.start_agent();
+    assert!(
+        probe_links() >= baseline + 2,
+        "the probes are attached (ingress and egress per interface)"
+    );
+    // SAFETY: signalling the child we spawned.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let doc = finish(agent);
+    assert!(
+        doc["health"]["probes"]["node-a"]["packets"].is_u64(),
+        "{doc:#}"
+    );
+    assert_eq!(probe_links(), baseline, "a clean stop detaches everything");
+
+    // SIGKILL: no chance to clean up, yet TCX links die with the process's file descriptors.
+    std::fs::remove_file(lab.dir.path().join("topology.json")).unwrap();
+    let mut agent = lab.start_agent();
+    assert!(probe_links() >= baseline + 2);
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let t = Instant::now();
+    while probe_links() > baseline && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        probe_links(),
+        baseline,
+        "attachments left behind after SIGKILL"
+    );
     lab_down(lab);
 }
