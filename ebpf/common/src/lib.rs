@@ -29,6 +29,9 @@ pub mod fp {
     pub const TCP_SYNACK_ISN: u8 = 5;
 }
 
+/// Size of the probe's `L3_IFACES` array: interfaces with a larger ifindex are read as Ethernet.
+pub const MAX_L3_IFINDEX: u32 = 4096;
+
 /// Direction codes in [`FlowKey::direction`].
 pub mod direction {
     pub const INGRESS: u8 = 0;

@@ -11,7 +11,7 @@ mod parse;
 use aya_ebpf::bindings::{BPF_NOEXIST, TC_ACT_OK};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::macros::{classifier, map};
-use aya_ebpf::maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya_ebpf::maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya_ebpf::programs::TcContext;
 use cniscope_common::{FlowKey, FlowStats, NewFlow, ProbeConfig, counter, direction, fp};
 use parse::{Parsed, Skip};
@@ -43,9 +43,11 @@ pub struct Scratch {
     stats: FlowStats,
 }
 
-/// Interfaces without a link-layer header (TUN, IPIP), by ifindex.
+/// Interfaces without a link-layer header (TUN, IPIP): 1 at their ifindex. An array, not a
+/// hash: the verifier inlines array lookups, and this one runs for every packet. Interfaces
+/// with an ifindex past the end are read as Ethernet.
 #[map]
-static L3_IFACES: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+static L3_IFACES: Array<u8> = Array::with_max_entries(cniscope_common::MAX_L3_IFINDEX, 0);
 
 #[classifier]
 pub fn cniscope_ingress(ctx: TcContext) -> i32 {
@@ -73,8 +75,7 @@ fn observe(ctx: &TcContext, dir: u8) {
     let Some(cfg) = CONFIG.get(0) else { return };
     // SAFETY: ctx.skb is the kernel's sk_buff for this program invocation.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: a plain lookup of a u8 value.
-    let l3 = unsafe { L3_IFACES.get(&ifindex) }.is_some();
+    let l3 = L3_IFACES.get(ifindex) == Some(&1);
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
     // SAFETY: this CPU's scratch slot; a TC program runs to completion on one CPU.
     let scratch = unsafe { &mut *scratch };

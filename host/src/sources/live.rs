@@ -9,7 +9,7 @@ pub mod test_run;
 
 use super::aggregate::{CapturePoint, Direction, FlowKey, IfaceKind, Observation, PointTable};
 use super::decode::{GeneveOpt, TunnelPorts};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::LinkOrder;
 use aya::programs::tc::{SchedClassifier, TcAttachOptions, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
@@ -200,14 +200,19 @@ impl NodeProbe {
             .and_then(|r| r)
             .map_err(|e| attach_err(format!("device type: {e}")))?;
         if l3 {
-            let mut l3_ifaces: HashMap<&mut MapData, u32, u8> = HashMap::try_from(
+            if ifindex >= cniscope_common::MAX_L3_IFINDEX {
+                return Err(attach_err(format!(
+                    "ifindex {ifindex} of a layer-3 device is past the probe's table"
+                )));
+            }
+            let mut l3_ifaces: Array<&mut MapData, u8> = Array::try_from(
                 self.ebpf
                     .map_mut("L3_IFACES")
                     .expect("L3_IFACES is in the probe"),
             )
             .map_err(|e| attach_err(e.to_string()))?;
             l3_ifaces
-                .insert(ifindex, 1, 0)
+                .set(ifindex, 1, 0)
                 .map_err(|e| attach_err(e.to_string()))?;
         }
         let netns_path = self.netns.clone();
