@@ -198,16 +198,22 @@ impl Aggregator {
     /// Everything aggregated so far, in a stable order (first seen, then key), and resets.
     pub fn drain(&mut self) -> Vec<Observation> {
         let mut out: Vec<Observation> = self.flows.drain().map(|(_, o)| o).collect();
-        out.sort_by_key(|o| {
-            (
-                o.first_ns,
-                o.key.point,
-                o.key.src,
-                o.key.dst,
-                o.key.src_port,
-                o.key.dst_port,
-            )
-        });
+        sort_observations(&mut out);
         out
     }
+}
+
+/// The order every source hands observations over in (first seen, then key), so that a
+/// source's batches do not depend on hash-map iteration order.
+pub fn sort_observations(obs: &mut [Observation]) {
+    obs.sort_by_key(|o| {
+        (
+            o.first_ns,
+            o.key.point,
+            o.key.src,
+            o.key.dst,
+            o.key.src_port,
+            o.key.dst_port,
+        )
+    });
 }

@@ -7,7 +7,9 @@
 pub mod netns;
 pub mod test_run;
 
-use super::aggregate::{CapturePoint, Direction, FlowKey, IfaceKind, Observation, PointTable};
+use super::aggregate::{
+    CapturePoint, Direction, FlowKey, IfaceKind, Observation, PointTable, sort_observations,
+};
 use super::decode::{GeneveOpt, TunnelPorts};
 use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::LinkOrder;
@@ -320,16 +322,7 @@ impl NodeProbe {
                 out.push(o);
             }
         }
-        out.sort_by_key(|o| {
-            (
-                o.first_ns,
-                o.key.point,
-                o.key.src,
-                o.key.dst,
-                o.key.src_port,
-                o.key.dst_port,
-            )
-        });
+        sort_observations(&mut out);
         // New-flow events: counted here (the flow maps carry the same facts, merged per CPU).
         while let Some(item) = self.events_rb.next() {
             if item.len() >= std::mem::size_of::<cniscope_common::NewFlow>() {
