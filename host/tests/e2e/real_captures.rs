@@ -255,20 +255,9 @@ fn gre_inner_packets_match_tcpdump() {
 
 #[test]
 fn every_shared_capture_replays_without_crashing() {
-    for dir in ["pcap/tcpdump", "pcap/zeek", "pcap/deepflow"] {
-        for entry in std::fs::read_dir(data(dir)).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "pcap") {
-                let rel = path
-                    .strip_prefix(data(""))
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .to_string();
-                let (obs, stats) = replay(&rel, TunnelPorts::default());
-                assert!(stats.packets > 0, "{rel}");
-                assert!(!obs.is_empty() || stats.not_ip > 0, "{rel}: {stats:?}");
-            }
-        }
+    for rel in shared_captures() {
+        let (obs, stats) = replay(&rel, TunnelPorts::default());
+        assert!(stats.packets > 0, "{rel}");
+        assert!(!obs.is_empty() || stats.not_ip > 0, "{rel}: {stats:?}");
     }
 }

@@ -45,3 +45,25 @@ pub fn lab_captures() -> Vec<String> {
     .map(|(point, file)| format!("{point}={}", d.join(file).display()))
     .collect()
 }
+
+/// Every shared real capture (`tests/data/pcap/*/*.pcap`), as paths relative to tests/data,
+/// sorted.
+pub fn shared_captures() -> Vec<String> {
+    let mut out = Vec::new();
+    for dir in ["pcap/tcpdump", "pcap/zeek", "pcap/deepflow"] {
+        for entry in std::fs::read_dir(data(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "pcap") {
+                out.push(
+                    path.strip_prefix(data(""))
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    out.sort();
+    out
+}
