@@ -7,7 +7,8 @@
 #
 #   flannel-vxlan.sh up ID DIR      build it (names start with ID-); write DIR/inventory.json
 #                                   and DIR/cniscope.toml (an agent config for these nodes)
-#   flannel-vxlan.sh traffic ID     the known traffic (pod->pod both ways, ClusterIP, UDP, ping)
+#   flannel-vxlan.sh traffic ID     the known traffic (pod->pod, same node, ClusterIP, UDP, ping,
+#                                   pod->external host through flanneld's MASQUERADE)
 #   flannel-vxlan.sh down ID        remove every namespace named ID-*
 #   flannel-vxlan.sh record DIR     up, tcpdump on 5 points, traffic, down: tests/data/flannel-vxlan
 #
@@ -24,6 +25,8 @@ declare -A vtep_mac=([a]=0a:58:0a:f4:00:00 [b]=0a:58:0a:f4:01:00)
 # pods: name node ip
 pods=("client-a1 a 10.244.0.2" "peer-a2 a 10.244.0.3" "server-b1 b 10.244.1.2")
 cluster_ip=10.96.0.10
+# A host outside the cluster, on the nodes' underlay network.
+external_ip=192.168.77.100
 
 nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 veth_of() { local v="veth${1//-/}"; echo "${v:0:15}"; }
@@ -44,6 +47,12 @@ up() {
   nsx "$ul" ip link add br0 type bridge
   nsx "$ul" ip link set br0 up
   nsx "$ul" ip link set lo up
+  ip netns add "$id-ext"
+  nsx "$id-ext" ip link set lo up
+  ip link add eth0 netns "$id-ext" type veth peer name up-ext netns "$ul"
+  nsx "$ul" ip link set up-ext master br0 up
+  nsx "$id-ext" ip addr add "$external_ip/24" dev eth0
+  nsx "$id-ext" ip link set eth0 up
   for n in "${nodes[@]}"; do
     local ns="$id-n$n"
     ip netns add "$ns"
@@ -128,6 +137,7 @@ traffic() {
   nsx "$id-server-b1" python3 "$here/echo.py" serve-tcp 0.0.0.0 8080 & pids+=($!)
   nsx "$id-peer-a2" python3 "$here/echo.py" serve-tcp 0.0.0.0 8080 & pids+=($!)
   nsx "$id-server-b1" python3 "$here/echo.py" serve-udp 0.0.0.0 5353 & pids+=($!)
+  nsx "$id-ext" python3 "$here/echo.py" serve-tcp 0.0.0.0 9000 & pids+=($!)
   sleep 1
   local c="$id-client-a1"
   nsx "$c" python3 "$here/echo.py" tcp 10.244.1.2 8080 3      # pod -> pod across nodes (TCP), 3 round trips
@@ -135,6 +145,7 @@ traffic() {
   nsx "$c" python3 "$here/echo.py" tcp "$cluster_ip" 80 4     # pod -> ClusterIP -> remote pod
   nsx "$c" python3 "$here/echo.py" udp 10.244.1.2 5353 5      # pod -> pod across nodes (UDP), 5 datagrams
   nsx "$id-na" ping -c 2 -i 0.2 -W 1 10.244.1.2 >/dev/null   # node a -> remote pod (source 10.244.0.0)
+  nsx "$c" python3 "$here/echo.py" tcp "$external_ip" 9000 1  # pod -> external (MASQUERADE to node a)
   kill "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
 }

@@ -153,7 +153,7 @@ fn live_capture_on_the_flannel_lab_names_every_real_edge_once() {
 
     // Exactly these edges, no duplicates, no phantom endpoints.
     let edges = doc["edges"].as_array().unwrap();
-    assert_eq!(edges.len(), 5, "{doc:#}");
+    assert_eq!(edges.len(), 6, "{doc:#}");
     assert!(
         doc["nodes"]
             .as_array()
@@ -227,6 +227,22 @@ fn live_capture_on_the_flannel_lab_names_every_real_edge_once() {
             .as_array()
             .unwrap()
             .contains(&"gateway-unresolved".into())
+    );
+    // Through flanneld's MASQUERADE the external host sees node-a; the edge is the pod's.
+    let out = edge(
+        &doc,
+        "pod/default/client-a1",
+        "external/192.168.77.100",
+        "tcp",
+        None,
+    );
+    assert_eq!(out["port"], 9000);
+    assert!(
+        out["evidence"]
+            .as_array()
+            .unwrap()
+            .contains(&"nat:masquerade".into()),
+        "{out:#}"
     );
     for (k, v) in doc["health"]["drops"].as_object().unwrap() {
         assert_eq!(v, 0, "{k}");
