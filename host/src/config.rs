@@ -298,6 +298,23 @@ pub struct AgentSettings {
     pub nodes: Vec<(String, Option<PathBuf>, Vec<String>)>,
 }
 
+impl Settings {
+    /// Settings without a config file: these plugins, every other setting at its default.
+    pub fn for_plugins(plugins: Vec<PluginToLoad>, plugin_dir: PathBuf) -> Settings {
+        Settings {
+            plugins,
+            cache_dir: default_cache_dir(),
+            ports: TunnelPorts::default(),
+            window_ns: (default_window().into_inner() * 1e9) as u64,
+            format: None,
+            plugin_dir,
+            captures: Vec::new(),
+            inventories: Vec::new(),
+            agent: AgentSettings::default(),
+        }
+    }
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;

@@ -10,7 +10,6 @@ use cniscope::plugins::engine::sha256_file;
 use cniscope::plugins::policy::Grants;
 use cniscope::plugins::{PluginEngine, PluginInstance, PluginSettings};
 use cniscope::sinks::{Format, render};
-use cniscope::sources::decode::TunnelPorts;
 use cniscope::sources::replay::{CaptureSpec, Replay};
 use cniscope::topology::Health;
 use std::path::{Path, PathBuf};
@@ -159,9 +158,8 @@ fn load_settings(args: &ReplayArgs) -> Result<Settings> {
                     "no plugins: pass --plugin NAME (e.g. --plugin flannel) or --config cniscope.toml"
                 );
             }
-            Settings {
-                plugins: args
-                    .plugins
+            Settings::for_plugins(
+                args.plugins
                     .iter()
                     .map(|name| PluginToLoad {
                         path: args.plugin_dir.join(format!("{name}.wasm")),
@@ -169,15 +167,8 @@ fn load_settings(args: &ReplayArgs) -> Result<Settings> {
                         settings: PluginSettings::new(name),
                     })
                     .collect(),
-                cache_dir: config::default_cache_dir(),
-                ports: TunnelPorts::default(),
-                window_ns: 10_000_000_000,
-                format: None,
-                plugin_dir: args.plugin_dir.clone(),
-                captures: Vec::new(),
-                inventories: Vec::new(),
-                agent: Default::default(),
-            }
+                args.plugin_dir.clone(),
+            )
         }
     };
     if let Some(w) = args.window_secs {
@@ -289,21 +280,12 @@ fn plugin_test(args: PluginTestArgs) -> Result<()> {
     let mut plugin = PluginSettings::new(&name);
     serde_json::from_str::<serde_json::Value>(&args.options).context("--options is not JSON")?;
     plugin.options_json = args.options.clone();
-    let settings = Settings {
-        plugins: vec![PluginToLoad {
-            path: args.file.clone(),
-            sha256: None,
-            settings: plugin,
-        }],
-        cache_dir: config::default_cache_dir(),
-        ports: TunnelPorts::default(),
-        window_ns: 10_000_000_000,
-        format: None,
-        plugin_dir: PathBuf::new(),
-        captures: Vec::new(),
-        inventories: Vec::new(),
-        agent: Default::default(),
+    let load = PluginToLoad {
+        path: args.file.clone(),
+        sha256: None,
+        settings: plugin,
     };
+    let settings = Settings::for_plugins(vec![load], PathBuf::new());
     let doc = run_replay(&settings, &args.captures, &args.inventories)?;
     let got = serde_json::to_value(&doc)?;
     if args.bless {

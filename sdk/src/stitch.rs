@@ -217,19 +217,6 @@ impl Connection {
         labels.sort_unstable();
         labels
     }
-
-    /// Every point that saw this connection, sorted by label.
-    pub fn points(&self) -> Vec<String> {
-        let mut ids: Vec<u32> = self.members.iter().map(|m| m.point).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut labels: Vec<String> = ids
-            .iter()
-            .map(|&i| self.points[i as usize].label.clone())
-            .collect();
-        labels.sort_unstable();
-        labels
-    }
 }
 
 /// Holds a window of observations and stitches them into connections.

@@ -77,11 +77,6 @@ impl IpHistory {
             .or_else(|| tenures.first().filter(|t| at_ns < t.from_ns))
             .map(|t| &t.owner)
     }
-
-    /// Every owner `ip` ever had, for deciding whether an address is in the cluster at all.
-    pub fn known(&self, ip: IpAddr) -> bool {
-        self.by_ip.contains_key(&ip)
-    }
 }
 
 #[cfg(test)]

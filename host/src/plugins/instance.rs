@@ -286,9 +286,8 @@ impl PluginInstance {
             self.fault(what, lost, format!("restart failed: {e:#}"), None);
             return None;
         }
+        let ticks = self.deadline_ticks();
         let live = self.live.as_mut()?;
-        let ticks =
-            (self.settings.call_deadline.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1;
         live.store.set_epoch_deadline(ticks);
         let started = Instant::now();
         let result = f(&live.plugin, &mut live.store);

@@ -125,28 +125,39 @@ pub struct Observation {
     pub geneve: Vec<GeneveOpt>,
 }
 
+impl FlowKey {
+    fn of(point: u16, d: &Decoded) -> FlowKey {
+        let (outer, tunnel, vni) = match &d.tunnel {
+            Some(t) => (t.outer, t.kind, t.vni),
+            None => (L3L4::default(), 0, 0),
+        };
+        FlowKey {
+            point,
+            src: d.inner.src,
+            dst: d.inner.dst,
+            protocol: d.inner.protocol,
+            src_port: d.inner.src_port,
+            dst_port: d.inner.dst_port,
+            tunnel,
+            vni,
+            outer_src: outer.src,
+            outer_dst: outer.dst,
+            outer_src_port: outer.src_port,
+            outer_dst_port: outer.dst_port,
+        }
+    }
+}
+
 impl Observation {
-    fn new(point: u16, d: &Decoded, ts_ns: u64) -> Observation {
-        let (outer, kind, vni, geneve) = match &d.tunnel {
-            Some(t) => (t.outer, t.kind, t.vni, t.geneve.clone()),
-            None => (L3L4::default(), 0, 0, Vec::new()),
+    /// A new observation from its flow's first packet (counters are added by the caller).
+    fn first(key: FlowKey, d: &Decoded, ts_ns: u64) -> Observation {
+        let (outer, geneve) = match &d.tunnel {
+            Some(t) => (t.outer, t.geneve.clone()),
+            None => (L3L4::default(), Vec::new()),
         };
         let (fp_kind, fingerprint) = d.fingerprint();
         Observation {
-            key: FlowKey {
-                point,
-                src: d.inner.src,
-                dst: d.inner.dst,
-                protocol: d.inner.protocol,
-                src_port: d.inner.src_port,
-                dst_port: d.inner.dst_port,
-                tunnel: kind,
-                vni,
-                outer_src: outer.src,
-                outer_dst: outer.dst,
-                outer_src_port: outer.src_port,
-                outer_dst_port: outer.dst_port,
-            },
+            key,
             src_mac: d.inner.src_mac,
             dst_mac: d.inner.dst_mac,
             outer_src_mac: outer.src_mac,
@@ -171,8 +182,12 @@ pub struct Aggregator {
 
 impl Aggregator {
     pub fn add(&mut self, point: u16, d: &Decoded, ts_ns: u64) {
-        let probe = Observation::new(point, d, ts_ns);
-        let obs = self.flows.entry(probe.key).or_insert(probe);
+        // The key alone on the per-packet path; the rest only for a flow's first packet.
+        let key = FlowKey::of(point, d);
+        let obs = self
+            .flows
+            .entry(key)
+            .or_insert_with(|| Observation::first(key, d, ts_ns));
         // A SYN seen after other packets (out-of-order capture) still gives the ISN.
         if d.inner.protocol == 6
             && d.inner.tcp_flags & 0x02 != 0

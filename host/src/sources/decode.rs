@@ -89,7 +89,8 @@ pub struct L3L4 {
     pub ip_id: Option<u16>,
     /// Length of the L4 payload according to the headers.
     pub payload_len: u16,
-    /// FNV-1a of the first 16 bytes of the L4 payload that were captured.
+    /// FNV-1a of the first 16 bytes of the L4 payload that were captured (IPv6 non-TCP only:
+    /// nothing else's fingerprint uses it).
     pub payload_hash: u32,
     /// IP packet length according to the IP header (not the captured length).
     pub ip_len: u32,
@@ -308,8 +309,7 @@ fn ip_packet(ethertype: u16, data: &[u8]) -> Result<IpPacket<'_>, DecodeError> {
                     | (t.psh() as u8) << 3
                     | (t.ack() as u8) << 4;
                 let hl = t.slice().len();
-                p.payload_len = payload_len_from_ip(&p, payload.len(), hl);
-                p.payload_hash = fnv(payload.get(hl..).unwrap_or(&[]));
+                p.payload_len = payload_len_from_ip(&p, hl);
             }
         }
         IpNumber::UDP => {
@@ -318,7 +318,7 @@ fn ip_packet(ethertype: u16, data: &[u8]) -> Result<IpPacket<'_>, DecodeError> {
                 p.dst_port = u.destination_port();
                 p.payload_len = u.length().saturating_sub(8);
                 udp_payload = &payload[8..];
-                p.payload_hash = fnv(udp_payload);
+                p.payload_hash = v6_hash(&p, udp_payload);
             }
         }
         IpNumber::ICMP | IpNumber::IPV6_ICMP => {
@@ -326,12 +326,12 @@ fn ip_packet(ethertype: u16, data: &[u8]) -> Result<IpPacket<'_>, DecodeError> {
                 p.src_port = payload[0] as u16;
                 p.dst_port = payload[1] as u16;
             }
-            p.payload_len = payload_len_from_ip(&p, payload.len(), 0);
-            p.payload_hash = fnv(payload.get(4..).unwrap_or(&[]));
+            p.payload_len = payload_len_from_ip(&p, 0);
+            p.payload_hash = v6_hash(&p, payload.get(4..).unwrap_or(&[]));
         }
         _ => {
-            p.payload_len = payload_len_from_ip(&p, payload.len(), 0);
-            p.payload_hash = fnv(payload);
+            p.payload_len = payload_len_from_ip(&p, 0);
+            p.payload_hash = v6_hash(&p, payload);
         }
     }
     Ok(IpPacket {
@@ -342,12 +342,17 @@ fn ip_packet(ethertype: u16, data: &[u8]) -> Result<IpPacket<'_>, DecodeError> {
 }
 
 /// L4 payload length from the IP length fields (not the captured bytes, which snaplen cuts).
-fn payload_len_from_ip(p: &L3L4, captured: usize, l4_header: usize) -> u16 {
-    let _ = captured;
+fn payload_len_from_ip(p: &L3L4, l4_header: usize) -> u16 {
     let ip_header = if p.ip_id.is_some() { 20 } else { 40 };
     (p.ip_len as usize)
         .saturating_sub(ip_header + l4_header)
         .min(u16::MAX as usize) as u16
+}
+
+/// The payload hash only the fingerprint of a non-TCP IPv6 packet uses (IPv4 has its IP ID,
+/// TCP its sequence number); 0 elsewhere, as the eBPF probe leaves it.
+fn v6_hash(p: &L3L4, payload: &[u8]) -> u32 {
+    if p.ip_id.is_some() { 0 } else { fnv(payload) }
 }
 
 fn fnv(bytes: &[u8]) -> u32 {

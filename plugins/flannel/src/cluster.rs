@@ -53,7 +53,7 @@ impl Cluster {
             network,
             ..Cluster::default()
         };
-        for n in &index.nodes {
+        for n in index.nodes() {
             let a = n.annotations.as_slice();
             let mut ips: Vec<Ip> = Vec::new();
             if let Some(ip) = a.annotation(PUBLIC_IP) {
