@@ -261,3 +261,106 @@ fn every_shared_capture_replays_without_crashing() {
         assert!(!obs.is_empty() || stats.not_ip > 0, "{rel}: {stats:?}");
     }
 }
+
+/// A pcapng file built by hand: two interfaces named in their blocks, packets with direction
+/// flags (epb_flags), microsecond timestamps.
+fn pcapng(frames: &[(u32, u32, u64, &[u8])], ifaces: &[&str]) -> Vec<u8> {
+    fn block(kind: u32, body: &[u8]) -> Vec<u8> {
+        let len = (12 + body.len()) as u32;
+        let mut b = kind.to_le_bytes().to_vec();
+        b.extend(len.to_le_bytes());
+        b.extend(body);
+        b.extend(len.to_le_bytes());
+        b
+    }
+    fn option(code: u16, value: &[u8]) -> Vec<u8> {
+        let mut o = code.to_le_bytes().to_vec();
+        o.extend((value.len() as u16).to_le_bytes());
+        o.extend(value);
+        o.resize(o.len().div_ceil(4) * 4, 0);
+        o
+    }
+    let mut shb = 0x1A2B3C4Du32.to_le_bytes().to_vec();
+    shb.extend([1, 0, 0, 0]);
+    shb.extend((-1i64).to_le_bytes());
+    let mut out = block(0x0A0D0D0A, &shb);
+    for name in ifaces {
+        let mut idb = 1u16.to_le_bytes().to_vec(); // LINKTYPE_ETHERNET
+        idb.extend([0, 0]);
+        idb.extend(0u32.to_le_bytes());
+        idb.extend(option(2, name.as_bytes())); // if_name
+        idb.extend([0, 0, 0, 0]); // opt_endofopt
+        out.extend(block(1, &idb));
+    }
+    for (if_id, flags, ts_us, data) in frames {
+        let mut epb = if_id.to_le_bytes().to_vec();
+        epb.extend(((ts_us >> 32) as u32).to_le_bytes());
+        epb.extend((*ts_us as u32).to_le_bytes());
+        epb.extend((data.len() as u32).to_le_bytes());
+        epb.extend((data.len() as u32).to_le_bytes());
+        epb.extend(*data);
+        epb.resize(epb.len().div_ceil(4) * 4, 0);
+        epb.extend(option(2, &flags.to_le_bytes())); // epb_flags: 1 inbound, 2 outbound
+        epb.extend([0, 0, 0, 0]);
+        out.extend(block(6, &epb));
+    }
+    out
+}
+
+#[test]
+fn pcapng_names_interfaces_and_directions_from_its_blocks() {
+    use cniscope::sources::aggregate::{Direction, IfaceKind};
+    use etherparse::PacketBuilder;
+    let frame = |sport: u16| {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 244, 0, 2], [10, 244, 1, 2], 64)
+            .udp(sport, 53)
+            .write(&mut f, b"q")
+            .unwrap();
+        f
+    };
+    let (a, b) = (frame(4000), frame(4001));
+    let bytes = pcapng(
+        &[
+            (0, 1, 1_700_000_000_000_000, &a),
+            (1, 2, 1_700_000_000_500_000, &b),
+            (1, 2, 1_700_000_001_000_000, &b),
+        ],
+        &["flannel.1", "eth0"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two-ifaces.pcapng");
+    std::fs::write(&path, bytes).unwrap();
+    let spec: CaptureSpec = format!("node-a={}", path.display()).parse().unwrap();
+    let mut r = Replay::open(&[spec], TunnelPorts::default(), u64::MAX / 4).unwrap();
+    let mut all = Vec::new();
+    r.run(|_, obs, _| all.extend(obs));
+    assert!(
+        r.stats.file_errors.is_empty() && r.stats.malformed.is_empty(),
+        "{:?}",
+        r.stats
+    );
+    assert_eq!(all.len(), 2, "{all:?}");
+    let point = |o: &Observation| r.points.get(o.key.point).clone();
+    let first = all.iter().find(|o| o.key.src_port == 4000).unwrap();
+    let p = point(first);
+    assert_eq!(
+        (p.node.as_str(), p.iface.as_str(), p.kind, p.direction),
+        ("node-a", "flannel.1", IfaceKind::Tunnel, Direction::Ingress)
+    );
+    assert_eq!(
+        first.first_ns, 1_700_000_000_000_000_000,
+        "microsecond timestamps become ns"
+    );
+    let second = all.iter().find(|o| o.key.src_port == 4001).unwrap();
+    let p = point(second);
+    assert_eq!(
+        (p.iface.as_str(), p.kind, p.direction),
+        ("eth0", IfaceKind::Uplink, Direction::Egress)
+    );
+    assert_eq!(
+        (second.packets, second.last_ns - second.first_ns),
+        (2, 500_000_000)
+    );
+}
