@@ -1,6 +1,6 @@
 //! A fast hasher for the SDK's internal maps.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// A multiply-rotate hasher (rustc's Fx hash) for small keys: SipHash's DoS resistance buys
@@ -38,3 +38,5 @@ impl Hasher for FxHasher {
 }
 
 pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+pub type FastSet<K> = HashSet<K, BuildHasherDefault<FxHasher>>;

@@ -8,6 +8,14 @@
 //!   addresses and ports but keeps TCP sequence numbers and the IPv4 identification, so a
 //!   pre-DNAT/SNAT observation and its post-NAT twin share it.
 //!
+//! When no fingerprint joins them (a UDP or ICMP packet with IPv4 ID 0, a capture that
+//! started mid-connection), one fallback joins by time: an observation whose source is a
+//! known NAT source (a node's gateway address or IP, [`Stitcher::nat_sources`]) and exactly
+//! one observation from one other source, with the same protocol, source port, destination
+//! and destination port, first seen within [`Stitcher::time_join_ns`] of each other, are one
+//! SNATed connection. Anything ambiguous (two candidate clients, contradicting fingerprints)
+//! stays apart: an unresolved gateway is better than a wrong pod.
+//!
 //! Each member is then oriented (client -> server or back) from the handshake (SYN vs SYN+ACK
 //! fingerprints), ICMP echo types, or, failing those, which side spoke first.
 //!
@@ -18,7 +26,7 @@ use crate::batch::{Obs, Tunnel, batch_rows, fp};
 use crate::{Ip, ObservationBatch};
 use std::rc::Rc;
 
-use crate::hash::FastMap;
+use crate::hash::{FastMap, FastSet};
 
 /// A capture point, interned once per window: observations refer to it by index, so holding
 /// an observation allocates nothing.
@@ -146,6 +154,8 @@ impl Seen {
 pub struct Connection {
     pub members: Vec<Seen>,
     pub forward: Vec<bool>,
+    /// Some members were joined only by time proximity (weaker than a fingerprint).
+    pub joined_by_time: bool,
     points: Rc<Vec<PointInfo>>,
 }
 
@@ -227,6 +237,13 @@ pub struct Stitcher {
     iface_ids: FastMap<(String, String), u32>,
     pub max_held: usize,
     pub early_drains: u64,
+    /// Addresses that replace a client's source (node gateways, node IPs): the only sources
+    /// the time fallback joins from. Empty = no time fallback.
+    pub nat_sources: FastSet<Ip>,
+    /// How close in time two first sightings must be for the fallback to join them.
+    pub time_join_ns: u64,
+    /// Connections the fallback joined.
+    pub time_joins: u64,
 }
 
 impl Default for Stitcher {
@@ -238,6 +255,9 @@ impl Default for Stitcher {
             iface_ids: FastMap::default(),
             max_held: 200_000,
             early_drains: 0,
+            nat_sources: FastSet::default(),
+            time_join_ns: 500_000_000,
+            time_joins: 0,
         }
     }
 }
@@ -345,6 +365,7 @@ impl Stitcher {
                 }
             }
         }
+        let by_time = self.join_by_time(&held, &mut uf);
         // Group by sorting (root, index): one allocation, members in arrival order.
         let mut order: Vec<(usize, usize)> = (0..held.len()).map(|i| (uf.find(i), i)).collect();
         order.sort_unstable();
@@ -359,12 +380,70 @@ impl Stitcher {
                     .collect();
                 let forward = orient(&members);
                 Connection {
+                    joined_by_time: by_time.contains(&group[0].0),
                     members,
                     forward,
                     points: points.clone(),
                 }
             })
             .collect()
+    }
+}
+
+impl Stitcher {
+    /// The time fallback (module docs); returns the roots of the groups it joined.
+    fn join_by_time(&mut self, held: &[Seen], uf: &mut UnionFind) -> FastSet<usize> {
+        let mut joined = FastSet::default();
+        if self.nat_sources.is_empty() || self.time_join_ns == 0 {
+            return joined;
+        }
+        // Candidates share everything SNAT keeps: protocol, source port, destination.
+        // ICMP has no source port to share: a ping from the node and one from a pod would
+        // look alike.
+        let mut by_key: FastMap<(u8, u16, Ip, u16), Vec<usize>> = FastMap::default();
+        for (i, s) in held.iter().enumerate() {
+            if !s.is_icmp() && s.src_port != 0 {
+                by_key
+                    .entry((s.protocol, s.src_port, s.dst, s.dst_port))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        for group in by_key.values() {
+            let (nat, orig): (Vec<usize>, Vec<usize>) = group
+                .iter()
+                .partition(|&&i| self.nat_sources.contains(&held[i].src));
+            let one_source =
+                |v: &[usize]| !v.is_empty() && v.iter().all(|&i| held[i].src == held[v[0]].src);
+            if !one_source(&nat) || !one_source(&orig) {
+                continue;
+            }
+            let earliest = |v: &[usize]| {
+                v.iter()
+                    .copied()
+                    .min_by_key(|&i| held[i].first_ns)
+                    .expect("not empty")
+            };
+            let (a, b) = (earliest(&nat), earliest(&orig));
+            if uf.find(a) == uf.find(b)
+                || held[a].first_ns.abs_diff(held[b].first_ns) > self.time_join_ns
+            {
+                continue;
+            }
+            // Fingerprints of one kind that differ prove two connections.
+            let (fa, fb) = (held[a].join_fingerprint(), held[b].join_fingerprint());
+            if let (Some(fa), Some(fb)) = (fa, fb)
+                && fa.1 == fb.1
+                && fa != fb
+            {
+                continue;
+            }
+            uf.union(a, b);
+            joined.insert(uf.find(a));
+            self.time_joins += 1;
+        }
+        // Roots may have moved on later unions.
+        joined.iter().map(|&r| uf.find(r)).collect()
     }
 }
 
@@ -517,6 +596,46 @@ mod tests {
             "requests forward, replies back"
         );
         assert!(c.forward_members().all(|m| m.src_port == 8));
+    }
+
+    #[test]
+    fn time_fallback_joins_only_from_nat_sources_and_never_against_fingerprints() {
+        let b = BatchBuilder::new()
+            .point("a", "veth1", IfaceKind::PodVeth, Direction::Ingress)
+            .point("b", "veth9", IfaceKind::PodVeth, Direction::Egress)
+            // pod view and gateway view of one datagram, no fingerprint
+            .row(Row::flow(17, "10.244.0.5", 4000, "10.244.1.7", 53).at(0))
+            .row(Row::flow(17, "10.244.0.0", 4000, "10.244.1.7", 53).at(1))
+            // two TCP SYNs with different ISNs: two connections, however close in time
+            .row(
+                Row::flow(6, "10.244.0.5", 4001, "10.244.1.7", 80)
+                    .at(0)
+                    .fingerprint(fp::TCP_SYN_ISN, 1),
+            )
+            .row(
+                Row::flow(6, "10.244.0.0", 4001, "10.244.1.7", 80)
+                    .at(1)
+                    .fingerprint(fp::TCP_SYN_ISN, 2),
+            )
+            .build();
+        let mut s = Stitcher::default();
+        s.add_batch(&b);
+        // Without NAT sources: four views, four connections.
+        assert_eq!(s.drain().len(), 4);
+        s.nat_sources.insert("10.244.0.0".parse().unwrap());
+        s.add_batch(&b);
+        let conns = s.drain();
+        assert_eq!(conns.len(), 3, "{conns:#?}");
+        let udp = conns.iter().find(|c| c.members[0].protocol == 17).unwrap();
+        assert_eq!(udp.members.len(), 2);
+        assert!(udp.joined_by_time);
+        assert!(
+            conns
+                .iter()
+                .filter(|c| c.members[0].protocol == 6)
+                .all(|c| !c.joined_by_time)
+        );
+        assert_eq!(s.time_joins, 1);
     }
 
     #[test]

@@ -71,6 +71,15 @@ impl Row {
         self.outer_dst_port = port;
         self
     }
+    /// A raw IP packet in UDP (flannel's udp backend), `outer_src -> outer_dst:port`.
+    pub fn udp_encap(mut self, outer_src: &str, outer_dst: &str, port: u16) -> Row {
+        self.tunnel = Some(Tunnel::UdpEncap);
+        self.outer_src = Some(parse(outer_src));
+        self.outer_dst = Some(parse(outer_dst));
+        self.outer_src_port = port;
+        self.outer_dst_port = port;
+        self
+    }
     pub fn fingerprint(mut self, kind: u8, value: u32) -> Row {
         self.fp_kind = kind;
         self.fingerprint = value;

@@ -11,9 +11,9 @@ bin=${CNISCOPE_BIN:-$root/target/release/cniscope}
 secs=${1:-5}
 id="csbench$$"
 dir=$(mktemp -d)
-trap 'bash "$here/flannel-vxlan.sh" down "$id"; rm -rf "$dir"' EXIT
+trap 'bash "$here/flannel.sh" down "$id"; rm -rf "$dir"' EXIT
 
-bash "$here/flannel-vxlan.sh" up "$id" "$dir"
+bash "$here/flannel.sh" up "$id" "$dir"
 iperf() { # prints bits per second, client-a1 -> server-b1 (across nodes)
   ip netns exec "$id-server-b1" iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
   local srv=$!

@@ -2,7 +2,7 @@
 """Writes a kubectl-style List (nodes, pods, services, endpointslices) for a lab, with the
 fields and annotations a real flannel cluster has (`kubectl get ... -o json`).
 
-  inventory.py --node "NAME IP PODCIDR VTEPMAC" ... --pod "NAME NODE IP APP" ...
+  inventory.py [--backend vxlan|host-gw|udp] --node "NAME IP PODCIDR VTEPMAC" ... --pod "NAME NODE IP APP" ...
                --service "NAME CLUSTERIP PORT TARGETPORT"   (selects pods with app=server)
 """
 import argparse
@@ -11,7 +11,9 @@ import json
 CREATED = "2026-11-21T10:00:00Z"
 
 
-def node(name, ip, cidr, mac):
+def node(backend, name, ip, cidr, mac):
+    # flanneld writes backend-data "null" for host-gw and udp (no VTEP).
+    data = {"VNI": 1, "VtepMAC": mac} if backend == "vxlan" else None
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -20,8 +22,8 @@ def node(name, ip, cidr, mac):
             "creationTimestamp": CREATED,
             "labels": {"kubernetes.io/hostname": name},
             "annotations": {
-                "flannel.alpha.coreos.com/backend-data": json.dumps({"VNI": 1, "VtepMAC": mac}, separators=(",", ":")),
-                "flannel.alpha.coreos.com/backend-type": "vxlan",
+                "flannel.alpha.coreos.com/backend-data": json.dumps(data, separators=(",", ":")),
+                "flannel.alpha.coreos.com/backend-type": backend,
                 "flannel.alpha.coreos.com/kube-subnet-manager": "true",
                 "flannel.alpha.coreos.com/public-ip": ip,
             },
@@ -73,11 +75,12 @@ def service(name, cluster_ip, port, target, backends):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--backend", default="vxlan", choices=["vxlan", "host-gw", "udp"])
     ap.add_argument("--node", action="append", default=[])
     ap.add_argument("--pod", action="append", default=[])
     ap.add_argument("--service", action="append", default=[])
     a = ap.parse_args()
-    items = [node(*n.split()) for n in a.node]
+    items = [node(a.backend, *n.split()) for n in a.node]
     pods = [p.split() for p in a.pod]
     items += [pod(*p) for p in pods]
     for s in a.service:

@@ -8,6 +8,7 @@ use crate::plugins::convert::ip_to_std;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+const ROLE_POD: u8 = 0;
 const ROLE_NODE: u8 = 1;
 const ROLE_SERVICE: u8 = 2;
 const ROLE_EXTERNAL: u8 = 3;
@@ -89,6 +90,23 @@ impl Resolver {
         let ip = (ip.hi != 0 || ip.lo != 0).then(|| ip_to_std(ip));
         let owner = ip.and_then(|ip| self.history.owner_at(ip, at_ns));
         match role {
+            // A plugin that knows *which* pod (Calico names pods by their veth) says so as
+            // "namespace/name": that beats the IP, which another pod may have had then too.
+            ROLE_POD if !name.is_empty() => {
+                let (ns, pod) = name.split_once('/').unwrap_or(("default", name));
+                match self
+                    .inv
+                    .pods
+                    .iter()
+                    .position(|p| p.namespace == ns && p.name == pod)
+                {
+                    Some(i) => self.entry(&Owner::Pod(i), ip),
+                    None => match (owner, ip) {
+                        (Some(owner), ip) => self.entry(owner, ip),
+                        (None, ip) => self.by_ip("unknown", ip.unwrap_or([0, 0, 0, 0].into())),
+                    },
+                }
+            }
             ROLE_NODE if !name.is_empty() => {
                 self.node_entry(name, ip.map(|i| i.to_string()).into_iter().collect())
             }

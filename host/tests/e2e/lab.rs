@@ -1,4 +1,5 @@
-//! Live capture on the Flannel VXLAN lab: real namespaces, real VXLAN and NAT, the real probes.
+//! Live capture on the Flannel labs (VXLAN and host-gw): real namespaces, real VXLAN and NAT,
+//! the real probes.
 
 use crate::live::is_root;
 use crate::support::*;
@@ -18,7 +19,7 @@ struct Lab {
 }
 
 impl Lab {
-    fn up(tag: &str) -> Lab {
+    fn up(tag: &str, backend: &str) -> Lab {
         let serial = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let id = format!("cs{}{tag}", std::process::id());
         let dir = tempfile::tempdir().unwrap();
@@ -27,13 +28,13 @@ impl Lab {
             dir,
             _serial: serial,
         };
-        lab.script(&["up", &lab.id, lab.dir.path().to_str().unwrap()]);
+        lab.script(&["up", &lab.id, lab.dir.path().to_str().unwrap(), backend]);
         lab
     }
 
     fn script(&self, args: &[&str]) {
         let out = Command::new("bash")
-            .arg(root().join("tests/lab/flannel-vxlan.sh"))
+            .arg(root().join("tests/lab/flannel.sh"))
             .args(args)
             .output()
             .unwrap();
@@ -103,7 +104,7 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         let _ = Command::new("bash")
-            .arg(root().join("tests/lab/flannel-vxlan.sh"))
+            .arg(root().join("tests/lab/flannel.sh"))
             .args(["down", &self.id])
             .status();
     }
@@ -138,22 +139,37 @@ fn edge<'a>(doc: &'a Value, src: &str, dst: &str, proto: &str, service: Option<&
         })
 }
 
+fn has(e: &Value, evidence: &str) -> bool {
+    e["evidence"].as_array().unwrap().contains(&evidence.into())
+}
+
 #[test]
-fn live_capture_on_the_flannel_lab_names_every_real_edge_once() {
+fn live_capture_on_the_flannel_vxlan_lab_names_every_real_edge_once() {
+    flannel_lab_edges("vxlan");
+}
+
+#[test]
+fn live_capture_on_the_flannel_host_gw_lab_names_every_real_edge_once() {
+    flannel_lab_edges("host-gw");
+}
+
+/// The lab's traffic (tests/lab/flannel.sh traffic) gives exactly these 7 edges.
+fn flannel_lab_edges(backend: &str) {
     if !is_root() {
         eprintln!("skipped: the lab and the probes need root");
         return;
     }
     plugin("flannel");
-    let lab = Lab::up("l");
-    lab.agent_settings(1, "duration_secs = 9");
+    let lab = Lab::up(if backend == "vxlan" { "l" } else { "h" }, backend);
+    lab.agent_settings(1, "duration_secs = 10");
     let agent = lab.start_agent();
     lab.script(&["traffic", &lab.id]);
     let doc = finish(agent);
+    let tunnel = format!("flannel:{backend}");
 
     // Exactly these edges, no duplicates, no phantom endpoints.
     let edges = doc["edges"].as_array().unwrap();
-    assert_eq!(edges.len(), 6, "{doc:#}");
+    assert_eq!(edges.len(), 7, "{doc:#}");
     assert!(
         doc["nodes"]
             .as_array()
@@ -172,12 +188,7 @@ fn live_capture_on_the_flannel_lab_names_every_real_edge_once() {
     // 3 echo rounds: handshake, 3 x (data, ack, echo, ack) with some ACKs coalesced, teardown.
     let pk = cross["packets"].as_u64().unwrap();
     assert!((12..=18).contains(&pk), "{pk} packets");
-    assert!(
-        cross["evidence"]
-            .as_array()
-            .unwrap()
-            .contains(&"flannel:vxlan".into())
-    );
+    assert!(has(cross, &tunnel), "{cross:#}");
     assert_eq!(cross["flows"], 1, "one connection, counted once");
     let points = cross["observed_at"].as_array().unwrap();
     assert!(
@@ -199,6 +210,24 @@ fn live_capture_on_the_flannel_lab_names_every_real_edge_once() {
         Some("service/default/echo"),
     );
     assert_eq!(via["port"], 8080, "the server's port after DNAT");
+    assert!(has(via, "service:dnat") && has(via, &tunnel), "{via:#}");
+    // masqueradeAll: server-b1 saw node a's address (10.244.0.0 or 192.168.77.11), yet the
+    // edge is the client pod's, through that service.
+    let masq = edge(
+        &doc,
+        "pod/default/client-a1",
+        "pod/default/server-b1",
+        "tcp",
+        Some("service/default/echo-masq"),
+    );
+    assert_eq!(masq["port"], 8080);
+    assert_eq!(masq["flows"], 1);
+    let pk = masq["packets"].as_u64().unwrap();
+    assert!((8..=14).contains(&pk), "2 echo rounds: {pk} packets");
+    assert!(
+        has(masq, "nat:snat-recovered") && has(masq, "service:dnat"),
+        "{masq:#}"
+    );
     assert_eq!(
         edge(
             &doc,
@@ -220,14 +249,12 @@ fn live_capture_on_the_flannel_lab_names_every_real_edge_once() {
         )["port"],
         8080
     );
+    // The node's own ping: from flannel.1's 10.244.0.0 (vxlan) or the node IP (host-gw).
     let ping = edge(&doc, "node/node-a", "pod/default/server-b1", "icmp", None);
     assert_eq!(ping["packets"], 4, "2 requests, 2 replies");
-    assert!(
-        ping["evidence"]
-            .as_array()
-            .unwrap()
-            .contains(&"gateway-unresolved".into())
-    );
+    if backend == "vxlan" {
+        assert!(has(ping, "gateway-unresolved"), "{ping:#}");
+    }
     // Through flanneld's MASQUERADE the external host sees node-a; the edge is the pod's.
     let out = edge(
         &doc,
@@ -237,13 +264,7 @@ fn live_capture_on_the_flannel_lab_names_every_real_edge_once() {
         None,
     );
     assert_eq!(out["port"], 9000);
-    assert!(
-        out["evidence"]
-            .as_array()
-            .unwrap()
-            .contains(&"nat:masquerade".into()),
-        "{out:#}"
-    );
+    assert!(has(out, "nat:masquerade"), "{out:#}");
     for (k, v) in doc["health"]["drops"].as_object().unwrap() {
         assert_eq!(v, 0, "{k}");
     }
@@ -264,7 +285,7 @@ fn full_maps_and_ring_buffers_are_counted_not_silent() {
         return;
     }
     plugin("flannel");
-    let lab = Lab::up("d");
+    let lab = Lab::up("d", "vxlan");
     // 64 flows per interval and a 4 KiB ring buffer (about 36 events), then 600 new flows.
     lab.agent_settings(
         3,
@@ -315,7 +336,7 @@ fn sigterm_stops_cleanly_and_sigkill_leaves_no_attachment_behind() {
         return;
     }
     plugin("flannel");
-    let lab = Lab::up("k");
+    let lab = Lab::up("k", "vxlan");
     lab.agent_settings(1, "duration_secs = 120");
     let baseline = probe_links();
 

@@ -72,44 +72,59 @@ fn the_probe_and_the_replay_decoder_agree_on_every_shared_capture() {
     let mut probe = NodeProbe::load("test", None, &ProbeSettings::default())
         .expect("the kernel accepts the probes");
     for rel in shared_captures() {
-        let frames = ethernet_frames(&rel);
-        if frames.is_empty() {
-            continue;
-        }
-        let mut agg = Aggregator::default();
-        for (i, f) in frames.iter().enumerate() {
-            // BPF_PROG_TEST_RUN needs at least an Ethernet header (shorter frames are
-            // malformed for both sides) and at most about a page: both sides get the same
-            // frame cut at 3000 bytes, as a snaplen would cut it (the GSO/BIG TCP frames).
-            if f.len() < 14 {
-                continue;
-            }
-            let f = &f[..f.len().min(3000)];
-            let rc = test_run::run(probe.ingress_program(), f)
-                .unwrap_or_else(|e| panic!("{rel} frame {i}: test run: {e}"));
-            assert_eq!(rc, 0, "the probe never changes a packet's fate (TC_ACT_OK)");
-            // Frames neither side can read (not IP, malformed) are observations of neither.
-            if let Ok(d) = decode(LinkType::Ethernet, f, &TunnelPorts::default()) {
-                agg.add(0, &d, i as u64);
-            }
-        }
-        let mut points = PointTable::default();
-        let mut live: Vec<String> = probe
-            .drain(&mut points, 0)
-            .unwrap()
-            .iter()
-            .map(comparable)
-            .collect();
-        let mut replay: Vec<String> = agg.drain().iter().map(comparable).collect();
-        live.sort();
-        replay.sort();
-        let only_live: Vec<_> = live.iter().filter(|x| !replay.contains(x)).collect();
-        let only_replay: Vec<_> = replay.iter().filter(|x| !live.contains(x)).collect();
-        assert!(
-            only_live.is_empty() && only_replay.is_empty(),
-            "{rel}:\nonly live: {only_live:#?}\nonly replay: {only_replay:#?}"
-        );
-        compared += live.len();
+        compared += assert_agree(&mut probe, &rel, &ethernet_frames(&rel));
     }
     assert!(compared > 50, "compared {compared} observations");
+}
+
+#[test]
+fn the_probe_decodes_flannel_udp_backend_frames_as_replay_does() {
+    if !is_root() {
+        eprintln!("skipped: loading eBPF programs needs root");
+        return;
+    }
+    let mut probe = NodeProbe::load("test", None, &ProbeSettings::default())
+        .expect("the kernel accepts the probes");
+    let (_, uplink) = crate::flannel_udp::frames();
+    // Both directions of one connection, each in UDP 8285.
+    assert_eq!(assert_agree(&mut probe, "flannel udp backend", &uplink), 2);
+}
+
+/// Runs `frames` through the probe (BPF_PROG_TEST_RUN) and the replay decoder and asserts
+/// both make the same observations; returns how many.
+fn assert_agree(probe: &mut NodeProbe, name: &str, frames: &[Vec<u8>]) -> usize {
+    let mut agg = Aggregator::default();
+    for (i, f) in frames.iter().enumerate() {
+        // BPF_PROG_TEST_RUN needs at least an Ethernet header (shorter frames are
+        // malformed for both sides) and at most about a page: both sides get the same
+        // frame cut at 3000 bytes, as a snaplen would cut it (the GSO/BIG TCP frames).
+        if f.len() < 14 {
+            continue;
+        }
+        let f = &f[..f.len().min(3000)];
+        let rc = test_run::run(probe.ingress_program(), f)
+            .unwrap_or_else(|e| panic!("{name} frame {i}: test run: {e}"));
+        assert_eq!(rc, 0, "the probe never changes a packet's fate (TC_ACT_OK)");
+        // Frames neither side can read (not IP, malformed) are observations of neither.
+        if let Ok(d) = decode(LinkType::Ethernet, f, &TunnelPorts::default()) {
+            agg.add(0, &d, i as u64);
+        }
+    }
+    let mut points = PointTable::default();
+    let mut live: Vec<String> = probe
+        .drain(&mut points, 0)
+        .unwrap()
+        .iter()
+        .map(comparable)
+        .collect();
+    let mut replay: Vec<String> = agg.drain().iter().map(comparable).collect();
+    live.sort();
+    replay.sort();
+    let only_live: Vec<_> = live.iter().filter(|x| !replay.contains(x)).collect();
+    let only_replay: Vec<_> = replay.iter().filter(|x| !live.contains(x)).collect();
+    assert!(
+        only_live.is_empty() && only_replay.is_empty(),
+        "{name}:\nonly live: {only_live:#?}\nonly replay: {only_replay:#?}"
+    );
+    live.len()
 }

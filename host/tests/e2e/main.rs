@@ -7,6 +7,9 @@ mod support;
 /// The recorded Flannel VXLAN lab capture through the built flannel.wasm: exact edges.
 mod flannel_replay;
 
+/// Flannel's udp backend from constructed frames through the built flannel.wasm.
+mod flannel_udp;
+
 /// The shared real captures (tcpdump, Zeek, DeepFlow test suites): decoded tunnels as tcpdump shows them.
 mod real_captures;
 

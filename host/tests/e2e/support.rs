@@ -67,3 +67,72 @@ pub fn shared_captures() -> Vec<String> {
     out.sort();
     out
 }
+
+/// A legacy pcap file (Ethernet, microsecond stamps) holding `frames` 1 ms apart from `t0_ms`.
+pub fn write_pcap(path: &Path, t0_ms: u64, frames: &[Vec<u8>]) {
+    let mut out = Vec::new();
+    out.extend(0xa1b2_c3d4u32.to_le_bytes());
+    out.extend(2u16.to_le_bytes());
+    out.extend(4u16.to_le_bytes());
+    out.extend([0u8; 8]); // thiszone, sigfigs
+    out.extend(65535u32.to_le_bytes());
+    out.extend(1u32.to_le_bytes()); // LINKTYPE_ETHERNET
+    for (i, f) in frames.iter().enumerate() {
+        let ms = t0_ms + i as u64;
+        out.extend(((ms / 1000) as u32).to_le_bytes());
+        out.extend((((ms % 1000) * 1000) as u32).to_le_bytes());
+        out.extend((f.len() as u32).to_le_bytes());
+        out.extend((f.len() as u32).to_le_bytes());
+        out.extend(f);
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+/// One TCP segment `src:sport -> dst:dport` as a raw IPv4 packet (no link layer).
+pub fn ipv4_tcp(
+    src: [u8; 4],
+    dst: [u8; 4],
+    ports: (u16, u16),
+    seq: u32,
+    flags: &str,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = etherparse::PacketBuilder::ipv4(src, dst, 64).tcp(ports.0, ports.1, seq, 64240);
+    if flags.contains('S') {
+        b = b.syn();
+    }
+    if flags.contains('A') {
+        b = b.ack(1);
+    }
+    if flags.contains('F') {
+        b = b.fin();
+    }
+    if flags.contains('P') {
+        b = b.psh();
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+/// `ip` in an Ethernet frame.
+pub fn ethernet(src_mac: [u8; 6], dst_mac: [u8; 6], ip: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + ip.len());
+    f.extend(dst_mac);
+    f.extend(src_mac);
+    f.extend([0x08, 0x00]);
+    f.extend(ip);
+    f
+}
+
+/// `inner` (a raw IP packet) as flanneld's obsolete udp backend sends it between two nodes:
+/// no inner Ethernet header, UDP 8285 -> 8285, in an Ethernet frame on the uplink.
+pub fn flannel_udp_frame(outer_src: [u8; 4], outer_dst: [u8; 4], inner: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xa], [2, 0, 0, 0, 0, 0xb])
+        .ipv4(outer_src, outer_dst, 64)
+        .udp(8285, 8285)
+        .write(&mut f, inner)
+        .unwrap();
+    f
+}

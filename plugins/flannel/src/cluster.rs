@@ -100,6 +100,24 @@ impl Cluster {
         (c, warnings)
     }
 
+    /// Every address that replaces a client's source: node IPs, and each lease's `.0`
+    /// (flannel.1) and `.1` (cni0) unless a pod really has it.
+    pub fn nat_sources(&self) -> Vec<Ip> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            out.extend(n.ips.iter().copied());
+            for l in &n.leases {
+                for k in 0..2 {
+                    let ip = l.network().offset(k);
+                    if !self.index.is_pod_ip(ip) {
+                        out.push(ip);
+                    }
+                }
+            }
+        }
+        out
+    }
+
     pub fn node_by_ip(&self, ip: Ip) -> Option<usize> {
         self.nodes.iter().position(|n| n.ips.contains(&ip))
     }

@@ -46,11 +46,19 @@ impl Plugin for Flannel {
             .option("udp_port", OptionType::Integer, "8285", "UDP port of the obsolete udp backend")
             .option("network", OptionType::String, "\"\"", "the flannel Network CIDR (net-conf.json), e.g. 10.244.0.0/16; addresses outside it and all leases are external")
             .option("max_held", OptionType::Integer, "200000", "observations held per correlation window before stitching early")
+            .option("time_join_ms", OptionType::Integer, "500", "when no fingerprint matches, join a gateway-sourced view to the one pod view with the same ports and destination seen this close in time; 0 = never")
             .build()
     }
 
     fn configure(&mut self, o: &Options) -> Result<(), PluginError> {
-        o.deny_unknown(&["vni", "port", "udp_port", "network", "max_held"])?;
+        o.deny_unknown(&[
+            "vni",
+            "port",
+            "udp_port",
+            "network",
+            "max_held",
+            "time_join_ms",
+        ])?;
         self.backend.vni = o.integer_in("vni", 1u32)?;
         self.backend.vxlan_port = o.integer_in("port", 8472u16)?;
         self.backend.udp_port = o.integer_in("udp_port", 8285u16)?;
@@ -65,11 +73,15 @@ impl Plugin for Flannel {
             )
         };
         self.stitcher.max_held = o.integer_in("max_held", 200_000usize)?.max(1);
+        self.stitcher.time_join_ns = o
+            .integer_in("time_join_ms", 500u64)?
+            .saturating_mul(1_000_000);
         Ok(())
     }
 
     fn on_inventory(&mut self, inv: Inventory) -> Result<(), PluginError> {
         let (cluster, warnings) = Cluster::new(inv, self.network);
+        self.stitcher.nat_sources = cluster.nat_sources().into_iter().collect();
         self.cluster = cluster;
         match warnings.first() {
             // Partial knowledge still names most things: report, keep what was read.

@@ -36,6 +36,11 @@ pub fn flow(c: &Cluster, b: &Backend, conn: &Connection, out: &mut Flows) {
             .any(|(_, a)| matches!(a, Addr::Gateway(_) | Addr::NodeIp(_)))
         {
             evidence.push("nat:snat-recovered");
+            if conn.joined_by_time {
+                // No fingerprint matched: the one candidate seen at the same moment.
+                evidence.push("stitch:time");
+                confidence = 0.9;
+            }
         }
         EndpointRef {
             role: Role::Pod,
@@ -140,7 +145,7 @@ pub fn flow(c: &Cluster, b: &Backend, conn: &Connection, out: &mut Flows) {
     // How the packets travelled.
     for m in &conn.members {
         match m.tunnel {
-            Tunnel::Vxlan if m.vni == b.vni && m.outer_dst_port == b.vxlan_port => {
+            Tunnel::Vxlan if m.outer_dst_port == b.vxlan_port && is_flannel_vni(c, b, m) => {
                 evidence.push("flannel:vxlan");
                 // Rule 1: the VTEP must be a node, and the inner MAC its VtepMAC.
                 if c.node_by_ip(m.outer_src).is_none() && c.node_by_vtep_mac(m.src_mac).is_none() {
@@ -180,13 +185,23 @@ pub fn flow(c: &Cluster, b: &Backend, conn: &Connection, out: &mut Flows) {
     });
 }
 
-/// host-gw: pod traffic between nodes, unencapsulated, on an uplink.
+/// The VNI is flannel's: the one in the sending node's `backend-data`, else the configured one.
+fn is_flannel_vni(c: &Cluster, b: &Backend, m: &Seen) -> bool {
+    let annotated = c
+        .node_by_ip(m.outer_src)
+        .or_else(|| c.node_by_vtep_mac(m.src_mac))
+        .and_then(|n| c.nodes[n].vni);
+    m.vni == annotated.unwrap_or(b.vni)
+}
+
+/// host-gw: packets to or from the pod network, unencapsulated, on a node's uplink. (With
+/// VXLAN or udp the uplink only ever shows the outer node -> node header.) The source may be
+/// a node IP when the sender is the node itself or kube-proxy masqueraded a service.
 fn is_host_gw(c: &Cluster, iface: &str, m: &Seen) -> bool {
     let uplink = ["eth", "ens", "enp", "eno", "bond"]
         .iter()
         .any(|p| iface.starts_with(p));
-    let (s, d) = (c.lease_node(m.src), c.lease_node(m.dst));
-    uplink && s.is_some() && d.is_some() && s != d
+    uplink && (c.lease_node(m.src).is_some() || c.lease_node(m.dst).is_some())
 }
 
 /// Link-level control traffic (IGMP, MLD and neighbour discovery to multicast groups, or from

@@ -224,3 +224,270 @@ fn options_are_validated_by_name() {
         .unwrap();
     assert_eq!(e.field, "network");
 }
+
+fn has(f: &LogicalFlow, evidence: &str) -> bool {
+    f.evidence.iter().any(|e| e == evidence)
+}
+
+/// host-gw: pod packets straight on the uplinks, no tunnel.
+fn host_gw_points(b: BatchBuilder) -> BatchBuilder {
+    b.point("n1", "veth11", IfaceKind::PodVeth, Direction::Ingress) // 0
+        .point("n1", "eth0", IfaceKind::Uplink, Direction::Egress) // 1
+        .point("n2", "eth0", IfaceKind::Uplink, Direction::Ingress) // 2
+        .point("n2", "veth22", IfaceKind::PodVeth, Direction::Egress) // 3
+}
+
+#[test]
+fn host_gw_flow_is_one_edge_seen_unencapsulated_on_both_uplinks() {
+    let seg = |at| {
+        Row::flow(6, "10.50.1.4", 41000, "10.50.2.9", 9000)
+            .at(at)
+            .fingerprint(fp::TCP_SYN_ISN, 11)
+            .counters(4, 400)
+    };
+    let b = host_gw_points(BatchBuilder::new())
+        .row(seg(0))
+        .row(seg(1))
+        .row(seg(2))
+        .row(seg(3))
+        .build();
+    let flows = harness().run(&b).unwrap();
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    let f = &flows[0];
+    assert_eq!((f.client.role, f.server.role), (Role::Pod, Role::Pod));
+    assert_eq!(f.packets, 4, "counted at one point");
+    assert!(has(f, "flannel:host-gw"), "{:?}", f.evidence);
+    assert!(!has(f, "flannel:vxlan"));
+}
+
+#[test]
+fn host_gw_masquerade_all_service_names_the_client_pod_not_the_node_ip() {
+    // kube-proxy's masqueradeAll: DNAT to the backend, then MASQUERADE out of eth0, so the
+    // backend's node sees n1's IP. The client's veth view, with the same ISN, names the pod.
+    let b = host_gw_points(BatchBuilder::new())
+        .row(
+            Row::flow(6, "10.50.1.4", 41000, "10.60.0.20", 80)
+                .at(0)
+                .fingerprint(fp::TCP_SYN_ISN, 77),
+        )
+        .row(
+            Row::flow(6, "172.31.0.11", 52000, "10.50.2.9", 9000)
+                .at(2)
+                .fingerprint(fp::TCP_SYN_ISN, 77),
+        )
+        .row(
+            Row::flow(6, "172.31.0.11", 52000, "10.50.2.9", 9000)
+                .at(3)
+                .fingerprint(fp::TCP_SYN_ISN, 77),
+        )
+        .build();
+    let flows = harness().run(&b).unwrap();
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    let f = &flows[0];
+    assert_eq!((f.client.role, f.client.ip), (Role::Pod, ip("10.50.1.4")));
+    assert_eq!((f.server.ip, f.server_port), (ip("10.50.2.9"), 9000));
+    assert_eq!(f.service.as_ref().map(|s| s.ip), Some(ip("10.60.0.20")));
+    for e in ["nat:snat-recovered", "service:dnat", "flannel:host-gw"] {
+        assert!(has(f, e), "{e} in {:?}", f.evidence);
+    }
+}
+
+#[test]
+fn node_ip_source_without_a_pre_snat_view_is_the_node() {
+    // host-gw: the node itself pings a remote pod from its own IP.
+    let b = host_gw_points(BatchBuilder::new())
+        .row(
+            Row::flow(1, "172.31.0.11", 8, "10.50.2.9", 0)
+                .at(2)
+                .fingerprint(fp::IPV4_ID, 0x4321_0040),
+        )
+        .build();
+    let f = &harness().run(&b).unwrap()[0];
+    assert_eq!((f.client.role, f.client.name.as_str()), (Role::Node, "n1"));
+    assert_eq!(f.server.role, Role::Pod);
+    assert!(has(f, "flannel:host-gw"));
+}
+
+#[test]
+fn udp_backend_is_recognised_on_its_port() {
+    let b = points(BatchBuilder::new())
+        .row(
+            Row::flow(6, "10.50.1.4", 41000, "10.50.2.9", 9000)
+                .at(0)
+                .fingerprint(fp::TCP_SYN_ISN, 3),
+        )
+        .row(
+            Row::flow(6, "10.50.1.4", 41000, "10.50.2.9", 9000)
+                .at(1)
+                .fingerprint(fp::TCP_SYN_ISN, 3)
+                .udp_encap("172.31.0.11", "172.31.0.12", 8285),
+        )
+        .build();
+    let flows = harness().run(&b).unwrap();
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    assert!(has(&flows[0], "flannel:udp"), "{:?}", flows[0].evidence);
+    assert_eq!(flows[0].client.role, Role::Pod);
+
+    // Another port is not flannel's udp backend unless configured.
+    let b = points(BatchBuilder::new())
+        .row(
+            Row::flow(17, "10.50.1.4", 5000, "10.50.2.9", 53)
+                .at(1)
+                .udp_encap("172.31.0.11", "172.31.0.12", 9999),
+        )
+        .build();
+    assert!(!has(&harness().run(&b).unwrap()[0], "flannel:udp"));
+    let mut h = Harness::<Flannel>::new()
+        .configure(r#"{"udp_port": 9999}"#)
+        .unwrap()
+        .inventory(inventory())
+        .unwrap();
+    assert!(has(&h.run(&b).unwrap()[0], "flannel:udp"));
+}
+
+#[test]
+fn vni_comes_from_the_node_annotation_before_the_option() {
+    let mut inv = inventory();
+    for n in &mut inv.nodes {
+        for (k, v) in &mut n.annotations {
+            if k == cluster::BACKEND_DATA {
+                *v = v.replace("\"VNI\":1", "\"VNI\":7");
+            }
+        }
+    }
+    let row = |vni| {
+        Row::flow(17, "10.50.1.4", 5000, "10.50.2.9", 53)
+            .at(1)
+            .vxlan(vni, "172.31.0.11", "172.31.0.12", 8472)
+    };
+    let mut h = Harness::<Flannel>::new().inventory(inv).unwrap();
+    let f = &h
+        .run(&points(BatchBuilder::new()).row(row(7)).build())
+        .unwrap()[0];
+    assert!(has(f, "flannel:vxlan"), "{:?}", f.evidence);
+    // VNI 1 (the option's default) is not this cluster's flannel: some other VXLAN.
+    let f = &h
+        .run(&points(BatchBuilder::new()).row(row(1)).build())
+        .unwrap()[0];
+    assert!(!has(f, "flannel:vxlan"), "{:?}", f.evidence);
+}
+
+#[test]
+fn vtep_is_known_by_its_mac_when_the_outer_address_is_not_annotated() {
+    // Rule 1: (outer source IP, inner source MAC) names the node; the MAC alone suffices.
+    let b = points(BatchBuilder::new())
+        .row(
+            Row::flow(17, "10.50.1.4", 5000, "10.50.2.9", 53)
+                .at(2)
+                .vxlan(1, "192.0.2.99", "172.31.0.12", 8472)
+                .macs(0x0a0000000001, 0x0a0000000002),
+        )
+        .build();
+    let f = &harness().run(&b).unwrap()[0];
+    assert!(has(f, "flannel:vxlan"));
+    assert!(!has(f, "flannel:unknown-vtep"), "{:?}", f.evidence);
+    assert_eq!(f.confidence, 1.0);
+}
+
+#[test]
+fn host_network_pods_and_cni0_gateway_are_the_node() {
+    let mut inv = inventory();
+    let mut hostnet = pod("node-exporter", "n2", "172.31.0.12");
+    hostnet.host_network = true;
+    inv.pods.push(hostnet);
+    let mut h = Harness::<Flannel>::new().inventory(inv).unwrap();
+    // A pod scraping a hostNetwork pod: the server is node n2, not a pod.
+    let b = points(BatchBuilder::new())
+        .row(
+            Row::flow(6, "10.50.1.4", 41000, "172.31.0.12", 9100)
+                .at(0)
+                .fingerprint(fp::TCP_SYN_ISN, 8),
+        )
+        .build();
+    let f = &h.run(&b).unwrap()[0];
+    assert_eq!((f.server.role, f.server.name.as_str()), (Role::Node, "n2"));
+    // cni0's address (.1 of the lease) as source: node n2's gateway, not a pod.
+    let b = points(BatchBuilder::new())
+        .row(
+            Row::flow(6, "10.50.2.1", 40000, "10.50.2.9", 9000)
+                .at(3)
+                .fingerprint(fp::TCP_SYN_ISN, 9),
+        )
+        .build();
+    let f = &h.run(&b).unwrap()[0];
+    assert_eq!((f.client.role, f.client.name.as_str()), (Role::Node, "n2"));
+    assert!(has(f, "gateway-unresolved"));
+}
+
+#[test]
+fn link_control_traffic_is_not_an_edge() {
+    let b = points(BatchBuilder::new())
+        .row(Row::flow(17, "10.50.1.4", 5353, "224.0.0.251", 5353).at(0))
+        .row(Row::flow(2, "10.50.1.4", 0, "224.0.0.22", 0).at(0))
+        .build();
+    assert!(harness().run(&b).unwrap().is_empty());
+}
+
+/// A UDP datagram with IPv4 ID 0 (no fingerprint) from `src` at point `at`, `ms` into the window.
+fn udp_no_fp(src: &str, sport: u16, at: usize, ms: u64) -> Row {
+    let mut r = Row::flow(17, src, sport, "10.50.2.9", 53).at(at);
+    r.first_ns = ms * 1_000_000;
+    r.last_ns = r.first_ns;
+    r
+}
+
+#[test]
+fn gateway_source_without_fingerprint_is_recovered_by_time_when_one_pod_fits() {
+    let b = points(BatchBuilder::new())
+        .row(udp_no_fp("10.50.1.4", 5000, 0, 100)) // the pod's veth
+        .row(udp_no_fp("10.50.1.0", 5000, 3, 101)) // after SNAT, at the server
+        .build();
+    let flows = harness().run(&b).unwrap();
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    let f = &flows[0];
+    assert_eq!((f.client.role, f.client.ip), (Role::Pod, ip("10.50.1.4")));
+    assert!(
+        has(f, "stitch:time") && has(f, "nat:snat-recovered"),
+        "{:?}",
+        f.evidence
+    );
+    assert!(f.confidence < 1.0);
+}
+
+#[test]
+fn time_fallback_refuses_far_apart_or_ambiguous_candidates() {
+    // Two seconds apart: not the same datagram.
+    let b = points(BatchBuilder::new())
+        .row(udp_no_fp("10.50.1.4", 5000, 0, 100))
+        .row(udp_no_fp("10.50.1.0", 5000, 3, 2100))
+        .build();
+    let flows = harness().run(&b).unwrap();
+    assert_eq!(flows.len(), 2, "{flows:?}");
+    let gw = flows.iter().find(|f| f.client.role == Role::Node).unwrap();
+    assert!(has(gw, "gateway-unresolved"));
+
+    // Two pods with the same source port at the same moment: which one is unknowable.
+    let mut inv = inventory();
+    inv.pods.push(pod("other", "n1", "10.50.1.5"));
+    let mut h = Harness::<Flannel>::new().inventory(inv).unwrap();
+    let b = points(BatchBuilder::new())
+        .row(udp_no_fp("10.50.1.4", 5000, 0, 100))
+        .row(udp_no_fp("10.50.1.5", 5000, 0, 100))
+        .row(udp_no_fp("10.50.1.0", 5000, 3, 101))
+        .build();
+    let flows = h.run(&b).unwrap();
+    assert_eq!(flows.len(), 3, "{flows:?}");
+    assert!(flows.iter().all(|f| !has(f, "stitch:time")));
+
+    // Switched off by option.
+    let mut h = Harness::<Flannel>::new()
+        .configure(r#"{"time_join_ms": 0}"#)
+        .unwrap()
+        .inventory(inventory())
+        .unwrap();
+    let b = points(BatchBuilder::new())
+        .row(udp_no_fp("10.50.1.4", 5000, 0, 100))
+        .row(udp_no_fp("10.50.1.0", 5000, 3, 101))
+        .build();
+    assert_eq!(h.run(&b).unwrap().len(), 2);
+}

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# A 2-node Flannel VXLAN cluster in network namespaces, built the way flanneld and the flannel
-# CNI build a node (CNI-RULES.md, "Flannel"): cni0 bridge 10.244.N.1/24, flannel.1 VXLAN
-# (VNI 1, UDP 8472, nolearning) at 10.244.N.0/32, routes `10.244.M.0/24 via 10.244.M.0 dev
-# flannel.1 onlink`, a permanent ARP entry and an FDB entry per remote VTEP, flannel's
-# MASQUERADE rule, and kube-proxy-like DNAT for one ClusterIP.
+# A 2-node Flannel cluster in network namespaces, built the way flanneld and the flannel CNI
+# build a node (CNI-RULES.md, "Flannel"): cni0 bridge 10.244.N.1/24 with the pods' veths,
+# flanneld's MASQUERADE rule, and kube-proxy-like rules for two ClusterIPs: `echo` (DNAT only)
+# and `echo-masq` (DNAT plus the mark-and-MASQUERADE of kube-proxy's masqueradeAll).
+# Backends:
+#   vxlan    flannel.1 VXLAN (VNI 1, UDP 8472, nolearning) at 10.244.N.0/32, routes
+#            `10.244.M.0/24 via 10.244.M.0 dev flannel.1 onlink`, a permanent ARP entry and an
+#            FDB entry per remote VTEP.
+#   host-gw  no tunnel: `10.244.M.0/24 via <node M IP> dev eth0`.
 #
-#   flannel-vxlan.sh up ID DIR      build it (names start with ID-); write DIR/inventory.json
+#   flannel.sh up ID DIR [vxlan|host-gw]  build it (names start with ID-); write DIR/inventory.json
 #                                   and DIR/cniscope.toml (an agent config for these nodes)
-#   flannel-vxlan.sh traffic ID     the known traffic (pod->pod, same node, ClusterIP, UDP, ping,
-#                                   pod->external host through flanneld's MASQUERADE)
-#   flannel-vxlan.sh down ID        remove every namespace named ID-*
-#   flannel-vxlan.sh record DIR     up, tcpdump on 5 points, traffic, down: tests/data/flannel-vxlan
+#   flannel.sh traffic ID           the known traffic (pod->pod, same node, both ClusterIPs, UDP,
+#                                   ping, pod->external host through flanneld's MASQUERADE)
+#   flannel.sh down ID              remove every namespace named ID-*
+#   flannel.sh record DIR           up (vxlan), tcpdump on 5 points, traffic, down:
+#                                   tests/data/flannel-vxlan
 #
 # Every address lives only inside namespaces this script creates. Needs root, iproute2,
 # iptables, tcpdump (record) and python3.
@@ -25,6 +30,7 @@ declare -A vtep_mac=([a]=0a:58:0a:f4:00:00 [b]=0a:58:0a:f4:01:00)
 # pods: name node ip
 pods=("client-a1 a 10.244.0.2" "peer-a2 a 10.244.0.3" "server-b1 b 10.244.1.2")
 cluster_ip=10.96.0.10
+masq_cluster_ip=10.96.0.20
 # A host outside the cluster, on the nodes' underlay network.
 external_ip=192.168.77.100
 
@@ -40,7 +46,8 @@ down() {
 }
 
 up() {
-  local id=$1 dir=$2
+  local id=$1 dir=$2 backend=${3:-vxlan}
+  case "$backend" in vxlan | host-gw) ;; *) echo "unknown backend $backend (vxlan or host-gw)" >&2; exit 2 ;; esac
   mkdir -p "$dir"
   local ul="$id-ul"
   ip netns add "$ul"
@@ -65,6 +72,7 @@ up() {
     nsx "$ns" ip link add cni0 type bridge
     nsx "$ns" ip addr add "${node_net[$n]}.1/24" dev cni0
     nsx "$ns" ip link set cni0 up
+    [ "$backend" = vxlan ] || continue
     nsx "$ns" ip link add flannel.1 type vxlan id 1 local "${node_ip[$n]}" dev eth0 dstport 8472 nolearning
     nsx "$ns" ip link set flannel.1 address "${vtep_mac[$n]}"
     nsx "$ns" ip addr add "${node_net[$n]}.0/32" dev flannel.1
@@ -74,6 +82,10 @@ up() {
     for m in "${nodes[@]}"; do
       [ "$n" = "$m" ] && continue
       local ns="$id-n$n"
+      if [ "$backend" = host-gw ]; then
+        nsx "$ns" ip route add "${node_net[$m]}.0/24" via "${node_ip[$m]}" dev eth0
+        continue
+      fi
       nsx "$ns" ip route add "${node_net[$m]}.0/24" via "${node_net[$m]}.0" dev flannel.1 onlink
       nsx "$ns" ip neigh add "${node_net[$m]}.0" lladdr "${vtep_mac[$m]}" dev flannel.1 nud permanent
       nsx "$ns" bridge fdb append "${vtep_mac[$m]}" dev flannel.1 dst "${node_ip[$m]}"
@@ -93,19 +105,26 @@ up() {
     nsx "$ns" ip link set eth0 up
     nsx "$ns" ip route add default via "${node_net[$n]}.1"
   done
-  # kube-proxy (iptables mode) on node a: ClusterIP 10.96.0.10:80 -> server-b1:8080.
+  # kube-proxy (iptables mode) on node a: ClusterIP 10.96.0.10:80 -> server-b1:8080, DNAT only.
   nsx "$id-na" iptables -t nat -A PREROUTING -d "$cluster_ip" -p tcp --dport 80 -j DNAT --to-destination 10.244.1.2:8080
+  # ... and 10.96.0.20:80 -> server-b1:8080 as with masqueradeAll: KUBE-MARK-MASQ sets 0x4000,
+  # KUBE-POSTROUTING masquerades marked packets, so server-b1 sees node a's address on the way
+  # out (10.244.0.0 from flannel.1 with vxlan, 192.168.77.11 from eth0 with host-gw).
+  nsx "$id-na" iptables -t nat -A PREROUTING -d "$masq_cluster_ip" -p tcp --dport 80 -j MARK --set-xmark 0x4000/0x4000
+  nsx "$id-na" iptables -t nat -A PREROUTING -d "$masq_cluster_ip" -p tcp --dport 80 -j DNAT --to-destination 10.244.1.2:8080
+  nsx "$id-na" iptables -t nat -I POSTROUTING 1 -m mark --mark 0x4000/0x4000 -j MASQUERADE
 
-  python3 "$here/inventory.py" \
+  python3 "$here/inventory.py" --backend "$backend" \
     --node "node-a ${node_ip[a]} ${node_net[a]}.0/24 ${vtep_mac[a]}" \
     --node "node-b ${node_ip[b]} ${node_net[b]}.0/24 ${vtep_mac[b]}" \
     --pod "client-a1 node-a 10.244.0.2 client" \
     --pod "peer-a2 node-a 10.244.0.3 peer" \
     --pod "server-b1 node-b 10.244.1.2 server" \
     --service "echo $cluster_ip 80 8080" \
+    --service "echo-masq $masq_cluster_ip 80 8080" \
     >"$dir/inventory.json"
   cat >"$dir/cniscope.toml" <<EOF
-# Agent config for lab $id (written by tests/lab/flannel-vxlan.sh).
+# Agent config for lab $id (written by tests/lab/flannel.sh, backend $backend).
 [plugins]
 dir = "$root/dist/plugins"
 
@@ -143,8 +162,9 @@ traffic() {
   nsx "$c" python3 "$here/echo.py" tcp 10.244.1.2 8080 3      # pod -> pod across nodes (TCP), 3 round trips
   nsx "$c" python3 "$here/echo.py" tcp 10.244.0.3 8080 2      # pod -> pod on the same node
   nsx "$c" python3 "$here/echo.py" tcp "$cluster_ip" 80 4     # pod -> ClusterIP -> remote pod
+  nsx "$c" python3 "$here/echo.py" tcp "$masq_cluster_ip" 80 2 # ... through masqueradeAll's SNAT
   nsx "$c" python3 "$here/echo.py" udp 10.244.1.2 5353 5      # pod -> pod across nodes (UDP), 5 datagrams
-  nsx "$id-na" ping -c 2 -i 0.2 -W 1 10.244.1.2 >/dev/null   # node a -> remote pod (source 10.244.0.0)
+  nsx "$id-na" ping -c 2 -i 0.2 -W 1 10.244.1.2 >/dev/null   # node a -> remote pod (source 10.244.0.0 or node IP)
   nsx "$c" python3 "$here/echo.py" tcp "$external_ip" 9000 1  # pod -> external (MASQUERADE to node a)
   kill "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
@@ -155,7 +175,7 @@ record() {
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
   trap 'kill "${pids[@]}" 2>/dev/null || true; down '"$id" EXIT
-  up "$id" "$dir"
+  up "$id" "$dir" vxlan
   rm -f "$dir/cniscope.toml"
   capture() { # ns iface file
     nsx "$1" tcpdump -i "$2" -U -w "$dir/$3" -s 256 >/dev/null 2>&1 &
@@ -173,9 +193,9 @@ record() {
 }
 
 case "${1:-}" in
-  up) up "${2:?id}" "${3:?dir}" ;;
+  up) up "${2:?id}" "${3:?dir}" "${4:-vxlan}" ;;
   traffic) traffic "${2:?id}" ;;
   down) down "${2:?id}" ;;
   record) record "${2:?dir}" ;;
-  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
