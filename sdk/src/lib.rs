@@ -46,7 +46,7 @@
 pub mod batch;
 pub mod describe;
 pub mod flow;
-mod hash;
+pub mod hash;
 pub mod inventory;
 pub mod net;
 pub mod options;
@@ -171,7 +171,7 @@ pub mod prelude {
     pub use crate::inventory::{Annotations, InventoryIndex};
     pub use crate::net::{Cidr, CidrSet, Mac, ip_from_std, ip_to_std};
     pub use crate::options::Options;
-    pub use crate::stitch::{Connection, PointInfo, Seen, Stitcher};
+    pub use crate::stitch::{Connection, PointInfo, Seen, Stitcher, is_uplink_name};
     pub use crate::testkit::BatchBuilder;
     pub use crate::{
         CapturePoint, Description, Direction, Endpoint, IfaceKind, Inventory, Ip, LogicalFlow,

@@ -92,6 +92,20 @@ impl Seen {
         }
     }
 
+    /// Link-level control traffic (IGMP, MLD and neighbour discovery to multicast groups, or
+    /// from the unspecified address): not a workload talking, not an edge of the topology.
+    pub fn is_link_control(&self) -> bool {
+        let multicast = |ip: Ip| {
+            let b = ip.bits();
+            if ip.is_v4() {
+                (b as u32) >> 28 == 0xe || b as u32 == u32::MAX
+            } else {
+                b >> 120 == 0xff
+            }
+        };
+        multicast(self.dst) || self.src.is_none() || (!self.src.is_v4() && self.src.bits() == 0)
+    }
+
     fn is_icmp(&self) -> bool {
         self.protocol == 1 || self.protocol == 58
     }
@@ -147,6 +161,14 @@ impl Seen {
         }
         None
     }
+}
+
+/// Whether an interface name is a node's uplink by the usual naming (eth*, ens*, enp*, eno*,
+/// bond*): where routed (unencapsulated) pod traffic between nodes shows.
+pub fn is_uplink_name(iface: &str) -> bool {
+    ["eth", "ens", "enp", "eno", "bond"]
+        .iter()
+        .any(|p| iface.starts_with(p))
 }
 
 /// One connection: its observations, each marked client -> server (`forward`) or not.

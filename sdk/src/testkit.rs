@@ -71,6 +71,13 @@ impl Row {
         self.outer_dst_port = port;
         self
     }
+    /// IP in IP (protocol 4 or 41), `outer_src -> outer_dst`.
+    pub fn ipip(mut self, outer_src: &str, outer_dst: &str) -> Row {
+        self.tunnel = Some(Tunnel::IpInIp);
+        self.outer_src = Some(parse(outer_src));
+        self.outer_dst = Some(parse(outer_dst));
+        self
+    }
     /// A raw IP packet in UDP (flannel's udp backend), `outer_src -> outer_dst:port`.
     pub fn udp_encap(mut self, outer_src: &str, outer_dst: &str, port: u16) -> Row {
         self.tunnel = Some(Tunnel::UdpEncap);

@@ -19,7 +19,7 @@ pub fn flow(c: &Cluster, b: &Backend, conn: &Connection, out: &mut Flows) {
     let Some(first) = conn.members.first() else {
         return;
     };
-    if is_link_control(first) {
+    if first.is_link_control() {
         return;
     }
     let mut evidence: Vec<&'static str> = Vec::with_capacity(4);
@@ -198,22 +198,5 @@ fn is_flannel_vni(c: &Cluster, b: &Backend, m: &Seen) -> bool {
 /// VXLAN or udp the uplink only ever shows the outer node -> node header.) The source may be
 /// a node IP when the sender is the node itself or kube-proxy masqueraded a service.
 fn is_host_gw(c: &Cluster, iface: &str, m: &Seen) -> bool {
-    let uplink = ["eth", "ens", "enp", "eno", "bond"]
-        .iter()
-        .any(|p| iface.starts_with(p));
-    uplink && (c.lease_node(m.src).is_some() || c.lease_node(m.dst).is_some())
-}
-
-/// Link-level control traffic (IGMP, MLD and neighbour discovery to multicast groups, or from
-/// the unspecified address) is not a workload talking: not an edge of the topology.
-fn is_link_control(m: &Seen) -> bool {
-    let multicast = |ip: Ip| {
-        let b = ip.bits();
-        if ip.is_v4() {
-            (b as u32) >> 28 == 0xe || b as u32 == u32::MAX
-        } else {
-            b >> 120 == 0xff
-        }
-    };
-    multicast(m.dst) || m.src.is_none() || (!m.src.is_v4() && m.src.bits() == 0)
+    is_uplink_name(iface) && (c.lease_node(m.src).is_some() || c.lease_node(m.dst).is_some())
 }

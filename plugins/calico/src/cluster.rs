@@ -1,0 +1,196 @@
+//! What Calico tells about the cluster (CNI-RULES.md, "Calico"): node addresses and tunnel
+//! addresses from the `projectcalico.org/*` annotations, IPAM blocks affine to nodes, IP pools,
+//! and each pod's host-side veth name.
+
+use crate::iface;
+use cniscope_sdk::hash::FastMap;
+use cniscope_sdk::prelude::*;
+
+pub const IPV4_ADDRESS: &str = "projectcalico.org/IPv4Address";
+pub const IPIP_TUNNEL_ADDR: &str = "projectcalico.org/IPv4IPIPTunnelAddr";
+pub const VXLAN_TUNNEL_ADDR: &str = "projectcalico.org/IPv4VXLANTunnelAddr";
+pub const IPV6_ADDRESS: &str = "projectcalico.org/IPv6Address";
+pub const VXLAN_TUNNEL_ADDR_V6: &str = "projectcalico.org/IPv6VXLANTunnelAddr";
+
+#[derive(Clone, Debug)]
+pub struct CalicoNode {
+    pub name: String,
+    /// `IPv4Address` (without its prefix length) and the node's status addresses.
+    pub ips: Vec<Ip>,
+    /// tunl0 / vxlan.calico addresses: traffic the node itself sends to remote pods has them.
+    pub tunnel_ips: Vec<Ip>,
+}
+
+/// What an address is, from Calico's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Addr {
+    /// A workload: a known pod IP, or an address in a block of a node.
+    Pod,
+    /// A node's tunnel address (tunl0, vxlan.calico).
+    Tunnel(usize),
+    /// A node's IP: the node itself, a hostNetwork pod, or a natOutgoing source.
+    NodeIp(usize),
+    Service,
+    /// In an IP pool but in no known block or pod.
+    Pool,
+    External,
+}
+
+#[derive(Default, Debug)]
+pub struct Cluster {
+    pub nodes: Vec<CalicoNode>,
+    node_by_ip: FastMap<Ip, usize>,
+    tunnel_by_ip: FastMap<Ip, usize>,
+    /// IPAM blocks (from options, else inferred from pod IPs) -> node.
+    blocks: CidrSet<usize>,
+    pools: Vec<Cidr>,
+    /// Host-side veth name -> index of the pod in `index.pods()`.
+    veths: FastMap<String, usize>,
+    pub index: InventoryIndex,
+}
+
+/// Settings read from the plugin's options that shape the cluster view.
+#[derive(Clone, Debug, Default)]
+pub struct Ipam {
+    pub pools: Vec<Cidr>,
+    /// Explicit block affinities (`cidr=node`), as `calicoctl ipam show --show-blocks` lists.
+    pub blocks: Vec<(Cidr, String)>,
+    /// IPv4 block size for blocks inferred from pod IPs (IPPool `blockSize`, default 26).
+    pub block_size: u8,
+}
+
+fn strip_prefix_len(s: &str) -> &str {
+    s.split('/').next().unwrap_or(s)
+}
+
+impl Cluster {
+    /// Reads the inventory; unreadable annotations are returned as warnings and the rest used.
+    pub fn new(inv: Inventory, ipam: &Ipam) -> (Cluster, Vec<String>) {
+        let (index, mut warnings) = InventoryIndex::new(inv);
+        let mut c = Cluster {
+            pools: ipam.pools.clone(),
+            ..Cluster::default()
+        };
+        for (i, n) in index.nodes().iter().enumerate() {
+            let a = n.annotations.as_slice();
+            let mut ips: Vec<Ip> = Vec::new();
+            let mut tunnel_ips: Vec<Ip> = Vec::new();
+            for (key, is_tunnel) in [
+                (IPV4_ADDRESS, false),
+                (IPV6_ADDRESS, false),
+                (IPIP_TUNNEL_ADDR, true),
+                (VXLAN_TUNNEL_ADDR, true),
+                (VXLAN_TUNNEL_ADDR_V6, true),
+            ] {
+                let Some(v) = a.annotation(key) else { continue };
+                match strip_prefix_len(v).parse::<Ip>() {
+                    Ok(ip) if is_tunnel => tunnel_ips.push(ip),
+                    Ok(ip) => ips.push(ip),
+                    Err(e) => warnings.push(format!("node {}: {key}: {e}", n.name)),
+                }
+            }
+            for ip in &n.addresses {
+                if !ips.contains(ip) {
+                    ips.push(*ip);
+                }
+            }
+            for ip in &ips {
+                c.node_by_ip.insert(*ip, i);
+            }
+            for ip in &tunnel_ips {
+                c.tunnel_by_ip.insert(*ip, i);
+            }
+            c.nodes.push(CalicoNode {
+                name: n.name.clone(),
+                ips,
+                tunnel_ips,
+            });
+        }
+        let node_named = |name: &str| c.nodes.iter().position(|n| n.name == name);
+        let mut blocks = CidrSet::new();
+        for (cidr, node) in &ipam.blocks {
+            match node_named(node) {
+                Some(n) => blocks.insert(*cidr, n),
+                None => warnings.push(format!(
+                    "block {cidr}: node {node:?} is not in the inventory"
+                )),
+            }
+        }
+        // Blocks are affine to nodes: a pod's address names its node's block. Tunnel
+        // addresses come out of the node's block too.
+        let mut inferred: Vec<(Cidr, usize)> = Vec::new();
+        for p in index.pods() {
+            if p.host_network {
+                continue;
+            }
+            let Some(n) = node_named(&p.node) else {
+                continue;
+            };
+            for ip in &p.ips {
+                if ip.is_v4() && blocks.get(*ip).is_none() {
+                    inferred.push((Cidr::new(*ip, ipam.block_size), n));
+                }
+            }
+        }
+        for (n, node) in c.nodes.iter().enumerate() {
+            for ip in &node.tunnel_ips {
+                if ip.is_v4() && blocks.get(*ip).is_none() {
+                    inferred.push((Cidr::new(*ip, ipam.block_size), n));
+                }
+            }
+        }
+        for (cidr, n) in inferred {
+            if blocks.get(cidr.network()).is_none() {
+                blocks.insert(cidr, n);
+            }
+        }
+        c.blocks = blocks;
+        for (i, p) in index.pods().iter().enumerate() {
+            if !p.host_network {
+                c.veths.insert(iface::veth_name(&p.namespace, &p.name), i);
+            }
+        }
+        c.index = index;
+        (c, warnings)
+    }
+
+    /// Every address that replaces a client's source: node IPs and tunnel addresses.
+    pub fn nat_sources(&self) -> Vec<Ip> {
+        self.nodes
+            .iter()
+            .flat_map(|n| n.ips.iter().chain(&n.tunnel_ips).copied())
+            .collect()
+    }
+
+    pub fn node_by_ip(&self, ip: Ip) -> Option<usize> {
+        self.node_by_ip.get(&ip).copied()
+    }
+
+    pub fn block_node(&self, ip: Ip) -> Option<usize> {
+        self.blocks.get(ip).copied()
+    }
+
+    /// The pod behind a host-side veth, by Calico's name for it.
+    pub fn pod_by_veth(&self, iface: &str) -> Option<&cniscope_sdk::PodInfo> {
+        self.veths.get(iface).map(|&i| &self.index.pods()[i])
+    }
+
+    pub fn classify(&self, ip: Ip) -> Addr {
+        if self.index.is_service_ip(ip) {
+            return Addr::Service;
+        }
+        if let Some(&n) = self.tunnel_by_ip.get(&ip) {
+            return Addr::Tunnel(n);
+        }
+        if let Some(n) = self.node_by_ip(ip) {
+            return Addr::NodeIp(n);
+        }
+        if self.index.is_pod_ip(ip) || self.block_node(ip).is_some() {
+            return Addr::Pod;
+        }
+        if self.pools.iter().any(|p| p.contains(ip)) {
+            return Addr::Pool;
+        }
+        Addr::External
+    }
+}
