@@ -92,9 +92,19 @@ impl Seen {
         }
     }
 
-    /// Link-level control traffic (IGMP, MLD and neighbour discovery to multicast groups, or
-    /// from the unspecified address): not a workload talking, not an edge of the topology.
+    /// Control traffic: link-level (IGMP, MLD and neighbour discovery to multicast groups, or
+    /// from the unspecified address) and ICMP errors and neighbour discovery (a host saying
+    /// "unreachable" about some other flow). Not a workload talking, not an edge.
     pub fn is_link_control(&self) -> bool {
+        // ICMP's type is in the source port column.
+        let icmp_control = match self.protocol {
+            1 => matches!(self.src_port, 3 | 4 | 5 | 11 | 12),
+            58 => self.src_port < 128 || (133..=137).contains(&self.src_port),
+            _ => false,
+        };
+        if icmp_control {
+            return true;
+        }
         let multicast = |ip: Ip| {
             let b = ip.bits();
             if ip.is_v4() {

@@ -2,7 +2,8 @@
 """Writes a kubectl-style List (nodes, pods, services, endpointslices) for a lab, with the
 fields and annotations a real flannel cluster has (`kubectl get ... -o json`).
 
-  inventory.py [--backend vxlan|host-gw|udp] --node "NAME IP PODCIDR VTEPMAC" ... --pod "NAME NODE IP APP" ...
+  inventory.py [--backend vxlan|host-gw|udp] --node "NAME IP PODCIDR VTEPMAC" ...
+  inventory.py --cni calico --calico-tunnel none|ipip|vxlan --node "NAME IP - TUNNELADDR" ... --pod "NAME NODE IP APP" ...
                --service "NAME CLUSTERIP PORT TARGETPORT"   (selects pods with app=server)
 """
 import argparse
@@ -29,6 +30,27 @@ def node(backend, name, ip, cidr, mac):
             },
         },
         "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}]},
+    }
+
+
+def calico_node(tunnel, name, ip, _cidr, tunnel_addr):
+    """A node as calico-node annotates it (no podCIDR: Calico's IPAM uses blocks)."""
+    annotations = {"projectcalico.org/IPv4Address": ip + "/24"}
+    if tunnel == "ipip":
+        annotations["projectcalico.org/IPv4IPIPTunnelAddr"] = tunnel_addr
+    elif tunnel == "vxlan":
+        annotations["projectcalico.org/IPv4VXLANTunnelAddr"] = tunnel_addr
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "creationTimestamp": CREATED,
+            "labels": {"kubernetes.io/hostname": name},
+            "annotations": annotations,
+        },
+        "spec": {},
         "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}]},
     }
 
@@ -75,12 +97,17 @@ def service(name, cluster_ip, port, target, backends):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--cni", default="flannel", choices=["flannel", "calico"])
+    ap.add_argument("--calico-tunnel", default="none", choices=["none", "ipip", "vxlan"])
     ap.add_argument("--backend", default="vxlan", choices=["vxlan", "host-gw", "udp"])
     ap.add_argument("--node", action="append", default=[])
     ap.add_argument("--pod", action="append", default=[])
     ap.add_argument("--service", action="append", default=[])
     a = ap.parse_args()
-    items = [node(a.backend, *n.split()) for n in a.node]
+    if a.cni == "calico":
+        items = [calico_node(a.calico_tunnel, *n.split()) for n in a.node]
+    else:
+        items = [node(a.backend, *n.split()) for n in a.node]
     pods = [p.split() for p in a.pod]
     items += [pod(*p) for p in pods]
     for s in a.service:

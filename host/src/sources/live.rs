@@ -98,6 +98,10 @@ pub struct NodeProbe {
     /// One consumer for the probe's lifetime: the ring buffer's read position lives in it.
     events_rb: RingBuf<MapData>,
     attached: BTreeMap<u32, Attached>,
+    /// Interfaces gone since they were attached (a deleted pod's veth), kept for the next two
+    /// drains: the flows they recorded before they went are still in the maps and must be
+    /// named after them, not after an ifindex (Calico names pods by their veth).
+    departed: BTreeMap<u32, (Attached, u8)>,
     active: u32,
     events: u64,
 }
@@ -159,6 +163,7 @@ impl NodeProbe {
             ebpf,
             events_rb,
             attached: BTreeMap::new(),
+            departed: BTreeMap::new(),
             active: 0,
             events: 0,
         })
@@ -254,8 +259,17 @@ impl NodeProbe {
 
     /// Forgets interfaces that are gone (their TCX links went with them).
     pub fn forget_missing(&mut self, present: &[(u32, String)]) {
-        self.attached
-            .retain(|ifindex, a| present.iter().any(|(i, n)| i == ifindex && *n == a.name));
+        let gone: Vec<u32> = self
+            .attached
+            .iter()
+            .filter(|(ifindex, a)| !present.iter().any(|(i, n)| i == *ifindex && *n == a.name))
+            .map(|(i, _)| *i)
+            .collect();
+        for ifindex in gone {
+            if let Some(a) = self.attached.remove(&ifindex) {
+                self.departed.insert(ifindex, (a, 2));
+            }
+        }
     }
 
     pub fn attached(&self) -> impl Iterator<Item = (&u32, &str)> {
@@ -304,7 +318,11 @@ impl NodeProbe {
         let mut out = Vec::with_capacity(entries.len());
         for (key, per_cpu) in entries {
             // Not attached by us (BPF_PROG_TEST_RUN runs on the loopback): named by ifindex.
-            let (iface, kind) = match self.attached.get(&key.ifindex) {
+            let known = self
+                .attached
+                .get(&key.ifindex)
+                .or_else(|| self.departed.get(&key.ifindex).map(|(a, _)| a));
+            let (iface, kind) = match known {
                 Some(a) => (a.name.clone(), a.kind),
                 None => (format!("if{}", key.ifindex), IfaceKind::Other),
             };
@@ -323,6 +341,10 @@ impl NodeProbe {
             }
         }
         sort_observations(&mut out);
+        self.departed.retain(|_, (_, drains_left)| {
+            *drains_left -= 1;
+            *drains_left > 0
+        });
         // New-flow events: counted here (the flow maps carry the same facts, merged per CPU).
         while let Some(item) = self.events_rb.next() {
             if item.len() >= std::mem::size_of::<cniscope_common::NewFlow>() {

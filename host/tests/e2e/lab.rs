@@ -12,29 +12,37 @@ use std::time::{Duration, Instant};
 static LAB_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A lab in namespaces named `<id>-*`, removed on drop, also when the test fails.
-struct Lab {
-    id: String,
+pub struct Lab {
+    pub id: String,
+    /// tests/lab/<script>: flannel.sh or calico.sh.
+    script: &'static str,
     dir: tempfile::TempDir,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Lab {
     fn up(tag: &str, backend: &str) -> Lab {
+        Lab::build("flannel.sh", tag, backend)
+    }
+
+    /// Builds the lab of `tests/lab/<script>` in `mode`, one lab at a time.
+    pub fn build(script: &'static str, tag: &str, mode: &str) -> Lab {
         let serial = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let id = format!("cs{}{tag}", std::process::id());
         let dir = tempfile::tempdir().unwrap();
         let lab = Lab {
             id,
+            script,
             dir,
             _serial: serial,
         };
-        lab.script(&["up", &lab.id, lab.dir.path().to_str().unwrap(), backend]);
+        lab.script(&["up", &lab.id, lab.dir.path().to_str().unwrap(), mode]);
         lab
     }
 
-    fn script(&self, args: &[&str]) {
+    pub fn script(&self, args: &[&str]) {
         let out = Command::new("bash")
-            .arg(root().join("tests/lab/flannel.sh"))
+            .arg(root().join("tests/lab").join(self.script))
             .args(args)
             .output()
             .unwrap();
@@ -50,7 +58,7 @@ impl Lab {
     }
 
     /// Sets `[agent]` keys of the lab's config (replacing the interval the lab wrote).
-    fn agent_settings(&self, interval_secs: u32, extra: &str) {
+    pub fn agent_settings(&self, interval_secs: u32, extra: &str) {
         let c = std::fs::read_to_string(self.config()).unwrap();
         let c = c.replace(
             "interval_secs = 1\n",
@@ -60,7 +68,7 @@ impl Lab {
     }
 
     /// Starts the agent and waits until it has published once (the probes are attached).
-    fn start_agent(&self) -> Child {
+    pub fn start_agent(&self) -> Child {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cniscope"))
             .args([
                 "run",
@@ -104,13 +112,13 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         let _ = Command::new("bash")
-            .arg(root().join("tests/lab/flannel.sh"))
+            .arg(root().join("tests/lab").join(self.script))
             .args(["down", &self.id])
             .status();
     }
 }
 
-fn finish(agent: Child) -> Value {
+pub fn finish(agent: Child) -> Value {
     let out = agent.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -120,7 +128,13 @@ fn finish(agent: Child) -> Value {
     serde_json::from_slice(&out.stdout).expect("JSON topology on stdout")
 }
 
-fn edge<'a>(doc: &'a Value, src: &str, dst: &str, proto: &str, service: Option<&str>) -> &'a Value {
+pub fn edge<'a>(
+    doc: &'a Value,
+    src: &str,
+    dst: &str,
+    proto: &str,
+    service: Option<&str>,
+) -> &'a Value {
     doc["edges"]
         .as_array()
         .unwrap()
@@ -139,7 +153,7 @@ fn edge<'a>(doc: &'a Value, src: &str, dst: &str, proto: &str, service: Option<&
         })
 }
 
-fn has(e: &Value, evidence: &str) -> bool {
+pub fn has(e: &Value, evidence: &str) -> bool {
     e["evidence"].as_array().unwrap().contains(&evidence.into())
 }
 
@@ -273,7 +287,7 @@ fn flannel_lab_edges(backend: &str) {
 }
 
 /// Tears the lab down and checks nothing is left.
-fn lab_down(lab: Lab) {
+pub fn lab_down(lab: Lab) {
     lab.script(&["down", &lab.id]);
     assert_eq!(lab.namespaces_left(), 0, "namespaces left behind");
 }

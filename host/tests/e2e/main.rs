@@ -22,5 +22,8 @@ mod cli;
 /// The eBPF probes: loaded in the kernel and run on every packet of the real captures.
 mod live;
 
-/// The agent capturing live on a Flannel VXLAN lab built in network namespaces.
+/// The agent capturing live on Flannel labs (VXLAN, host-gw) built in network namespaces.
 mod lab;
+
+/// The agent capturing live on Calico labs (BGP, VXLAN, IPIP frames, IP reuse).
+mod calico_lab;

@@ -424,6 +424,8 @@ fn link_control_traffic_is_not_an_edge() {
     let b = points(BatchBuilder::new())
         .row(Row::flow(17, "10.50.1.4", 5353, "224.0.0.251", 5353).at(0))
         .row(Row::flow(2, "10.50.1.4", 0, "224.0.0.22", 0).at(0))
+        // ICMP protocol unreachable (type 3, code 2) about some other flow
+        .row(Row::flow(1, "172.31.0.11", 3, "172.31.0.12", 2).at(1))
         .build();
     assert!(harness().run(&b).unwrap().is_empty());
 }
