@@ -126,3 +126,17 @@ impl InventoryIndex {
         self.service_ips.contains_key(&ip)
     }
 }
+
+/// What `on_inventory` returns after reading with warnings: Ok when there were none, else a
+/// `bad-inventory` error quoting the first and counting all. The plugin keeps and uses what it
+/// could read either way; the host reports the error.
+pub fn warnings_to_result(warnings: &[String]) -> Result<(), crate::PluginError> {
+    match warnings.first() {
+        Some(w) => Err(crate::error(
+            "bad-inventory",
+            "",
+            format!("{w} ({} problems)", warnings.len()),
+        )),
+        None => Ok(()),
+    }
+}

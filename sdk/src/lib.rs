@@ -168,10 +168,10 @@ pub mod prelude {
     pub use crate::batch::{Obs, Tunnel, batch_rows};
     pub use crate::describe::DescriptionBuilder;
     pub use crate::flow::{EndpointRef, FlowBuilder, FlowRef, Flows};
-    pub use crate::inventory::{Annotations, InventoryIndex};
+    pub use crate::inventory::{Annotations, InventoryIndex, warnings_to_result};
     pub use crate::net::{Cidr, CidrSet, Mac, ip_from_std, ip_to_std};
     pub use crate::options::Options;
-    pub use crate::stitch::{Connection, PointInfo, Seen, Stitcher, is_uplink_name};
+    pub use crate::stitch::{Connection, Ends, PointInfo, Seen, Stitcher, is_uplink_name};
     pub use crate::testkit::BatchBuilder;
     pub use crate::{
         CapturePoint, Description, Direction, Endpoint, IfaceKind, Inventory, Ip, LogicalFlow,

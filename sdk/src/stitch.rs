@@ -23,6 +23,7 @@
 //! caller drains early (fewer joins, nothing lost) and [`Stitcher::early_drains`] counts it.
 
 use crate::batch::{Obs, Tunnel, batch_rows, fp};
+use crate::flow::{EndpointRef, FlowRef, Flows};
 use crate::{Ip, ObservationBatch};
 use std::rc::Rc;
 
@@ -181,6 +182,15 @@ pub fn is_uplink_name(iface: &str) -> bool {
         .any(|p| iface.starts_with(p))
 }
 
+/// What a plugin's rules decided about a connection: who, via what, on which port, how sure.
+pub struct Ends<'a> {
+    pub client: EndpointRef<'a>,
+    pub server: EndpointRef<'a>,
+    pub service: Option<EndpointRef<'a>>,
+    pub server_port: u16,
+    pub confidence: f32,
+}
+
 /// One connection: its observations, each marked client -> server (`forward`) or not.
 #[derive(Clone, Debug)]
 pub struct Connection {
@@ -245,6 +255,30 @@ impl Connection {
             .copied()
             .unwrap_or((0, 0, 0, 0, 0, 0));
         (best.2, best.3, best.4, best.5)
+    }
+
+    /// Emits this connection as one logical flow: counters from one interface
+    /// ([`counters`](Self::counters)), every point in `observed_at`, the evidence sorted and
+    /// without repeats. The protocol is the first member's.
+    pub fn emit(&self, out: &mut Flows, ends: Ends<'_>, mut evidence: Vec<&'static str>) {
+        let (packets, bytes, first_ns, last_ns) = self.counters();
+        evidence.sort_unstable();
+        evidence.dedup();
+        let points = self.point_labels();
+        out.add(&FlowRef {
+            client: ends.client,
+            server: ends.server,
+            service: ends.service,
+            protocol: self.members.first().map_or(0, |m| m.protocol),
+            server_port: ends.server_port,
+            packets,
+            bytes,
+            first_ns,
+            last_ns,
+            confidence: ends.confidence,
+            evidence: &evidence,
+            observed_at: &points,
+        });
     }
 
     /// Every point that saw this connection, sorted, borrowed from the window's points.

@@ -273,3 +273,18 @@ impl<P: Plugin> Harness<P> {
         Ok(flows_from_batch(&out.into_batch()))
     }
 }
+
+/// A running pod `namespace/name` on `node` with one IP, for test inventories.
+pub fn pod(namespace: &str, name: &str, node: &str, ip: &str) -> crate::PodInfo {
+    crate::PodInfo {
+        namespace: namespace.into(),
+        name: name.into(),
+        node: node.into(),
+        ips: vec![parse(ip)],
+        host_network: false,
+        workload: String::new(),
+        annotations: vec![],
+        created_ns: 0,
+        deleted_ns: 0,
+    }
+}

@@ -24,6 +24,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
+# shellcheck source=common.sh
+. "$here/common.sh"
 
 nodes=(a b)
 declare -A node_ip=([a]=192.168.88.11 [b]=192.168.88.12)
@@ -36,16 +38,7 @@ reuse_ip=10.123.10.9
 cluster_ip=10.97.0.10
 external_ip=192.168.88.100
 
-nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 cali_of() { printf 'cali%s' "$(printf '%s' "default.$1" | sha1sum | cut -c1-11)"; }
-
-down() {
-  local id=$1
-  for ns in $(ip netns list | awk '{print $1}' | grep "^$id-" || true); do
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
-    ip netns del "$ns" 2>/dev/null || true
-  done
-}
 
 # add_pod ID NAME NODE IP: a pod wired as the Calico CNI wires it.
 add_pod() {
@@ -74,25 +67,10 @@ up() {
   local id=$1 dir=$2 mode=${3:-bgp}
   case "$mode" in bgp | vxlan | ipip) ;; *) echo "unknown mode $mode (bgp, vxlan or ipip)" >&2; exit 2 ;; esac
   mkdir -p "$dir"
-  local ul="$id-ul"
-  ip netns add "$ul"
-  nsx "$ul" ip link add br0 type bridge
-  nsx "$ul" ip link set br0 up
-  ip netns add "$id-ext"
-  nsx "$id-ext" ip link set lo up
-  ip link add eth0 netns "$id-ext" type veth peer name up-ext netns "$ul"
-  nsx "$ul" ip link set up-ext master br0 up
-  nsx "$id-ext" ip addr add "$external_ip/24" dev eth0
-  nsx "$id-ext" ip link set eth0 up
+  underlay "$id" "$external_ip"
   for n in "${nodes[@]}"; do
     local ns="$id-n$n"
-    ip netns add "$ns"
-    nsx "$ns" ip link set lo up
-    nsx "$ns" sysctl -qw net.ipv4.ip_forward=1
-    ip link add eth0 netns "$ns" type veth peer name "up-$n" netns "$ul"
-    nsx "$ul" ip link set "up-$n" master br0 up
-    nsx "$ns" ip addr add "${node_ip[$n]}/24" dev eth0
-    nsx "$ns" ip link set eth0 up
+    add_node "$id" "$n" "${node_ip[$n]}"
     # Proxy ARP answers for 169.254.1.1 only if the node has a route to it elsewhere.
     nsx "$ns" ip route add default via 192.168.88.1 dev eth0 onlink
     if [ "$mode" = vxlan ]; then
@@ -136,39 +114,12 @@ up() {
     --pod "remote-b2 node-b 10.123.20.71 client" \
     --service "echo $cluster_ip 80 8080" \
     >"$dir/inventory.json"
-  cat >"$dir/cniscope.toml" <<EOT
-# Agent config for lab $id (written by tests/lab/calico.sh, mode $mode).
-[plugins]
-dir = "$root/dist/plugins"
-
-[[plugin]]
-name = "calico"
-[plugin.options]
-pools = "10.123.0.0/16"
-
-[replay]
-inventory = ["inventory.json"]
-
-[agent]
-interval_secs = 1
-output_file = "topology.json"
-
-[[agent.node]]
-name = "node-a"
-netns = "$id-na"
-
-[[agent.node]]
-name = "node-b"
-netns = "$id-nb"
-EOT
+  agent_config "$id" "$dir" calico 'pools = "10.123.0.0/16"' "calico.sh, mode $mode"
 }
 
 traffic() {
   local id=$1 pids=()
-  nsx "$id-server-b1" python3 "$here/echo.py" serve-tcp 0.0.0.0 8080 & pids+=($!)
-  nsx "$id-peer-a2" python3 "$here/echo.py" serve-tcp 0.0.0.0 8080 & pids+=($!)
-  nsx "$id-server-b1" python3 "$here/echo.py" serve-udp 0.0.0.0 5353 & pids+=($!)
-  nsx "$id-ext" python3 "$here/echo.py" serve-tcp 0.0.0.0 9000 & pids+=($!)
+  mapfile -t pids < <(start_servers "$id" server-b1 peer-a2)
   sleep 1
   local c="$id-client-a1"
   nsx "$c" python3 "$here/echo.py" tcp 10.123.20.70 8080 3      # pod -> pod across nodes (TCP)

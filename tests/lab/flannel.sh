@@ -22,6 +22,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
+# shellcheck source=common.sh
+. "$here/common.sh"
 
 nodes=(a b)
 declare -A node_ip=([a]=192.168.77.11 [b]=192.168.77.12)
@@ -34,41 +36,16 @@ masq_cluster_ip=10.96.0.20
 # A host outside the cluster, on the nodes' underlay network.
 external_ip=192.168.77.100
 
-nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 veth_of() { local v="veth${1//-/}"; echo "${v:0:15}"; }
-
-down() {
-  local id=$1
-  for ns in $(ip netns list | awk '{print $1}' | grep "^$id-" || true); do
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
-    ip netns del "$ns" 2>/dev/null || true
-  done
-}
 
 up() {
   local id=$1 dir=$2 backend=${3:-vxlan}
   case "$backend" in vxlan | host-gw) ;; *) echo "unknown backend $backend (vxlan or host-gw)" >&2; exit 2 ;; esac
   mkdir -p "$dir"
-  local ul="$id-ul"
-  ip netns add "$ul"
-  nsx "$ul" ip link add br0 type bridge
-  nsx "$ul" ip link set br0 up
-  nsx "$ul" ip link set lo up
-  ip netns add "$id-ext"
-  nsx "$id-ext" ip link set lo up
-  ip link add eth0 netns "$id-ext" type veth peer name up-ext netns "$ul"
-  nsx "$ul" ip link set up-ext master br0 up
-  nsx "$id-ext" ip addr add "$external_ip/24" dev eth0
-  nsx "$id-ext" ip link set eth0 up
+  underlay "$id" "$external_ip"
   for n in "${nodes[@]}"; do
     local ns="$id-n$n"
-    ip netns add "$ns"
-    nsx "$ns" ip link set lo up
-    nsx "$ns" sysctl -qw net.ipv4.ip_forward=1
-    ip link add eth0 netns "$ns" type veth peer name "up-$n" netns "$ul"
-    nsx "$ul" ip link set "up-$n" master br0 up
-    nsx "$ns" ip addr add "${node_ip[$n]}/24" dev eth0
-    nsx "$ns" ip link set eth0 up
+    add_node "$id" "$n" "${node_ip[$n]}"
     nsx "$ns" ip link add cni0 type bridge
     nsx "$ns" ip addr add "${node_net[$n]}.1/24" dev cni0
     nsx "$ns" ip link set cni0 up
@@ -123,40 +100,12 @@ up() {
     --service "echo $cluster_ip 80 8080" \
     --service "echo-masq $masq_cluster_ip 80 8080" \
     >"$dir/inventory.json"
-  cat >"$dir/cniscope.toml" <<EOF
-# Agent config for lab $id (written by tests/lab/flannel.sh, backend $backend).
-[plugins]
-dir = "$root/dist/plugins"
-
-[[plugin]]
-name = "flannel"
-[plugin.options]
-network = "10.244.0.0/16"
-
-[replay]
-inventory = ["inventory.json"]
-
-[agent]
-interval_secs = 1
-output_file = "topology.json"
-
-[[agent.node]]
-name = "node-a"
-netns = "$id-na"
-
-[[agent.node]]
-name = "node-b"
-netns = "$id-nb"
-EOF
+  agent_config "$id" "$dir" flannel 'network = "10.244.0.0/16"' "flannel.sh, backend $backend"
 }
 
 traffic() {
   local id=$1 pids=()
-  # Servers: TCP echo on 8080 in server-b1 and peer-a2, UDP echo on 5353 in server-b1.
-  nsx "$id-server-b1" python3 "$here/echo.py" serve-tcp 0.0.0.0 8080 & pids+=($!)
-  nsx "$id-peer-a2" python3 "$here/echo.py" serve-tcp 0.0.0.0 8080 & pids+=($!)
-  nsx "$id-server-b1" python3 "$here/echo.py" serve-udp 0.0.0.0 5353 & pids+=($!)
-  nsx "$id-ext" python3 "$here/echo.py" serve-tcp 0.0.0.0 9000 & pids+=($!)
+  mapfile -t pids < <(start_servers "$id" server-b1 peer-a2)
   sleep 1
   local c="$id-client-a1"
   nsx "$c" python3 "$here/echo.py" tcp 10.244.1.2 8080 3      # pod -> pod across nodes (TCP), 3 round trips

@@ -168,11 +168,7 @@ pub fn flow(c: &Cluster, e: &Encap, conn: &Connection, out: &mut Flows) {
         }
     }
 
-    let (packets, bytes, first_ns, last_ns) = conn.counters();
-    evidence.sort_unstable();
-    evidence.dedup();
-    let points = conn.point_labels();
-    out.add(&FlowRef {
+    let ends = Ends {
         client: client.as_ref(),
         server: server.as_ref(),
         service: service.map(|(ip, _)| EndpointRef {
@@ -180,16 +176,10 @@ pub fn flow(c: &Cluster, e: &Encap, conn: &Connection, out: &mut Flows) {
             ip,
             name: "",
         }),
-        protocol: first.protocol,
         server_port: port,
-        packets,
-        bytes,
-        first_ns,
-        last_ns,
         confidence,
-        evidence: &evidence,
-        observed_at: &points,
-    });
+    };
+    conn.emit(out, ends, evidence);
 }
 
 /// BGP mode (and CrossSubnet within a subnet): workload packets, unencapsulated, on a node's

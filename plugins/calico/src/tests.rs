@@ -2,7 +2,7 @@
 
 use super::*;
 use cniscope_sdk::batch::fp;
-use cniscope_sdk::testkit::{Harness, Row};
+use cniscope_sdk::testkit::{self, Harness, Row};
 use cniscope_sdk::{NodeInfo, PodInfo, ServiceInfo, ServicePort};
 
 fn ip(s: &str) -> Ip {
@@ -24,17 +24,7 @@ fn node(name: &str, addr: &str, ipip: &str, vxlan: &str) -> NodeInfo {
 }
 
 fn pod(ns: &str, name: &str, node: &str, addr: &str) -> PodInfo {
-    PodInfo {
-        namespace: ns.into(),
-        name: name.into(),
-        node: node.into(),
-        ips: vec![ip(addr)],
-        host_network: false,
-        workload: String::new(),
-        annotations: vec![],
-        created_ns: 0,
-        deleted_ns: 0,
-    }
+    testkit::pod(ns, name, node, addr)
 }
 
 /// Pool 10.70.0.0/16 with /26 blocks: n1 has 10.70.5.0/26, n2 has 10.70.9.64/26.

@@ -83,15 +83,8 @@ impl Plugin for Flannel {
         let (cluster, warnings) = Cluster::new(inv, self.network);
         self.stitcher.nat_sources = cluster.nat_sources().into_iter().collect();
         self.cluster = cluster;
-        match warnings.first() {
-            // Partial knowledge still names most things: report, keep what was read.
-            Some(w) => Err(error(
-                "bad-inventory",
-                "",
-                format!("{w} ({} problems)", warnings.len()),
-            )),
-            None => Ok(()),
-        }
+        // Partial knowledge still names most things: report, keep what was read.
+        warnings_to_result(&warnings)
     }
 
     fn process(&mut self, batch: &ObservationBatch, out: &mut Flows) -> Result<(), PluginError> {

@@ -161,11 +161,7 @@ pub fn flow(c: &Cluster, b: &Backend, conn: &Connection, out: &mut Flows) {
         }
     }
 
-    let (packets, bytes, first_ns, last_ns) = conn.counters();
-    evidence.sort_unstable();
-    evidence.dedup();
-    let points = conn.point_labels();
-    out.add(&FlowRef {
+    let ends = Ends {
         client,
         server,
         service: service.map(|(ip, _)| EndpointRef {
@@ -173,16 +169,10 @@ pub fn flow(c: &Cluster, b: &Backend, conn: &Connection, out: &mut Flows) {
             ip,
             name: "",
         }),
-        protocol: first.protocol,
         server_port: port,
-        packets,
-        bytes,
-        first_ns,
-        last_ns,
         confidence,
-        evidence: &evidence,
-        observed_at: &points,
-    });
+    };
+    conn.emit(out, ends, evidence);
 }
 
 /// The VNI is flannel's: the one in the sending node's `backend-data`, else the configured one.

@@ -2,7 +2,7 @@
 
 use super::*;
 use cniscope_sdk::batch::fp;
-use cniscope_sdk::testkit::{Harness, Row};
+use cniscope_sdk::testkit::{self, Harness, Row};
 use cniscope_sdk::{NodeInfo, PodInfo, ServiceInfo, ServicePort};
 
 fn ip(s: &str) -> Ip {
@@ -27,17 +27,7 @@ fn node(name: &str, addr: &str, cidr: &str, mac: &str) -> NodeInfo {
 }
 
 fn pod(name: &str, node: &str, addr: &str) -> PodInfo {
-    PodInfo {
-        namespace: "default".into(),
-        name: name.into(),
-        node: node.into(),
-        ips: vec![ip(addr)],
-        host_network: false,
-        workload: String::new(),
-        annotations: vec![],
-        created_ns: 0,
-        deleted_ns: 0,
-    }
+    testkit::pod("default", name, node, addr)
 }
 
 fn inventory() -> Inventory {
