@@ -45,6 +45,7 @@
 
 pub mod batch;
 pub mod describe;
+pub mod ends;
 pub mod flow;
 pub mod hash;
 pub mod inventory;
@@ -167,11 +168,12 @@ pub fn error(code: &str, field: &str, message: impl Into<String>) -> PluginError
 pub mod prelude {
     pub use crate::batch::{Obs, Tunnel, batch_rows};
     pub use crate::describe::DescriptionBuilder;
+    pub use crate::ends::{Class, Decision, Ends, Side};
     pub use crate::flow::{EndpointRef, FlowBuilder, FlowRef, Flows};
     pub use crate::inventory::{Annotations, InventoryIndex, warnings_to_result};
     pub use crate::net::{Cidr, CidrSet, Mac, ip_from_std, ip_to_std};
     pub use crate::options::Options;
-    pub use crate::stitch::{Connection, Ends, PointInfo, Seen, Stitcher, is_uplink_name};
+    pub use crate::stitch::{Connection, PointInfo, Seen, Stitcher, is_uplink_name};
     pub use crate::testkit::BatchBuilder;
     pub use crate::{
         CapturePoint, Description, Direction, Endpoint, IfaceKind, Inventory, Ip, LogicalFlow,

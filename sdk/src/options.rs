@@ -1,6 +1,7 @@
 //! The operator's options for a plugin (the `[plugins.<name>.options]` TOML table, passed as
 //! JSON). Every error names the option, so the operator knows which line to fix.
 
+use crate::net::Cidr;
 use crate::{PluginError, error};
 use serde_json::{Map, Value};
 
@@ -107,6 +108,34 @@ impl Options {
                 format!("option `{name}` must be a list of strings, got {v}"),
             )),
         }
+    }
+
+    /// A CIDR option given as a string; None when absent or "".
+    pub fn cidr(&self, name: &str) -> Result<Option<Cidr>, PluginError> {
+        let text = self.string(name, "")?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let cidr = text
+            .parse()
+            .map_err(|e: String| bad(name, format!("option `{name}`: {text:?}: {e}")))?;
+        Ok(Some(cidr))
+    }
+
+    /// A list of CIDRs (`["10.0.0.0/16", ...]`); each entry may carry a value after `=`
+    /// (`"10.0.0.0/26=node-a"`), returned beside it ("" when none).
+    pub fn cidr_list(&self, name: &str) -> Result<Vec<(Cidr, String)>, PluginError> {
+        self.strings(name)?
+            .iter()
+            .map(|entry| {
+                let (cidr, value) = entry.split_once('=').unwrap_or((entry, ""));
+                let cidr = cidr
+                    .trim()
+                    .parse()
+                    .map_err(|e: String| bad(name, format!("option `{name}`: {entry:?}: {e}")))?;
+                Ok((cidr, value.trim().to_string()))
+            })
+            .collect()
     }
 
     /// The raw JSON value, for structured options (e.g. a Port_Binding export).

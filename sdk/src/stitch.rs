@@ -23,8 +23,9 @@
 //! caller drains early (fewer joins, nothing lost) and [`Stitcher::early_drains`] counts it.
 
 use crate::batch::{Obs, Tunnel, batch_rows, fp};
-use crate::flow::{EndpointRef, FlowRef, Flows};
-use crate::{Ip, ObservationBatch};
+use crate::describe::DescriptionBuilder;
+use crate::options::Options;
+use crate::{Ip, ObservationBatch, OptionType, PluginError};
 use std::rc::Rc;
 
 use crate::hash::{FastMap, FastSet};
@@ -182,15 +183,6 @@ pub fn is_uplink_name(iface: &str) -> bool {
         .any(|p| iface.starts_with(p))
 }
 
-/// What a plugin's rules decided about a connection: who, via what, on which port, how sure.
-pub struct Ends<'a> {
-    pub client: EndpointRef<'a>,
-    pub server: EndpointRef<'a>,
-    pub service: Option<EndpointRef<'a>>,
-    pub server_port: u16,
-    pub confidence: f32,
-}
-
 /// One connection: its observations, each marked client -> server (`forward`) or not.
 #[derive(Clone, Debug)]
 pub struct Connection {
@@ -198,6 +190,12 @@ pub struct Connection {
     pub forward: Vec<bool>,
     /// Some members were joined only by time proximity (weaker than a fingerprint).
     pub joined_by_time: bool,
+    /// The interface (`PointInfo::iface_id`) whose packets count for the connection: the one
+    /// that saw the most client -> server packets, or, when the connection was already counted
+    /// in the previous window and that interface saw it again, that one. A connection that
+    /// straddles a drain is then counted at one interface in both windows: each node's views
+    /// split differently at the boundary, and two interfaces would sum to more than was sent.
+    pub counted_iface: u32,
     points: Rc<Vec<PointInfo>>,
 }
 
@@ -223,62 +221,19 @@ impl Connection {
             .map(|(m, _)| m)
     }
 
-    /// Counters from one interface only (no double counting): the interface that saw the
-    /// most client -> server packets, both directions there. Returns (packets, bytes,
-    /// first_ns, last_ns).
+    /// Counters from one interface only (no double counting): [`counted_iface`](Self::counted_iface),
+    /// both directions there. Returns (packets, bytes, first_ns, last_ns).
     pub fn counters(&self) -> (u64, u64, u64, u64) {
-        // Per interface: (iface id, forward packets, packets, bytes, first, last). A
-        // connection crosses a handful of interfaces: a linear scan beats a map.
-        let mut tally: Vec<(u32, u64, u64, u64, u64, u64)> = Vec::with_capacity(8);
-        for (m, f) in self.members.iter().zip(&self.forward) {
-            let id = self.point(m).iface_id;
-            let e = match tally.iter().position(|t| t.0 == id) {
-                Some(i) => &mut tally[i],
-                None => {
-                    tally.push((id, 0, 0, 0, u64::MAX, 0));
-                    tally.last_mut().expect("just pushed")
-                }
-            };
-            if *f {
-                e.1 += m.packets;
+        let (mut packets, mut bytes, mut first, mut last) = (0, 0, u64::MAX, 0);
+        for m in &self.members {
+            if self.point(m).iface_id == self.counted_iface {
+                packets += m.packets;
+                bytes += m.bytes;
+                first = first.min(m.first_ns);
+                last = last.max(m.last_ns);
             }
-            e.2 += m.packets;
-            e.3 += m.bytes;
-            e.4 = e.4.min(m.first_ns);
-            e.5 = e.5.max(m.last_ns);
         }
-        // Most forward packets, then most packets, then the first interface seen.
-        let best = tally
-            .iter()
-            .rev()
-            .max_by_key(|t| (t.1, t.2))
-            .copied()
-            .unwrap_or((0, 0, 0, 0, 0, 0));
-        (best.2, best.3, best.4, best.5)
-    }
-
-    /// Emits this connection as one logical flow: counters from one interface
-    /// ([`counters`](Self::counters)), every point in `observed_at`, the evidence sorted and
-    /// without repeats. The protocol is the first member's.
-    pub fn emit(&self, out: &mut Flows, ends: Ends<'_>, mut evidence: Vec<&'static str>) {
-        let (packets, bytes, first_ns, last_ns) = self.counters();
-        evidence.sort_unstable();
-        evidence.dedup();
-        let points = self.point_labels();
-        out.add(&FlowRef {
-            client: ends.client,
-            server: ends.server,
-            service: ends.service,
-            protocol: self.members.first().map_or(0, |m| m.protocol),
-            server_port: ends.server_port,
-            packets,
-            bytes,
-            first_ns,
-            last_ns,
-            confidence: ends.confidence,
-            evidence: &evidence,
-            observed_at: &points,
-        });
+        (packets, bytes, first.min(last), last)
     }
 
     /// Every point that saw this connection, sorted, borrowed from the window's points.
@@ -303,6 +258,8 @@ pub struct Stitcher {
     iface_ids: FastMap<(String, String), u32>,
     pub max_held: usize,
     pub early_drains: u64,
+    /// Counting interface by 5-tuple: this window's connections, then the previous window's.
+    counted_at: [FastMap<TupleKey, u32>; 2],
     /// Addresses that replace a client's source (node gateways, node IPs): the only sources
     /// the time fallback joins from. Empty = no time fallback.
     pub nat_sources: FastSet<Ip>,
@@ -321,6 +278,7 @@ impl Default for Stitcher {
             iface_ids: FastMap::default(),
             max_held: 200_000,
             early_drains: 0,
+            counted_at: Default::default(),
             nat_sources: FastSet::default(),
             time_join_ns: 500_000_000,
             time_joins: 0,
@@ -347,6 +305,35 @@ impl UnionFind {
 }
 
 impl Stitcher {
+    /// The options [`configure`](Self::configure) reads, for a plugin's `deny_unknown`.
+    pub const OPTIONS: [&'static str; 2] = ["max_held", "time_join_ms"];
+
+    /// Declares [`OPTIONS`](Self::OPTIONS) in a plugin's description.
+    pub fn describe_options(d: DescriptionBuilder) -> DescriptionBuilder {
+        d.option(
+            "max_held",
+            OptionType::Integer,
+            "200000",
+            "observations held per correlation window before stitching early",
+        )
+        .option(
+            "time_join_ms",
+            OptionType::Integer,
+            "500",
+            "when no fingerprint matches, join a view from a node address to the one pod view \
+             with the same ports and destination seen this close in time; 0 = never",
+        )
+    }
+
+    /// Reads [`OPTIONS`](Self::OPTIONS), naming the bad one.
+    pub fn configure(&mut self, o: &Options) -> Result<(), PluginError> {
+        self.max_held = o.integer_in("max_held", 200_000usize)?.max(1);
+        self.time_join_ns = o
+            .integer_in("time_join_ms", 500u64)?
+            .saturating_mul(1_000_000);
+        Ok(())
+    }
+
     pub fn new(max_held: usize) -> Stitcher {
         Stitcher {
             max_held: max_held.max(1),
@@ -437,22 +424,74 @@ impl Stitcher {
         order.sort_unstable();
         let mut slots: Vec<Option<Seen>> = held.into_iter().map(Some).collect();
         let points = Rc::new(self.points.clone());
-        order
-            .chunk_by(|a, b| a.0 == b.0)
-            .map(|group| {
-                let members: Vec<Seen> = group
-                    .iter()
-                    .map(|&(_, i)| slots[i].take().expect("each member once"))
-                    .collect();
-                let forward = orient(&members);
-                Connection {
-                    joined_by_time: by_time.contains(&group[0].0),
-                    members,
-                    forward,
-                    points: points.clone(),
+        // This window's counting interfaces start empty; the last window's are looked up.
+        self.counted_at.swap(0, 1);
+        self.counted_at[0].clear();
+        let mut conns = Vec::new();
+        for group in order.chunk_by(|a, b| a.0 == b.0) {
+            let members: Vec<Seen> = group
+                .iter()
+                .map(|&(_, i)| slots[i].take().expect("each member once"))
+                .collect();
+            let forward = orient(&members);
+            let counted_iface = self.counting_iface(&members, &forward);
+            conns.push(Connection {
+                joined_by_time: by_time.contains(&group[0].0),
+                members,
+                forward,
+                counted_iface,
+                points: points.clone(),
+            });
+        }
+        conns
+    }
+
+    /// Chooses (and remembers) where a connection is counted; see
+    /// [`Connection::counted_iface`].
+    fn counting_iface(&mut self, members: &[Seen], forward: &[bool]) -> u32 {
+        let iface = |m: &Seen| self.points[m.point as usize].iface_id;
+        // The distinct 5-tuples: a handful (one per NAT step), however many members.
+        let mut keys: Vec<TupleKey> = Vec::with_capacity(4);
+        for m in members {
+            let k = m.tuple_key();
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        let remembered = keys
+            .iter()
+            .find_map(|k| self.counted_at[1].get(k))
+            .copied()
+            .filter(|&id| members.iter().any(|m| iface(m) == id));
+        let chosen = remembered.unwrap_or_else(|| {
+            // Per interface: (iface id, forward packets, packets). A connection crosses a
+            // handful of interfaces: a linear scan beats a map.
+            let mut tally: Vec<(u32, u64, u64)> = Vec::with_capacity(8);
+            for (m, f) in members.iter().zip(forward) {
+                let id = iface(m);
+                let i = match tally.iter().position(|t| t.0 == id) {
+                    Some(i) => i,
+                    None => {
+                        tally.push((id, 0, 0));
+                        tally.len() - 1
+                    }
+                };
+                if *f {
+                    tally[i].1 += m.packets;
                 }
-            })
-            .collect()
+                tally[i].2 += m.packets;
+            }
+            // Most forward packets, then most packets, then the first interface seen.
+            tally
+                .iter()
+                .rev()
+                .max_by_key(|t| (t.1, t.2))
+                .map_or(0, |t| t.0)
+        });
+        for k in keys {
+            self.counted_at[0].insert(k, chosen);
+        }
+        chosen
     }
 }
 
@@ -465,32 +504,34 @@ impl Stitcher {
         }
         // Candidates share everything SNAT keeps: protocol, source port, destination.
         // ICMP has no source port to share: a ping from the node and one from a pod would
-        // look alike.
-        let mut by_key: FastMap<(u8, u16, Ip, u16), Vec<usize>> = FastMap::default();
+        // look alike. The NAT-sourced views are few: index them, then look the rest up.
+        let key = |s: &Seen| (s.protocol, s.src_port, s.dst, s.dst_port);
+        let eligible = |s: &Seen| !s.is_icmp() && s.src_port != 0;
+        let mut nat: FastMap<(u8, u16, Ip, u16), Candidate> = FastMap::default();
         for (i, s) in held.iter().enumerate() {
-            if !s.is_icmp() && s.src_port != 0 {
-                by_key
-                    .entry((s.protocol, s.src_port, s.dst, s.dst_port))
-                    .or_default()
-                    .push(i);
+            if eligible(s) && self.nat_sources.contains(&s.src) {
+                nat.entry(key(s))
+                    .and_modify(|c| c.add(held, i))
+                    .or_insert(Candidate::new(i));
             }
         }
-        for group in by_key.values() {
-            let (nat, orig): (Vec<usize>, Vec<usize>) = group
-                .iter()
-                .partition(|&&i| self.nat_sources.contains(&held[i].src));
-            let one_source =
-                |v: &[usize]| !v.is_empty() && v.iter().all(|&i| held[i].src == held[v[0]].src);
-            if !one_source(&nat) || !one_source(&orig) {
+        if nat.is_empty() {
+            return joined;
+        }
+        let mut orig: FastMap<(u8, u16, Ip, u16), Candidate> = FastMap::default();
+        for (i, s) in held.iter().enumerate() {
+            if eligible(s) && !self.nat_sources.contains(&s.src) && nat.contains_key(&key(s)) {
+                orig.entry(key(s))
+                    .and_modify(|c| c.add(held, i))
+                    .or_insert(Candidate::new(i));
+            }
+        }
+        for (k, n) in &nat {
+            let Some(o) = orig.get(k) else { continue };
+            if n.ambiguous || o.ambiguous {
                 continue;
             }
-            let earliest = |v: &[usize]| {
-                v.iter()
-                    .copied()
-                    .min_by_key(|&i| held[i].first_ns)
-                    .expect("not empty")
-            };
-            let (a, b) = (earliest(&nat), earliest(&orig));
+            let (a, b) = (n.earliest, o.earliest);
             if uf.find(a) == uf.find(b)
                 || held[a].first_ns.abs_diff(held[b].first_ns) > self.time_join_ns
             {
@@ -510,6 +551,30 @@ impl Stitcher {
         }
         // Roots may have moved on later unions.
         joined.iter().map(|&r| uf.find(r)).collect()
+    }
+}
+
+/// The views of one side of a possible time join: the earliest, and whether they came from
+/// more than one source (then nobody can say which is the client).
+struct Candidate {
+    earliest: usize,
+    ambiguous: bool,
+}
+
+impl Candidate {
+    fn new(i: usize) -> Candidate {
+        Candidate {
+            earliest: i,
+            ambiguous: false,
+        }
+    }
+
+    fn add(&mut self, held: &[Seen], i: usize) {
+        let (e, s) = (&held[self.earliest], &held[i]);
+        self.ambiguous |= s.src != e.src;
+        if s.first_ns < e.first_ns {
+            self.earliest = i;
+        }
     }
 }
 
@@ -702,6 +767,39 @@ mod tests {
                 .all(|c| !c.joined_by_time)
         );
         assert_eq!(s.time_joins, 1);
+    }
+
+    #[test]
+    fn a_connection_straddling_a_drain_is_counted_at_one_interface_in_both_windows() {
+        // 2 requests and 2 replies. Node a drained after its first request; node b's views all
+        // fell into the second window (they reached it after a's drain).
+        let points = |b: BatchBuilder| {
+            b.point("a", "eth0", IfaceKind::Uplink, Direction::Egress)
+                .point("b", "eth0", IfaceKind::Uplink, Direction::Ingress)
+        };
+        let req = |at, n| {
+            Row::flow(17, "10.244.0.5", 4000, "10.244.1.7", 53)
+                .at(at)
+                .counters(n, n * 100)
+        };
+        let rep = |at, n| {
+            Row::flow(17, "10.244.1.7", 53, "10.244.0.5", 4000)
+                .at(at)
+                .counters(n, n * 100)
+        };
+        let mut s = Stitcher::default();
+        s.add_batch(&points(BatchBuilder::new()).row(req(0, 1)).build());
+        let first: u64 = s.drain().iter().map(|c| c.counters().0).sum();
+        s.add_batch(
+            &points(BatchBuilder::new())
+                .row(req(0, 1))
+                .row(rep(0, 2))
+                .row(req(1, 2))
+                .row(rep(1, 2))
+                .build(),
+        );
+        let second: u64 = s.drain().iter().map(|c| c.counters().0).sum();
+        assert_eq!(first + second, 4, "{first} + {second}");
     }
 
     #[test]

@@ -114,7 +114,7 @@ up() {
     --pod "remote-b2 node-b 10.123.20.71 client" \
     --service "echo $cluster_ip 80 8080" \
     >"$dir/inventory.json"
-  agent_config "$id" "$dir" calico 'pools = "10.123.0.0/16"' "calico.sh, mode $mode"
+  agent_config "$id" "$dir" calico 'pools = ["10.123.0.0/16"]' "calico.sh, mode $mode"
 }
 
 traffic() {

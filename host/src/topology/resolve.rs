@@ -5,7 +5,7 @@ use crate::inventory::Inventory;
 use crate::inventory::history::{IpHistory, Owner};
 use crate::plugins::bindings::wit;
 use crate::plugins::convert::ip_to_std;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 const ROLE_POD: u8 = 0;
@@ -16,12 +16,24 @@ const ROLE_EXTERNAL: u8 = 3;
 pub struct Resolver {
     inv: Inventory,
     history: IpHistory,
+    /// "namespace/name" -> index into `inv.pods`, for plugins that name pods.
+    pods_by_name: HashMap<String, usize>,
 }
 
 impl Resolver {
     pub fn new(inv: Inventory) -> Resolver {
         let history = IpHistory::new(&inv);
-        Resolver { inv, history }
+        let pods_by_name = inv
+            .pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("{}/{}", p.namespace, p.name), i))
+            .collect();
+        Resolver {
+            inv,
+            history,
+            pods_by_name,
+        }
     }
 
     pub fn inventory(&self) -> &Inventory {
@@ -88,25 +100,15 @@ impl Resolver {
     /// `role` is the WIT role code (0 pod, 1 node, 2 service, 3 external, else unknown).
     pub fn resolve(&self, role: u8, ip: wit::Ip, name: &str, at_ns: u64) -> NodeEntry {
         let ip = (ip.hi != 0 || ip.lo != 0).then(|| ip_to_std(ip));
+        // A plugin that knows *which* pod (Calico names pods by their veth) says so as
+        // "namespace/name": that beats the IP, which another pod may have had then too.
+        if role == ROLE_POD
+            && let Some(&i) = self.pods_by_name.get(name)
+        {
+            return self.entry(&Owner::Pod(i), ip);
+        }
         let owner = ip.and_then(|ip| self.history.owner_at(ip, at_ns));
         match role {
-            // A plugin that knows *which* pod (Calico names pods by their veth) says so as
-            // "namespace/name": that beats the IP, which another pod may have had then too.
-            ROLE_POD if !name.is_empty() => {
-                let (ns, pod) = name.split_once('/').unwrap_or(("default", name));
-                match self
-                    .inv
-                    .pods
-                    .iter()
-                    .position(|p| p.namespace == ns && p.name == pod)
-                {
-                    Some(i) => self.entry(&Owner::Pod(i), ip),
-                    None => match (owner, ip) {
-                        (Some(owner), ip) => self.entry(owner, ip),
-                        (None, ip) => self.by_ip("unknown", ip.unwrap_or([0, 0, 0, 0].into())),
-                    },
-                }
-            }
             ROLE_NODE if !name.is_empty() => {
                 self.node_entry(name, ip.map(|i| i.to_string()).into_iter().collect())
             }
@@ -140,5 +142,40 @@ impl Resolver {
                 (None, None) => self.by_ip("unknown", IpAddr::from([0, 0, 0, 0])),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::Pod;
+
+    #[test]
+    fn a_pod_named_by_the_plugin_beats_the_address_history() {
+        let ip: IpAddr = "10.123.10.9".parse().unwrap();
+        let pod = |name: &str| Pod {
+            namespace: "default".into(),
+            name: name.into(),
+            ips: vec![ip],
+            ..Pod::default()
+        };
+        let r = Resolver::new(Inventory {
+            pods: vec![pod("old-a3"), pod("new-a4")],
+            ..Inventory::default()
+        });
+        let wip = crate::plugins::convert::ip(ip);
+        // Both pods held the address with the same times: the history picks one of them ...
+        let by_ip = r.resolve(ROLE_POD, wip, "", 5).id;
+        assert!(by_ip.starts_with("pod/default/"), "{by_ip}");
+        // ... a name says which, either way round, and an unknown name falls back to the IP.
+        assert_eq!(
+            r.resolve(ROLE_POD, wip, "default/old-a3", 5).id,
+            "pod/default/old-a3"
+        );
+        assert_eq!(
+            r.resolve(ROLE_POD, wip, "default/new-a4", 5).id,
+            "pod/default/new-a4"
+        );
+        assert_eq!(r.resolve(ROLE_POD, wip, "default/gone", 5).id, by_ip);
     }
 }

@@ -1,32 +1,14 @@
 //! Live capture on the Calico labs (tests/lab/calico.sh): BGP-style routing and VXLAN for
 //! real, IPIP as real frames written onto a node's uplink, and an IP reused by a new pod.
 
-use crate::lab::{Lab, assert_sent, edge, finish, has, lab_down};
+use crate::lab::{Lab, edge, has, lab_down};
 use crate::live::is_root;
 use crate::support::*;
 use serde_json::Value;
 
-/// Runs `action` of calico.sh on a fresh lab in `mode` with the agent capturing; returns the
-/// topology.
+/// Captures `action` of calico.sh on a fresh lab in `mode`.
 fn capture(mode: &str, tag: &str, action: &str) -> (Lab, Value) {
-    plugin("calico");
-    let lab = Lab::build("calico.sh", tag, mode);
-    lab.agent_settings(1, "duration_secs = 10");
-    let agent = lab.start_agent();
-    lab.script(&[action, &lab.id]);
-    let doc = finish(agent);
-    for (k, v) in doc["health"]["drops"].as_object().unwrap() {
-        assert_eq!(v, 0, "{k}");
-    }
-    assert!(
-        doc["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| !n["id"].as_str().unwrap().starts_with("unknown/")),
-        "{doc:#}"
-    );
-    (lab, doc)
+    Lab::capture("calico.sh", mode, tag, action)
 }
 
 #[test]
@@ -66,7 +48,7 @@ fn calico_lab_edges(mode: &str) {
     assert!(points.len() >= 4, "both veths and both uplinks: {points:?}");
 
     let udp = edge(&doc, client, server, "udp", None);
-    assert_sent(udp, 10, "5 datagrams, 5 replies");
+    assert_eq!(udp["packets"], 10, "5 datagrams, 5 replies");
     assert!(has(udp, &how));
 
     let same = edge(&doc, client, "pod/default/peer-a2", "tcp", None);
@@ -79,7 +61,7 @@ fn calico_lab_edges(mode: &str) {
 
     // The node's own ping: from the node IP (bgp) or vxlan.calico's tunnel address.
     let ping = edge(&doc, "node/node-a", server, "icmp", None);
-    assert_sent(ping, 4, "2 requests, 2 replies");
+    assert_eq!(ping["packets"], 4, "2 requests, 2 replies");
     if mode == "vxlan" {
         assert!(has(ping, "calico:tunnel-address"), "{ping:#}");
     }
@@ -168,24 +150,25 @@ fn a_real_ipip_capture_replays_as_a_pod_edge() {
     // Call the outer ends nodes with IPIP tunnels and the inner ends their pods.
     plugin("calico");
     let dir = tempfile::tempdir().unwrap();
-    let inv = dir.path().join("inventory.json");
-    let out = std::process::Command::new("python3")
-        .arg(root().join("tests/lab/inventory.py"))
-        .args(["--cni", "calico", "--calico-tunnel", "ipip"])
-        .args(["--node", "n1 1.2.3.4 - 10.0.0.129"])
-        .args(["--node", "n2 5.6.7.8 - 10.0.0.193"])
-        .args(["--pod", "sender n1 10.0.0.1 client"])
-        .args(["--pod", "receiver n2 10.0.0.2 server"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let inv = lab_inventory(
+        dir.path(),
+        &[
+            "--cni",
+            "calico",
+            "--calico-tunnel",
+            "ipip",
+            "--node",
+            "n1 1.2.3.4 - 10.0.0.129",
+            "--node",
+            "n2 5.6.7.8 - 10.0.0.193",
+            "--pod",
+            "sender n1 10.0.0.1 client",
+            "--pod",
+            "receiver n2 10.0.0.2 server",
+        ],
     );
-    std::fs::write(&inv, out.stdout).unwrap();
     let capture = format!("n1/eth0={}", data("pcap/zeek/4in4.pcap").display());
-    let out = cniscope(&[
+    let doc = topology(&[
         "replay",
         &capture,
         "--inventory",
@@ -195,12 +178,6 @@ fn a_real_ipip_capture_replays_as_a_pod_edge() {
         "--format",
         "json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["edges"].as_array().unwrap().len(), 1, "{doc:#}");
     let e = edge(
         &doc,

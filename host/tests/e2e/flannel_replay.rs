@@ -29,13 +29,7 @@ fn replay_json(extra: &[&str]) -> Value {
     args.extend(captures.iter().map(String::as_str));
     args.extend(["--inventory", inv.to_str().unwrap(), "--format", "json"]);
     args.extend(extra);
-    let out = cniscope(&args);
-    assert!(
-        out.status.success(),
-        "cniscope failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON topology")
+    topology(&args)
 }
 
 #[test]
@@ -179,19 +173,13 @@ fn dot_and_table_formats_render_the_same_edges() {
 #[test]
 fn the_demo_config_describes_the_whole_replay() {
     plugin("flannel");
-    let out = cniscope(&[
+    let doc = topology(&[
         "replay",
         "--config",
         "examples/flannel-vxlan-demo.toml",
         "--format",
         "json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         edges(&doc),
         edges(&replay_json(&["--config", "examples/cniscope.toml"]))

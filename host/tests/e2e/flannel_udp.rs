@@ -3,7 +3,6 @@
 //! node's uplink see it, replayed through the built flannel.wasm.
 
 use crate::support::*;
-use serde_json::Value;
 
 const CLIENT: [u8; 4] = [10, 244, 0, 2];
 const SERVER: [u8; 4] = [10, 244, 1, 2];
@@ -62,29 +61,27 @@ fn udp_backend_connection_is_one_pod_edge_named_through_the_tunnel() {
     write_pcap(&dir.path().join("veth.pcap"), 1_000, &veth);
     // The uplink sees each packet a few microseconds later; 1 ms apart is close enough.
     write_pcap(&dir.path().join("eth0.pcap"), 1_000, &uplink);
-    let inv = dir.path().join("inventory.json");
-    let out = std::process::Command::new("python3")
-        .arg(root().join("tests/lab/inventory.py"))
-        .args(["--backend", "udp"])
-        .args(["--node", "node-a 192.168.77.11 10.244.0.0/24 -"])
-        .args(["--node", "node-b 192.168.77.12 10.244.1.0/24 -"])
-        .args(["--pod", "client-a1 node-a 10.244.0.2 client"])
-        .args(["--pod", "server-b1 node-b 10.244.1.2 server"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let inv = lab_inventory(
+        dir.path(),
+        &[
+            "--backend",
+            "udp",
+            "--node",
+            "node-a 192.168.77.11 10.244.0.0/24 -",
+            "--node",
+            "node-b 192.168.77.12 10.244.1.0/24 -",
+            "--pod",
+            "client-a1 node-a 10.244.0.2 client",
+            "--pod",
+            "server-b1 node-b 10.244.1.2 server",
+        ],
     );
-    std::fs::write(&inv, out.stdout).unwrap();
-
     let veth_arg = format!(
         "node-a/vethclienta1={}",
         dir.path().join("veth.pcap").display()
     );
     let eth0_arg = format!("node-a/eth0={}", dir.path().join("eth0.pcap").display());
-    let out = cniscope(&[
+    let doc = topology(&[
         "replay",
         &veth_arg,
         &eth0_arg,
@@ -95,12 +92,6 @@ fn udp_backend_connection_is_one_pod_edge_named_through_the_tunnel() {
         "--format",
         "json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     let edges = doc["edges"].as_array().unwrap();
     assert_eq!(edges.len(), 1, "{doc:#}");
     let e = &edges[0];

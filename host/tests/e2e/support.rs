@@ -31,6 +31,34 @@ pub fn cniscope(args: &[&str]) -> Output {
         .expect("run cniscope")
 }
 
+/// Runs `cniscope ARGS` (it must succeed) and parses the JSON topology it prints.
+pub fn topology(args: &[&str]) -> serde_json::Value {
+    let out = cniscope(args);
+    assert!(
+        out.status.success(),
+        "cniscope {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON topology on stdout")
+}
+
+/// Writes `dir/inventory.json`, a kubectl List made by tests/lab/inventory.py from `args`.
+pub fn lab_inventory(dir: &Path, args: &[&str]) -> PathBuf {
+    let out = Command::new("python3")
+        .arg(root().join("tests/lab/inventory.py"))
+        .args(args)
+        .output()
+        .expect("run tests/lab/inventory.py");
+    assert!(
+        out.status.success(),
+        "inventory.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = dir.join("inventory.json");
+    std::fs::write(&path, out.stdout).unwrap();
+    path
+}
+
 /// The lab capture as replay arguments (`NODE/IFACE=FILE`).
 pub fn lab_captures() -> Vec<String> {
     let d = data("flannel-vxlan");

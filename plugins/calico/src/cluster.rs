@@ -21,19 +21,12 @@ pub struct CalicoNode {
     pub tunnel_ips: Vec<Ip>,
 }
 
-/// What an address is, from Calico's point of view.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Addr {
-    /// A workload: a known pod IP, or an address in a block of a node.
-    Pod,
-    /// A node's tunnel address (tunl0, vxlan.calico).
-    Tunnel(usize),
-    /// A node's IP: the node itself, a hostNetwork pod, or a natOutgoing source.
-    NodeIp(usize),
-    Service,
-    /// In an IP pool but in no known block or pod.
-    Pool,
-    External,
+/// The pod at the other end of a host-side veth.
+#[derive(Clone, Debug)]
+struct VethPod {
+    /// "namespace/pod", as endpoints name pods.
+    name: String,
+    ips: Vec<Ip>,
 }
 
 #[derive(Default, Debug)]
@@ -44,8 +37,8 @@ pub struct Cluster {
     /// IPAM blocks (from options, else inferred from pod IPs) -> node.
     blocks: CidrSet<usize>,
     pools: Vec<Cidr>,
-    /// Host-side veth name -> index of the pod in `index.pods()`.
-    veths: FastMap<String, usize>,
+    /// Host-side veth name -> its pod.
+    veths: FastMap<String, VethPod>,
     pub index: InventoryIndex,
 }
 
@@ -145,10 +138,12 @@ impl Cluster {
             }
         }
         c.blocks = blocks;
-        for (i, p) in index.pods().iter().enumerate() {
-            if !p.host_network {
-                c.veths.insert(iface::veth_name(&p.namespace, &p.name), i);
-            }
+        for p in index.pods().iter().filter(|p| !p.host_network) {
+            let pod = VethPod {
+                name: format!("{}/{}", p.namespace, p.name),
+                ips: p.ips.clone(),
+            };
+            c.veths.insert(iface::veth_name(&p.namespace, &p.name), pod);
         }
         c.index = index;
         (c, warnings)
@@ -170,27 +165,38 @@ impl Cluster {
         self.blocks.get(ip).copied()
     }
 
-    /// The pod behind a host-side veth, by Calico's name for it.
-    pub fn pod_by_veth(&self, iface: &str) -> Option<&cniscope_sdk::PodInfo> {
-        self.veths.get(iface).map(|&i| &self.index.pods()[i])
-    }
-
-    pub fn classify(&self, ip: Ip) -> Addr {
+    /// What `ip` is in a view taken on `iface`, for deciding a connection's ends. On a pod's
+    /// own `cali` veth, its own address is that pod by name (`calico:veth-name`), whoever had
+    /// the address before. Otherwise: a service; a tunnel address (tunl0, vxlan.calico: the
+    /// node itself reaching remote pods, `calico:tunnel-address`); a node IP (the node, a
+    /// hostNetwork pod, or a natOutgoing source); a pod by IP or block; in a pool but in no
+    /// block (unknown); or external.
+    pub fn class(&self, iface: &str, ip: Ip) -> Class<'_> {
+        if let Some(p) = self.veths.get(iface).filter(|p| p.ips.contains(&ip)) {
+            return Class::Pod {
+                name: &p.name,
+                note: Some("calico:veth-name"),
+            };
+        }
         if self.index.is_service_ip(ip) {
-            return Addr::Service;
+            return Class::Service;
         }
         if let Some(&n) = self.tunnel_by_ip.get(&ip) {
-            return Addr::Tunnel(n);
+            return Class::Node {
+                name: &self.nodes[n].name,
+                note: Some("calico:tunnel-address"),
+                confidence: 1.0,
+            };
         }
         if let Some(n) = self.node_by_ip(ip) {
-            return Addr::NodeIp(n);
+            return Class::node(&self.nodes[n].name);
         }
         if self.index.is_pod_ip(ip) || self.block_node(ip).is_some() {
-            return Addr::Pod;
+            return Class::POD;
         }
         if self.pools.iter().any(|p| p.contains(ip)) {
-            return Addr::Pool;
+            return Class::Unknown;
         }
-        Addr::External
+        Class::External
     }
 }

@@ -35,49 +35,34 @@ impl Default for Calico {
     }
 }
 
-/// A comma-separated list of CIDRs, naming the option on error.
-fn cidrs(o: &Options, name: &str) -> Result<Vec<Cidr>, PluginError> {
-    o.string(name, "")?
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse()
-                .map_err(|e: String| error("bad-option", name, format!("{s:?}: {e}")))
-        })
-        .collect()
-}
-
 impl Plugin for Calico {
     fn describe() -> Description {
-        DescriptionBuilder::new("calico", env!("CARGO_PKG_VERSION"))
-            .cni("calico")
-            .capture("cali*", IfaceKind::PodVeth)
-            .capture("tunl0", IfaceKind::Tunnel)
-            .capture("vxlan.calico", IfaceKind::Tunnel)
-            .capture("eth*", IfaceKind::Uplink)
-            .capture("ens*", IfaceKind::Uplink)
-            .option("pools", OptionType::String, "\"\"", "IPPool CIDRs, comma-separated (e.g. 192.168.0.0/16); addresses outside them, nodes and services are external")
-            .option("block_size", OptionType::Integer, "26", "IPv4 IPAM block size (IPPool blockSize), for blocks inferred from pod IPs")
-            .option("blocks", OptionType::String, "\"\"", "block affinities, comma-separated CIDR=node (calicoctl ipam show --show-blocks); inferred from pod IPs otherwise")
-            .option("vxlan_vni", OptionType::Integer, "4096", "VXLAN VNI (FELIX_VXLANVNI)")
-            .option("vxlan_port", OptionType::Integer, "4789", "VXLAN UDP port (FELIX_VXLANPORT); add it to replay.vxlan_ports if not 4789/8472")
-            .option("max_held", OptionType::Integer, "200000", "observations held per correlation window before stitching early")
-            .option("time_join_ms", OptionType::Integer, "500", "when no fingerprint matches, join a node-sourced view to the one pod view with the same ports and destination seen this close in time; 0 = never")
-            .build()
+        Stitcher::describe_options(
+            DescriptionBuilder::new("calico", env!("CARGO_PKG_VERSION"))
+                .cni("calico")
+                .capture("cali*", IfaceKind::PodVeth)
+                .capture("tunl0", IfaceKind::Tunnel)
+                .capture("vxlan.calico", IfaceKind::Tunnel)
+                .capture("eth*", IfaceKind::Uplink)
+                .capture("ens*", IfaceKind::Uplink)
+                .option("pools", OptionType::List, "[]", "IPPool CIDRs, e.g. [\"192.168.0.0/16\"]; addresses outside them, nodes and services are external")
+                .option("block_size", OptionType::Integer, "26", "IPv4 IPAM block size (IPPool blockSize), for blocks inferred from pod IPs")
+                .option("blocks", OptionType::List, "[]", "block affinities, [\"CIDR=node\", ...] (calicoctl ipam show --show-blocks); inferred from pod IPs otherwise")
+                .option("vxlan_vni", OptionType::Integer, "4096", "VXLAN VNI (FELIX_VXLANVNI)")
+                .option("vxlan_port", OptionType::Integer, "4789", "VXLAN UDP port (FELIX_VXLANPORT); add it to replay.vxlan_ports if not 4789/8472"),
+        )
+        .build()
     }
 
     fn configure(&mut self, o: &Options) -> Result<(), PluginError> {
-        o.deny_unknown(&[
-            "pools",
-            "block_size",
-            "blocks",
-            "vxlan_vni",
-            "vxlan_port",
-            "max_held",
-            "time_join_ms",
-        ])?;
-        self.ipam.pools = cidrs(o, "pools")?;
+        o.deny_unknown(
+            &["pools", "block_size", "blocks", "vxlan_vni", "vxlan_port"]
+                .iter()
+                .chain(&Stitcher::OPTIONS)
+                .copied()
+                .collect::<Vec<_>>(),
+        )?;
+        self.ipam.pools = o.cidr_list("pools")?.into_iter().map(|(c, _)| c).collect();
         let size = o.integer_in("block_size", 26u8)?;
         if !(1..=32).contains(&size) {
             return Err(error(
@@ -87,27 +72,17 @@ impl Plugin for Calico {
             ));
         }
         self.ipam.block_size = size;
-        self.ipam.blocks =
-            o.string("blocks", "")?
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| {
-                    let (cidr, node) = s.split_once('=').ok_or_else(|| {
-                        error("bad-option", "blocks", format!("{s:?}: not CIDR=node"))
-                    })?;
-                    let cidr = cidr.trim().parse().map_err(|e: String| {
-                        error("bad-option", "blocks", format!("{s:?}: {e}"))
-                    })?;
-                    Ok((cidr, node.trim().to_string()))
-                })
-                .collect::<Result<_, PluginError>>()?;
+        self.ipam.blocks = o.cidr_list("blocks")?;
+        if let Some((cidr, _)) = self.ipam.blocks.iter().find(|(_, node)| node.is_empty()) {
+            return Err(error(
+                "bad-option",
+                "blocks",
+                format!("{cidr}: no node (CIDR=node)"),
+            ));
+        }
         self.encap.vxlan_vni = o.integer_in("vxlan_vni", 4096u32)?;
         self.encap.vxlan_port = o.integer_in("vxlan_port", 4789u16)?;
-        self.stitcher.max_held = o.integer_in("max_held", 200_000usize)?.max(1);
-        self.stitcher.time_join_ns = o
-            .integer_in("time_join_ms", 500u64)?
-            .saturating_mul(1_000_000);
+        self.stitcher.configure(o)?;
         Ok(())
     }
 

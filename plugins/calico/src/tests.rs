@@ -59,7 +59,7 @@ fn inventory() -> Inventory {
 
 fn harness() -> Harness<Calico> {
     Harness::<Calico>::new()
-        .configure(r#"{"pools": "10.70.0.0/16"}"#)
+        .configure(r#"{"pools": ["10.70.0.0/16"]}"#)
         .unwrap()
         .inventory(inventory())
         .unwrap()
@@ -260,7 +260,7 @@ fn block_addresses_are_pods_even_when_the_inventory_lags() {
 #[test]
 fn explicit_blocks_and_options_are_validated_by_name() {
     let mut h = Harness::<Calico>::new()
-        .configure(r#"{"blocks": "10.70.12.0/26=n2"}"#)
+        .configure(r#"{"blocks": ["10.70.12.0/26=n2"]}"#)
         .unwrap()
         .inventory(inventory())
         .unwrap();
@@ -269,8 +269,8 @@ fn explicit_blocks_and_options_are_validated_by_name() {
         .build();
     assert_eq!(h.run(&b).unwrap()[0].client.role, Role::Pod);
     for (opts, field) in [
-        (r#"{"pools": "10.0.0.0/99"}"#, "pools"),
-        (r#"{"blocks": "10.70.0.0/26"}"#, "blocks"),
+        (r#"{"pools": ["10.0.0.0/99"]}"#, "pools"),
+        (r#"{"blocks": ["10.70.0.0/26"]}"#, "blocks"),
         (r#"{"block_size": 40}"#, "block_size"),
         (r#"{"vxlan_vni": "x"}"#, "vxlan_vni"),
         (r#"{"pool": "10.0.0.0/8"}"#, "pool"),
@@ -280,7 +280,7 @@ fn explicit_blocks_and_options_are_validated_by_name() {
     }
     // A block for a node the inventory does not have is reported, the rest still used.
     let e = Harness::<Calico>::new()
-        .configure(r#"{"blocks": "10.70.12.0/26=ghost"}"#)
+        .configure(r#"{"blocks": ["10.70.12.0/26=ghost"]}"#)
         .unwrap()
         .inventory(inventory())
         .err()

@@ -20,22 +20,6 @@ pub struct FlannelNode {
     pub leases: Vec<Cidr>,
 }
 
-/// What an address is, from flannel's point of view.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Addr {
-    /// A pod: inside a node's lease (or a known pod IP), not a gateway.
-    Pod,
-    /// `10.244.N.0` (flannel.1) or `10.244.N.1` (cni0): node N's own address in the pod network.
-    Gateway(usize),
-    /// A node's IP: the node itself, a hostNetwork pod, or a MASQUERADEd source.
-    NodeIp(usize),
-    /// A ClusterIP or external IP of a service.
-    Service,
-    /// Inside the cluster network but in no lease.
-    Cluster,
-    External,
-}
-
 #[derive(Default, Debug)]
 pub struct Cluster {
     pub nodes: Vec<FlannelNode>,
@@ -130,28 +114,36 @@ impl Cluster {
         self.leases.get(ip).copied()
     }
 
-    pub fn classify(&self, ip: Ip) -> Addr {
+    /// What `ip` is, from flannel's point of view, for deciding a connection's ends:
+    /// a service; a node's IP (the node itself, a hostNetwork pod, or a MASQUERADEd source);
+    /// a pod inside a lease; or a lease's `.0` (flannel.1) / `.1` (cni0), the node's gateway,
+    /// which may hide a pod whose own view was never seen (`gateway-unresolved`).
+    pub fn class(&self, ip: Ip) -> Class<'_> {
         if self.index.is_service_ip(ip) {
-            return Addr::Service;
+            return Class::Service;
         }
         if let Some(n) = self.node_by_ip(ip) {
-            return Addr::NodeIp(n);
+            return Class::node(&self.nodes[n].name);
         }
         if let Some((cidr, &n)) = self.leases.lookup(ip) {
-            // The lease's .0 is flannel.1's address and .1 is cni0's: the node, not a pod
-            // (unless the inventory says a pod really has it, as with a /32 lease).
+            // Unless the inventory says a pod really has it, as with a /32 lease.
             let off = ip.bits().wrapping_sub(cidr.network().bits());
             if off <= 1 && !self.index.is_pod_ip(ip) {
-                return Addr::Gateway(n);
+                return Class::Node {
+                    name: &self.nodes[n].name,
+                    note: Some("gateway-unresolved"),
+                    confidence: 0.7,
+                };
             }
-            return Addr::Pod;
+            return Class::POD;
         }
         if self.index.is_pod_ip(ip) {
-            return Addr::Pod;
+            return Class::POD;
         }
         match self.network {
-            Some(net) if net.contains(ip) => Addr::Cluster,
-            _ => Addr::External,
+            // Inside the cluster network but in no lease.
+            Some(net) if net.contains(ip) => Class::Unknown,
+            _ => Class::External,
         }
     }
 }

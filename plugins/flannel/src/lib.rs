@@ -33,49 +33,36 @@ impl Default for Flannel {
 
 impl Plugin for Flannel {
     fn describe() -> Description {
-        DescriptionBuilder::new("flannel", env!("CARGO_PKG_VERSION"))
-            .cni("flannel")
-            .capture("veth*", IfaceKind::PodVeth)
-            .capture("cni0", IfaceKind::Bridge)
-            .capture("flannel.1", IfaceKind::Tunnel)
-            .capture("flannel0", IfaceKind::Tunnel)
-            .capture("eth*", IfaceKind::Uplink)
-            .capture("ens*", IfaceKind::Uplink)
-            .option("vni", OptionType::Integer, "1", "VXLAN VNI (flannel's Backend.VNI)")
-            .option("port", OptionType::Integer, "8472", "VXLAN UDP port (Backend.Port); add it to replay.vxlan_ports if not 4789/8472")
-            .option("udp_port", OptionType::Integer, "8285", "UDP port of the obsolete udp backend")
-            .option("network", OptionType::String, "\"\"", "the flannel Network CIDR (net-conf.json), e.g. 10.244.0.0/16; addresses outside it and all leases are external")
-            .option("max_held", OptionType::Integer, "200000", "observations held per correlation window before stitching early")
-            .option("time_join_ms", OptionType::Integer, "500", "when no fingerprint matches, join a gateway-sourced view to the one pod view with the same ports and destination seen this close in time; 0 = never")
-            .build()
+        Stitcher::describe_options(
+            DescriptionBuilder::new("flannel", env!("CARGO_PKG_VERSION"))
+                .cni("flannel")
+                .capture("veth*", IfaceKind::PodVeth)
+                .capture("cni0", IfaceKind::Bridge)
+                .capture("flannel.1", IfaceKind::Tunnel)
+                .capture("flannel0", IfaceKind::Tunnel)
+                .capture("eth*", IfaceKind::Uplink)
+                .capture("ens*", IfaceKind::Uplink)
+                .option("vni", OptionType::Integer, "1", "VXLAN VNI (flannel's Backend.VNI)")
+                .option("port", OptionType::Integer, "8472", "VXLAN UDP port (Backend.Port); add it to replay.vxlan_ports if not 4789/8472")
+                .option("udp_port", OptionType::Integer, "8285", "UDP port of the obsolete udp backend")
+                .option("network", OptionType::String, "\"\"", "the flannel Network CIDR (net-conf.json), e.g. 10.244.0.0/16; addresses outside it and all leases are external"),
+        )
+        .build()
     }
 
     fn configure(&mut self, o: &Options) -> Result<(), PluginError> {
-        o.deny_unknown(&[
-            "vni",
-            "port",
-            "udp_port",
-            "network",
-            "max_held",
-            "time_join_ms",
-        ])?;
+        o.deny_unknown(
+            &["vni", "port", "udp_port", "network"]
+                .iter()
+                .chain(&Stitcher::OPTIONS)
+                .copied()
+                .collect::<Vec<_>>(),
+        )?;
         self.backend.vni = o.integer_in("vni", 1u32)?;
         self.backend.vxlan_port = o.integer_in("port", 8472u16)?;
         self.backend.udp_port = o.integer_in("udp_port", 8285u16)?;
-        let network = o.string("network", "")?;
-        self.network = if network.is_empty() {
-            None
-        } else {
-            Some(
-                network
-                    .parse()
-                    .map_err(|e: String| error("bad-option", "network", e))?,
-            )
-        };
-        self.stitcher.max_held = o.integer_in("max_held", 200_000usize)?.max(1);
-        self.stitcher.time_join_ns = o
-            .integer_in("time_join_ms", 500u64)?
-            .saturating_mul(1_000_000);
+        self.network = o.cidr("network")?;
+        self.stitcher.configure(o)?;
         Ok(())
     }
 
