@@ -2,6 +2,7 @@
 
 use crate::hash::FastMap;
 use crate::net::{Cidr, CidrSet};
+use crate::services::Services;
 use crate::{Inventory, Ip, NodeInfo, PodInfo};
 
 /// Lookup over `list<tuple<string, string>>` annotations or labels.
@@ -47,8 +48,8 @@ pub struct InventoryIndex {
     /// Pods (possibly several over time) by IP; host-network pods are left out (their IP is
     /// the node's).
     pods_by_ip: FastMap<Ip, Vec<usize>>,
-    /// Every ClusterIP / external IP of a service.
-    service_ips: FastMap<Ip, usize>,
+    /// Services by their front doors (ClusterIPs, external IPs, NodePorts, headless slices).
+    pub services: Services,
     /// The inventory the maps index into.
     pub inventory: Inventory,
 }
@@ -77,11 +78,7 @@ impl InventoryIndex {
                 idx.pods_by_ip.entry(*ip).or_default().push(i);
             }
         }
-        for (i, svc) in inv.services.iter().enumerate() {
-            for ip in svc.cluster_ips.iter().chain(&svc.external_ips) {
-                idx.service_ips.insert(*ip, i);
-            }
-        }
+        idx.services = Services::new(&inv.services, &inv.endpoint_slices);
         idx.inventory = inv;
         (idx, warnings)
     }
@@ -123,7 +120,7 @@ impl InventoryIndex {
     }
 
     pub fn is_service_ip(&self, ip: Ip) -> bool {
-        self.service_ips.contains_key(&ip)
+        self.services.is_service_ip(ip)
     }
 }
 

@@ -51,6 +51,7 @@ pub mod hash;
 pub mod inventory;
 pub mod net;
 pub mod options;
+pub mod services;
 pub mod stitch;
 pub mod testkit;
 
@@ -106,6 +107,12 @@ pub trait Plugin: Default + 'static {
     fn flush(&mut self, _now_ns: u64, _out: &mut flow::Flows) -> Result<(), PluginError> {
         Ok(())
     }
+
+    /// Counters worth an operator's eye (windows stitched early, observations evicted, time
+    /// joins: [`stitch::Stitcher::counters`]), cumulative; the host shows them in its health.
+    fn counters(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
 }
 
 /// Exports a [`Plugin`] as the component's WIT world. Use once, in the plugin crate's root.
@@ -148,6 +155,9 @@ macro_rules! export_plugin {
                         .with(|s| $crate::Plugin::flush(&mut *s.borrow_mut(), now_ns, &mut out))?;
                     Ok(out.into_batch())
                 }
+                fn counters() -> ::std::vec::Vec<(::std::string::String, u64)> {
+                    __CNISCOPE_STATE.with(|s| $crate::Plugin::counters(&*s.borrow()))
+                }
             }
 
     $crate::bindings::__export_world!(__CniscopeExport with_types_in $crate::bindings);
@@ -173,6 +183,7 @@ pub mod prelude {
     pub use crate::inventory::{Annotations, InventoryIndex, warnings_to_result};
     pub use crate::net::{Cidr, CidrSet, Mac, ip_from_std, ip_to_std};
     pub use crate::options::Options;
+    pub use crate::services::{Door, Services};
     pub use crate::stitch::{Connection, PointInfo, Seen, Stitcher, is_uplink_name};
     pub use crate::testkit::BatchBuilder;
     pub use crate::{

@@ -43,7 +43,10 @@ pub struct PointInfo {
 }
 
 /// A 5-tuple with its ends in a fixed order: (protocol, lower end, higher end).
-type TupleKey = (u8, (Ip, u16), (Ip, u16));
+pub type TupleKey = (u8, (Ip, u16), (Ip, u16));
+
+/// Where a connection is counted: (interface id, 5-tuple). See [`Connection::counted_at`].
+pub type CountingPlace = (u32, TupleKey);
 
 /// An owned copy of what stitching and naming need from one observation.
 #[derive(Clone, Debug, PartialEq)]
@@ -190,12 +193,16 @@ pub struct Connection {
     pub forward: Vec<bool>,
     /// Some members were joined only by time proximity (weaker than a fingerprint).
     pub joined_by_time: bool,
-    /// The interface (`PointInfo::iface_id`) whose packets count for the connection: the one
-    /// that saw the most client -> server packets, or, when the connection was already counted
-    /// in the previous window and that interface saw it again, that one. A connection that
-    /// straddles a drain is then counted at one interface in both windows: each node's views
-    /// split differently at the boundary, and two interfaces would sum to more than was sent.
-    pub counted_iface: u32,
+    /// Where the connection's packets are counted: one interface (`PointInfo::iface_id`) and
+    /// one 5-tuple there, both directions. One 5-tuple, because NAT can show one interface two
+    /// of them (a hairpin through a service crosses the pod's own veth before and after DNAT;
+    /// a NodePort's uplink sees the client's packets arrive and their SNATed copies leave).
+    /// The interface is the one that saw the most client -> server packets, or, when the
+    /// connection was already counted in the previous window and that place saw it again, the
+    /// same place: a connection that straddles a drain is counted at one place in both
+    /// windows (each node's views split differently at the boundary, and two places would sum
+    /// to more than was sent).
+    pub counted_at: CountingPlace,
     points: Rc<Vec<PointInfo>>,
 }
 
@@ -221,12 +228,13 @@ impl Connection {
             .map(|(m, _)| m)
     }
 
-    /// Counters from one interface only (no double counting): [`counted_iface`](Self::counted_iface),
+    /// Counters from one place only (no double counting): [`counted_at`](Self::counted_at),
     /// both directions there. Returns (packets, bytes, first_ns, last_ns).
     pub fn counters(&self) -> (u64, u64, u64, u64) {
         let (mut packets, mut bytes, mut first, mut last) = (0, 0, u64::MAX, 0);
+        let (iface, tuple) = self.counted_at;
         for m in &self.members {
-            if self.point(m).iface_id == self.counted_iface {
+            if self.point(m).iface_id == iface && m.tuple_key() == tuple {
                 packets += m.packets;
                 bytes += m.bytes;
                 first = first.min(m.first_ns);
@@ -257,9 +265,13 @@ pub struct Stitcher {
     point_ids: FastMap<(String, String, &'static str), u32>,
     iface_ids: FastMap<(String, String), u32>,
     pub max_held: usize,
+    /// Windows stitched early because they filled up.
     pub early_drains: u64,
-    /// Counting interface by 5-tuple: this window's connections, then the previous window's.
-    counted_at: [FastMap<TupleKey, u32>; 2],
+    /// Observations in those windows: stitched before their window's end, so a later view of
+    /// the same connection (a reply, its post-NAT twin) could not join them.
+    pub evicted: u64,
+    /// Counting place by 5-tuple: this window's connections, then the previous window's.
+    counted_at: [FastMap<TupleKey, CountingPlace>; 2],
     /// Addresses that replace a client's source (node gateways, node IPs): the only sources
     /// the time fallback joins from. Empty = no time fallback.
     pub nat_sources: FastSet<Ip>,
@@ -278,6 +290,7 @@ impl Default for Stitcher {
             iface_ids: FastMap::default(),
             max_held: 200_000,
             early_drains: 0,
+            evicted: 0,
             counted_at: Default::default(),
             nat_sources: FastSet::default(),
             time_join_ns: 500_000_000,
@@ -401,6 +414,7 @@ impl Stitcher {
     pub fn drain(&mut self) -> Vec<Connection> {
         if self.held.len() >= self.max_held {
             self.early_drains += 1;
+            self.evicted += self.held.len() as u64;
         }
         let held = std::mem::take(&mut self.held);
         let mut uf = UnionFind((0..held.len()).collect());
@@ -434,12 +448,12 @@ impl Stitcher {
                 .map(|&(_, i)| slots[i].take().expect("each member once"))
                 .collect();
             let forward = orient(&members);
-            let counted_iface = self.counting_iface(&members, &forward);
+            let counted_at = self.counting_place(&members, &forward);
             conns.push(Connection {
                 joined_by_time: by_time.contains(&group[0].0),
                 members,
                 forward,
-                counted_iface,
+                counted_at,
                 points: points.clone(),
             });
         }
@@ -447,9 +461,9 @@ impl Stitcher {
     }
 
     /// Chooses (and remembers) where a connection is counted; see
-    /// [`Connection::counted_iface`].
-    fn counting_iface(&mut self, members: &[Seen], forward: &[bool]) -> u32 {
-        let iface = |m: &Seen| self.points[m.point as usize].iface_id;
+    /// [`Connection::counted_at`].
+    fn counting_place(&mut self, members: &[Seen], forward: &[bool]) -> CountingPlace {
+        let place = |m: &Seen| (self.points[m.point as usize].iface_id, m.tuple_key());
         // The distinct 5-tuples: a handful (one per NAT step), however many members.
         let mut keys: Vec<TupleKey> = Vec::with_capacity(4);
         for m in members {
@@ -462,17 +476,17 @@ impl Stitcher {
             .iter()
             .find_map(|k| self.counted_at[1].get(k))
             .copied()
-            .filter(|&id| members.iter().any(|m| iface(m) == id));
+            .filter(|p| members.iter().any(|m| place(m) == *p));
         let chosen = remembered.unwrap_or_else(|| {
-            // Per interface: (iface id, forward packets, packets). A connection crosses a
-            // handful of interfaces: a linear scan beats a map.
-            let mut tally: Vec<(u32, u64, u64)> = Vec::with_capacity(8);
+            // Per place: (place, forward packets, packets). A connection crosses a handful of
+            // places: a linear scan beats a map.
+            let mut tally: Vec<(CountingPlace, u64, u64)> = Vec::with_capacity(8);
             for (m, f) in members.iter().zip(forward) {
-                let id = iface(m);
-                let i = match tally.iter().position(|t| t.0 == id) {
+                let p = place(m);
+                let i = match tally.iter().position(|t| t.0 == p) {
                     Some(i) => i,
                     None => {
-                        tally.push((id, 0, 0));
+                        tally.push((p, 0, 0));
                         tally.len() - 1
                     }
                 };
@@ -481,17 +495,37 @@ impl Stitcher {
                 }
                 tally[i].2 += m.packets;
             }
-            // Most forward packets, then most packets, then the first interface seen.
+            // Most forward packets, then most packets, then the first place seen.
             tally
                 .iter()
                 .rev()
                 .max_by_key(|t| (t.1, t.2))
-                .map_or(0, |t| t.0)
+                .map_or((0, keys[0]), |t| t.0)
         });
         for k in keys {
             self.counted_at[0].insert(k, chosen);
         }
         chosen
+    }
+
+    /// The stitcher's counters for [`crate::Plugin::counters`]: windows stitched early, the
+    /// observations they evicted, connections joined by time only, observations held now.
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        [
+            ("stitch.early_drains", self.early_drains),
+            ("stitch.evicted", self.evicted),
+            ("stitch.time_joins", self.time_joins),
+            ("stitch.held", self.held.len() as u64),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// How many 5-tuples' counting places are remembered from the last two windows: what the
+    /// stitcher holds beyond the window itself (at most twice [`max_held`](Self::max_held)).
+    pub fn remembered(&self) -> usize {
+        self.counted_at[0].len() + self.counted_at[1].len()
     }
 }
 
@@ -817,5 +851,76 @@ mod tests {
         );
         assert_eq!(s.early_drains, 1);
         assert_eq!(s.held(), 0);
+    }
+
+    #[test]
+    fn a_hairpin_through_a_service_is_counted_once_on_the_pods_own_veth() {
+        // The pod's veth sees its 3 packets to the ClusterIP arrive (ingress) and their DNATed,
+        // SNATed copies leave back to it (egress), and the same for the 3 replies.
+        let b = BatchBuilder::new()
+            .point("a", "veth1", IfaceKind::PodVeth, Direction::Ingress)
+            .point("a", "veth1", IfaceKind::PodVeth, Direction::Egress)
+            .row(
+                Row::flow(6, "10.244.0.3", 4000, "10.96.0.40", 80)
+                    .fingerprint(fp::TCP_SYN_ISN, 11)
+                    .counters(3, 300),
+            )
+            .row(
+                Row::flow(6, "10.244.0.1", 4000, "10.244.0.3", 8080)
+                    .at(1)
+                    .fingerprint(fp::TCP_SYN_ISN, 11)
+                    .counters(3, 300),
+            )
+            .row(
+                Row::flow(6, "10.244.0.3", 8080, "10.244.0.1", 4000)
+                    .fingerprint(fp::TCP_SYNACK_ISN, 12)
+                    .counters(3, 300),
+            )
+            .row(
+                Row::flow(6, "10.96.0.40", 80, "10.244.0.3", 4000)
+                    .at(1)
+                    .fingerprint(fp::TCP_SYNACK_ISN, 12)
+                    .counters(3, 300),
+            )
+            .build();
+        let mut s = Stitcher::default();
+        s.add_batch(&b);
+        let conns = s.drain();
+        assert_eq!(conns.len(), 1);
+        assert_eq!(conns[0].counters().0, 6, "3 each way, not 12");
+    }
+
+    #[test]
+    fn a_flood_of_unmatched_observations_keeps_the_window_bounded_and_counts_evictions() {
+        let mut s = Stitcher::new(1000);
+        let mut conns = 0;
+        for i in 0..50_000u32 {
+            // Every observation its own connection: nothing ever matches.
+            let row = Row::flow(
+                17,
+                "10.244.0.5",
+                (i % 60_000) as u16 + 1,
+                &format!("10.9.{}.{}", (i >> 8) & 255, i & 255),
+                53,
+            );
+            conns += s
+                .add_batch(
+                    &BatchBuilder::new()
+                        .point("a", "eth0", IfaceKind::Uplink, Direction::Egress)
+                        .row(row)
+                        .build(),
+                )
+                .len();
+            assert!(s.held() < 1000, "the window never exceeds max_held");
+            assert!(s.remembered() <= 2 * 1000, "{}", s.remembered());
+        }
+        conns += s.drain().len();
+        assert_eq!(
+            conns, 50_000,
+            "nothing is lost, every observation is emitted"
+        );
+        assert_eq!(s.early_drains, 50);
+        assert_eq!(s.evicted, 50_000);
+        assert!(s.remembered() <= 2 * 1000);
     }
 }

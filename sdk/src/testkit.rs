@@ -288,3 +288,61 @@ pub fn pod(namespace: &str, name: &str, node: &str, ip: &str) -> crate::PodInfo 
         deleted_ns: 0,
     }
 }
+
+/// A TCP service `namespace/name` for test inventories: ClusterIP `cluster_ip` ("" for a
+/// headless service) on `port` -> `target_port`, with `node_port` (0 for none; the type is
+/// then ClusterIP, else NodePort).
+pub fn service(
+    namespace: &str,
+    name: &str,
+    cluster_ip: &str,
+    port: u16,
+    target_port: u16,
+    node_port: u16,
+) -> crate::ServiceInfo {
+    crate::ServiceInfo {
+        namespace: namespace.into(),
+        name: name.into(),
+        type_: if node_port != 0 {
+            "NodePort"
+        } else {
+            "ClusterIP"
+        }
+        .into(),
+        cluster_ips: if cluster_ip.is_empty() {
+            vec![]
+        } else {
+            vec![parse(cluster_ip)]
+        },
+        external_ips: vec![],
+        ports: vec![crate::ServicePort {
+            name: "tcp".into(),
+            protocol: 6,
+            port,
+            target_port,
+            node_port,
+        }],
+        external_traffic_policy: "Cluster".into(),
+    }
+}
+
+/// An EndpointSlice of service `namespace/service` listing `addresses` on TCP `port`.
+pub fn endpoint_slice(
+    namespace: &str,
+    service: &str,
+    addresses: &[&str],
+    port: u16,
+) -> crate::EndpointSliceInfo {
+    crate::EndpointSliceInfo {
+        namespace: namespace.into(),
+        service: service.into(),
+        addresses: addresses.iter().map(|a| parse(a)).collect(),
+        ports: vec![crate::ServicePort {
+            name: "tcp".into(),
+            protocol: 6,
+            port,
+            target_port: 0,
+            node_port: 0,
+        }],
+    }
+}

@@ -9,6 +9,7 @@ use super::bindings::{Plugin, PluginPre, wit};
 use super::engine::{EPOCH_TICK, LoadedComponent, PluginEngine, PluginError};
 use super::policy::Grants;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, Trap};
@@ -59,6 +60,9 @@ pub struct PluginHealth {
     pub busy_ms: f64,
     pub peak_memory_bytes: u64,
     pub last_fault: Option<String>,
+    /// The plugin's own counters (WIT `counters`), e.g. `stitch.evicted`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub counters: BTreeMap<String, u64>,
 }
 
 /// Enforces the memory cap and remembers whether it had to.
@@ -242,9 +246,14 @@ impl PluginInstance {
         Some(out)
     }
 
+    /// Ends a window; then reads the plugin's counters into its health.
     pub fn flush(&mut self, now_ns: u64) -> Option<wit::FlowBatch> {
         let out = self.call("flush", 0, |p, s| p.call_flush(s, now_ns))?;
         self.health.flows_out += out.protocol.len() as u64;
+        if let Some(Ok(counters)) = self.call_raw("counters", 0, |p, s| p.call_counters(s).map(Ok))
+        {
+            self.health.counters = counters.into_iter().collect();
+        }
         Some(out)
     }
 

@@ -167,19 +167,16 @@ impl Cluster {
 
     /// What `ip` is in a view taken on `iface`, for deciding a connection's ends. On a pod's
     /// own `cali` veth, its own address is that pod by name (`calico:veth-name`), whoever had
-    /// the address before. Otherwise: a service; a tunnel address (tunl0, vxlan.calico: the
-    /// node itself reaching remote pods, `calico:tunnel-address`); a node IP (the node, a
-    /// hostNetwork pod, or a natOutgoing source); a pod by IP or block; in a pool but in no
-    /// block (unknown); or external.
+    /// the address before. Otherwise (the SDK finds services): a tunnel address (tunl0,
+    /// vxlan.calico: the node itself reaching remote pods, `calico:tunnel-address`); a node IP
+    /// (the node, a hostNetwork pod, or a natOutgoing source); a pod by IP or block; in a pool
+    /// but in no block (unknown); or external.
     pub fn class(&self, iface: &str, ip: Ip) -> Class<'_> {
         if let Some(p) = self.veths.get(iface).filter(|p| p.ips.contains(&ip)) {
             return Class::Pod {
                 name: &p.name,
                 note: Some("calico:veth-name"),
             };
-        }
-        if self.index.is_service_ip(ip) {
-            return Class::Service;
         }
         if let Some(&n) = self.tunnel_by_ip.get(&ip) {
             return Class::Node {

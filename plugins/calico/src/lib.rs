@@ -101,6 +101,10 @@ impl Plugin for Calico {
         Ok(())
     }
 
+    fn counters(&self) -> Vec<(String, u64)> {
+        self.stitcher.counters()
+    }
+
     fn flush(&mut self, _now_ns: u64, out: &mut Flows) -> Result<(), PluginError> {
         for conn in self.stitcher.drain() {
             rules::flow(&self.cluster, &self.encap, &conn, out);

@@ -16,8 +16,9 @@ pub struct Encap {
 
 /// Emits the connection's logical flow into `out`, unless it is control traffic.
 pub fn flow(c: &Cluster, e: &Encap, conn: &Connection, out: &mut Flows) {
-    let Some(mut decision) = conn.decide(|m, side| c.class(&conn.point(m).iface, side.of(m)))
-    else {
+    let Some(mut decision) = conn.decide(&c.index, |m, side| {
+        c.class(&conn.point(m).iface, side.of(m))
+    }) else {
         return;
     };
     let evidence = &mut decision.evidence;

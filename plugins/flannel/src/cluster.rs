@@ -25,7 +25,7 @@ pub struct Cluster {
     pub nodes: Vec<FlannelNode>,
     leases: CidrSet<usize>,
     network: Option<Cidr>,
-    index: InventoryIndex,
+    pub index: InventoryIndex,
 }
 
 impl Cluster {
@@ -114,14 +114,11 @@ impl Cluster {
         self.leases.get(ip).copied()
     }
 
-    /// What `ip` is, from flannel's point of view, for deciding a connection's ends:
-    /// a service; a node's IP (the node itself, a hostNetwork pod, or a MASQUERADEd source);
+    /// What `ip` is, from flannel's point of view, for deciding a connection's ends (services
+    /// are the SDK's, [`Connection::decide`]): a node's IP (the node itself, a hostNetwork pod, or a MASQUERADEd source);
     /// a pod inside a lease; or a lease's `.0` (flannel.1) / `.1` (cni0), the node's gateway,
     /// which may hide a pod whose own view was never seen (`gateway-unresolved`).
     pub fn class(&self, ip: Ip) -> Class<'_> {
-        if self.index.is_service_ip(ip) {
-            return Class::Service;
-        }
         if let Some(n) = self.node_by_ip(ip) {
             return Class::node(&self.nodes[n].name);
         }

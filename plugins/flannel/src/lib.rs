@@ -81,6 +81,10 @@ impl Plugin for Flannel {
         Ok(())
     }
 
+    fn counters(&self) -> Vec<(String, u64)> {
+        self.stitcher.counters()
+    }
+
     fn flush(&mut self, _now_ns: u64, out: &mut Flows) -> Result<(), PluginError> {
         for conn in self.stitcher.drain() {
             rules::flow(&self.cluster, &self.backend, &conn, out);

@@ -16,7 +16,7 @@ pub struct Backend {
 
 /// Emits the connection's logical flow into `out`, unless it is control traffic.
 pub fn flow(c: &Cluster, b: &Backend, conn: &Connection, out: &mut Flows) {
-    let Some(mut decision) = conn.decide(|m, side| c.class(side.of(m))) else {
+    let Some(mut decision) = conn.decide(&c.index, |m, side| c.class(side.of(m))) else {
         return;
     };
     let evidence = &mut decision.evidence;
