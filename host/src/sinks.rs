@@ -104,6 +104,11 @@ fn table(doc: &TopologyDoc) -> String {
             "plugin {name}: {} ({} calls, {} traps, {} deadline kills, {} memory kills, {} observations lost)",
             h.state, h.calls, h.traps, h.deadline_kills, h.memory_kills, h.observations_lost
         );
+        if !h.counters.is_empty() {
+            let counters: Vec<String> =
+                h.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let _ = writeln!(out, "plugin {name} counters: {}", counters.join(", "));
+        }
     }
     for (reason, n) in &doc.health.drops {
         let _ = writeln!(out, "dropped {n}: {reason}");

@@ -3,8 +3,10 @@
 # build a node (CNI-RULES.md, "Calico"): no bridge; each pod's host-side veth is
 # `cali` + sha1("<namespace>.<pod>")[:11] with MAC ee:ee:ee:ee:ee:ee and proxy ARP, a /32
 # route per pod, the pod's default route via 169.254.1.1; IP pool 10.123.0.0/16 in /26
-# blocks affine to nodes; natOutgoing (cali-nat-outgoing's MASQUERADE); kube-proxy-like DNAT
-# for one ClusterIP. Modes:
+# blocks affine to nodes; natOutgoing (cali-nat-outgoing's MASQUERADE); kube-proxy's rules for
+# the service shapes of common.sh's lab_services (ClusterIPs, NodePorts with
+# externalTrafficPolicy Cluster and Local, a load-balancer IP routed to node a, hairpin,
+# headless, no endpoints). Modes:
 #   bgp    routes `<remote block> via <node IP> dev eth0` (what BIRD installs)
 #   vxlan  vxlan.calico (VNI 4096, UDP 4789) with the node's tunnel address from its block,
 #          routes `<remote block> via <remote tunnel addr> dev vxlan.calico onlink`, ARP + FDB
@@ -14,6 +16,7 @@
 #   calico.sh up ID DIR [bgp|vxlan|ipip]  build it; write DIR/inventory.json, DIR/cniscope.toml
 #   calico.sh traffic ID            pod->pod across nodes (TCP, UDP), same node, ClusterIP,
 #                                   node a -> remote pod, pod -> external (natOutgoing)
+#   calico.sh services ID           one connection per service shape (common.sh service_traffic)
 #   calico.sh reuse ID              pod old-a3 talks, is deleted, new-a4 gets its IP and talks
 #   calico.sh inject-ipip ID        an IPIP TCP connection remote-b2 -> client-a1 and a ping
 #                                   from node b's tunnel address, as frames on node a's eth0
@@ -35,7 +38,13 @@ declare -A vtep_mac=([a]=66:ca:00:00:00:0a [b]=66:ca:00:00:00:0b)
 # pods: name node ip (default namespace); old-a3 and new-a4 share an address, one at a time.
 pods=("client-a1 a 10.123.10.5" "peer-a2 a 10.123.10.6" "server-b1 b 10.123.20.70")
 reuse_ip=10.123.10.9
-cluster_ip=10.97.0.10
+# Services (common.sh lab_services) in 10.97.0.0/24; the load balancer's IP is routed to node a.
+svc_net=10.97.0
+cluster_ip=$svc_net.10
+lb_ip=192.168.99.200
+cluster_cidr=10.123.0.0/16
+declare -A backend_ip=([server]=10.123.20.70 [peer]=10.123.10.6)
+declare -A backend_node=([server]=b [peer]=a)
 external_ip=192.168.88.100
 
 cali_of() { printf 'cali%s' "$(printf '%s' "default.$1" | sha1sum | cut -c1-11)"; }
@@ -99,7 +108,13 @@ up() {
     read -r name n addr <<<"$p"
     add_pod "$id" "$name" "$n" "$addr"
   done
-  nsx "$id-na" iptables -t nat -A PREROUTING -d "$cluster_ip" -p tcp --dport 80 -j DNAT --to-destination 10.123.20.70:8080
+  for n in "${nodes[@]}"; do
+    kube_proxy "$id" "$n"
+  done
+  # The load balancer sends its IP's traffic to node a (as MetalLB's L2 or BGP mode would).
+  nsx "$id-ext" ip route add "$lb_ip/32" via "${node_ip[a]}"
+  local svc_args
+  mapfile -t svc_args < <(service_inventory_args)
 
   local tunnels="" 
   [ "$mode" != bgp ] && tunnels="$mode"
@@ -112,8 +127,7 @@ up() {
     --pod "old-a3 node-a $reuse_ip client" \
     --pod "new-a4 node-a $reuse_ip client" \
     --pod "remote-b2 node-b 10.123.20.71 client" \
-    --service "echo $cluster_ip 80 8080" \
-    >"$dir/inventory.json"
+    "${svc_args[@]}" >"$dir/inventory.json"
   agent_config "$id" "$dir" calico 'pools = ["10.123.0.0/16"]' "calico.sh, mode $mode"
 }
 
@@ -134,7 +148,8 @@ traffic() {
 
 reuse() {
   local id=$1 pid
-  nsx "$id-server-b1" python3 "$here/echo.py" serve-tcp 0.0.0.0 8080 & pid=$!
+  ip netns exec "$id-server-b1" python3 "$here/echo.py" serve-tcp 0.0.0.0 8080 >/dev/null &
+  pid=$!
   sleep 1
   # A pod is up a second or more before it talks (the agent attaches to new veths within 250 ms).
   add_pod "$id" old-a3 a "$reuse_ip"
@@ -158,8 +173,9 @@ inject_ipip() {
 case "${1:-}" in
   up) up "${2:?id}" "${3:?dir}" "${4:-bgp}" ;;
   traffic) traffic "${2:?id}" ;;
+  services) service_traffic "${2:?id}" client-a1 peer-a2 "${node_ip[a]}" "${node_ip[b]}" ;;
   reuse) reuse "${2:?id}" ;;
   inject-ipip) inject_ipip "${2:?id}" ;;
   down) down "${2:?id}" ;;
-  *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -74,12 +74,141 @@ EOT
 # SERVER, TCP echo on 9000 on the external host; prints their pids.
 start_servers() {
   local id=$1 server=$2 peer=$3
-  nsx "$id-$server" python3 "$here/echo.py" serve-tcp 0.0.0.0 8080 >/dev/null &
+  # `ip netns exec` directly (see service_traffic).
+  ip netns exec "$id-$server" python3 "$here/echo.py" serve-tcp 0.0.0.0 8080 >/dev/null &
   echo $!
-  nsx "$id-$peer" python3 "$here/echo.py" serve-tcp 0.0.0.0 8080 >/dev/null &
+  ip netns exec "$id-$peer" python3 "$here/echo.py" serve-tcp 0.0.0.0 8080 >/dev/null &
   echo $!
-  nsx "$id-$server" python3 "$here/echo.py" serve-udp 0.0.0.0 5353 >/dev/null &
+  ip netns exec "$id-$server" python3 "$here/echo.py" serve-udp 0.0.0.0 5353 >/dev/null &
   echo $!
-  nsx "$id-ext" python3 "$here/echo.py" serve-tcp 0.0.0.0 9000 >/dev/null &
+  ip netns exec "$id-ext" python3 "$here/echo.py" serve-tcp 0.0.0.0 9000 >/dev/null &
   echo $!
+}
+
+# The labs' services, one per line (CNI-RULES.md, "Services"; issue #7):
+#   name  ClusterIP (last octet of $svc_net, None = headless)  port  targetPort
+#   backend (pods labelled app=<backend>, - = none)  type  nodePort (- = none)
+#   policy: externalTrafficPolicy, or masquerade-all for kube-proxy's --masquerade-all
+# Two services (echo, echo-alt) select the same pods; echo's port differs from its targetPort.
+lab_services() {
+  cat <<'EOT'
+echo 10 80 8080 server ClusterIP - -
+echo-alt 11 80 8080 server ClusterIP - -
+echo-masq 20 80 8080 server ClusterIP - masquerade-all
+web-np 30 8080 8080 server NodePort 30080 Cluster
+web-local 31 8080 8080 server NodePort 30081 Local
+web-lb 32 80 8080 server LoadBalancer 30082 Cluster
+peer 40 80 8080 peer ClusterIP - -
+echo-headless None 7000 7000 server ClusterIP - -
+empty 60 80 8080 - ClusterIP - -
+EOT
+}
+
+# service_inventory_args: inventory.py's arguments for lab_services.
+service_inventory_args() {
+  echo "--service-net"
+  echo "$svc_net"
+  echo "--lb-ip"
+  echo "$lb_ip"
+  local line
+  while read -r line; do
+    echo "--service"
+    echo "$line"
+  done < <(lab_services)
+}
+
+# kube_proxy ID N: the nat and filter rules kube-proxy (iptables mode) writes on node N for
+# lab_services: KUBE-SERVICES from PREROUTING and OUTPUT, KUBE-MARK-MASQ (0x4000) and
+# KUBE-POSTROUTING's MASQUERADE, a KUBE-SVC/KUBE-SEP pair per service (the SEP marks hairpin
+# traffic, a pod reaching itself), KUBE-EXT for NodePorts and load-balancer IPs (marked for
+# SNAT with externalTrafficPolicy Cluster; with Local, external clients go only to this
+# node's endpoints, unmarked, and nodes without one drop them), NodePorts on every local
+# address (--dst-type LOCAL), and a REJECT for a service without endpoints.
+# Needs $svc_net, $cluster_cidr, $lb_ip, backend_ip[app] and backend_node[app].
+kube_proxy() {
+  local id=$1 n=$2 name ip port target backend type node_port policy
+  local nat=() filter=()
+  nat+=(":KUBE-SERVICES - [0:0]" ":KUBE-NODEPORTS - [0:0]" ":KUBE-POSTROUTING - [0:0]" ":KUBE-MARK-MASQ - [0:0]")
+  nat+=("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES")
+  nat+=("-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES")
+  nat+=("-I POSTROUTING 1 -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING")
+  nat+=("-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000")
+  nat+=("-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN")
+  nat+=("-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000")
+  nat+=("-A KUBE-POSTROUTING -j MASQUERADE")
+  filter+=(":KUBE-SERVICES - [0:0]" ":KUBE-EXTERNAL-SERVICES - [0:0]")
+  filter+=("-A FORWARD -m conntrack --ctstate NEW -j KUBE-SERVICES")
+  filter+=("-A OUTPUT -m conntrack --ctstate NEW -j KUBE-SERVICES")
+  filter+=("-A INPUT -m conntrack --ctstate NEW -j KUBE-EXTERNAL-SERVICES")
+  filter+=("-A FORWARD -m conntrack --ctstate NEW -j KUBE-EXTERNAL-SERVICES")
+  while read -r name ip port target backend type node_port policy; do
+    [ "$ip" = None ] && continue # headless: no rules, clients reach the pods directly
+    local cip="$svc_net.$ip" up="${name^^}"
+    local svc="KUBE-SVC-$up" sep="KUBE-SEP-$up" ext="KUBE-EXT-$up"
+    if [ "$backend" = - ]; then
+      filter+=("-A KUBE-SERVICES -d $cip/32 -p tcp -m comment --comment \"default/$name:tcp has no endpoints\" -m tcp --dport $port -j REJECT --reject-with icmp-port-unreachable")
+      continue
+    fi
+    local bip=${backend_ip[$backend]}
+    nat+=(":$svc - [0:0]" ":$sep - [0:0]")
+    nat+=("-A KUBE-SERVICES -d $cip/32 -p tcp -m comment --comment \"default/$name:tcp cluster IP\" -m tcp --dport $port -j $svc")
+    if [ "$policy" = masquerade-all ]; then
+      nat+=("-A $svc -d $cip/32 -p tcp -m tcp --dport $port -j KUBE-MARK-MASQ")
+    else
+      nat+=("-A $svc ! -s $cluster_cidr -d $cip/32 -p tcp -m tcp --dport $port -j KUBE-MARK-MASQ")
+    fi
+    nat+=("-A $svc -j $sep")
+    nat+=("-A $sep -s $bip/32 -j KUBE-MARK-MASQ")
+    nat+=("-A $sep -p tcp -m tcp -j DNAT --to-destination $bip:$target")
+    [ "$node_port" = - ] && continue
+    nat+=(":$ext - [0:0]")
+    nat+=("-A KUBE-NODEPORTS -p tcp -m comment --comment \"default/$name:tcp\" -m tcp --dport $node_port -j $ext")
+    if [ "$type" = LoadBalancer ]; then
+      nat+=("-A KUBE-SERVICES -d $lb_ip/32 -p tcp -m comment --comment \"default/$name:tcp loadbalancer IP\" -m tcp --dport $port -j $ext")
+    fi
+    if [ "$policy" = Local ]; then
+      # Pods and the node itself take the cluster-wide path; external clients keep their
+      # address and reach only this node's endpoints.
+      nat+=("-A $ext -s $cluster_cidr -j $svc")
+      nat+=("-A $ext -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ")
+      nat+=("-A $ext -m addrtype --src-type LOCAL -j $svc")
+      if [ "${backend_node[$backend]}" = "$n" ]; then
+        nat+=("-A $ext -j $sep")
+      else
+        filter+=("-A KUBE-EXTERNAL-SERVICES -p tcp -m comment --comment \"default/$name:tcp has no local endpoints\" -m addrtype --dst-type LOCAL -m tcp --dport $node_port -j DROP")
+      fi
+    else
+      nat+=("-A $ext -j KUBE-MARK-MASQ")
+      nat+=("-A $ext -j $svc")
+    fi
+  done < <(lab_services)
+  nat+=("-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS")
+  { echo "*nat"; printf '%s\n' "${nat[@]}"; echo COMMIT; echo "*filter"; printf '%s\n' "${filter[@]}"; echo COMMIT; } |
+    nsx "$id-n$n" iptables-restore --noflush
+}
+
+# service_traffic ID CLIENT PEER NODE_A_IP NODE_B_IP: one connection per service shape, from
+# the client pod, the peer pod (hairpin) and the external host (NodePorts, load balancer).
+# Servers: TCP echo on 8080 and 7000 in server-b1, on 8080 in PEER.
+service_traffic() {
+  local id=$1 client=$2 peer=$3 a_ip=$4 b_ip=$5 pids=() c="$1-$2"
+  # `ip netns exec` directly, not through nsx: $! is then the server itself (ip execs it),
+  # and killing it closes the output pipes a caller may be reading.
+  ip netns exec "$id-server-b1" python3 "$here/echo.py" serve-tcp 0.0.0.0 8080 >/dev/null &
+  pids+=($!)
+  ip netns exec "$id-server-b1" python3 "$here/echo.py" serve-tcp 0.0.0.0 7000 >/dev/null &
+  pids+=($!)
+  ip netns exec "$id-$peer" python3 "$here/echo.py" serve-tcp 0.0.0.0 8080 >/dev/null &
+  pids+=($!)
+  sleep 1
+  nsx "$c" python3 "$here/echo.py" tcp "$svc_net.10" 80 3            # ClusterIP, port 80 -> 8080
+  nsx "$c" python3 "$here/echo.py" tcp "$svc_net.11" 80 2            # a second service, same pods
+  nsx "$id-ext" python3 "$here/echo.py" tcp "$a_ip" 30080 2          # NodePort, Cluster: DNAT + SNAT
+  nsx "$id-ext" python3 "$here/echo.py" tcp "$b_ip" 30081 2          # NodePort, Local: DNAT only
+  nsx "$id-ext" python3 "$here/echo.py" tcp "$lb_ip" 80 1            # LoadBalancer IP, Cluster
+  nsx "$id-$peer" python3 "$here/echo.py" tcp "$svc_net.40" 80 2     # hairpin: peer to itself
+  nsx "$c" python3 "$here/echo.py" tcp "${backend_ip[server]}" 7000 1 # headless: straight to the pod
+  nsx "$c" python3 "$here/echo.py" refused "$svc_net.60" 80          # no endpoints: REJECT
+  kill "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
 }

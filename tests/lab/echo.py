@@ -5,6 +5,8 @@ messages, so tests can reason about what was sent.
   echo.py serve-tcp ADDR PORT     echo.py tcp HOST PORT ROUNDS
   echo.py serve-udp ADDR PORT     echo.py udp HOST PORT DATAGRAMS
   echo.py flood HOST FLOWS        one UDP datagram to each of FLOWS ports: FLOWS new flows
+  echo.py refused HOST PORT       a TCP connection that must be refused (a service without
+                                  endpoints); fails if it is not
 Servers stop by themselves after 30 seconds.
 """
 import socket
@@ -65,6 +67,14 @@ def udp(host, port, count):
         s.recvfrom(4096)
 
 
+def refused(host, port):
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except ConnectionRefusedError:
+        return
+    sys.exit("%s:%d accepted a connection; expected a refusal" % (host, port))
+
+
 def flood(host, flows):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for i in range(flows):
@@ -83,5 +93,7 @@ if __name__ == "__main__":
         udp(host, port, int(sys.argv[4]))
     elif cmd == "flood":
         flood(host, port)
+    elif cmd == "refused":
+        refused(host, port)
     else:
         sys.exit("unknown command " + cmd)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A 2-node Flannel cluster in network namespaces, built the way flanneld and the flannel CNI
 # build a node (CNI-RULES.md, "Flannel"): cni0 bridge 10.244.N.1/24 with the pods' veths,
-# flanneld's MASQUERADE rule, and kube-proxy-like rules for two ClusterIPs: `echo` (DNAT only)
-# and `echo-masq` (DNAT plus the mark-and-MASQUERADE of kube-proxy's masqueradeAll).
+# flanneld's MASQUERADE rule, and kube-proxy's rules for the service shapes of common.sh's
+# lab_services (ClusterIPs, masqueradeAll, NodePorts with externalTrafficPolicy Cluster and
+# Local, a load-balancer IP routed to node a, hairpin, headless, no endpoints).
 # Backends:
 #   vxlan    flannel.1 VXLAN (VNI 1, UDP 8472, nolearning) at 10.244.N.0/32, routes
 #            `10.244.M.0/24 via 10.244.M.0 dev flannel.1 onlink`, a permanent ARP entry and an
@@ -13,6 +14,7 @@
 #                                   and DIR/cniscope.toml (an agent config for these nodes)
 #   flannel.sh traffic ID           the known traffic (pod->pod, same node, both ClusterIPs, UDP,
 #                                   ping, pod->external host through flanneld's MASQUERADE)
+#   flannel.sh services ID          one connection per service shape (common.sh service_traffic)
 #   flannel.sh down ID              remove every namespace named ID-*
 #   flannel.sh record DIR           up (vxlan), tcpdump on 5 points, traffic, down:
 #                                   tests/data/flannel-vxlan
@@ -31,8 +33,14 @@ declare -A node_net=([a]=10.244.0 [b]=10.244.1)
 declare -A vtep_mac=([a]=0a:58:0a:f4:00:00 [b]=0a:58:0a:f4:01:00)
 # pods: name node ip
 pods=("client-a1 a 10.244.0.2" "peer-a2 a 10.244.0.3" "server-b1 b 10.244.1.2")
-cluster_ip=10.96.0.10
-masq_cluster_ip=10.96.0.20
+# Services (common.sh lab_services) in 10.96.0.0/24; the load balancer's IP is routed to node a.
+svc_net=10.96.0
+cluster_ip=$svc_net.10
+masq_cluster_ip=$svc_net.20
+lb_ip=192.168.99.200
+cluster_cidr=10.244.0.0/16
+declare -A backend_ip=([server]=10.244.1.2 [peer]=10.244.0.3)
+declare -A backend_node=([server]=b [peer]=a)
 # A host outside the cluster, on the nodes' underlay network.
 external_ip=192.168.77.100
 
@@ -46,6 +54,8 @@ up() {
   for n in "${nodes[@]}"; do
     local ns="$id-n$n"
     add_node "$id" "$n" "${node_ip[$n]}"
+    # The underlay's router (absent: nothing here leaves the lab).
+    nsx "$ns" ip route add default via 192.168.77.1 dev eth0 onlink
     nsx "$ns" ip link add cni0 type bridge
     nsx "$ns" ip addr add "${node_net[$n]}.1/24" dev cni0
     nsx "$ns" ip link set cni0 up
@@ -78,28 +88,28 @@ up() {
     nsx "$ns" ip link set lo up
     ip link add "$veth" netns "$id-n$n" type veth peer name eth0 netns "$ns"
     nsx "$id-n$n" ip link set "$veth" master cni0 up
+    # The flannel CNI's hairpinMode: a pod reaching itself through a service comes back out
+    # of its own bridge port.
+    nsx "$id-n$n" bridge link set dev "$veth" hairpin on
     nsx "$ns" ip addr add "$addr/24" dev eth0
     nsx "$ns" ip link set eth0 up
     nsx "$ns" ip route add default via "${node_net[$n]}.1"
   done
-  # kube-proxy (iptables mode) on node a: ClusterIP 10.96.0.10:80 -> server-b1:8080, DNAT only.
-  nsx "$id-na" iptables -t nat -A PREROUTING -d "$cluster_ip" -p tcp --dport 80 -j DNAT --to-destination 10.244.1.2:8080
-  # ... and 10.96.0.20:80 -> server-b1:8080 as with masqueradeAll: KUBE-MARK-MASQ sets 0x4000,
-  # KUBE-POSTROUTING masquerades marked packets, so server-b1 sees node a's address on the way
-  # out (10.244.0.0 from flannel.1 with vxlan, 192.168.77.11 from eth0 with host-gw).
-  nsx "$id-na" iptables -t nat -A PREROUTING -d "$masq_cluster_ip" -p tcp --dport 80 -j MARK --set-xmark 0x4000/0x4000
-  nsx "$id-na" iptables -t nat -A PREROUTING -d "$masq_cluster_ip" -p tcp --dport 80 -j DNAT --to-destination 10.244.1.2:8080
-  nsx "$id-na" iptables -t nat -I POSTROUTING 1 -m mark --mark 0x4000/0x4000 -j MASQUERADE
+  for n in "${nodes[@]}"; do
+    kube_proxy "$id" "$n"
+  done
+  # The load balancer sends its IP's traffic to node a (as MetalLB's L2 or BGP mode would).
+  nsx "$id-ext" ip route add "$lb_ip/32" via "${node_ip[a]}"
 
+  local svc_args
+  mapfile -t svc_args < <(service_inventory_args)
   python3 "$here/inventory.py" --backend "$backend" \
     --node "node-a ${node_ip[a]} ${node_net[a]}.0/24 ${vtep_mac[a]}" \
     --node "node-b ${node_ip[b]} ${node_net[b]}.0/24 ${vtep_mac[b]}" \
     --pod "client-a1 node-a 10.244.0.2 client" \
     --pod "peer-a2 node-a 10.244.0.3 peer" \
     --pod "server-b1 node-b 10.244.1.2 server" \
-    --service "echo $cluster_ip 80 8080" \
-    --service "echo-masq $masq_cluster_ip 80 8080" \
-    >"$dir/inventory.json"
+    "${svc_args[@]}" >"$dir/inventory.json"
   agent_config "$id" "$dir" flannel 'network = "10.244.0.0/16"' "flannel.sh, backend $backend"
 }
 
@@ -144,7 +154,8 @@ record() {
 case "${1:-}" in
   up) up "${2:?id}" "${3:?dir}" "${4:-vxlan}" ;;
   traffic) traffic "${2:?id}" ;;
+  services) service_traffic "${2:?id}" client-a1 peer-a2 "${node_ip[a]}" "${node_ip[b]}" ;;
   down) down "${2:?id}" ;;
   record) record "${2:?dir}" ;;
-  *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

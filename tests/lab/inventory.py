@@ -4,7 +4,10 @@ fields and annotations a real flannel cluster has (`kubectl get ... -o json`).
 
   inventory.py [--backend vxlan|host-gw|udp] --node "NAME IP PODCIDR VTEPMAC" ...
   inventory.py --cni calico --calico-tunnel none|ipip|vxlan --node "NAME IP - TUNNELADDR" ... --pod "NAME NODE IP APP" ...
-               --service "NAME CLUSTERIP PORT TARGETPORT"   (selects pods with app=server)
+  --service-net 10.96.0 --lb-ip IP --service "NAME IP PORT TARGETPORT BACKEND TYPE NODEPORT POLICY"
+      one line of tests/lab/common.sh's lab_services: IP is the last octet in --service-net
+      (None = headless), BACKEND the app label selected (- = none), NODEPORT - for none,
+      POLICY the externalTrafficPolicy (or masquerade-all, a kube-proxy flag: Cluster).
 """
 import argparse
 import json
@@ -71,26 +74,40 @@ def pod(name, node_name, ip, app):
     }
 
 
-def service(name, cluster_ip, port, target, backends):
+def service(line, svc_net, lb_ip, pods):
+    """A Service and its EndpointSlice as the API server returns them."""
+    name, ip, port, target, backend, kind, node_port, policy = line.split()
+    port_spec = {"name": "tcp", "protocol": "TCP", "port": int(port), "targetPort": int(target)}
+    if node_port != "-":
+        port_spec["nodePort"] = int(node_port)
+    spec = {
+        "type": kind,
+        "selector": {"app": backend if backend != "-" else name},
+        "ports": [port_spec],
+    }
+    if ip == "None":
+        spec["clusterIP"] = "None"
+        spec["clusterIPs"] = ["None"]
+    else:
+        spec["clusterIP"] = "%s.%s" % (svc_net, ip)
+        spec["clusterIPs"] = [spec["clusterIP"]]
+    if kind in ("NodePort", "LoadBalancer"):
+        spec["externalTrafficPolicy"] = "Local" if policy == "Local" else "Cluster"
     svc = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name, "namespace": "default", "creationTimestamp": CREATED},
-        "spec": {
-            "type": "ClusterIP",
-            "clusterIP": cluster_ip,
-            "clusterIPs": [cluster_ip],
-            "selector": {"app": "server"},
-            "ports": [{"name": "tcp", "protocol": "TCP", "port": port, "targetPort": target}],
-        },
+        "spec": spec,
+        "status": {"loadBalancer": {"ingress": [{"ip": lb_ip}]} if kind == "LoadBalancer" else {}},
     }
+    backends = [p[2] for p in pods if p[3] == backend]
     eps = {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {"name": name + "-abcde", "namespace": "default", "labels": {"kubernetes.io/service-name": name}},
         "addressType": "IPv4",
         "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in backends],
-        "ports": [{"name": "tcp", "protocol": "TCP", "port": target}],
+        "ports": [{"name": "tcp", "protocol": "TCP", "port": int(target)}],
     }
     return [svc, eps]
 
@@ -103,6 +120,8 @@ def main():
     ap.add_argument("--node", action="append", default=[])
     ap.add_argument("--pod", action="append", default=[])
     ap.add_argument("--service", action="append", default=[])
+    ap.add_argument("--service-net", default="10.96.0")
+    ap.add_argument("--lb-ip", default="")
     a = ap.parse_args()
     if a.cni == "calico":
         items = [calico_node(a.calico_tunnel, *n.split()) for n in a.node]
@@ -111,8 +130,7 @@ def main():
     pods = [p.split() for p in a.pod]
     items += [pod(*p) for p in pods]
     for s in a.service:
-        name, cip, port, target = s.split()
-        items += service(name, cip, int(port), int(target), [p[2] for p in pods if p[3] == "server"])
+        items += service(s, a.service_net, a.lb_ip, pods)
     print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}}, indent=2))
 
 

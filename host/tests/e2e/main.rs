@@ -27,3 +27,7 @@ mod lab;
 
 /// The agent capturing live on Calico labs (BGP, VXLAN, IPIP frames, IP reuse).
 mod calico_lab;
+
+/// Every service shape (ClusterIP, NodePort Cluster/Local, load balancer, hairpin, headless,
+/// no endpoints, two services over the same pods) live on the Flannel VXLAN and Calico BGP labs.
+mod services;
