@@ -166,14 +166,9 @@ impl Connection {
             .map(|m| (m.src, class(m, Side::Source)))
             .collect();
         let behind_node = sources.iter().any(|(_, c)| matches!(c, Class::Node { .. }));
-        let recovered = |evidence: &mut Vec<&'static str>, confidence: &mut f32| {
+        let recovered = |evidence: &mut Vec<&'static str>| {
             if behind_node {
                 evidence.push("nat:snat-recovered");
-                if self.joined_by_time {
-                    // No fingerprint matched: the one candidate seen at the same moment.
-                    evidence.push("stitch:time");
-                    *confidence = 0.9;
-                }
             }
         };
         let pick = |want: fn(&Class) -> bool| sources.iter().find(|(_, c)| want(c)).copied();
@@ -184,11 +179,11 @@ impl Connection {
         {
             Some((ip, Class::Pod { name, note })) => {
                 evidence.extend(note);
-                recovered(&mut evidence, &mut confidence);
+                recovered(&mut evidence);
                 endpoint(Role::Pod, ip, name)
             }
             Some((ip, Class::External)) => {
-                recovered(&mut evidence, &mut confidence);
+                recovered(&mut evidence);
                 endpoint(Role::External, ip, "")
             }
             Some((
@@ -259,6 +254,11 @@ impl Connection {
         };
         if let Some((_, door)) = service {
             evidence.extend(door.label());
+        }
+        if self.joined_by_time {
+            // No fingerprint matched: the one candidate seen at the same moment.
+            evidence.push("stitch:time");
+            confidence = confidence.min(0.9);
         }
         let service_ip = door_ip.map_or(Ip::NONE, |(ip, _)| ip);
         Some(Decision {

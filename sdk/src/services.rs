@@ -111,6 +111,11 @@ impl Services {
         self.by_ip.contains_key(&ip)
     }
 
+    /// Every ClusterIP, external IP and load-balancer IP.
+    pub fn front_ips(&self) -> impl Iterator<Item = Ip> + '_ {
+        self.by_ip.keys().copied()
+    }
+
     /// The service whose ClusterIP, external IP or load-balancer IP is `ip`, as
     /// ("namespace/name", door); `port` only matters for telling its ports apart.
     pub fn at_address(&self, ip: Ip, protocol: u8, port: u16) -> Option<(&str, Door)> {

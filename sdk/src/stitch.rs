@@ -275,6 +275,10 @@ pub struct Stitcher {
     /// Addresses that replace a client's source (node gateways, node IPs): the only sources
     /// the time fallback joins from. Empty = no time fallback.
     pub nat_sources: FastSet<Ip>,
+    /// Service front doors (ClusterIPs, external and load-balancer IPs): a view to one is
+    /// before DNAT, and the time fallback may join it to the one view from the same source
+    /// socket to somewhere else. Empty = no DNAT fallback. See [`Stitcher::learn_services`].
+    pub dnat_fronts: FastSet<Ip>,
     /// How close in time two first sightings must be for the fallback to join them.
     pub time_join_ns: u64,
     /// Connections the fallback joined.
@@ -293,6 +297,7 @@ impl Default for Stitcher {
             evicted: 0,
             counted_at: Default::default(),
             nat_sources: FastSet::default(),
+            dnat_fronts: FastSet::default(),
             time_join_ns: 500_000_000,
             time_joins: 0,
         }
@@ -345,6 +350,11 @@ impl Stitcher {
             .integer_in("time_join_ms", 500u64)?
             .saturating_mul(1_000_000);
         Ok(())
+    }
+
+    /// Takes the services' front doors from the inventory, for the DNAT time fallback.
+    pub fn learn_services(&mut self, inv: &crate::inventory::InventoryIndex) {
+        self.dnat_fronts = inv.services.front_ips().collect();
     }
 
     pub fn new(max_held: usize) -> Stitcher {
@@ -530,42 +540,92 @@ impl Stitcher {
 }
 
 impl Stitcher {
-    /// The time fallback (module docs); returns the roots of the groups it joined.
+    /// The time fallbacks (module docs); returns the roots of the groups they joined.
     fn join_by_time(&mut self, held: &[Seen], uf: &mut UnionFind) -> FastSet<usize> {
         let mut joined = FastSet::default();
-        if self.nat_sources.is_empty() || self.time_join_ns == 0 {
+        if self.time_join_ns == 0 {
             return joined;
         }
-        // Candidates share everything SNAT keeps: protocol, source port, destination.
-        // ICMP has no source port to share: a ping from the node and one from a pod would
-        // look alike. The NAT-sourced views are few: index them, then look the rest up.
-        let key = |s: &Seen| (s.protocol, s.src_port, s.dst, s.dst_port);
+        // ICMP has no source port to share: a ping from the node and one from a pod would look
+        // alike.
         let eligible = |s: &Seen| !s.is_icmp() && s.src_port != 0;
-        let mut nat: FastMap<(u8, u16, Ip, u16), Candidate> = FastMap::default();
+        // SNAT keeps the protocol, source port and destination; the source is a NAT source.
+        if !self.nat_sources.is_empty() {
+            let nat = &self.nat_sources;
+            self.time_joins += self.join_pairs(
+                held,
+                uf,
+                &mut joined,
+                |s| eligible(s) && nat.contains(&s.src),
+                |s| eligible(s) && !nat.contains(&s.src),
+                |s| (s.protocol, s.src_port, s.dst, s.dst_port),
+                |s| (s.src, 0),
+            );
+        }
+        // DNAT keeps the protocol and the source socket; the destination was a service's door.
+        if !self.dnat_fronts.is_empty() {
+            let fronts = &self.dnat_fronts;
+            self.time_joins += self.join_pairs(
+                held,
+                uf,
+                &mut joined,
+                |s| eligible(s) && fronts.contains(&s.dst),
+                |s| eligible(s) && !fronts.contains(&s.dst) && !fronts.contains(&s.src),
+                |s| (s.protocol, s.src_port, s.src, 0),
+                |s| (s.dst, s.dst_port),
+            );
+        }
+        // Roots may have moved on later unions.
+        joined.iter().map(|&r| uf.find(r)).collect()
+    }
+
+    /// Joins each `translated` view (after NAT) to the one `original` view (before it) with
+    /// the same `key`, when each side's views all agree on `party` (else nobody can say which
+    /// is the other's twin), their first sightings are within `time_join_ns`, and no
+    /// fingerprints of one kind contradict.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call per NAT kind, all parts named"
+    )]
+    fn join_pairs(
+        &self,
+        held: &[Seen],
+        uf: &mut UnionFind,
+        joined: &mut FastSet<usize>,
+        translated: impl Fn(&Seen) -> bool,
+        original: impl Fn(&Seen) -> bool,
+        key: impl Fn(&Seen) -> (u8, u16, Ip, u16),
+        party: impl Fn(&Seen) -> (Ip, u16),
+    ) -> u64 {
+        // The translated views are few: index them, then look the rest up.
+        let mut after: FastMap<(u8, u16, Ip, u16), Candidate> = FastMap::default();
         for (i, s) in held.iter().enumerate() {
-            if eligible(s) && self.nat_sources.contains(&s.src) {
-                nat.entry(key(s))
-                    .and_modify(|c| c.add(held, i))
+            if translated(s) {
+                after
+                    .entry(key(s))
+                    .and_modify(|c| c.add(held, i, &party))
                     .or_insert(Candidate::new(i));
             }
         }
-        if nat.is_empty() {
-            return joined;
+        if after.is_empty() {
+            return 0;
         }
-        let mut orig: FastMap<(u8, u16, Ip, u16), Candidate> = FastMap::default();
+        let mut before: FastMap<(u8, u16, Ip, u16), Candidate> = FastMap::default();
         for (i, s) in held.iter().enumerate() {
-            if eligible(s) && !self.nat_sources.contains(&s.src) && nat.contains_key(&key(s)) {
-                orig.entry(key(s))
-                    .and_modify(|c| c.add(held, i))
+            if original(s) && after.contains_key(&key(s)) {
+                before
+                    .entry(key(s))
+                    .and_modify(|c| c.add(held, i, &party))
                     .or_insert(Candidate::new(i));
             }
         }
-        for (k, n) in &nat {
-            let Some(o) = orig.get(k) else { continue };
-            if n.ambiguous || o.ambiguous {
+        let mut n = 0;
+        for (k, t) in &after {
+            let Some(o) = before.get(k) else { continue };
+            if t.ambiguous || o.ambiguous {
                 continue;
             }
-            let (a, b) = (n.earliest, o.earliest);
+            let (a, b) = (t.earliest, o.earliest);
             if uf.find(a) == uf.find(b)
                 || held[a].first_ns.abs_diff(held[b].first_ns) > self.time_join_ns
             {
@@ -581,15 +641,15 @@ impl Stitcher {
             }
             uf.union(a, b);
             joined.insert(uf.find(a));
-            self.time_joins += 1;
+            n += 1;
         }
-        // Roots may have moved on later unions.
-        joined.iter().map(|&r| uf.find(r)).collect()
+        n
     }
 }
 
-/// The views of one side of a possible time join: the earliest, and whether they came from
-/// more than one source (then nobody can say which is the client).
+/// The views of one side of a possible time join: the earliest, and whether they disagree on
+/// the party that must be one (more than one client behind a gateway, more than one backend
+/// behind a door).
 struct Candidate {
     earliest: usize,
     ambiguous: bool,
@@ -603,9 +663,9 @@ impl Candidate {
         }
     }
 
-    fn add(&mut self, held: &[Seen], i: usize) {
+    fn add(&mut self, held: &[Seen], i: usize, party: impl Fn(&Seen) -> (Ip, u16)) {
         let (e, s) = (&held[self.earliest], &held[i]);
-        self.ambiguous |= s.src != e.src;
+        self.ambiguous |= party(s) != party(e);
         if s.first_ns < e.first_ns {
             self.earliest = i;
         }
@@ -801,6 +861,49 @@ mod tests {
                 .all(|c| !c.joined_by_time)
         );
         assert_eq!(s.time_joins, 1);
+    }
+
+    #[test]
+    fn time_fallback_joins_a_service_door_to_its_one_backend_only() {
+        // IPv6-like datagrams (no join fingerprint) through a ClusterIP: the client's veth sees
+        // the door, the backend's node sees the backend.
+        let pre = |sport| Row::flow(17, "10.244.0.5", sport, "10.96.0.53", 53).at(0);
+        let post = |sport, backend| Row::flow(17, "10.244.0.5", sport, backend, 5353).at(1);
+        let b = BatchBuilder::new()
+            .point("a", "veth1", IfaceKind::PodVeth, Direction::Ingress)
+            .point("b", "veth9", IfaceKind::PodVeth, Direction::Egress)
+            .row(pre(4000))
+            .row(post(4000, "10.244.1.7"))
+            // The same source socket to two other places: which one was the backend?
+            .row(pre(4001))
+            .row(post(4001, "10.244.1.7"))
+            .row(post(4001, "10.244.2.9"))
+            .build();
+        let mut s = Stitcher::default();
+        s.add_batch(&b);
+        assert_eq!(s.drain().len(), 5, "no doors known: five connections");
+        s.dnat_fronts.insert("10.96.0.53".parse().unwrap());
+        s.add_batch(&b);
+        let conns = s.drain();
+        assert_eq!(conns.len(), 4, "{conns:#?}");
+        let joined: Vec<_> = conns.iter().filter(|c| c.joined_by_time).collect();
+        assert_eq!(joined.len(), 1);
+        assert_eq!(joined[0].members.len(), 2);
+        assert_eq!(joined[0].members[0].src_port, 4000);
+        assert_eq!(s.time_joins, 1);
+        // Too far apart in time: apart.
+        let mut late = post(4000, "10.244.1.7");
+        late.first_ns = 2_000_000_000;
+        late.last_ns = late.first_ns;
+        s.add_batch(
+            &BatchBuilder::new()
+                .point("a", "veth1", IfaceKind::PodVeth, Direction::Ingress)
+                .point("b", "veth9", IfaceKind::PodVeth, Direction::Egress)
+                .row(pre(4000))
+                .row(late)
+                .build(),
+        );
+        assert_eq!(s.drain().len(), 2);
     }
 
     #[test]

@@ -86,21 +86,23 @@ start_servers() {
 }
 
 # The labs' services, one per line (CNI-RULES.md, "Services"; issue #7):
-#   name  ClusterIP (last octet of $svc_net, None = headless)  port  targetPort
+#   name  ClusterIP (last octet of $svc_net, None = headless)  port  targetPort  protocol
 #   backend (pods labelled app=<backend>, - = none)  type  nodePort (- = none)
 #   policy: externalTrafficPolicy, or masquerade-all for kube-proxy's --masquerade-all
-# Two services (echo, echo-alt) select the same pods; echo's port differs from its targetPort.
+# Two services (echo, echo-alt) select the same pods; echo's port differs from its targetPort;
+# dns is UDP, like a cluster's DNS service.
 lab_services() {
   cat <<'EOT'
-echo 10 80 8080 server ClusterIP - -
-echo-alt 11 80 8080 server ClusterIP - -
-echo-masq 20 80 8080 server ClusterIP - masquerade-all
-web-np 30 8080 8080 server NodePort 30080 Cluster
-web-local 31 8080 8080 server NodePort 30081 Local
-web-lb 32 80 8080 server LoadBalancer 30082 Cluster
-peer 40 80 8080 peer ClusterIP - -
-echo-headless None 7000 7000 server ClusterIP - -
-empty 60 80 8080 - ClusterIP - -
+echo 10 80 8080 tcp server ClusterIP - -
+echo-alt 11 80 8080 tcp server ClusterIP - -
+echo-masq 20 80 8080 tcp server ClusterIP - masquerade-all
+web-np 30 8080 8080 tcp server NodePort 30080 Cluster
+web-local 31 8080 8080 tcp server NodePort 30081 Local
+web-lb 32 80 8080 tcp server LoadBalancer 30082 Cluster
+peer 40 80 8080 tcp peer ClusterIP - -
+echo-headless None 7000 7000 tcp server ClusterIP - -
+empty 60 80 8080 tcp - ClusterIP - -
+dns 53 53 5353 udp server ClusterIP - -
 EOT
 }
 
@@ -126,7 +128,7 @@ service_inventory_args() {
 # address (--dst-type LOCAL), and a REJECT for a service without endpoints.
 # Needs $svc_net, $cluster_cidr, $lb_ip, backend_ip[app] and backend_node[app].
 kube_proxy() {
-  local id=$1 n=$2 name ip port target backend type node_port policy
+  local id=$1 n=$2 name ip port target proto backend type node_port policy
   local nat=() filter=()
   nat+=(":KUBE-SERVICES - [0:0]" ":KUBE-NODEPORTS - [0:0]" ":KUBE-POSTROUTING - [0:0]" ":KUBE-MARK-MASQ - [0:0]")
   nat+=("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES")
@@ -141,30 +143,30 @@ kube_proxy() {
   filter+=("-A OUTPUT -m conntrack --ctstate NEW -j KUBE-SERVICES")
   filter+=("-A INPUT -m conntrack --ctstate NEW -j KUBE-EXTERNAL-SERVICES")
   filter+=("-A FORWARD -m conntrack --ctstate NEW -j KUBE-EXTERNAL-SERVICES")
-  while read -r name ip port target backend type node_port policy; do
+  while read -r name ip port target proto backend type node_port policy; do
     [ "$ip" = None ] && continue # headless: no rules, clients reach the pods directly
     local cip="$svc_net.$ip" up="${name^^}"
     local svc="KUBE-SVC-$up" sep="KUBE-SEP-$up" ext="KUBE-EXT-$up"
     if [ "$backend" = - ]; then
-      filter+=("-A KUBE-SERVICES -d $cip/32 -p tcp -m comment --comment \"default/$name:tcp has no endpoints\" -m tcp --dport $port -j REJECT --reject-with icmp-port-unreachable")
+      filter+=("-A KUBE-SERVICES -d $cip/32 -p $proto -m comment --comment \"default/$name:$proto has no endpoints\" -m $proto --dport $port -j REJECT --reject-with icmp-port-unreachable")
       continue
     fi
     local bip=${backend_ip[$backend]}
     nat+=(":$svc - [0:0]" ":$sep - [0:0]")
-    nat+=("-A KUBE-SERVICES -d $cip/32 -p tcp -m comment --comment \"default/$name:tcp cluster IP\" -m tcp --dport $port -j $svc")
+    nat+=("-A KUBE-SERVICES -d $cip/32 -p $proto -m comment --comment \"default/$name:$proto cluster IP\" -m $proto --dport $port -j $svc")
     if [ "$policy" = masquerade-all ]; then
-      nat+=("-A $svc -d $cip/32 -p tcp -m tcp --dport $port -j KUBE-MARK-MASQ")
+      nat+=("-A $svc -d $cip/32 -p $proto -m $proto --dport $port -j KUBE-MARK-MASQ")
     else
-      nat+=("-A $svc ! -s $cluster_cidr -d $cip/32 -p tcp -m tcp --dport $port -j KUBE-MARK-MASQ")
+      nat+=("-A $svc ! -s $cluster_cidr -d $cip/32 -p $proto -m $proto --dport $port -j KUBE-MARK-MASQ")
     fi
     nat+=("-A $svc -j $sep")
     nat+=("-A $sep -s $bip/32 -j KUBE-MARK-MASQ")
-    nat+=("-A $sep -p tcp -m tcp -j DNAT --to-destination $bip:$target")
+    nat+=("-A $sep -p $proto -m $proto -j DNAT --to-destination $bip:$target")
     [ "$node_port" = - ] && continue
     nat+=(":$ext - [0:0]")
-    nat+=("-A KUBE-NODEPORTS -p tcp -m comment --comment \"default/$name:tcp\" -m tcp --dport $node_port -j $ext")
+    nat+=("-A KUBE-NODEPORTS -p $proto -m comment --comment \"default/$name:$proto\" -m $proto --dport $node_port -j $ext")
     if [ "$type" = LoadBalancer ]; then
-      nat+=("-A KUBE-SERVICES -d $lb_ip/32 -p tcp -m comment --comment \"default/$name:tcp loadbalancer IP\" -m tcp --dport $port -j $ext")
+      nat+=("-A KUBE-SERVICES -d $lb_ip/32 -p $proto -m comment --comment \"default/$name:$proto loadbalancer IP\" -m $proto --dport $port -j $ext")
     fi
     if [ "$policy" = Local ]; then
       # Pods and the node itself take the cluster-wide path; external clients keep their
@@ -175,7 +177,7 @@ kube_proxy() {
       if [ "${backend_node[$backend]}" = "$n" ]; then
         nat+=("-A $ext -j $sep")
       else
-        filter+=("-A KUBE-EXTERNAL-SERVICES -p tcp -m comment --comment \"default/$name:tcp has no local endpoints\" -m addrtype --dst-type LOCAL -m tcp --dport $node_port -j DROP")
+        filter+=("-A KUBE-EXTERNAL-SERVICES -p $proto -m comment --comment \"default/$name:$proto has no local endpoints\" -m addrtype --dst-type LOCAL -m $proto --dport $node_port -j DROP")
       fi
     else
       nat+=("-A $ext -j KUBE-MARK-MASQ")
@@ -189,7 +191,7 @@ kube_proxy() {
 
 # service_traffic ID CLIENT PEER NODE_A_IP NODE_B_IP: one connection per service shape, from
 # the client pod, the peer pod (hairpin) and the external host (NodePorts, load balancer).
-# Servers: TCP echo on 8080 and 7000 in server-b1, on 8080 in PEER.
+# Servers: TCP echo on 8080 and 7000 and UDP echo on 5353 in server-b1, TCP echo on 8080 in PEER.
 service_traffic() {
   local id=$1 client=$2 peer=$3 a_ip=$4 b_ip=$5 pids=() c="$1-$2"
   # `ip netns exec` directly, not through nsx: $! is then the server itself (ip execs it),
@@ -200,6 +202,8 @@ service_traffic() {
   pids+=($!)
   ip netns exec "$id-$peer" python3 "$here/echo.py" serve-tcp 0.0.0.0 8080 >/dev/null &
   pids+=($!)
+  ip netns exec "$id-server-b1" python3 "$here/echo.py" serve-udp 0.0.0.0 5353 >/dev/null &
+  pids+=($!)
   sleep 1
   nsx "$c" python3 "$here/echo.py" tcp "$svc_net.10" 80 3            # ClusterIP, port 80 -> 8080
   nsx "$c" python3 "$here/echo.py" tcp "$svc_net.11" 80 2            # a second service, same pods
@@ -209,6 +213,7 @@ service_traffic() {
   nsx "$id-$peer" python3 "$here/echo.py" tcp "$svc_net.40" 80 2     # hairpin: peer to itself
   nsx "$c" python3 "$here/echo.py" tcp "${backend_ip[server]}" 7000 1 # headless: straight to the pod
   nsx "$c" python3 "$here/echo.py" refused "$svc_net.60" 80          # no endpoints: REJECT
+  nsx "$c" python3 "$here/echo.py" udp "$svc_net.53" 53 3            # UDP ClusterIP (DNS-like)
   kill "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
 }

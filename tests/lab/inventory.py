@@ -4,7 +4,7 @@ fields and annotations a real flannel cluster has (`kubectl get ... -o json`).
 
   inventory.py [--backend vxlan|host-gw|udp] --node "NAME IP PODCIDR VTEPMAC" ...
   inventory.py --cni calico --calico-tunnel none|ipip|vxlan --node "NAME IP - TUNNELADDR" ... --pod "NAME NODE IP APP" ...
-  --service-net 10.96.0 --lb-ip IP --service "NAME IP PORT TARGETPORT BACKEND TYPE NODEPORT POLICY"
+  --service-net 10.96.0 --lb-ip IP --service "NAME IP PORT TARGETPORT PROTO BACKEND TYPE NODEPORT POLICY"
       one line of tests/lab/common.sh's lab_services: IP is the last octet in --service-net
       (None = headless), BACKEND the app label selected (- = none), NODEPORT - for none,
       POLICY the externalTrafficPolicy (or masquerade-all, a kube-proxy flag: Cluster).
@@ -76,8 +76,8 @@ def pod(name, node_name, ip, app):
 
 def service(line, svc_net, lb_ip, pods):
     """A Service and its EndpointSlice as the API server returns them."""
-    name, ip, port, target, backend, kind, node_port, policy = line.split()
-    port_spec = {"name": "tcp", "protocol": "TCP", "port": int(port), "targetPort": int(target)}
+    name, ip, port, target, proto, backend, kind, node_port, policy = line.split()
+    port_spec = {"name": proto, "protocol": proto.upper(), "port": int(port), "targetPort": int(target)}
     if node_port != "-":
         port_spec["nodePort"] = int(node_port)
     spec = {
@@ -107,7 +107,7 @@ def service(line, svc_net, lb_ip, pods):
         "metadata": {"name": name + "-abcde", "namespace": "default", "labels": {"kubernetes.io/service-name": name}},
         "addressType": "IPv4",
         "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in backends],
-        "ports": [{"name": "tcp", "protocol": "TCP", "port": int(target)}],
+        "ports": [{"name": proto, "protocol": proto.upper(), "port": int(target)}],
     }
     return [svc, eps]
 

@@ -42,7 +42,7 @@ fn service_edges(script: &'static str, mode: &str, tag: &str, external_ip: &str,
     }
     let (lab, doc) = Lab::capture(script, mode, tag, "services");
     let edges = doc["edges"].as_array().unwrap();
-    assert_eq!(edges.len(), 8, "exactly one edge per shape: {doc:#}");
+    assert_eq!(edges.len(), 9, "exactly one edge per shape: {doc:#}");
     let (client, server, peer) = (
         "pod/default/client-a1",
         "pod/default/server-b1",
@@ -125,6 +125,12 @@ fn service_edges(script: &'static str, mode: &str, tag: &str, external_ip: &str,
     );
     assert_eq!(empty["port"], 80);
     assert!(has(empty, "no-backend-seen"), "{empty:#}");
+
+    // UDP through a ClusterIP (a cluster's DNS): 3 datagrams and 3 replies, port 53 -> 5353.
+    let dns = edge(&doc, client, server, "udp", Some("service/default/dns"));
+    assert_eq!(dns["port"], 5353);
+    assert_eq!(dns["packets"], 6, "{dns:#}");
+    assert!(has(dns, "service:dnat"), "{dns:#}");
 
     // The stitcher's counters reach the health section; nothing was evicted early here.
     let plugin = script.trim_end_matches(".sh");
