@@ -189,6 +189,16 @@ kube_proxy() {
     nsx "$id-n$n" iptables-restore --noflush
 }
 
+# services_up ID: kube-proxy on every node, and the load balancer's route to node a.
+services_up() {
+  local id=$1 n
+  for n in "${nodes[@]}"; do
+    kube_proxy "$id" "$n"
+  done
+  # The load balancer sends its IP's traffic to node a (as MetalLB's L2 or BGP mode would).
+  nsx "$id-ext" ip route add "$lb_ip/32" via "${node_ip[a]}"
+}
+
 # service_traffic ID CLIENT PEER NODE_A_IP NODE_B_IP: one connection per service shape, from
 # the client pod, the peer pod (hairpin) and the external host (NodePorts, load balancer).
 # Servers: TCP echo on 8080 and 7000 and UDP echo on 5353 in server-b1, TCP echo on 8080 in PEER.

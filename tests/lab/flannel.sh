@@ -95,12 +95,7 @@ up() {
     nsx "$ns" ip link set eth0 up
     nsx "$ns" ip route add default via "${node_net[$n]}.1"
   done
-  for n in "${nodes[@]}"; do
-    kube_proxy "$id" "$n"
-  done
-  # The load balancer sends its IP's traffic to node a (as MetalLB's L2 or BGP mode would).
-  nsx "$id-ext" ip route add "$lb_ip/32" via "${node_ip[a]}"
-
+  services_up "$id"
   local svc_args
   mapfile -t svc_args < <(service_inventory_args)
   python3 "$here/inventory.py" --backend "$backend" \
