@@ -70,6 +70,9 @@ pub struct Seen {
     pub outer_src: Ip,
     pub outer_dst: Ip,
     pub outer_dst_port: u16,
+    /// The first 4 data bytes (big-endian) of the Geneve option the plugin asked to keep
+    /// ([`Stitcher::geneve_option`]), e.g. OVN's logical port keys; None without one.
+    pub tunnel_option: Option<u32>,
 }
 
 impl Seen {
@@ -94,6 +97,7 @@ impl Seen {
             outer_src: o.outer_src_ip(),
             outer_dst: o.outer_dst_ip(),
             outer_dst_port: o.outer_dst_port(),
+            tunnel_option: None,
         }
     }
 
@@ -283,6 +287,8 @@ pub struct Stitcher {
     pub time_join_ns: u64,
     /// Connections the fallback joined.
     pub time_joins: u64,
+    /// The Geneve option (class, type) whose data each [`Seen`] keeps in `tunnel_option`.
+    pub geneve_option: Option<(u16, u8)>,
 }
 
 impl Default for Stitcher {
@@ -300,6 +306,7 @@ impl Default for Stitcher {
             dnat_fronts: FastSet::default(),
             time_join_ns: 500_000_000,
             time_joins: 0,
+            geneve_option: None,
         }
     }
 }
@@ -407,13 +414,32 @@ impl Stitcher {
             };
             ids.push(id);
         }
+        // The kept Geneve option of each observation, in one pass over the options.
+        let mut option: Vec<Option<u32>> = Vec::new();
+        if let Some((class, ty)) = self.geneve_option {
+            let g = &batch.geneve;
+            option.resize(batch.point.len(), None);
+            for i in 0..g.obs.len() {
+                let start = g.data_start[i] as usize;
+                let data = g.data.get(start..start + g.data_len[i] as usize);
+                if let (true, Some(&[a, b, c, d, ..])) =
+                    (g.class[i] == class && g.type_[i] == ty, data)
+                    && let Some(slot) = option.get_mut(g.obs[i] as usize)
+                    && slot.is_none()
+                {
+                    *slot = Some(u32::from_be_bytes([a, b, c, d]));
+                }
+            }
+        }
         let mut early = Vec::new();
         for o in batch_rows(batch) {
             let point = ids
                 .get(batch.point[o.index()] as usize)
                 .copied()
                 .unwrap_or(0);
-            if self.push(Seen::from_obs(&o, point)) {
+            let mut seen = Seen::from_obs(&o, point);
+            seen.tunnel_option = option.get(o.index()).copied().flatten();
+            if self.push(seen) {
                 early.extend(self.drain());
             }
         }

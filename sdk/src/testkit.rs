@@ -71,6 +71,26 @@ impl Row {
         self.outer_dst_port = port;
         self
     }
+    /// Geneve (UDP 6081) `outer_src -> outer_dst` with VNI `vni` and `options` as (class,
+    /// type, data).
+    pub fn geneve(
+        mut self,
+        vni: u32,
+        outer_src: &str,
+        outer_dst: &str,
+        options: &[(u16, u8, &[u8])],
+    ) -> Row {
+        self.tunnel = Some(Tunnel::Geneve);
+        self.vni = vni;
+        self.outer_src = Some(parse(outer_src));
+        self.outer_dst = Some(parse(outer_dst));
+        self.outer_dst_port = 6081;
+        self.geneve = options
+            .iter()
+            .map(|&(c, t, d)| (c, t, d.to_vec()))
+            .collect();
+        self
+    }
     /// IP in IP (protocol 4 or 41), `outer_src -> outer_dst`.
     pub fn ipip(mut self, outer_src: &str, outer_dst: &str) -> Row {
         self.tunnel = Some(Tunnel::IpInIp);

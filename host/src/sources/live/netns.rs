@@ -78,17 +78,50 @@ pub fn is_l3_device(iface: &str) -> io::Result<bool> {
     Ok(!matches!(family, ARPHRD_ETHER | ARPHRD_LOOPBACK))
 }
 
-/// `*`-glob match on interface names (`veth*`, `flannel.1`, `cali*`).
+/// Glob match on interface names (`veth*`, `flannel.1`, `cali*`, OVN's
+/// `[0-9a-f]...` container-ID names): `*` is any run, `?` any one character, `[...]` one of a
+/// set (`a-f` ranges, `!` negates), anything else itself.
 pub fn glob(pattern: &str, name: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == name,
-        Some((prefix, rest)) => {
-            name.len() >= prefix.len() && name.starts_with(prefix) && {
-                let tail = &name[prefix.len()..];
-                (0..=tail.len()).any(|i| glob(rest, &tail[i..]))
-            }
-        }
+    glob_bytes(pattern.as_bytes(), name.as_bytes())
+}
+
+fn glob_bytes(p: &[u8], n: &[u8]) -> bool {
+    let Some(&c) = p.first() else {
+        return n.is_empty();
+    };
+    if c == b'*' {
+        return (0..=n.len()).any(|i| glob_bytes(&p[1..], &n[i..]));
     }
+    let Some(&ch) = n.first() else {
+        return false;
+    };
+    let (ok, used) = match c {
+        b'?' => (true, 1),
+        b'[' => match p.iter().position(|&b| b == b']') {
+            Some(end) if end > 1 => {
+                let set = &p[1..end];
+                let (neg, set) = match set.first() {
+                    Some(b'!') => (true, &set[1..]),
+                    _ => (false, set),
+                };
+                let mut hit = false;
+                let mut i = 0;
+                while i < set.len() {
+                    if i + 2 < set.len() && set[i + 1] == b'-' {
+                        hit |= (set[i]..=set[i + 2]).contains(&ch);
+                        i += 3;
+                    } else {
+                        hit |= set[i] == ch;
+                        i += 1;
+                    }
+                }
+                (hit != neg, end + 1)
+            }
+            _ => (c == ch, 1),
+        },
+        _ => (c == ch, 1),
+    };
+    ok && glob_bytes(&p[used..], &n[1..])
 }
 
 #[cfg(test)]
@@ -101,5 +134,12 @@ mod tests {
         assert!(super::glob("*0", "cni0"));
         assert!(super::glob("e*h*", "eth0"));
         assert!(!super::glob("cali*", "veth0"));
+        // OVN names a pod's veth by the first 15 hex digits of its container ID.
+        let ovn = "[0-9a-f]".repeat(15);
+        assert!(super::glob(&ovn, "3f2a9c1b7d8e4f0"));
+        assert!(!super::glob(&ovn, "3f2a9c1b7d8e4f"), "14 characters");
+        assert!(!super::glob(&ovn, "ovn-k8s-mp0abcd"));
+        assert!(super::glob("eth?", "eth1") && !super::glob("eth?", "eth10"));
+        assert!(super::glob("[!v]*", "eth0") && !super::glob("[!v]*", "veth0"));
     }
 }

@@ -1,0 +1,185 @@
+//! The OVN-Kubernetes plugin (also OpenShift-SDN): names the real pods behind OVN's Geneve
+//! tunnels (by logical port keys when the southbound database is given, else by inner
+//! addresses), reports the node for the management port, router, join, transit and
+//! masquerade addresses OVN puts on packets, recovers clients hidden behind them, and names
+//! OpenShift-SDN's VXLAN traffic by project NETID.
+//! The rules are in `rules.rs`; what OVN tells about nodes is in `cluster.rs`; the southbound
+//! tables in `southbound.rs`.
+
+pub mod cluster;
+pub mod rules;
+pub mod southbound;
+
+use cluster::{Cluster, Settings};
+use cniscope_sdk::prelude::*;
+use rules::Encap;
+use southbound::PortKeys;
+
+pub struct Ovn {
+    cluster: Cluster,
+    settings: Settings,
+    encap: Encap,
+    stitcher: Stitcher,
+}
+
+impl Default for Ovn {
+    fn default() -> Self {
+        let mut stitcher = Stitcher::default();
+        stitcher.geneve_option = Some(rules::OVN_OPTION);
+        Ovn {
+            cluster: Cluster::default(),
+            settings: Settings::default(),
+            encap: Encap {
+                geneve_port: 6081,
+                sdn_vxlan_port: 4789,
+            },
+            stitcher,
+        }
+    }
+}
+
+const OPTIONS: [&str; 9] = [
+    "cluster_networks",
+    "host_subnets",
+    "masquerade_subnet",
+    "hairpin_snat",
+    "port_bindings",
+    "datapath_bindings",
+    "netids",
+    "geneve_port",
+    "vxlan_port",
+];
+
+fn bad(field: &str, message: String) -> PluginError {
+    error("bad-option", field, message)
+}
+
+impl Plugin for Ovn {
+    fn describe() -> Description {
+        // OVN names a pod's host-side veth by the first 15 hex digits of its container ID.
+        let container_id = "[0-9a-f]".repeat(15);
+        Stitcher::describe_options(
+            DescriptionBuilder::new("ovn-kubernetes", env!("CARGO_PKG_VERSION"))
+                .cni("ovn-kubernetes")
+                .cni("openshift-sdn")
+                .capture(&container_id, IfaceKind::PodVeth)
+                .capture("veth*", IfaceKind::PodVeth)
+                .capture("genev_sys_6081", IfaceKind::Tunnel)
+                .capture("vxlan_sys_4789", IfaceKind::Tunnel)
+                .capture("tun0", IfaceKind::Tunnel)
+                .capture("br-ex", IfaceKind::Uplink)
+                .capture("eth*", IfaceKind::Uplink)
+                .capture("ens*", IfaceKind::Uplink)
+                .option("cluster_networks", OptionType::List, "[]", "clusterNetwork CIDRs, e.g. [\"10.128.0.0/14\"]; addresses outside them that are no node or service are external")
+                .option("host_subnets", OptionType::List, "[]", "node subnets [\"CIDR=node\", ...] (OpenShift-SDN HostSubnets); OVN's come from k8s.ovn.org/node-subnets")
+                .option("masquerade_subnet", OptionType::String, "\"169.254.169.0/29\"", "OVN's masquerade subnet: per-node addresses OVN SNATs to")
+                .option("hairpin_snat", OptionType::String, "\"169.254.169.5\"", "the address OVN SNATs a pod reaching itself through a service to")
+                .option("port_bindings", OptionType::String, "\"\"", "`ovn-sbctl --format=json list Port_Binding` output (JSON text): names pods by Geneve port keys")
+                .option("datapath_bindings", OptionType::String, "\"\"", "`ovn-sbctl --format=json list Datapath_Binding` output: the VNI of each logical switch, so port keys are read per datapath")
+                .option("netids", OptionType::List, "[]", "OpenShift-SDN NETIDs [\"NETID=namespace\", ...] (oc get netnamespaces)")
+                .option("geneve_port", OptionType::Integer, "6081", "Geneve UDP port")
+                .option("vxlan_port", OptionType::Integer, "4789", "OpenShift-SDN's VXLAN UDP port"),
+        )
+        .geneve_port(6081)
+        .build()
+    }
+
+    fn configure(&mut self, o: &Options) -> Result<(), PluginError> {
+        o.deny_unknown(
+            &OPTIONS
+                .iter()
+                .chain(&Stitcher::OPTIONS)
+                .copied()
+                .collect::<Vec<_>>(),
+        )?;
+        let mut s = Settings {
+            cluster_networks: o
+                .cidr_list("cluster_networks")?
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect(),
+            host_subnets: o.cidr_list("host_subnets")?,
+            ..Settings::default()
+        };
+        if let Some((cidr, _)) = s.host_subnets.iter().find(|(_, n)| n.is_empty()) {
+            return Err(bad("host_subnets", format!("{cidr}: no node (CIDR=node)")));
+        }
+        s.masquerade_subnet = if o.has("masquerade_subnet") {
+            o.cidr("masquerade_subnet")?
+        } else {
+            "169.254.169.0/29".parse().ok()
+        };
+        let hairpin = o.string("hairpin_snat", "169.254.169.5")?;
+        s.hairpin_snat = match hairpin.as_str() {
+            "" => None,
+            text => Some(
+                text.parse()
+                    .map_err(|e| bad("hairpin_snat", format!("{text:?}: {e}")))?,
+            ),
+        };
+        for entry in o.strings("netids")? {
+            let (id, ns) = entry.split_once('=').unwrap_or((&entry, ""));
+            let id: u32 = id
+                .trim()
+                .parse()
+                .map_err(|e| bad("netids", format!("{entry:?}: NETID: {e} (NETID=namespace)")))?;
+            if ns.trim().is_empty() {
+                return Err(bad(
+                    "netids",
+                    format!("{entry:?}: no namespace (NETID=namespace)"),
+                ));
+            }
+            s.netids.push((id, ns.trim().to_string()));
+        }
+        let table = |name: &str| -> Result<Option<cniscope_sdk::json::Value>, PluginError> {
+            match o.raw(name) {
+                None => Ok(None),
+                Some(v) if v.as_str() == Some("") => Ok(None),
+                Some(v) => southbound::table(v).map(Some).map_err(|e| bad(name, e)),
+            }
+        };
+        if let Some(ports) = table("port_bindings")? {
+            let datapaths = table("datapath_bindings")?;
+            s.port_keys =
+                PortKeys::new(&ports, datapaths.as_ref()).map_err(|e| bad("port_bindings", e))?;
+        }
+        self.encap.geneve_port = o.integer_in("geneve_port", 6081u16)?;
+        self.encap.sdn_vxlan_port = o.integer_in("vxlan_port", 4789u16)?;
+        s.sdn_vxlan_port = self.encap.sdn_vxlan_port;
+        self.settings = s;
+        self.stitcher.configure(o)?;
+        Ok(())
+    }
+
+    fn on_inventory(&mut self, inv: Inventory) -> Result<(), PluginError> {
+        let (cluster, warnings) = Cluster::new(inv, self.settings.clone());
+        self.stitcher.nat_sources = cluster.nat_sources().into_iter().collect();
+        self.stitcher.learn_services(&cluster.index);
+        self.cluster = cluster;
+        // Partial knowledge still names most things: report, keep what was read.
+        warnings_to_result(&warnings)
+    }
+
+    fn process(&mut self, batch: &ObservationBatch, out: &mut Flows) -> Result<(), PluginError> {
+        for conn in self.stitcher.add_batch(batch) {
+            rules::flow(&self.cluster, &self.encap, &conn, out);
+        }
+        Ok(())
+    }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        self.stitcher.counters()
+    }
+
+    fn flush(&mut self, _now_ns: u64, out: &mut Flows) -> Result<(), PluginError> {
+        for conn in self.stitcher.drain() {
+            rules::flow(&self.cluster, &self.encap, &conn, out);
+        }
+        Ok(())
+    }
+}
+
+cniscope_sdk::export_plugin!(Ovn);
+
+#[cfg(test)]
+mod tests;
