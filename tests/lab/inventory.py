@@ -4,6 +4,8 @@ fields and annotations a real flannel cluster has (`kubectl get ... -o json`).
 
   inventory.py [--backend vxlan|host-gw|udp] --node "NAME IP PODCIDR VTEPMAC" ...
   inventory.py --cni calico --calico-tunnel none|ipip|vxlan --node "NAME IP - TUNNELADDR" ... --pod "NAME NODE IP APP" ...
+  inventory.py --cni ovn --node "NAME IP SUBNET JOINADDR TRANSITADDR" ... --pod "NAME NODE IP APP [NAMESPACE]" ...
+  inventory.py --cni openshift-sdn --node "NAME IP" ... --pod ...
   --service-net 10.96.0 --lb-ip IP --service "NAME IP PORT TARGETPORT PROTO BACKEND TYPE NODEPORT POLICY"
       one line of tests/lab/common.sh's lab_services: IP is the last octet in --service-net
       (None = headless), BACKEND the app label selected (- = none), NODEPORT - for none,
@@ -58,14 +60,59 @@ def calico_node(tunnel, name, ip, _cidr, tunnel_addr):
     }
 
 
-def pod(name, node_name, ip, app):
+def ovn_node(name, ip, subnet, join, transit):
+    """A node as ovnkube-node annotates it (OVN-Kubernetes, interconnect mode)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "creationTimestamp": CREATED,
+            "labels": {"kubernetes.io/hostname": name},
+            "annotations": {
+                "k8s.ovn.org/node-subnets": json.dumps({"default": [subnet]}, separators=(",", ":")),
+                "k8s.ovn.org/node-primary-ifaddr": json.dumps({"ipv4": ip + "/24"}, separators=(",", ":")),
+                "k8s.ovn.org/host-cidrs": json.dumps([ip + "/24"], separators=(",", ":")),
+                "k8s.ovn.org/node-gateway-router-lrp-ifaddr": json.dumps({"ipv4": join + "/16"}, separators=(",", ":")),
+                "k8s.ovn.org/node-transit-switch-port-ifaddr": json.dumps({"ipv4": transit + "/16"}, separators=(",", ":")),
+                "k8s.ovn.org/node-mgmt-port-mac-address": "0a:58:" + ":".join("%02x" % int(b) for b in subnet.split("/")[0].split(".")),
+            },
+        },
+        "spec": {},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}]},
+    }
+
+
+def sdn_node(name, ip, *_):
+    """An OpenShift-SDN node: subnets live in HostSubnet objects, not on the node."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "creationTimestamp": CREATED, "labels": {"kubernetes.io/hostname": name}},
+        "spec": {},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}]},
+    }
+
+
+def ovn_mac(ip):
+    return "0a:58:" + ":".join("%02x" % int(b) for b in ip.split("."))
+
+
+def pod(name, node_name, ip, app, namespace="default", cni="flannel"):
+    annotations = {}
+    if cni == "ovn":
+        gw = ".".join(ip.split(".")[:3]) + ".1"
+        annotations["k8s.ovn.org/pod-networks"] = json.dumps(
+            {"default": {"ip_addresses": [ip + "/23"], "mac_address": ovn_mac(ip), "gateway_ips": [gw],
+                         "ip_address": ip + "/23", "gateway_ip": gw}}, separators=(",", ":"))
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": name,
-            "namespace": "default",
+            "namespace": namespace,
             "creationTimestamp": CREATED,
+            "annotations": annotations,
             "labels": {"app": app, "pod-template-hash": "5d4f8b7c9"},
             "ownerReferences": [{"kind": "ReplicaSet", "name": app + "-5d4f8b7c9", "controller": True}],
         },
@@ -114,7 +161,7 @@ def service(line, svc_net, lb_ip, pods):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cni", default="flannel", choices=["flannel", "calico"])
+    ap.add_argument("--cni", default="flannel", choices=["flannel", "calico", "ovn", "openshift-sdn"])
     ap.add_argument("--calico-tunnel", default="none", choices=["none", "ipip", "vxlan"])
     ap.add_argument("--backend", default="vxlan", choices=["vxlan", "host-gw", "udp"])
     ap.add_argument("--node", action="append", default=[])
@@ -125,10 +172,14 @@ def main():
     a = ap.parse_args()
     if a.cni == "calico":
         items = [calico_node(a.calico_tunnel, *n.split()) for n in a.node]
+    elif a.cni == "ovn":
+        items = [ovn_node(*n.split()) for n in a.node]
+    elif a.cni == "openshift-sdn":
+        items = [sdn_node(*n.split()) for n in a.node]
     else:
         items = [node(a.backend, *n.split()) for n in a.node]
     pods = [p.split() for p in a.pod]
-    items += [pod(*p) for p in pods]
+    items += [pod(*p, cni=a.cni) for p in pods]
     for s in a.service:
         items += service(s, a.service_net, a.lb_ip, pods)
     print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}}, indent=2))

@@ -31,3 +31,7 @@ mod calico_lab;
 /// Every service shape (ClusterIP, NodePort Cluster/Local, load balancer, hairpin, headless,
 /// no endpoints, two services over the same pods) live on the Flannel VXLAN and Calico BGP labs.
 mod services;
+
+/// The agent capturing live on the OVN-shaped labs (Geneve with OVN options, OpenShift-SDN
+/// VXLAN written from the lab's own traffic), and real Geneve captures through ovn.wasm.
+mod ovn_lab;
