@@ -383,8 +383,13 @@ pub fn packet(ctx: &TcContext, cfg: &ProbeConfig, l3: bool, out: &mut Parsed) ->
     Ok(())
 }
 
-/// Geneve (RFC 8926): the VNI, the first option (class, type, up to 8 bytes of data), and the
-/// inner packet after all options.
+/// OVN's Geneve option class (CNI-RULES.md): the one option the probe looks past others for.
+const OVN_CLASS: u16 = 0x0102;
+
+/// Geneve (RFC 8926): the VNI, one option (class, type, up to 8 bytes of data) and the inner
+/// packet after all options. The option kept is OVN's (class 0x0102) when it is among the
+/// first four, else the first: the one map slot holds what a CNI plugin needs, and the replay
+/// decoder, which keeps every option, is compared by the same rule.
 #[inline(always)]
 fn geneve(ctx: &TcContext, udp: u32, end: u32, out: &mut Parsed) -> Result<(), Skip> {
     let g: [u8; 8] = load(ctx, udp, end)?;
@@ -398,23 +403,41 @@ fn geneve(ctx: &TcContext, udp: u32, end: u32, out: &mut Parsed) -> Result<(), S
     }
     out.tunnel = tunnel::GENEVE;
     out.vni = u32::from_be_bytes([0, g[4], g[5], g[6]]);
-    if opt_len >= 4 {
-        if let Ok(o) = load::<[u8; 4]>(ctx, base, end) {
-            out.geneve_class = be16(o[0], o[1]);
+    let mut pos = 0u32;
+    for i in 0..4 {
+        if pos + 4 > opt_len {
+            break;
+        }
+        let Ok(o) = load::<[u8; 4]>(ctx, base + pos, end) else {
+            break;
+        };
+        let class = be16(o[0], o[1]);
+        let len = ((o[3] & 0x1f) as u32) * 4;
+        if pos + 4 + len > opt_len {
+            break;
+        }
+        if i == 0 || class == OVN_CLASS {
+            out.geneve_class = class;
             out.geneve_type = o[2];
-            let len = ((o[3] & 0x1f) as u32) * 4;
+            out.geneve_len = 0;
+            out.geneve_data = [0; 8];
+            let at = base + pos + 4;
             if len >= 8 {
-                if let Ok(d) = load::<[u8; 8]>(ctx, base + 4, end) {
+                if let Ok(d) = load::<[u8; 8]>(ctx, at, end) {
                     out.geneve_data = d;
                     out.geneve_len = 8;
                 }
-            } else if len == 4 {
-                if let Ok(d) = load::<[u8; 4]>(ctx, base + 4, end) {
-                    out.geneve_data[..4].copy_from_slice(&d);
-                    out.geneve_len = 4;
-                }
+            } else if len == 4
+                && let Ok(d) = load::<[u8; 4]>(ctx, at, end)
+            {
+                out.geneve_data[..4].copy_from_slice(&d);
+                out.geneve_len = 4;
+            }
+            if class == OVN_CLASS {
+                break;
             }
         }
+        pos += 4 + len;
     }
     inner(ctx, base + opt_len, be16(g[2], g[3]), end, &mut out.inner)
 }

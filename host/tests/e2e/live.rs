@@ -40,7 +40,10 @@ fn ethernet_frames(rel: &str) -> Vec<Vec<u8>> {
 fn comparable(o: &Observation) -> String {
     let mut k = o.key;
     k.point = 0;
-    let geneve = o.geneve.first().map(|g| {
+    // The probe keeps one Geneve option: OVN's (class 0x0102) among the first four, else the
+    // first.
+    let kept = o.geneve.iter().take(4).find(|g| g.class == 0x0102);
+    let geneve = kept.or(o.geneve.first()).map(|g| {
         (
             g.class,
             g.kind,
@@ -88,6 +91,58 @@ fn the_probe_decodes_flannel_udp_backend_frames_as_replay_does() {
     let (_, uplink) = crate::flannel_udp::frames();
     // Both directions of one connection, each in UDP 8285.
     assert_eq!(assert_agree(&mut probe, "flannel udp backend", &uplink), 2);
+}
+
+#[test]
+fn the_probe_finds_ovns_geneve_option_behind_others_as_replay_does() {
+    if !is_root() {
+        eprintln!("skipped: loading eBPF programs needs root");
+        return;
+    }
+    let mut probe = NodeProbe::load("test", None, &ProbeSettings::default())
+        .expect("the kernel accepts the probes");
+    let inner = ethernet(
+        [0x0a, 0x58, 10, 132, 2, 1],
+        [0x0a, 0x58, 10, 132, 2, 7],
+        &ipv4_tcp(
+            [10, 132, 0, 5],
+            [10, 132, 2, 7],
+            (41000, 8080),
+            77,
+            "S",
+            &[],
+        ),
+    );
+    // Geneve frames with: OVN's option behind an unknown class and an empty option; OVN's
+    // alone; an unknown class alone (kept as the first); no option.
+    let ovn = [0x01, 0x02, 0x80, 0x01, 0x00, 0x01, 0x00, 0x03];
+    let unknown = [0xff, 0x01, 0x07, 0x02, 1, 2, 3, 4, 5, 6, 7, 8];
+    let empty = [0x00, 0x00, 0x01, 0x00];
+    let shapes: [Vec<u8>; 4] = [
+        [&unknown[..], &empty, &ovn].concat(),
+        ovn.to_vec(),
+        unknown.to_vec(),
+        vec![],
+    ];
+    let frames: Vec<Vec<u8>> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, options)| {
+            let mut g = vec![(options.len() / 4) as u8, 0x40, 0x65, 0x58, 0, 0, 5, 0];
+            g.extend(options);
+            g.extend(&inner);
+            let mut f = Vec::new();
+            etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xa], [2, 0, 0, 0, 0, 0xb])
+                .ipv4([192, 168, 66, 11], [192, 168, 66, 12], 64)
+                .udp(50000 + i as u16, 6081)
+                .write(&mut f, &g)
+                .unwrap();
+            f
+        })
+        .collect();
+    // Four carriers (distinct source ports), each with the inner SYN: four observations, the
+    // first two keeping OVN's option.
+    assert_eq!(assert_agree(&mut probe, "geneve options", &frames), 4);
 }
 
 /// Runs `frames` through the probe (BPF_PROG_TEST_RUN) and the replay decoder and asserts

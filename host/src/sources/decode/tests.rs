@@ -91,6 +91,57 @@ fn geneve_options_are_kept() {
 }
 
 #[test]
+fn several_geneve_options_unknown_classes_and_length_limits() {
+    let inner = tcp_syn([10, 128, 0, 5], [10, 129, 0, 7], 9);
+    let geneve = |opt_words: u8, options: &[u8]| {
+        let mut p = vec![opt_words, 0x40, 0x65, 0x58, 0x00, 0x00, 0x07, 0x00];
+        p.extend_from_slice(options);
+        p.extend_from_slice(&inner);
+        udp_frame([172, 18, 0, 2], [172, 18, 0, 3], 1234, 6081, &p)
+    };
+    // An unknown class with 8 bytes of data, an empty option, then OVN's: 6 words in all.
+    let options = [
+        0xff, 0x01, 0x07, 0x02, 1, 2, 3, 4, 5, 6, 7, 8, // class 0xff01, 2 words
+        0x00, 0x00, 0x01, 0x00, // class 0, no data
+        0x01, 0x02, 0x80, 0x01, 0x00, 0x01, 0x00, 0x03, // OVN: ingress 1, egress 3
+    ];
+    let d = decode(
+        LinkType::Ethernet,
+        &geneve(6, &options),
+        &TunnelPorts::default(),
+    )
+    .unwrap();
+    let t = d.tunnel.unwrap();
+    let kinds: Vec<(u16, u8, usize)> = t
+        .geneve
+        .iter()
+        .map(|o| (o.class, o.kind, o.data.len()))
+        .collect();
+    assert_eq!(kinds, vec![(0xff01, 7, 8), (0, 1, 0), (0x0102, 0x80, 4)]);
+    assert_eq!(t.geneve[2].data, vec![0, 1, 0, 3]);
+    assert_eq!(
+        d.inner.dst,
+        ip4([10, 129, 0, 7]),
+        "the inner packet after all options"
+    );
+
+    // An option claiming more data than the options hold: the Geneve reader says which part
+    // is short (never reading into the inner packet, never panicking), and the frame is
+    // observed as its carrier alone (UDP to 6081), not lost.
+    let mut long = options;
+    long[3] = 0x1f; // 31 words of data
+    let frame = geneve(6, &long);
+    let e = super::geneve(&frame[42..]).unwrap_err();
+    assert!(e.to_string().contains("geneve option data"), "{e}");
+    let d = decode(LinkType::Ethernet, &frame, &TunnelPorts::default()).unwrap();
+    assert_eq!((d.tunnel, d.inner.dst_port), (None, 6081));
+    // Options longer than the packet.
+    let frame = geneve(63, &options[..8]);
+    let e = super::geneve(&frame[42..]).unwrap_err();
+    assert!(e.to_string().contains("geneve options"), "{e}");
+}
+
+#[test]
 fn ipip_and_flannel_udp_backend() {
     // Inner IPv4/TCP packet without Ethernet.
     let inner = &tcp_syn([10, 0, 0, 1], [10, 0, 1, 1], 5)[14..];
