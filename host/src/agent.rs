@@ -1,9 +1,10 @@
 //! `cniscope run`: live capture through the same pipeline as replay.
 //!
 //! One [`NodeProbe`] per node namespace (in production, the agent's own node; in the lab, one
-//! namespace per emulated node). Every interval: attach the probes to interfaces that appeared
-//! and match what the plugins asked for, drain the probes' maps, hand the observations to the
-//! plugins, and publish the topology.
+//! namespace per emulated node). Interfaces that appear and match what the plugins asked for
+//! are attached when netlink says a link changed (and at a slow rescan, in case an event was
+//! lost); every interval the probes' maps are drained, the observations handed to the plugins
+//! and the topology published.
 
 use crate::config::Settings;
 use crate::inventory::Inventory;
@@ -11,7 +12,7 @@ use crate::pipeline::Pipeline;
 use crate::plugins::bindings::wit;
 use crate::plugins::{PluginEngine, PluginError};
 use crate::sources::aggregate::{IfaceKind, PointTable};
-use crate::sources::live::netns::glob;
+use crate::sources::live::netns::{LinkWatch, glob, wait_for_links};
 use crate::sources::live::{LiveError, NodeProbe, ProbeSettings, clock_offset_ns};
 use crate::topology::{Health, TopologyDoc};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,8 +62,11 @@ struct Node {
     wanted: Vec<Wanted>,
 }
 
-/// How often the agent looks for new interfaces between drains.
-const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+/// How often the agent rescans interfaces without being told of a change: netlink link events
+/// trigger a rescan at once; this is the safety net (a lost event, no netlink).
+const RESCAN_EVERY: Duration = Duration::from_secs(2);
+/// How long the agent waits for link events before looking at the stop flag and the clock.
+const WAKE_EVERY: Duration = Duration::from_millis(50);
 
 pub struct Agent {
     nodes: Vec<Node>,
@@ -236,7 +240,7 @@ impl Agent {
         loop {
             let next = Instant::now() + self.interval;
             let mut last = false;
-            let mut follow_at = Instant::now() + FOLLOW_EVERY;
+            let mut rescan_at = Instant::now() + RESCAN_EVERY;
             while Instant::now() < next {
                 if stop.load(Ordering::Relaxed)
                     || self.duration.is_some_and(|d| started.elapsed() >= d)
@@ -244,14 +248,16 @@ impl Agent {
                     last = true;
                     break;
                 }
-                // New pods bring new veths: look for them often, not just once per interval.
-                if Instant::now() >= follow_at {
+                // New pods bring new veths: attach as soon as the kernel says a link changed.
+                let watches: Vec<&LinkWatch> =
+                    self.nodes.iter().filter_map(|n| n.probe.links()).collect();
+                let wait = WAKE_EVERY.min(next.saturating_duration_since(Instant::now()));
+                let news = wait_for_links(&watches, wait);
+                let changed = news && watches.iter().fold(false, |any, w| w.changed() || any);
+                if changed || Instant::now() >= rescan_at {
                     self.follow_interfaces();
-                    follow_at = Instant::now() + FOLLOW_EVERY;
+                    rescan_at = Instant::now() + RESCAN_EVERY;
                 }
-                std::thread::sleep(
-                    Duration::from_millis(50).min(next.saturating_duration_since(Instant::now())),
-                );
             }
             self.tick()?;
             let doc = self.doc();

@@ -147,7 +147,7 @@ reuse() {
   ip netns exec "$id-server-b1" python3 "$here/echo.py" serve-tcp 0.0.0.0 8080 >/dev/null &
   pid=$!
   sleep 1
-  # A pod is up a second or more before it talks (the agent attaches to new veths within 250 ms).
+  # A pod is up a second or more before it talks (the agent attaches to a new veth when netlink reports it).
   add_pod "$id" old-a3 a "$reuse_ip"
   sleep 1
   nsx "$id-old-a3" python3 "$here/echo.py" tcp 10.123.20.70 8080 1

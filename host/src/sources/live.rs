@@ -104,6 +104,9 @@ pub struct NodeProbe {
     departed: BTreeMap<u32, (Attached, u8)>,
     active: u32,
     events: u64,
+    /// Link changes in the node's namespace; None when netlink is unavailable (the agent
+    /// then only rescans on its timer).
+    links: Option<netns::LinkWatch>,
 }
 
 fn ports<const N: usize>(list: &[u16]) -> [u16; N] {
@@ -157,8 +160,19 @@ impl NodeProbe {
                 .ok_or_else(|| err("map EVENTS missing".into()))?,
         )
         .map_err(|e| err(format!("EVENTS: {e}")))?;
+        let links = match netns::run_in(netns.as_deref(), netns::LinkWatch::open) {
+            Ok(Ok(w)) => Some(w),
+            Ok(Err(e)) | Err(e) => {
+                tracing::warn!(
+                    node,
+                    "no netlink link events ({e}): interfaces found by rescans only"
+                );
+                None
+            }
+        };
         Ok(NodeProbe {
             node: node.to_string(),
+            links,
             netns,
             ebpf,
             events_rb,
@@ -167,6 +181,11 @@ impl NodeProbe {
             active: 0,
             events: 0,
         })
+    }
+
+    /// The node's link-change watch, if netlink is available.
+    pub fn links(&self) -> Option<&netns::LinkWatch> {
+        self.links.as_ref()
     }
 
     /// Interfaces of the node's namespace, as (ifindex, name).

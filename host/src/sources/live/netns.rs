@@ -24,6 +24,105 @@ pub fn run_in<R: Send>(netns: Option<&Path>, f: impl FnOnce() -> R + Send) -> io
     })
 }
 
+/// Link changes in one namespace, from the kernel: a NETLINK_ROUTE socket subscribed to
+/// RTMGRP_LINK, opened in that namespace (a socket keeps the namespace it was made in), so
+/// the agent hears of a new pod's veth when it appears rather than at its next scan.
+pub struct LinkWatch {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl LinkWatch {
+    /// Subscribes in the current namespace (call it through [`run_in`]).
+    pub fn open() -> io::Result<LinkWatch> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket(2); the fd is owned below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh socket we own.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_nl is plain data; zeroed is valid.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = libc::RTMGRP_LINK as u32;
+        // SAFETY: bind with a sockaddr_nl of the size we pass.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(LinkWatch { fd })
+    }
+
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    /// Reads every pending message; true if any arrived (or some were lost: the socket's
+    /// buffer overflowed, so something changed).
+    pub fn changed(&self) -> bool {
+        let mut buf = [0u8; 8192];
+        let mut any = false;
+        loop {
+            // SAFETY: recv into a buffer we own, of the length we pass.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 {
+                any = true;
+                continue;
+            }
+            if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS) {
+                any = true;
+                continue;
+            }
+            return any;
+        }
+    }
+}
+
+/// Waits up to `timeout` for any of `watches` to have news; true if one has.
+pub fn wait_for_links(watches: &[&LinkWatch], timeout: std::time::Duration) -> bool {
+    if watches.is_empty() {
+        std::thread::sleep(timeout);
+        return false;
+    }
+    let mut fds: Vec<libc::pollfd> = watches
+        .iter()
+        .map(|w| libc::pollfd {
+            fd: w.raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: poll over pollfds we own, of the count we pass.
+    let n = unsafe {
+        libc::poll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            timeout.as_millis().min(i32::MAX as u128) as i32,
+        )
+    };
+    n > 0
+}
+
 /// The namespace's interfaces as (ifindex, name), from `if_nameindex(3)`.
 pub fn interfaces() -> io::Result<Vec<(u32, String)>> {
     // SAFETY: if_nameindex returns a heap array terminated by a zero entry, freed below.
@@ -126,6 +225,49 @@ fn glob_bytes(p: &[u8], n: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_link_watch_hears_of_an_interface_created_in_its_namespace() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: network namespaces need root");
+            return;
+        }
+        let ns = format!("cslw{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let ok = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "ip {args:?}");
+        };
+        ip(&["netns", "add", &ns]);
+        struct Cleanup(String);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", &self.0])
+                    .status();
+            }
+        }
+        let _cleanup = Cleanup(ns.clone());
+        let path = std::path::PathBuf::from(format!("/run/netns/{ns}"));
+        let watch = super::run_in(Some(&path), super::LinkWatch::open)
+            .unwrap()
+            .unwrap();
+        assert!(!watch.changed(), "nothing happened yet");
+        ip(&[
+            "-n", &ns, "link", "add", "veth-w1", "type", "veth", "peer", "name", "veth-w2",
+        ]);
+        // Generous: this asserts that news arrives, not how fast.
+        assert!(super::wait_for_links(
+            &[&watch],
+            std::time::Duration::from_secs(10)
+        ));
+        assert!(watch.changed());
+        assert!(!watch.changed(), "read once");
+    }
+
     #[test]
     fn globs() {
         assert!(super::glob("veth*", "veth1a2b"));
