@@ -253,7 +253,13 @@ impl Agent {
                     self.nodes.iter().filter_map(|n| n.probe.links()).collect();
                 let wait = WAKE_EVERY.min(next.saturating_duration_since(Instant::now()));
                 let news = wait_for_links(&watches, wait);
-                let changed = news && watches.iter().fold(false, |any, w| w.changed() || any);
+                // Read every watch (each must be drained), not just up to the first with news.
+                let mut changed = false;
+                if news {
+                    for w in &watches {
+                        changed |= w.changed();
+                    }
+                }
                 if changed || Instant::now() >= rescan_at {
                     self.follow_interfaces();
                     rescan_at = Instant::now() + RESCAN_EVERY;

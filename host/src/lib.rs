@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod config;
 pub mod inventory;
+pub mod lab;
 pub mod pipeline;
 pub mod plugins;
 pub mod sinks;

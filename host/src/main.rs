@@ -42,6 +42,20 @@ enum Command {
         #[arg(long, short = 'f')]
         format: Option<Format>,
     },
+    /// Build a lab cluster in network namespaces, capture it live with the plugins in
+    /// --plugins, print the topology and tear the lab down (root).
+    Demo {
+        /// The lab scenario (`cniscope lab list`).
+        #[arg(default_value = "flannel-vxlan")]
+        scenario: String,
+        #[arg(long, default_value = "dist/plugins")]
+        plugins: PathBuf,
+        #[arg(long, short = 'f')]
+        format: Option<Format>,
+    },
+    /// Lab clusters in network namespaces (root): up, traffic, down, list.
+    #[command(subcommand)]
+    Lab(LabCommand),
     /// Inspect plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -112,6 +126,34 @@ struct PluginTestArgs {
 }
 
 #[derive(Subcommand)]
+enum LabCommand {
+    /// The scenarios.
+    List,
+    /// Build a scenario as lab ID (namespaces ID-*); write DIR/inventory.json and
+    /// DIR/cniscope.toml, an agent config for it (`cniscope run -c DIR/cniscope.toml`).
+    Up {
+        scenario: String,
+        #[arg(long, default_value = "cslab")]
+        id: String,
+        #[arg(long, default_value = "cniscope-lab")]
+        dir: PathBuf,
+        #[arg(long, default_value = "dist/plugins")]
+        plugins: PathBuf,
+    },
+    /// Send the scenario's known traffic (and its service shapes) in lab ID.
+    Traffic {
+        scenario: String,
+        #[arg(long, default_value = "cslab")]
+        id: String,
+    },
+    /// Remove every namespace of lab ID, also after a failed run.
+    Down {
+        #[arg(long, default_value = "cslab")]
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate a cniscope.toml; every problem is printed as file:line:column: key: message.
     Check { file: PathBuf },
@@ -133,6 +175,12 @@ fn main() {
             inventories,
             format,
         } => run(&config, &inventories, format),
+        Command::Demo {
+            scenario,
+            plugins,
+            format,
+        } => demo(&scenario, &plugins, format),
+        Command::Lab(cmd) => lab(cmd),
         Command::Plugin(PluginCommand::List { dir }) => plugin_list(&dir),
         Command::Plugin(PluginCommand::Inspect { file }) => plugin_inspect(&file),
         Command::Plugin(PluginCommand::Test(args)) => plugin_test(args),
@@ -365,6 +413,118 @@ fn run(config_path: &Path, extra_inventories: &[PathBuf], format: Option<Format>
         }
     })?;
     print!("{}", render(&doc, format));
+    Ok(())
+}
+
+fn lab(cmd: LabCommand) -> Result<()> {
+    use cniscope::lab::{SCENARIOS, Scripts, check_machine};
+    if let LabCommand::List = cmd {
+        for (name, _, _, what) in SCENARIOS {
+            println!("{name:16} {what}");
+        }
+        return Ok(());
+    }
+    check_machine()?;
+    match cmd {
+        LabCommand::List => unreachable!("answered above"),
+        LabCommand::Up {
+            scenario,
+            id,
+            dir,
+            plugins,
+        } => {
+            let scripts = Scripts::write(&plugins)?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            if let Err(e) = scripts.up(&scenario, &id, &dir) {
+                let _ = scripts.down(&id);
+                return Err(e.into());
+            }
+            println!(
+                "lab {id} ({scenario}) is up: namespaces {id}-*\n  capture: cniscope run -c {}\n  traffic: cniscope lab traffic {scenario} --id {id}\n  down:    cniscope lab down --id {id}",
+                dir.join("cniscope.toml").display()
+            );
+        }
+        LabCommand::Traffic { scenario, id } => {
+            Scripts::write(Path::new("dist/plugins"))?.traffic(&scenario, &id)?
+        }
+        LabCommand::Down { id } => Scripts::write(Path::new("dist/plugins"))?.down(&id)?,
+    }
+    Ok(())
+}
+
+/// Removes the demo's lab however the demo ends.
+struct LabGuard<'a> {
+    scripts: &'a cniscope::lab::Scripts,
+    id: String,
+}
+
+impl Drop for LabGuard<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.scripts.down(&self.id) {
+            eprintln!("tearing the lab down: {e}");
+        }
+    }
+}
+
+fn demo(scenario: &str, plugins: &Path, format: Option<Format>) -> Result<()> {
+    use cniscope::lab::{Scripts, check_machine, scenario as find};
+    find(scenario)?;
+    check_machine()?;
+    if !plugins.is_dir() {
+        bail!(
+            "no plugins in {} (build them with `./x build`, or pass --plugins DIR)",
+            plugins.display()
+        );
+    }
+    let scripts = Scripts::write(plugins)?;
+    let work = tempfile::tempdir().context("a folder for the lab's inventory and config")?;
+    let id = format!("csdemo{}", std::process::id());
+    eprintln!("building the {scenario} lab in network namespaces {id}-* ...");
+    let _guard = LabGuard {
+        scripts: &scripts,
+        id: id.clone(),
+    };
+    scripts.up(scenario, &id, work.path())?;
+    let config_path = work.path().join("cniscope.toml");
+    let settings = config::load(&config_path)?;
+    let inventory = load_inventory(&settings.inventories)?;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_stop_signal as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_stop_signal as *const () as libc::sighandler_t,
+        );
+    }
+    let engine = PluginEngine::new(settings.cache_dir.clone())?;
+    let mut agent = Agent::new(&engine, &settings, inventory)
+        .context("starting the agent (it needs a kernel with BTF and TCX)")?;
+    let ready = AtomicBool::new(false);
+    let failed = std::sync::Mutex::new(None);
+    let doc = std::thread::scope(|s| {
+        // The traffic waits for the agent's first publish (the probes are attached), then
+        // stops it.
+        s.spawn(|| {
+            while !ready.load(Ordering::Relaxed) && !STOP.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            eprintln!("sending the lab's traffic and service shapes ...");
+            if let Err(e) = scripts.traffic(scenario, &id) {
+                *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+            }
+            // One more interval, so the last packets are drained.
+            std::thread::sleep(settings.agent.interval);
+            STOP.store(true, Ordering::Relaxed);
+        });
+        agent.run(&STOP, |_| ready.store(true, Ordering::Relaxed))
+    })?;
+    if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e.into());
+    }
+    print!("{}", render(&doc, format.unwrap_or(Format::Table)));
     Ok(())
 }
 

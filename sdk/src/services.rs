@@ -119,10 +119,11 @@ impl Services {
     /// The service whose ClusterIP, external IP or load-balancer IP is `ip`, as
     /// ("namespace/name", door); `port` only matters for telling its ports apart.
     pub fn at_address(&self, ip: Ip, protocol: u8, port: u16) -> Option<(&str, Door)> {
-        self.by_socket
-            .get(&(ip, protocol, port))
-            .or_else(|| self.by_ip.get(&ip))
-            .map(|&(i, door)| (self.name(i), door))
+        // Most addresses are no service: one lookup says so. An external IP can front several
+        // services on different ports: the port then says which.
+        let any = self.by_ip.get(&ip)?;
+        let &(i, door) = self.by_socket.get(&(ip, protocol, port)).unwrap_or(any);
+        Some((self.name(i), door))
     }
 
     /// The service with NodePort `port` for `protocol`; ask only for addresses that are a
@@ -157,12 +158,16 @@ mod tests {
     fn services_are_told_apart_by_their_doors_not_their_pods() {
         let mut lb = service("shop", "web-lb", "172.20.0.9", 443, 8443, 31443);
         lb.external_ips = vec![ip("198.51.100.7")];
+        // Another load balancer sharing that IP on another port (MetalLB's shared IPs).
+        let mut lb2 = service("shop", "web-lb-http", "172.20.0.10", 80, 8080, 0);
+        lb2.external_ips = vec![ip("198.51.100.7")];
         let s = Services::new(
             &[
                 service("shop", "web", "172.20.0.1", 80, 8080, 0),
                 service("shop", "web-admin", "172.20.0.2", 80, 8080, 0),
                 service("shop", "web-np", "172.20.0.3", 80, 8080, 30999),
                 lb,
+                lb2,
             ],
             // Both ClusterIP services select the same pod: slices name neither.
             &[
@@ -184,6 +189,10 @@ mod tests {
         assert_eq!(
             at("198.51.100.7", 443),
             Some(("shop/web-lb", Door::ExternalIp))
+        );
+        assert_eq!(
+            at("198.51.100.7", 80),
+            Some(("shop/web-lb-http", Door::ExternalIp))
         );
         assert_eq!(at("10.1.0.5", 8080), None);
         assert_eq!(s.at_node_port(6, 30999), Some("shop/web-np"));

@@ -46,7 +46,7 @@ agent_config() {
   cat >"$dir/cniscope.toml" <<EOT
 # Agent config for lab $id (written by tests/lab/$script).
 [plugins]
-dir = "$root/dist/plugins"
+dir = "${CNISCOPE_PLUGINS_DIR:-$root/dist/plugins}"
 
 [[plugin]]
 name = "$plugin"

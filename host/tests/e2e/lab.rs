@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Lab tests run one at a time: the SIGKILL test counts every probe link in the kernel.
-static LAB_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub static LAB_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A lab in namespaces named `<id>-*`, removed on drop, also when the test fails.
 pub struct Lab {
@@ -395,4 +395,100 @@ fn sigterm_stops_cleanly_and_sigkill_leaves_no_attachment_behind() {
         "attachments left behind after SIGKILL"
     );
     lab_down(lab);
+}
+
+#[test]
+fn cniscope_demo_builds_captures_prints_and_tears_down_its_lab() {
+    if !is_root() {
+        eprintln!("skipped: the lab and the probes need root");
+        return;
+    }
+    plugin("calico");
+    let _serial = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new(env!("CARGO_BIN_EXE_cniscope"))
+        .current_dir(root())
+        .args(["demo", "calico-bgp", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON topology");
+    // The lab's traffic and its service shapes: a few of the edges the lab tests check in full.
+    let (client, server) = ("pod/default/client-a1", "pod/default/server-b1");
+    assert!(has(edge(&doc, client, server, "tcp", None), "calico:bgp"));
+    edge(&doc, client, server, "tcp", Some("service/default/echo"));
+    edge(
+        &doc,
+        "external/192.168.88.100",
+        server,
+        "tcp",
+        Some("service/default/web-np"),
+    );
+    // Nothing of the demo's lab is left.
+    let demo = format!("csdemo{}", out_pid_hint(&out.stderr));
+    let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&left.stdout).contains(&demo),
+        "namespaces {demo}-* left behind"
+    );
+}
+
+/// The demo's lab id, from what it printed ("... namespaces csdemoN-* ...").
+fn out_pid_hint(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    text.split("namespaces csdemo")
+        .nth(1)
+        .and_then(|rest| rest.split('-').next())
+        .expect("the demo names its namespaces")
+        .to_string()
+}
+
+#[test]
+fn cniscope_lab_up_and_down_leave_nothing_behind() {
+    if !is_root() {
+        eprintln!("skipped: the lab needs root");
+        return;
+    }
+    let _serial = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let id = format!("cs{}u", std::process::id());
+    let cniscope = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cniscope"))
+            .current_dir(root())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let namespaces = || {
+        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&format!("{id}-")))
+            .count()
+    };
+    let d = dir.path().to_str().unwrap();
+    cniscope(&["lab", "up", "ovn", "--id", &id, "--dir", d]);
+    assert!(
+        namespaces() >= 6,
+        "underlay, external host, 2 nodes, 3 pods"
+    );
+    let config = std::fs::read_to_string(dir.path().join("cniscope.toml")).unwrap();
+    assert!(config.contains("name = \"ovn\"") && config.contains("port_bindings"));
+    cniscope(&["lab", "down", "--id", &id]);
+    assert_eq!(namespaces(), 0);
+    // An unknown scenario names the known ones.
+    let out = Command::new(env!("CARGO_BIN_EXE_cniscope"))
+        .args(["lab", "up", "weave", "--id", &id, "--dir", d])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("flannel-vxlan"));
 }
