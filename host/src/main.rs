@@ -376,15 +376,8 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
 }
 
-fn run(config_path: &Path, extra_inventories: &[PathBuf], format: Option<Format>) -> Result<()> {
-    let settings = config::load(config_path)?;
-    let inventories: Vec<PathBuf> = settings
-        .inventories
-        .iter()
-        .chain(extra_inventories)
-        .cloned()
-        .collect();
-    let inventory = load_inventory(&inventories)?;
+/// SIGINT and SIGTERM set `STOP`: the agent finishes its window, prints and exits cleanly.
+fn stop_on_signals() {
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
         libc::signal(
@@ -396,6 +389,18 @@ fn run(config_path: &Path, extra_inventories: &[PathBuf], format: Option<Format>
             on_stop_signal as *const () as libc::sighandler_t,
         );
     }
+}
+
+fn run(config_path: &Path, extra_inventories: &[PathBuf], format: Option<Format>) -> Result<()> {
+    let settings = config::load(config_path)?;
+    let inventories: Vec<PathBuf> = settings
+        .inventories
+        .iter()
+        .chain(extra_inventories)
+        .cloned()
+        .collect();
+    let inventory = load_inventory(&inventories)?;
+    stop_on_signals();
     let engine = PluginEngine::new(settings.cache_dir.clone())?;
     let mut agent = Agent::new(&engine, &settings, inventory)
         .context("starting the agent (it needs root, and a kernel with BTF and TCX)")?;
@@ -488,17 +493,7 @@ fn demo(scenario: &str, plugins: &Path, format: Option<Format>) -> Result<()> {
     let config_path = work.path().join("cniscope.toml");
     let settings = config::load(&config_path)?;
     let inventory = load_inventory(&settings.inventories)?;
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            on_stop_signal as *const () as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGTERM,
-            on_stop_signal as *const () as libc::sighandler_t,
-        );
-    }
+    stop_on_signals();
     let engine = PluginEngine::new(settings.cache_dir.clone())?;
     let mut agent = Agent::new(&engine, &settings, inventory)
         .context("starting the agent (it needs a kernel with BTF and TCX)")?;
