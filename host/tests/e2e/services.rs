@@ -70,6 +70,7 @@ fn service_edges(script: &'static str, mode: &str, tag: &str, external_ip: &str,
     // A second service over the same pod stays its own edge.
     let alt = via(client, server, "echo-alt");
     assert_eq!(alt["port"], 8080);
+    assert!(has(&alt, "service:dnat"), "{alt:#}");
     assert_counted_once(&alt, 2);
 
     // NodePort, externalTrafficPolicy Cluster: node a DNATs to server-b1 on node b and SNATs
@@ -88,12 +89,14 @@ fn service_edges(script: &'static str, mode: &str, tag: &str, external_ip: &str,
 
     // NodePort, Local: node b keeps the client's address and serves from its own pod.
     let local = via(&external, server, "web-local");
+    assert_eq!(local["port"], 8080);
     assert!(has(&local, "service:nodeport"), "{local:#}");
     assert!(!has(&local, "nat:snat-recovered"), "no SNAT: {local:#}");
     assert_counted_once(&local, 2);
 
     // The load balancer's IP, routed to node a, Cluster policy: DNAT + SNAT like the NodePort.
     let lb = via(&external, server, "web-lb");
+    assert_eq!(lb["port"], 8080, "the LB's port 80 -> targetPort 8080");
     assert!(
         has(&lb, "service:external-ip") && has(&lb, "nat:snat-recovered"),
         "{lb:#}"
