@@ -62,12 +62,27 @@ pub struct EndpointSlice {
     pub ports: Vec<ServicePort>,
 }
 
+/// OpenShift-SDN's own objects (`network.openshift.io/v1`), found in a dump beside the core
+/// ones (`oc get hostsubnets,netnamespaces -o json`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OpenShiftSdn {
+    /// HostSubnet: (node, subnet).
+    pub host_subnets: Vec<(String, String)>,
+    /// NetNamespace: (namespace, NETID).
+    pub netnamespaces: Vec<(String, u32)>,
+}
+
+/// The pod annotation under which the host hands a pod's OpenShift-SDN NETID (from its
+/// namespace's NetNamespace) to the plugins: the plugin contract has no field for it.
+pub const NETID_ANNOTATION: &str = "cniscope.io/netid";
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Inventory {
     pub nodes: Vec<Node>,
     pub pods: Vec<Pod>,
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
+    pub openshift: OpenShiftSdn,
 }
 
 impl Inventory {
@@ -76,6 +91,45 @@ impl Inventory {
         self.pods.extend(other.pods);
         self.services.extend(other.services);
         self.endpoint_slices.extend(other.endpoint_slices);
+        self.openshift
+            .host_subnets
+            .extend(other.openshift.host_subnets);
+        self.openshift
+            .netnamespaces
+            .extend(other.openshift.netnamespaces);
+    }
+
+    /// Node subnets and NETIDs from OpenShift-SDN's objects, in the fields plugins read: a
+    /// HostSubnet's subnet becomes its node's podCIDR (when the node has none), a
+    /// NetNamespace's NETID the [`NETID_ANNOTATION`] of each pod in that namespace.
+    pub fn with_openshift_sdn(&self) -> std::borrow::Cow<'_, Inventory> {
+        if self.openshift == OpenShiftSdn::default() {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let mut inv = self.clone();
+        for n in &mut inv.nodes {
+            if n.pod_cidrs.is_empty() {
+                n.pod_cidrs = self
+                    .openshift
+                    .host_subnets
+                    .iter()
+                    .filter(|(host, _)| *host == n.name)
+                    .map(|(_, subnet)| subnet.clone())
+                    .collect();
+            }
+        }
+        for p in &mut inv.pods {
+            if let Some((_, netid)) = self
+                .openshift
+                .netnamespaces
+                .iter()
+                .find(|(ns, _)| *ns == p.namespace)
+            {
+                p.annotations
+                    .insert(NETID_ANNOTATION.to_string(), netid.to_string());
+            }
+        }
+        std::borrow::Cow::Owned(inv)
     }
 }
 

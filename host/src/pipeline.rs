@@ -35,7 +35,7 @@ impl Pipeline {
             let loaded = engine.load(&p.path, p.sha256.as_deref(), &p.settings.grants)?;
             plugins.push(PluginInstance::start(engine, loaded, p.settings.clone())?);
         }
-        let snapshot = convert::inventory(&inventory);
+        let snapshot = convert::inventory(&inventory.with_openshift_sdn());
         for p in &mut plugins {
             p.on_inventory(&snapshot);
         }

@@ -5,7 +5,8 @@ fields and annotations a real flannel cluster has (`kubectl get ... -o json`).
   inventory.py [--backend vxlan|host-gw|udp] --node "NAME IP PODCIDR VTEPMAC" ...
   inventory.py --cni calico --calico-tunnel none|ipip|vxlan --node "NAME IP - TUNNELADDR" ... --pod "NAME NODE IP APP" ...
   inventory.py --cni ovn --node "NAME IP SUBNET JOINADDR TRANSITADDR" ... --pod "NAME NODE IP APP [NAMESPACE]" ...
-  inventory.py --cni openshift-sdn --node "NAME IP" ... --pod ...
+  inventory.py --cni openshift-sdn --node "NAME IP" ... --pod ... --host-subnet "NODE IP SUBNET" ...
+               --netnamespace "NAMESPACE NETID" ...   (network.openshift.io/v1 objects)
   --service-net 10.96.0 --lb-ip IP --service "NAME IP PORT TARGETPORT PROTO BACKEND TYPE NODEPORT POLICY"
       one line of tests/lab/common.sh's lab_services: IP is the last octet in --service-net
       (None = headless), BACKEND the app label selected (- = none), NODEPORT - for none,
@@ -168,6 +169,8 @@ def main():
     ap.add_argument("--pod", action="append", default=[])
     ap.add_argument("--service", action="append", default=[])
     ap.add_argument("--service-net", default="10.96.0")
+    ap.add_argument("--host-subnet", action="append", default=[])
+    ap.add_argument("--netnamespace", action="append", default=[])
     ap.add_argument("--lb-ip", default="")
     a = ap.parse_args()
     if a.cni == "calico":
@@ -182,6 +185,16 @@ def main():
     items += [pod(*p, cni=a.cni) for p in pods]
     for s in a.service:
         items += service(s, a.service_net, a.lb_ip, pods)
+    for h in a.host_subnet:
+        node_name, host_ip, subnet = h.split()
+        items.append({"apiVersion": "network.openshift.io/v1", "kind": "HostSubnet",
+                      "metadata": {"name": node_name, "creationTimestamp": CREATED},
+                      "host": node_name, "hostIP": host_ip, "subnet": subnet})
+    for n in a.netnamespace:
+        name, netid = n.split()
+        items.append({"apiVersion": "network.openshift.io/v1", "kind": "NetNamespace",
+                      "metadata": {"name": name, "creationTimestamp": CREATED},
+                      "netname": name, "netid": int(netid)})
     print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}}, indent=2))
 
 

@@ -15,7 +15,8 @@
 #                  exports (`ovn-sbctl --format=json list ...`): pods named by port keys
 #   ovn-ip         the same lab, no southbound tables: pods named by inner addresses
 #   openshift-sdn  br0, tun0, VXLAN by NETID; pods in project `shop` (NETID 4242); the
-#                  inventory also lists billing/ledger-b2 on server-b1's address (NETID 777)
+#                  inventory also lists billing/ledger-b2 on server-b1's address (NETID 777),
+#                  and the HostSubnet and NetNamespace objects
 #
 #   ovn.sh up ID DIR [ovn|ovn-ip|openshift-sdn]  build it; write DIR/inventory.json, DIR/cniscope.toml
 #   ovn.sh traffic ID   with the mirror running: pod -> pod across nodes, pod -> ClusterIP
@@ -159,11 +160,9 @@ port_bindings = '''$(cat "$dir/sb-port-bindings.json")'''
 datapath_bindings = '''$(cat "$dir/sb-datapath-bindings.json")'''"
       ;;
     ovn-ip) option='cluster_networks = ["10.132.0.0/14"]' ;;
-    openshift-sdn)
-      option="cluster_networks = [\"10.132.0.0/14\"]
-host_subnets = [\"${subnet[a]}.0/23=node-a\", \"${subnet[b]}.0/23=node-b\"]
-netids = [\"4242=shop\", \"777=billing\"]"
-      ;;
+    # OpenShift-SDN's subnets and NETIDs come from the HostSubnet and NetNamespace objects in
+    # the inventory (options host_subnets and netids would do too).
+    openshift-sdn) option='cluster_networks = ["10.132.0.0/14"]' ;;
   esac
   local svc_args=(--service-net 172.30.0 --service "echo 10 80 8080 tcp server ClusterIP - -")
   if [ -n "$sdn" ]; then
@@ -173,6 +172,9 @@ netids = [\"4242=shop\", \"777=billing\"]"
       --pod "peer-a2 node-a 10.132.0.6 peer shop" \
       --pod "server-b1 node-b 10.132.2.7 server shop" \
       --pod "ledger-b2 node-b 10.132.2.7 ledger billing" \
+      --host-subnet "node-a ${node_ip[a]} ${subnet[a]}.0/23" \
+      --host-subnet "node-b ${node_ip[b]} ${subnet[b]}.0/23" \
+      --netnamespace "shop 4242" --netnamespace "billing 777" \
       >"$dir/inventory.json"
   else
     python3 "$here/inventory.py" --cni ovn \

@@ -72,11 +72,33 @@ pub fn from_value(value: &Value) -> Result<Inventory, (String, String)> {
                 inv.endpoint_slices.push(slice(item));
                 Ok(())
             }
+            "HostSubnet" => host_subnet(item).map(|h| inv.openshift.host_subnets.push(h)),
+            "NetNamespace" => net_namespace(item).map(|n| inv.openshift.netnamespaces.push(n)),
             _ => Ok(()),
         };
         r.map_err(|detail| (label, detail))?;
     }
     Ok(inv)
+}
+
+/// OpenShift-SDN's HostSubnet: (node, subnet).
+fn host_subnet(v: &Value) -> Result<(String, String), String> {
+    let host = v["host"].as_str().ok_or("host: missing")?;
+    let subnet = v["subnet"].as_str().ok_or("subnet: missing")?;
+    Ok((host.to_string(), subnet.to_string()))
+}
+
+/// OpenShift-SDN's NetNamespace: (namespace, NETID).
+fn net_namespace(v: &Value) -> Result<(String, u32), String> {
+    let name = v["netname"]
+        .as_str()
+        .or_else(|| v["metadata"]["name"].as_str())
+        .ok_or("netname: missing")?;
+    let netid = v["netid"]
+        .as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or("netid: missing or not a number")?;
+    Ok((name.to_string(), netid))
 }
 
 fn name_of(v: &Value) -> String {
@@ -282,5 +304,43 @@ fn slice(v: &Value) -> EndpointSlice {
         service: str_at(v, &["metadata", "labels", "kubernetes.io/service-name"]).to_string(),
         addresses,
         ports: ports(&v["ports"]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::NETID_ANNOTATION;
+
+    #[test]
+    fn openshift_sdn_objects_become_node_subnets_and_pod_netids() {
+        // As `oc get nodes,pods,hostsubnets,netnamespaces -A -o json` prints them.
+        let dump = serde_json::json!({"kind": "List", "items": [
+            {"kind": "Node", "metadata": {"name": "w1"},
+             "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.11"}]}},
+            {"kind": "Pod", "metadata": {"name": "web", "namespace": "shop"},
+             "spec": {"nodeName": "w1"}, "status": {"podIP": "10.128.2.5"}},
+            {"kind": "Pod", "metadata": {"name": "tool", "namespace": "ops"},
+             "spec": {"nodeName": "w1"}, "status": {"podIP": "10.128.2.6"}},
+            {"apiVersion": "network.openshift.io/v1", "kind": "HostSubnet",
+             "metadata": {"name": "w1"}, "host": "w1", "hostIP": "10.0.0.11",
+             "subnet": "10.128.2.0/23"},
+            {"apiVersion": "network.openshift.io/v1", "kind": "NetNamespace",
+             "metadata": {"name": "shop"}, "netname": "shop", "netid": 4242}
+        ]});
+        let inv = from_value(&dump).unwrap();
+        let seen = inv.with_openshift_sdn();
+        assert_eq!(seen.nodes[0].pod_cidrs, vec!["10.128.2.0/23".to_string()]);
+        let netid = |i: usize| seen.pods[i].annotations.get(NETID_ANNOTATION).cloned();
+        assert_eq!(netid(0).as_deref(), Some("4242"));
+        assert_eq!(netid(1), None, "no NetNamespace for ops");
+        // A broken object names itself.
+        let bad = serde_json::json!({"kind": "NetNamespace", "metadata": {"name": "x"},
+                                     "netname": "x", "netid": "many"});
+        let (item, detail) = from_value(&bad).unwrap_err();
+        assert!(
+            item.contains("NetNamespace x") && detail.contains("netid"),
+            "{item}: {detail}"
+        );
     }
 }

@@ -15,6 +15,9 @@ pub const HOST_CIDRS: &str = "k8s.ovn.org/host-cidrs";
 pub const GATEWAY_LRP_IFADDR: &str = "k8s.ovn.org/node-gateway-router-lrp-ifaddr";
 pub const GATEWAY_LRP_IFADDRS: &str = "k8s.ovn.org/node-gateway-router-lrp-ifaddrs";
 pub const TRANSIT_IFADDR: &str = "k8s.ovn.org/node-transit-switch-port-ifaddr";
+/// A pod's OpenShift-SDN NETID, which the host sets from its namespace's NetNamespace object
+/// when a dump has them.
+pub const NETID_ANNOTATION: &str = "cniscope.io/netid";
 
 #[derive(Clone, Debug)]
 pub struct OvnNode {
@@ -86,6 +89,8 @@ pub struct Cluster {
     /// it tells apart pods of two projects that held one address. NETID 0 is the global
     /// project, which reaches every namespace: no help, not indexed.
     netid_pods: FastMap<(u32, Ip), Option<String>>,
+    /// NETIDs are known (OpenShift-SDN): `.1` is then `tun0`.
+    sdn: bool,
     pub index: InventoryIndex,
 }
 
@@ -132,8 +137,27 @@ impl Cluster {
             settings,
             ..Cluster::default()
         };
+        // NETIDs from the options, and from NetNamespace objects (as the host hands them over).
+        let mut netids = c.settings.netids.clone();
         for p in index.pods() {
-            for &(netid, ref ns) in &c.settings.netids {
+            match p
+                .annotations
+                .annotation(NETID_ANNOTATION)
+                .map(str::parse::<u32>)
+            {
+                Some(Ok(id)) if !netids.contains(&(id, p.namespace.clone())) => {
+                    netids.push((id, p.namespace.clone()))
+                }
+                Some(Err(e)) => warnings.push(format!(
+                    "pod {}/{}: {NETID_ANNOTATION}: {e}",
+                    p.namespace, p.name
+                )),
+                _ => {}
+            }
+        }
+        c.sdn = !netids.is_empty();
+        for p in index.pods() {
+            for &(netid, ref ns) in &netids {
                 if netid == 0 || *ns != p.namespace {
                     continue;
                 }
@@ -295,7 +319,7 @@ impl Cluster {
         if let Some(&(n, role)) = self.special.get(&ip) {
             return Class::Node {
                 name: &self.nodes[n].name,
-                note: role.note(!self.settings.netids.is_empty()),
+                note: role.note(self.sdn),
                 confidence: 1.0,
             };
         }

@@ -28,7 +28,13 @@ impl Default for Ovn {
         stitcher.geneve_option = Some(rules::OVN_OPTION);
         Ovn {
             cluster: Cluster::default(),
-            settings: Settings::default(),
+            // The options' defaults, for a host that configures nothing.
+            settings: Settings {
+                masquerade_subnet: "169.254.169.0/29".parse().ok(),
+                hairpin_snat: "169.254.169.5".parse().ok(),
+                sdn_vxlan_port: 4789,
+                ..Settings::default()
+            },
             encap: Encap {
                 geneve_port: 6081,
                 sdn_vxlan_port: 4789,

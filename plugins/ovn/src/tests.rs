@@ -329,6 +329,20 @@ fn openshift_sdn_vxlan_names_pods_by_the_projects_netid() {
     // NETID 0 is the global project: no help, the address decides.
     let b = points(BatchBuilder::new()).row(vxlan(0)).build();
     assert_eq!(h.run(&b).unwrap()[0].server.name, "");
+
+    // The same from NetNamespace objects, which the host hands over as a pod annotation.
+    let mut inv = inventory();
+    inv.pods.push(pod("billing", "ledger", "w2", "10.132.4.7"));
+    for p in &mut inv.pods {
+        let id = if p.namespace == "shop" { "4242" } else { "777" };
+        p.annotations
+            .push((cluster::NETID_ANNOTATION.into(), id.into()));
+    }
+    let mut h = Harness::<Ovn>::new().inventory(inv).unwrap();
+    let b = points(BatchBuilder::new()).row(vxlan(777)).build();
+    let f = &h.run(&b).unwrap()[0];
+    assert_eq!(f.server.name, "billing/ledger");
+    assert!(has(f, "openshift-sdn:netid"));
 }
 
 #[test]
