@@ -48,6 +48,10 @@ pub type TupleKey = (u8, (Ip, u16), (Ip, u16));
 /// Where a connection is counted: (interface id, 5-tuple). See [`Connection::counted_at`].
 pub type CountingPlace = (u32, TupleKey);
 
+/// The interface id of a [`CountingPlace`] for a connection whose packets in this window were
+/// all counted in the last one.
+pub const ALREADY_COUNTED: u32 = u32::MAX;
+
 /// An owned copy of what stitching and naming need from one observation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Seen {
@@ -237,6 +241,14 @@ impl Connection {
     pub fn counters(&self) -> (u64, u64, u64, u64) {
         let (mut packets, mut bytes, mut first, mut last) = (0, 0, u64::MAX, 0);
         let (iface, tuple) = self.counted_at;
+        if iface == ALREADY_COUNTED {
+            // No packets, but the times it was seen.
+            for m in &self.members {
+                first = first.min(m.first_ns);
+                last = last.max(m.last_ns);
+            }
+            return (0, 0, first.min(last), last);
+        }
         for m in &self.members {
             if self.point(m).iface_id == iface && m.tuple_key() == tuple {
                 packets += m.packets;
@@ -508,11 +520,16 @@ impl Stitcher {
                 keys.push(k);
             }
         }
-        let remembered = keys
-            .iter()
-            .find_map(|k| self.counted_at[1].get(k))
-            .copied()
-            .filter(|p| members.iter().any(|m| place(m) == *p));
+        let remembered = keys.iter().find_map(|k| self.counted_at[1].get(k)).copied();
+        if let Some(p) = remembered
+            && !members.iter().any(|m| place(m) == p)
+        {
+            // Counted in the last window at a place that saw nothing of it now: what other
+            // places saw now are late copies of packets already counted there (a packet seen
+            // at one node before a drain and at the other after it). Nothing to count, and
+            // nothing to remember: if the connection goes on, the next window picks afresh.
+            return (ALREADY_COUNTED, p.1);
+        }
         let chosen = remembered.unwrap_or_else(|| {
             // Per place: (place, forward packets, packets). A connection crosses a handful of
             // places: a linear scan beats a map.
@@ -980,6 +997,39 @@ mod tests {
         );
         assert_eq!(s.early_drains, 1);
         assert_eq!(s.held(), 0);
+    }
+
+    #[test]
+    fn late_copies_after_a_drain_are_not_counted_again() {
+        // One request and its reply. Node a saw both before a drain; node b saw the request
+        // before it and the reply only after it.
+        let points = |b: BatchBuilder| {
+            b.point("a", "veth1", IfaceKind::PodVeth, Direction::Ingress)
+                .point("b", "veth9", IfaceKind::PodVeth, Direction::Egress)
+        };
+        let req = |at| Row::flow(1, "10.123.10.1", 8, "10.123.20.70", 0).at(at);
+        let rep = |at| Row::flow(1, "10.123.20.70", 0, "10.123.10.1", 0).at(at);
+        let mut s = Stitcher::default();
+        s.add_batch(
+            &points(BatchBuilder::new())
+                .row(req(0))
+                .row(rep(0))
+                .row(req(1))
+                .build(),
+        );
+        let first: u64 = s.drain().iter().map(|c| c.counters().0).sum();
+        s.add_batch(&points(BatchBuilder::new()).row(rep(1)).build());
+        let late = s.drain();
+        assert_eq!(late.len(), 1);
+        assert_eq!(
+            (first, late[0].counters().0),
+            (2, 0),
+            "2 packets, counted once"
+        );
+        assert!(late[0].counters().3 > 0, "still dated");
+        // Nothing remembered: a later window counts afresh.
+        s.add_batch(&points(BatchBuilder::new()).row(req(1)).build());
+        assert_eq!(s.drain()[0].counters().0, 1);
     }
 
     #[test]
