@@ -94,7 +94,7 @@ impl Side {
 
     /// The port on this side; 0 for ICMP (its type and code are no port).
     pub fn port(self, m: &Seen) -> u16 {
-        if m.protocol == 1 || m.protocol == 58 {
+        if m.is_icmp() {
             return 0;
         }
         match self {

@@ -129,7 +129,8 @@ impl Seen {
         multicast(self.dst) || self.src.is_none() || (!self.src.is_v4() && self.src.bits() == 0)
     }
 
-    fn is_icmp(&self) -> bool {
+    /// ICMP or ICMPv6: no ports (its type and code sit in the port columns).
+    pub fn is_icmp(&self) -> bool {
         self.protocol == 1 || self.protocol == 58
     }
 
@@ -293,7 +294,7 @@ pub struct Stitcher {
     pub nat_sources: FastSet<Ip>,
     /// Service front doors (ClusterIPs, external and load-balancer IPs): a view to one is
     /// before DNAT, and the time fallback may join it to the one view from the same source
-    /// socket to somewhere else. Empty = no DNAT fallback. See [`Stitcher::learn_services`].
+    /// socket to somewhere else. Empty = no DNAT fallback. See [`Stitcher::learn`].
     pub dnat_fronts: FastSet<Ip>,
     /// How close in time two first sightings must be for the fallback to join them.
     pub time_join_ns: u64,
@@ -371,8 +372,14 @@ impl Stitcher {
         Ok(())
     }
 
-    /// Takes the services' front doors from the inventory, for the DNAT time fallback.
-    pub fn learn_services(&mut self, inv: &crate::inventory::InventoryIndex) {
+    /// Learns what the time fallbacks join from: the plugin's NAT sources (its gateways and
+    /// node addresses) and the inventory's service doors. Call it in `on_inventory`.
+    pub fn learn(
+        &mut self,
+        nat_sources: impl IntoIterator<Item = Ip>,
+        inv: &crate::inventory::InventoryIndex,
+    ) {
+        self.nat_sources = nat_sources.into_iter().collect();
         self.dnat_fronts = inv.services.front_ips().collect();
     }
 
@@ -626,10 +633,6 @@ impl Stitcher {
     /// the same `key`, when each side's views all agree on `party` (else nobody can say which
     /// is the other's twin), their first sightings are within `time_join_ns`, and no
     /// fingerprints of one kind contradict.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one call per NAT kind, all parts named"
-    )]
     fn join_pairs(
         &self,
         held: &[Seen],

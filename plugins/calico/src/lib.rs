@@ -88,8 +88,7 @@ impl Plugin for Calico {
 
     fn on_inventory(&mut self, inv: Inventory) -> Result<(), PluginError> {
         let (cluster, warnings) = Cluster::new(inv, &self.ipam);
-        self.stitcher.nat_sources = cluster.nat_sources().into_iter().collect();
-        self.stitcher.learn_services(&cluster.index);
+        self.stitcher.learn(cluster.nat_sources(), &cluster.index);
         self.cluster = cluster;
         // Partial knowledge still names most things: report, keep what was read.
         warnings_to_result(&warnings)
