@@ -95,7 +95,9 @@ impl Agent {
         let probe_settings = ProbeSettings {
             flow_entries: settings.agent.flow_entries,
             ringbuf_bytes: settings.agent.ringbuf_bytes,
+            cache_slots: settings.agent.flow_cache_slots,
             ports,
+            ..ProbeSettings::default()
         };
         let from_plugins: Vec<Wanted> = pipeline
             .plugins

@@ -47,6 +47,12 @@ pub struct AgentSection {
     /// Flows per node per interval the probes can hold (each of two buffers).
     #[serde(default = "default_flow_entries")]
     pub flow_entries: u32,
+    /// Slots per CPU in each of the probes' two flow caches (a power of two, 1 to 65536): the
+    /// array every packet tries before the flow hash map. More slots: fewer flows take the
+    /// slower hash map; each slot costs 176 bytes per CPU per buffer, and the drain reads them
+    /// all.
+    #[serde(default = "default_cache_slots")]
+    pub flow_cache_slots: Spanned<u32>,
     /// Ring buffer for new-flow events, in bytes (a power of two).
     #[serde(default = "default_ringbuf")]
     pub ringbuf_bytes: Spanned<u32>,
@@ -65,6 +71,9 @@ fn default_interval() -> Spanned<f64> {
 fn default_flow_entries() -> u32 {
     16384
 }
+fn default_cache_slots() -> Spanned<u32> {
+    Spanned::new(0..0, 1024)
+}
 fn default_ringbuf() -> Spanned<u32> {
     Spanned::new(0..0, 256 * 1024)
 }
@@ -76,6 +85,7 @@ impl Default for AgentSection {
             duration_secs: 0.0,
             output_file: None,
             flow_entries: default_flow_entries(),
+            flow_cache_slots: default_cache_slots(),
             ringbuf_bytes: default_ringbuf(),
             bpf_stats: false,
             node: Vec::new(),
@@ -292,6 +302,7 @@ pub struct AgentSettings {
     pub duration: Option<Duration>,
     pub output_file: Option<PathBuf>,
     pub flow_entries: u32,
+    pub flow_cache_slots: u32,
     pub ringbuf_bytes: u32,
     pub bpf_stats: bool,
     /// (node name, namespace path, extra interface patterns)
@@ -549,6 +560,14 @@ fn validate(c: Config, text: &str, base: &Path) -> Result<Settings, Vec<ConfigPr
             format!("{rb} must be a power of two of at least 4096"),
         );
     }
+    let slots = *a.flow_cache_slots.get_ref();
+    if !slots.is_power_of_two() || slots > 65536 {
+        problem(
+            a.flow_cache_slots.span(),
+            "agent.flow_cache_slots",
+            format!("{slots} must be a power of two from 1 to 65536"),
+        );
+    }
     let mut nodes = Vec::new();
     for (i, n) in a.node.iter().enumerate() {
         let netns = n.netns.as_ref().map(|ns| {
@@ -574,6 +593,7 @@ fn validate(c: Config, text: &str, base: &Path) -> Result<Settings, Vec<ConfigPr
         duration: (a.duration_secs > 0.0).then(|| Duration::from_secs_f64(a.duration_secs)),
         output_file: a.output_file.as_ref().map(|f| base.join(f)),
         flow_entries: a.flow_entries.max(16),
+        flow_cache_slots: slots,
         ringbuf_bytes: rb,
         bpf_stats: a.bpf_stats,
         nodes,
@@ -660,5 +680,14 @@ mod tests {
     fn a_wrong_type_names_the_key() {
         let p = parse("[replay]\nwindow_secs = \"ten\"\n", Path::new(".")).unwrap_err();
         assert_eq!((p[0].line, p[0].key.as_str()), (2, "replay.window_secs"));
+    }
+
+    #[test]
+    fn agent_sizes_that_are_not_powers_of_two_name_their_key() {
+        let text = "[agent]\nflow_cache_slots = 1000\nringbuf_bytes = 5000\n";
+        let p = parse(text, Path::new(".")).unwrap_err();
+        let keys: Vec<(usize, &str)> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert!(keys.contains(&(2, "agent.flow_cache_slots")), "{keys:?}");
+        assert!(keys.contains(&(3, "agent.ringbuf_bytes")), "{keys:?}");
     }
 }

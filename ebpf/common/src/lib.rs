@@ -63,25 +63,31 @@ pub struct ProbeConfig {
     pub udp_encap_ports: [u16; 4],
 }
 
-/// The identity of one observation: one direction of one flow at one interface.
-/// Addresses are 16 bytes, IPv4 mapped (`::ffff:a.b.c.d`), network order.
-#[repr(C)]
+/// An IPv6 address, or an IPv4 one mapped (`::ffff:a.b.c.d`), network order. 8-byte aligned,
+/// so the probe copies it in two words, not sixteen bytes.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Addr(pub [u8; 16]);
+
+/// The identity of one observation: one direction of one flow at one interface. The
+/// addresses come first, at 8-byte offsets; no implicit padding (the probe hashes it whole).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
+    pub src: Addr,
+    pub dst: Addr,
+    pub outer_src: Addr,
+    pub outer_dst: Addr,
     pub ifindex: u32,
-    pub direction: u8,
-    pub tunnel: u8,
-    pub protocol: u8,
-    pub _pad: u8,
     pub vni: u32,
     pub src_port: u16,
     pub dst_port: u16,
     pub outer_src_port: u16,
     pub outer_dst_port: u16,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-    pub outer_src: [u8; 16],
-    pub outer_dst: [u8; 16],
+    pub direction: u8,
+    pub tunnel: u8,
+    pub protocol: u8,
+    pub _pad: [u8; 5],
 }
 
 /// What the probe accumulates per [`FlowKey`] (per CPU; the host merges the CPUs).
@@ -90,8 +96,10 @@ pub struct FlowKey {
 pub struct FlowStats {
     pub packets: u64,
     pub bytes: u64,
-    /// `bpf_ktime_get_ns` (monotonic since boot) of the first and last packet.
+    /// `bpf_ktime_get_ns` (monotonic since boot) of the first packet, to the nanosecond.
     pub first_ns: u64,
+    /// The same clock for the last packet, to the tick (read once per tick per CPU): it can
+    /// be up to a tick before `first_ns`.
     pub last_ns: u64,
     pub fingerprint: u32,
     pub tcp_flags: u8,
@@ -109,6 +117,20 @@ pub struct FlowStats {
     pub _pad2: [u8; 4],
 }
 
+/// One slot of the probe's per-CPU flow cache (`CACHE_A` / `CACHE_B`): a direct-mapped table
+/// in front of the flow hash maps. A slot holds a flow when `generation` is the current
+/// window's and `stats.packets` is not zero; a flow whose slot another holds goes to the hash
+/// map. The agent reads both and merges them per key.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheSlot {
+    pub key: FlowKey,
+    /// The window (`ACTIVE`'s value) the slot was filled in.
+    pub generation: u32,
+    pub _pad: u32,
+    pub stats: FlowStats,
+}
+
 /// Sent through the ring buffer when a flow is first seen at an interface.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -116,7 +138,7 @@ pub struct NewFlow {
     pub key: FlowKey,
     pub fingerprint: u32,
     pub fp_kind: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
     pub ts_ns: u64,
 }
 
@@ -127,6 +149,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::NewFlow {}
+    unsafe impl aya::Pod for super::CacheSlot {}
     unsafe impl aya::Pod for super::ProbeConfig {}
 }
 
@@ -135,9 +158,10 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         use core::mem::size_of;
-        assert_eq!(size_of::<super::FlowKey>(), 4 + 4 + 4 + 8 + 64);
+        assert_eq!(size_of::<super::FlowKey>(), 64 + 4 + 4 + 8 + 8);
         assert_eq!(size_of::<super::FlowStats>(), 32 + 4 + 4 + 4 + 24 + 8 + 4);
-        assert_eq!(size_of::<super::NewFlow>(), 84 + 4 + 8 + 8);
+        assert_eq!(size_of::<super::NewFlow>(), 88 + 4 + 4 + 8);
         assert_eq!(size_of::<super::ProbeConfig>(), 32);
+        assert_eq!(size_of::<super::CacheSlot>(), 88 + 8 + 80);
     }
 }

@@ -6,54 +6,72 @@
 //! Every read is a bounds-checked `bpf_skb_load_bytes`; `limit` is the end of the bytes the
 //! enclosing header says belong to this packet (the IPv4 total length, not Ethernet padding).
 
+use crate::mem::{self, Plain};
+use aya_ebpf::helpers::bpf_skb_load_bytes;
 use aya_ebpf::programs::TcContext;
-use cniscope_common::{ProbeConfig, tunnel};
+use cniscope_common::{Addr, ProbeConfig, tunnel};
 
 pub enum Skip {
     NotIp,
     Bad,
 }
 
-/// One IP packet's fields (see `L3L4` in decode.rs).
-#[repr(C)]
+/// One IP packet's fields (see `L3L4` in decode.rs). 8-byte aligned and without implicit
+/// padding, so `mem::zero` and `mem::copy` handle it a word at a time.
+#[repr(C, align(8))]
 #[derive(Clone, Copy)]
 pub struct Hdr {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-    pub protocol: u8,
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub tcp_flags: u8,
+    pub src: Addr,
+    pub dst: Addr,
     pub tcp_seq: u32,
-    pub ip_id: u16,
-    pub is_v4: bool,
-    pub payload_len: u16,
     /// Only computed where the fingerprint uses it (IPv6, not TCP): a helper call saved on
     /// every other packet.
     pub payload_hash: u32,
     pub ip_len: u32,
-    pub src_mac: [u8; 6],
-    pub dst_mac: [u8; 6],
     /// Where the IP payload starts and where the packet ends.
     pub ip_payload: u32,
     pub end: u32,
     /// Where the UDP payload starts (UDP only).
     pub udp_payload: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub ip_id: u16,
+    pub payload_len: u16,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub protocol: u8,
+    pub tcp_flags: u8,
+    pub is_v4: bool,
+    pub _pad: u8,
 }
+
+// SAFETY: integers, byte arrays and a bool, explicit padding: all zeroes is a valid value.
+unsafe impl Plain for Hdr {}
+
+/// The tunnel a packet travelled in (kind 0: none).
+#[repr(C, align(8))]
+pub struct Tunnel {
+    pub vni: u32,
+    pub geneve_class: u16,
+    pub geneve_type: u8,
+    /// Bytes of the kept option's data (0 = no option).
+    pub geneve_len: u8,
+    /// Up to 8 bytes of the kept option's data, in packet order (`u64::to_ne_bytes`).
+    pub geneve_data: u64,
+    pub kind: u8,
+    pub _pad: [u8; 7],
+}
+
+// SAFETY: integers and a byte array, explicit padding: all zeroes is a valid value.
+unsafe impl Plain for Tunnel {}
 
 /// A packet and the tunnel it travelled in. Lives in a per-CPU scratch map: the BPF stack
 /// (512 bytes) cannot hold it.
-#[repr(C)]
+#[repr(C, align(8))]
 pub struct Parsed {
     pub inner: Hdr,
-    pub tunnel: u8,
-    pub vni: u32,
     pub outer: Hdr,
-    pub geneve_class: u16,
-    pub geneve_type: u8,
-    /// Bytes of the first option's data (0 = no option).
-    pub geneve_len: u8,
-    pub geneve_data: [u8; 8],
+    pub tunnel: Tunnel,
 }
 
 #[inline(always)]
@@ -61,10 +79,39 @@ fn be16(a: u8, b: u8) -> u16 {
     ((a as u16) << 8) | b as u16
 }
 
+/// 1: every read goes through `bpf_skb_load_bytes`, as for paged data. Set at load time (a
+/// read-only global, so the verifier drops the branch not taken): the replay/live
+/// equivalence test runs both ways, since `BPF_PROG_TEST_RUN` hands the probe only linear data.
+#[unsafe(no_mangle)]
+static HELPER_READS_ONLY: u8 = 0;
+
+/// `T` (a byte array) at `off`, if it ends within `limit`. Read straight from the packet when
+/// it lies in the linear part (no helper call: on these kernels each call and return costs tens
+/// of nanoseconds), else copied out by `bpf_skb_load_bytes` (paged data, e.g. GRO'd frames).
 #[inline(always)]
-fn load<T>(ctx: &TcContext, off: u32, limit: u32) -> Result<T, Skip> {
-    if off as usize + core::mem::size_of::<T>() > limit as usize {
+fn load<T: Copy>(ctx: &TcContext, off: u32, limit: u32) -> Result<T, Skip> {
+    let size = core::mem::size_of::<T>() as u32;
+    if off + size > limit {
         return Err(Skip::Bad);
+    }
+    // The verifier accepts a variable packet offset only with known bounds, and LLVM drops a
+    // mask it can prove redundant from the checks above: read the offset back through a
+    // volatile stack slot so the mask stays. (The verifier also wants offset + size <= 0xffff:
+    // headers past 32 KiB, if any, take the helper.)
+    let mut slot = off;
+    // SAFETY: a local variable.
+    let off_v = unsafe { core::ptr::read_volatile(&mut slot as *mut u32) } & 0x7fff;
+    let data = ctx.data();
+    let at = data + off_v as usize;
+    // At least two bytes are compared: LLVM rewrites `at + 1 <= end` as `at < end`, a form the
+    // verifier does not use to widen the packet range.
+    let need = if size < 2 { 2 } else { size } as usize;
+    // SAFETY: a plain read of a global; volatile so LLVM does not fold in the default value.
+    let helper_only = unsafe { core::ptr::read_volatile(&HELPER_READS_ONLY) } != 0;
+    if !helper_only && off_v == off && at + need <= ctx.data_end() {
+        // SAFETY: [at, at + size) is inside the packet's linear data (checked just above);
+        // read_unaligned because headers sit at any offset.
+        return Ok(unsafe { core::ptr::read_unaligned(at as *const T) });
     }
     ctx.load::<T>(off as usize).map_err(|_| Skip::Bad)
 }
@@ -88,38 +135,32 @@ fn ethernet(ctx: &TcContext, off: u32, limit: u32) -> Result<([u8; 6], [u8; 6], 
     Ok((src, dst, ethertype, o))
 }
 
-/// FNV-1a of up to the first 16 bytes in `[off, end)`, as decode.rs computes it.
+/// FNV-1a over the first 16 bytes in `[off, end)`, zeroes past `end`, as decode.rs computes
+/// it: one helper call for the bytes there are, and 16 rounds without a branch.
 #[inline(always)]
 fn fnv(ctx: &TcContext, off: u32, end: u32) -> u32 {
+    let mut buf = core::mem::MaybeUninit::<[u64; 2]>::uninit();
+    let words = buf.as_mut_ptr() as *mut u64;
+    // SAFETY: two words of `buf`; volatile so LLVM does not turn them into a memset call.
+    unsafe {
+        core::ptr::write_volatile(words, 0);
+        core::ptr::write_volatile(words.add(1), 0);
+    }
+    if off < end {
+        let avail = end - off;
+        let n = if avail >= 16 { 16 } else { avail };
+        // The verifier needs the length's bounds (1..=16) in the register the helper gets:
+        // this form keeps them, where `if n == 0` was folded away (LLVM knows n >= 1).
+        let len = ((n - 1) & 0xf) + 1;
+        // SAFETY: `buf` is 16 writable bytes and `len` is at most 16. On failure the bytes
+        // stay zero, as for an empty payload.
+        unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, off, buf.as_mut_ptr().cast(), len) };
+    }
+    // SAFETY: both words were written above.
+    let bytes: [u8; 16] = unsafe { core::mem::transmute(buf.assume_init()) };
     let mut h: u32 = 0x811c_9dc5;
-    if off >= end {
-        return h;
-    }
-    let avail = end - off;
-    let mut buf = [0u8; 16];
-    let n = if avail >= 16 { 16 } else { avail as usize };
-    if n == 16 {
-        if let Ok(b) = ctx.load::<[u8; 16]>(off as usize) {
-            buf = b;
-        } else {
-            return h;
-        }
-    } else {
-        for i in 0..15 {
-            if i >= n {
-                break;
-            }
-            match ctx.load::<u8>(off as usize + i) {
-                Ok(b) => buf[i] = b,
-                Err(_) => return h,
-            }
-        }
-    }
-    for (i, b) in buf.iter().enumerate() {
-        if i >= n {
-            break;
-        }
-        h = (h ^ *b as u32).wrapping_mul(0x0100_0193);
+    for b in bytes {
+        h = (h ^ b as u32).wrapping_mul(0x0100_0193);
     }
     h
 }
@@ -127,8 +168,7 @@ fn fnv(ctx: &TcContext, off: u32, end: u32) -> u32 {
 /// IPv4/IPv6 and the L4 header after them, within `[off, limit)`.
 #[inline(always)]
 pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) -> Result<(), Skip> {
-    // SAFETY: Hdr is plain integers and byte arrays: all zeroes is a valid value.
-    unsafe { core::ptr::write_bytes(p as *mut Hdr, 0, 1) };
+    mem::zero(p);
     let (payload, end) = match ethertype {
         0x0800 => {
             let h: [u8; 20] = load(ctx, off, limit)?;
@@ -146,16 +186,20 @@ pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) ->
                 total = limit - off;
             }
             p.is_v4 = true;
-            p.src[10] = 0xff;
-            p.src[11] = 0xff;
-            p.src[12..16].copy_from_slice(&h[12..16]);
-            p.dst[10] = 0xff;
-            p.dst[11] = 0xff;
-            p.dst[12..16].copy_from_slice(&h[16..20]);
+            p.src.0[10] = 0xff;
+            p.src.0[11] = 0xff;
+            p.src.0[12..16].copy_from_slice(&h[12..16]);
+            p.dst.0[10] = 0xff;
+            p.dst.0[11] = 0xff;
+            p.dst.0[12..16].copy_from_slice(&h[16..20]);
             p.protocol = h[9];
             p.ip_id = be16(h[4], h[5]);
             p.ip_len = total;
-            let end = if off + total < limit { off + total } else { limit };
+            let end = if off + total < limit {
+                off + total
+            } else {
+                limit
+            };
             p.ip_payload = off + hl;
             p.end = end;
             // A later fragment carries no L4 header.
@@ -171,10 +215,14 @@ pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) ->
                 return Err(Skip::Bad);
             }
             let plen = be16(h[4], h[5]) as u32;
-            p.src.copy_from_slice(&h[8..24]);
-            p.dst.copy_from_slice(&h[24..40]);
+            p.src.0.copy_from_slice(&h[8..24]);
+            p.dst.0.copy_from_slice(&h[24..40]);
             p.ip_len = plen + 40;
-            let end = if off + 40 + plen < limit { off + 40 + plen } else { limit };
+            let end = if off + 40 + plen < limit {
+                off + 40 + plen
+            } else {
+                limit
+            };
             // Extension headers; if one cannot be read, decode.rs keeps the first next-header.
             let mut next = h[6];
             let mut o = off + 40;
@@ -306,32 +354,15 @@ fn raw_ethertype(ctx: &TcContext, off: u32, limit: u32) -> Result<u16, Skip> {
     }
 }
 
-/// Decodes the inner packet of a tunnel at `off`: by ethertype, 0x6558 being Ethernet.
-#[inline(always)]
-fn inner(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, h: &mut Hdr) -> Result<(), Skip> {
-    if ethertype == 0x6558 {
-        let (src, dst, t, o) = ethernet(ctx, off, limit)?;
-        ip(ctx, o, t, limit, h)?;
-        h.src_mac = src;
-        h.dst_mac = dst;
-        Ok(())
-    } else if ethertype == 0x0800 || ethertype == 0x86dd {
-        ip(ctx, off, ethertype, limit, h)
-    } else {
-        Err(Skip::Bad)
-    }
-}
-
 /// The whole packet into `out`. `l3` says the device has no link-layer header (TUN, IPIP).
+///
+/// Each tunnel decoder only finds where its payload starts and what it is; the one inner parse
+/// after them is shared. (Parsing the inner packet in each tunnel's branch made the verifier
+/// walk the IP parser once per tunnel kind.)
 #[inline(always)]
 pub fn packet(ctx: &TcContext, cfg: &ProbeConfig, l3: bool, out: &mut Parsed) -> Result<(), Skip> {
     let limit = ctx.len();
-    out.tunnel = tunnel::NONE;
-    out.vni = 0;
-    out.geneve_len = 0;
-    out.geneve_class = 0;
-    out.geneve_type = 0;
-    out.geneve_data = [0; 8];
+    mem::zero(&mut out.tunnel);
     let (src_mac, dst_mac, ethertype, off) = if l3 {
         ([0; 6], [0; 6], raw_ethertype(ctx, 0, limit)?, 0)
     } else {
@@ -344,41 +375,57 @@ pub fn packet(ctx: &TcContext, cfg: &ProbeConfig, l3: bool, out: &mut Parsed) ->
     let udp = out.outer.udp_payload;
     let port = out.outer.dst_port;
     let ip_payload = out.outer.ip_payload;
-    let decoded: Result<(), Skip> = match out.outer.protocol {
+    // (tunnel kind, where its payload starts, the payload's ethertype; 0x6558 = Ethernet)
+    let payload: Result<(u8, u32, u16), Skip> = match out.outer.protocol {
         17 if udp != 0 && is_port(&cfg.vxlan_ports, port) => match load::<[u8; 8]>(ctx, udp, end) {
             Ok(v) if v[0] & 0x08 != 0 => {
-                out.tunnel = tunnel::VXLAN;
-                out.vni = u32::from_be_bytes([0, v[4], v[5], v[6]]);
-                inner(ctx, udp + 8, 0x6558, end, &mut out.inner)
+                out.tunnel.vni = u32::from_be_bytes([0, v[4], v[5], v[6]]);
+                Ok((tunnel::VXLAN, udp + 8, 0x6558))
             }
             _ => Err(Skip::Bad),
         },
-        17 if udp != 0 && is_port(&cfg.geneve_ports, port) => geneve(ctx, udp, end, out),
+        17 if udp != 0 && is_port(&cfg.geneve_ports, port) => {
+            geneve(ctx, udp, end, &mut out.tunnel)
+        }
         17 if udp != 0 && is_port(&cfg.udp_encap_ports, port) => {
-            out.tunnel = tunnel::UDP_ENCAP;
-            match raw_ethertype(ctx, udp, end) {
-                Ok(t) => ip(ctx, udp, t, end, &mut out.inner),
-                Err(e) => Err(e),
-            }
+            raw_ethertype(ctx, udp, end).map(|t| (tunnel::UDP_ENCAP, udp, t))
         }
         4 | 41 if ip_payload < end => {
-            out.tunnel = tunnel::IPIP;
-            match raw_ethertype(ctx, ip_payload, end) {
-                Ok(t) => ip(ctx, ip_payload, t, end, &mut out.inner),
-                Err(e) => Err(e),
-            }
+            raw_ethertype(ctx, ip_payload, end).map(|t| (tunnel::IPIP, ip_payload, t))
         }
-        47 => gre(ctx, ip_payload, end, out),
+        47 => gre(ctx, ip_payload, end, &mut out.tunnel),
         _ => Err(Skip::NotIp),
+    };
+    let decoded = match payload {
+        Ok((kind, at, ethertype)) => {
+            out.tunnel.kind = kind;
+            inner(ctx, at, ethertype, end, &mut out.inner)
+        }
+        Err(e) => Err(e),
     };
     if decoded.is_err() {
         // No tunnel, or a carrier whose payload is not a valid inner packet: the carrier alone.
-        out.inner = out.outer;
-        out.tunnel = tunnel::NONE;
-        out.vni = 0;
-        out.geneve_len = 0;
-        out.geneve_class = 0;
-        out.geneve_type = 0;
+        mem::copy(&mut out.inner, &out.outer);
+        mem::zero(&mut out.tunnel);
+    }
+    Ok(())
+}
+
+/// The inner packet at `off`: an Ethernet frame (0x6558) or an IP packet.
+#[inline(always)]
+fn inner(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, h: &mut Hdr) -> Result<(), Skip> {
+    let (macs, t, o) = match ethertype {
+        0x6558 => {
+            let (src, dst, t, o) = ethernet(ctx, off, limit)?;
+            (Some((src, dst)), t, o)
+        }
+        0x0800 | 0x86dd => (None, ethertype, off),
+        _ => return Err(Skip::Bad),
+    };
+    ip(ctx, o, t, limit, h)?;
+    if let Some((src, dst)) = macs {
+        h.src_mac = src;
+        h.dst_mac = dst;
     }
     Ok(())
 }
@@ -391,7 +438,7 @@ const OVN_CLASS: u16 = 0x0102;
 /// first four, else the first: the one map slot holds what a CNI plugin needs, and the replay
 /// decoder, which keeps every option, is compared by the same rule.
 #[inline(always)]
-fn geneve(ctx: &TcContext, udp: u32, end: u32, out: &mut Parsed) -> Result<(), Skip> {
+fn geneve(ctx: &TcContext, udp: u32, end: u32, t: &mut Tunnel) -> Result<(u8, u32, u16), Skip> {
     let g: [u8; 8] = load(ctx, udp, end)?;
     if g[0] >> 6 != 0 {
         return Err(Skip::Bad);
@@ -401,8 +448,7 @@ fn geneve(ctx: &TcContext, udp: u32, end: u32, out: &mut Parsed) -> Result<(), S
     if base + opt_len > end {
         return Err(Skip::Bad);
     }
-    out.tunnel = tunnel::GENEVE;
-    out.vni = u32::from_be_bytes([0, g[4], g[5], g[6]]);
+    t.vni = u32::from_be_bytes([0, g[4], g[5], g[6]]);
     let mut pos = 0u32;
     for i in 0..4 {
         if pos + 4 > opt_len {
@@ -417,21 +463,21 @@ fn geneve(ctx: &TcContext, udp: u32, end: u32, out: &mut Parsed) -> Result<(), S
             break;
         }
         if i == 0 || class == OVN_CLASS {
-            out.geneve_class = class;
-            out.geneve_type = o[2];
-            out.geneve_len = 0;
-            out.geneve_data = [0; 8];
+            t.geneve_class = class;
+            t.geneve_type = o[2];
+            t.geneve_len = 0;
+            t.geneve_data = 0;
             let at = base + pos + 4;
             if len >= 8 {
                 if let Ok(d) = load::<[u8; 8]>(ctx, at, end) {
-                    out.geneve_data = d;
-                    out.geneve_len = 8;
+                    t.geneve_data = u64::from_ne_bytes(d);
+                    t.geneve_len = 8;
                 }
             } else if len == 4
                 && let Ok(d) = load::<[u8; 4]>(ctx, at, end)
             {
-                out.geneve_data[..4].copy_from_slice(&d);
-                out.geneve_len = 4;
+                t.geneve_data = u64::from_ne_bytes([d[0], d[1], d[2], d[3], 0, 0, 0, 0]);
+                t.geneve_len = 4;
             }
             if class == OVN_CLASS {
                 break;
@@ -439,12 +485,12 @@ fn geneve(ctx: &TcContext, udp: u32, end: u32, out: &mut Parsed) -> Result<(), S
         }
         pos += 4 + len;
     }
-    inner(ctx, base + opt_len, be16(g[2], g[3]), end, &mut out.inner)
+    Ok((tunnel::GENEVE, base + opt_len, be16(g[2], g[3])))
 }
 
 /// GRE version 0 (see decode.rs): keyed, checksummed, sequenced; IP, Ethernet or ERSPAN II.
 #[inline(always)]
-fn gre(ctx: &TcContext, off: u32, end: u32, out: &mut Parsed) -> Result<(), Skip> {
+fn gre(ctx: &TcContext, off: u32, end: u32, t: &mut Tunnel) -> Result<(u8, u32, u16), Skip> {
     let h: [u8; 4] = load(ctx, off, end)?;
     let flags = be16(h[0], h[1]);
     if flags & 0x7 != 0 {
@@ -464,12 +510,11 @@ fn gre(ctx: &TcContext, off: u32, end: u32, out: &mut Parsed) -> Result<(), Skip
     if flags & 0x1000 != 0 {
         o += 4;
     }
-    let (start, t) = match protocol {
+    let (start, ethertype) = match protocol {
         0x0800 | 0x86dd | 0x6558 => (o, protocol),
         0x88be => (o + 8, 0x6558),
         _ => return Err(Skip::NotIp),
     };
-    out.tunnel = tunnel::GRE;
-    out.vni = key;
-    inner(ctx, start, t, end, &mut out.inner)
+    t.vni = key;
+    Ok((tunnel::GRE, start, ethertype))
 }

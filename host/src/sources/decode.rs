@@ -355,8 +355,14 @@ fn v6_hash(p: &L3L4, payload: &[u8]) -> u32 {
     if p.ip_id.is_some() { 0 } else { fnv(payload) }
 }
 
+/// FNV-1a over exactly 16 bytes: the payload's first 16, zeroes past its end (the length is
+/// in the fingerprint beside it). Always 16 rounds, so the eBPF probe hashes without a branch
+/// per byte (each one multiplied the verifier's work).
 fn fnv(bytes: &[u8]) -> u32 {
-    bytes.iter().take(16).fold(0x811c_9dc5u32, |h, b| {
+    let mut block = [0u8; 16];
+    let n = bytes.len().min(16);
+    block[..n].copy_from_slice(&bytes[..n]);
+    block.iter().fold(0x811c_9dc5u32, |h, b| {
         (h ^ *b as u32).wrapping_mul(0x0100_0193)
     })
 }

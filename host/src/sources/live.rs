@@ -15,8 +15,8 @@ use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::LinkOrder;
 use aya::programs::tc::{SchedClassifier, TcAttachOptions, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
-use cniscope_common::{FlowKey as WireKey, FlowStats, ProbeConfig, counter, direction};
-use std::collections::BTreeMap;
+use cniscope_common::{CacheSlot, FlowKey as WireKey, FlowStats, ProbeConfig, counter, direction};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use thiserror::Error;
 
@@ -59,6 +59,13 @@ pub struct ProbeSettings {
     /// Ring buffer for new-flow events, in bytes (a power of two, at least a page).
     pub ringbuf_bytes: u32,
     pub ports: TunnelPorts,
+    /// Read every header through `bpf_skb_load_bytes`, as the probe does for paged data,
+    /// instead of straight from the linear part. For tests: `BPF_PROG_TEST_RUN` only makes
+    /// linear packets, so this is how the helper path is checked.
+    pub helper_reads_only: bool,
+    /// Slots per CPU in each of the two flow caches in front of the hash maps (rounded up to
+    /// a power of two). The drain reads every slot: a few microseconds each.
+    pub cache_slots: u32,
 }
 
 impl Default for ProbeSettings {
@@ -67,6 +74,8 @@ impl Default for ProbeSettings {
             flow_entries: 16384,
             ringbuf_bytes: 256 * 1024,
             ports: TunnelPorts::default(),
+            helper_reads_only: false,
+            cache_slots: 1024,
         }
     }
 }
@@ -102,7 +111,10 @@ pub struct NodeProbe {
     /// drains: the flows they recorded before they went are still in the maps and must be
     /// named after them, not after an ifindex (Calico names pods by their veth).
     departed: BTreeMap<u32, (Attached, u8)>,
-    active: u32,
+    /// The window the probes write now (`ACTIVE`): its parity names the buffers.
+    window: u32,
+    /// Slots per CPU in each flow cache.
+    cache_slots: u32,
     events: u64,
     /// Link changes in the node's namespace; None when netlink is unavailable (the agent
     /// then only rescans on its timer).
@@ -128,7 +140,14 @@ impl NodeProbe {
             node: node.to_string(),
             detail,
         };
+        let helper_reads_only = u8::from(settings.helper_reads_only);
+        let cache_slots = settings.cache_slots.max(1).next_power_of_two();
+        let cache_mask = cache_slots - 1;
         let mut ebpf = EbpfLoader::new()
+            .set_global("HELPER_READS_ONLY", &helper_reads_only, true)
+            .set_global("CACHE_MASK", &cache_mask, true)
+            .set_max_entries("CACHE_A", cache_slots)
+            .set_max_entries("CACHE_B", cache_slots)
             .set_max_entries("FLOWS_A", settings.flow_entries)
             .set_max_entries("FLOWS_B", settings.flow_entries)
             .set_max_entries("EVENTS", settings.ringbuf_bytes)
@@ -178,7 +197,8 @@ impl NodeProbe {
             events_rb,
             attached: BTreeMap::new(),
             departed: BTreeMap::new(),
-            active: 0,
+            window: 0,
+            cache_slots,
             events: 0,
         })
     }
@@ -307,31 +327,61 @@ impl NodeProbe {
             map,
             detail: e,
         };
-        let old = self.active;
-        self.active ^= 1;
+        let old = self.window;
+        self.window = self.window.wrapping_add(1);
         {
             let mut active: Array<&mut MapData, u32> =
                 Array::try_from(self.ebpf.map_mut("ACTIVE").expect("ACTIVE is in the probe"))
                     .map_err(|e| map_err("ACTIVE", e.to_string()))?;
             active
-                .set(0, self.active, 0)
+                .set(0, self.window, 0)
                 .map_err(|e| map_err("ACTIVE", e.to_string()))?;
         }
         // A program that read ACTIVE just before the swap may still be writing the old
         // buffer: TC programs run for well under a microsecond; give them a millisecond.
         std::thread::sleep(std::time::Duration::from_millis(1));
-        let name = if old == 0 { "FLOWS_A" } else { "FLOWS_B" };
+        let (cache_name, name) = if old & 1 == 0 {
+            ("CACHE_A", "FLOWS_A")
+        } else {
+            ("CACHE_B", "FLOWS_B")
+        };
+        // Each flow's per-CPU slots, from the cache and the hash map alike.
+        let mut entries: HashMap<WireKey, Vec<FlowStats>> = HashMap::new();
+        {
+            let cache: PerCpuArray<&mut MapData, CacheSlot> = PerCpuArray::try_from(
+                self.ebpf
+                    .map_mut(cache_name)
+                    .expect("caches are in the probe"),
+            )
+            .map_err(|e| map_err("CACHE", e.to_string()))?;
+            for index in 0..self.cache_slots {
+                match cache.get(&index, 0) {
+                    Ok(per_cpu) => {
+                        // Slots of older windows are stale: the probe reuses them as empty.
+                        for slot in per_cpu.iter() {
+                            if slot.generation == old && slot.stats.packets > 0 {
+                                entries.entry(slot.key).or_default().push(slot.stats);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(node = %self.node, "reading {cache_name}: {e}"),
+                }
+            }
+        }
         let mut flows: PerCpuHashMap<&mut MapData, WireKey, FlowStats> =
             PerCpuHashMap::try_from(self.ebpf.map_mut(name).expect("flow maps are in the probe"))
                 .map_err(|e| map_err("FLOWS", e.to_string()))?;
-        let mut entries = Vec::new();
+        let mut drained = Vec::new();
         for item in flows.iter() {
             match item {
-                Ok((k, v)) => entries.push((k, v.iter().copied().collect::<Vec<_>>())),
+                Ok((k, v)) => {
+                    entries.entry(k).or_default().extend(v.iter().copied());
+                    drained.push(k);
+                }
                 Err(e) => tracing::warn!(node = %self.node, "reading {name}: {e}"),
             }
         }
-        for (k, _) in &entries {
+        for k in &drained {
             let _ = flows.remove(k);
         }
         let mut out = Vec::with_capacity(entries.len());
@@ -447,15 +497,15 @@ pub fn observation(
     Some(Observation {
         key: FlowKey {
             point,
-            src: addr(&key.src),
-            dst: addr(&key.dst),
+            src: addr(&key.src.0),
+            dst: addr(&key.dst.0),
             protocol: key.protocol,
             src_port: key.src_port,
             dst_port: key.dst_port,
             tunnel: key.tunnel,
             vni: key.vni,
-            outer_src: addr(&key.outer_src),
-            outer_dst: addr(&key.outer_dst),
+            outer_src: addr(&key.outer_src.0),
+            outer_dst: addr(&key.outer_dst.0),
             outer_src_port: key.outer_src_port,
             outer_dst_port: key.outer_dst_port,
         },
@@ -469,7 +519,15 @@ pub fn observation(
         packets: used.iter().map(|s| s.packets).sum(),
         bytes: used.iter().map(|s| s.bytes).sum(),
         first_ns: to_unix(first.first_ns),
-        last_ns: to_unix(used.iter().map(|s| s.last_ns).max().unwrap_or(0)),
+        // Later packets carry the time to the tick (the probe's `tick_now`), which can lag the
+        // first packet's precise time by up to one tick.
+        last_ns: to_unix(
+            used.iter()
+                .map(|s| s.last_ns)
+                .max()
+                .unwrap_or(0)
+                .max(first.first_ns),
+        ),
         geneve,
     })
 }

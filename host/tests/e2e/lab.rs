@@ -310,10 +310,11 @@ fn full_maps_and_ring_buffers_are_counted_not_silent() {
     }
     plugin("flannel");
     let lab = Lab::up("d", "vxlan");
-    // 64 flows per interval and a 4 KiB ring buffer (about 36 events), then 600 new flows.
+    // 64 flows per interval (and one cache slot per CPU in front), a 4 KiB ring buffer (about
+    // 36 events), then 600 new flows.
     lab.agent_settings(
         3,
-        "duration_secs = 4\nflow_entries = 64\nringbuf_bytes = 4096",
+        "duration_secs = 4\nflow_entries = 64\nflow_cache_slots = 1\nringbuf_bytes = 4096",
     );
     let agent = lab.start_agent();
     let out = Command::new("ip")

@@ -70,14 +70,41 @@ fn the_probe_and_the_replay_decoder_agree_on_every_shared_capture() {
         eprintln!("skipped: loading eBPF programs needs root");
         return;
     }
-    let mut compared = 0;
-    // One probe for all files: each drain swaps buffers, so each file's flows come out alone.
-    let mut probe = NodeProbe::load("test", None, &ProbeSettings::default())
-        .expect("the kernel accepts the probes");
-    for rel in shared_captures() {
-        compared += assert_agree(&mut probe, &rel, &ethernet_frames(&rel));
+    // Both ways the probe reads headers: straight from the linear part (what BPF_PROG_TEST_RUN
+    // gives it), and through bpf_skb_load_bytes (its path for paged data); and both places it
+    // counts flows: the per-CPU cache, and the hash map behind it (one cache slot).
+    for probe in probes() {
+        let (mut probe, how) = probe;
+        let mut compared = 0;
+        // One probe for all files: each drain swaps buffers, so each file's flows come out
+        // alone.
+        for rel in shared_captures() {
+            compared += assert_agree(
+                &mut probe,
+                &format!("{rel} ({how})"),
+                &ethernet_frames(&rel),
+            );
+        }
+        assert!(compared > 50, "{how}: compared {compared} observations");
     }
-    assert!(compared > 50, "compared {compared} observations");
+}
+
+/// The probe loaded three ways: as the agent loads it; reading headers through the helper
+/// only; with one cache slot, so nearly every flow goes to the hash map.
+fn probes() -> [(NodeProbe, &'static str); 3] {
+    let load = |helper_reads_only, cache_slots| {
+        let settings = ProbeSettings {
+            helper_reads_only,
+            cache_slots,
+            ..ProbeSettings::default()
+        };
+        NodeProbe::load("test", None, &settings).expect("the kernel accepts the probes")
+    };
+    [
+        (load(false, 1024), "direct reads, cache"),
+        (load(true, 1024), "helper reads"),
+        (load(false, 1), "hash map"),
+    ]
 }
 
 #[test]
@@ -86,11 +113,11 @@ fn the_probe_decodes_flannel_udp_backend_frames_as_replay_does() {
         eprintln!("skipped: loading eBPF programs needs root");
         return;
     }
-    let mut probe = NodeProbe::load("test", None, &ProbeSettings::default())
-        .expect("the kernel accepts the probes");
     let (_, uplink) = crate::flannel_udp::frames();
-    // Both directions of one connection, each in UDP 8285.
-    assert_eq!(assert_agree(&mut probe, "flannel udp backend", &uplink), 2);
+    for (mut probe, how) in probes() {
+        // Both directions of one connection, each in UDP 8285.
+        assert_eq!(assert_agree(&mut probe, how, &uplink), 2);
+    }
 }
 
 #[test]
@@ -99,8 +126,6 @@ fn the_probe_finds_ovns_geneve_option_behind_others_as_replay_does() {
         eprintln!("skipped: loading eBPF programs needs root");
         return;
     }
-    let mut probe = NodeProbe::load("test", None, &ProbeSettings::default())
-        .expect("the kernel accepts the probes");
     let inner = ethernet(
         [0x0a, 0x58, 10, 132, 2, 1],
         [0x0a, 0x58, 10, 132, 2, 7],
@@ -142,7 +167,9 @@ fn the_probe_finds_ovns_geneve_option_behind_others_as_replay_does() {
         .collect();
     // Four carriers (distinct source ports), each with the inner SYN: four observations, the
     // first two keeping OVN's option.
-    assert_eq!(assert_agree(&mut probe, "geneve options", &frames), 4);
+    for (mut probe, how) in probes() {
+        assert_eq!(assert_agree(&mut probe, how, &frames), 4);
+    }
 }
 
 /// Runs `frames` through the probe (BPF_PROG_TEST_RUN) and the replay decoder and asserts

@@ -31,12 +31,19 @@ struct TestRunAttr {
 
 /// Runs `prog` once on `frame` (an Ethernet frame); returns the program's return code.
 pub fn run(prog: &SchedClassifier, frame: &[u8]) -> io::Result<u32> {
+    run_repeated(prog, frame, 1).map(|(rc, _)| rc)
+}
+
+/// Runs `prog` `repeat` times on `frame`; returns the last return code and the kernel's mean
+/// time per run in nanoseconds (measured around the whole loop, so without per-run clock
+/// reads: the probe's own cost, as `bpf_stats` cannot show it).
+pub fn run_repeated(prog: &SchedClassifier, frame: &[u8], repeat: u32) -> io::Result<(u32, u32)> {
     let fd = prog.fd().map_err(|e| io::Error::other(e.to_string()))?;
     let mut attr = TestRunAttr {
         prog_fd: fd.as_fd().as_raw_fd() as u32,
         data_size_in: frame.len() as u32,
         data_in: frame.as_ptr() as u64,
-        repeat: 1,
+        repeat: repeat.max(1),
         ..TestRunAttr::default()
     };
     // SAFETY: BPF_PROG_TEST_RUN reads `frame` (len data_size_in) and writes only the attr's
@@ -52,5 +59,5 @@ pub fn run(prog: &SchedClassifier, frame: &[u8]) -> io::Result<u32> {
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(attr.retval)
+    Ok((attr.retval, attr.duration))
 }

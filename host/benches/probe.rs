@@ -1,0 +1,87 @@
+//! The eBPF probe's own cost per packet, from `BPF_PROG_TEST_RUN` with many repeats: the
+//! kernel times the whole loop, so the figure has no per-run clock reads in it (bpf_stats,
+//! which `./x bench-probe` reads on lab traffic, adds two per run). Each frame of a real
+//! capture runs `REPEAT` times: the first run creates its flow's entry, the rest take the
+//! path every later packet of a flow takes. Prints figures; asserts nothing. Needs root.
+//!
+//!   cargo bench -p cniscope --bench probe
+
+use cniscope::sources::live::{NodeProbe, ProbeSettings, test_run};
+use pcap_parser::{PcapBlockOwned, PcapError, create_reader};
+use std::path::{Path, PathBuf};
+
+const REPEAT: u32 = 5_000;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The Ethernet frames of a legacy pcap file, cut at 3000 bytes (BPF_PROG_TEST_RUN takes
+/// about a page; the probe reads headers only).
+fn frames(path: &Path) -> Vec<Vec<u8>> {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut reader = create_reader(1 << 20, file).unwrap();
+    let mut out = Vec::new();
+    loop {
+        match reader.next() {
+            Ok((off, block)) => {
+                if let PcapBlockOwned::Legacy(b) = block
+                    && b.data.len() >= 14
+                {
+                    out.push(b.data[..b.data.len().min(3000)].to_vec());
+                }
+                reader.consume(off);
+            }
+            Err(PcapError::Incomplete(_)) => {
+                if reader.refill().is_err() || reader.reader_exhausted() {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("probe bench: needs root (loads the eBPF probe); skipped");
+        return;
+    }
+    let data = root().join("tests/data/flannel-vxlan");
+    let probe = NodeProbe::load("bench", None, &ProbeSettings::default()).expect("probe loads");
+    if let Ok(info) = probe.ingress_program().info() {
+        // The verifier's work on the program (limit 1 M): how much room the parser has left.
+        println!(
+            "verifier: {} instructions processed, {} in the program (limit 1000000)",
+            info.verified_instruction_count().unwrap_or(0),
+            info.size_translated().unwrap_or(0) / 8
+        );
+    }
+    println!(
+        "probe cost per packet (BPF_PROG_TEST_RUN, {REPEAT} runs per frame, real lab frames):"
+    );
+    for (label, file) in [
+        ("pod veth, plain TCP/UDP/ICMP", "node-a.client-veth.pcap"),
+        ("node uplink, VXLAN", "node-a.eth0.pcap"),
+    ] {
+        let probe = NodeProbe::load("bench", None, &ProbeSettings::default()).expect("probe loads");
+        let frames = frames(&data.join(file));
+        let (mut total_ns, mut runs) = (0u64, 0u64);
+        for f in &frames {
+            let (_, ns) =
+                test_run::run_repeated(probe.ingress_program(), f, REPEAT).expect("test run");
+            total_ns += ns as u64 * REPEAT as u64;
+            runs += REPEAT as u64;
+        }
+        println!(
+            "  {label:<30} {:7.1} ns   ({} frames; target <= 100 ns)",
+            total_ns as f64 / runs as f64,
+            frames.len()
+        );
+    }
+}
