@@ -117,10 +117,10 @@ pub struct FlowStats {
     pub _pad2: [u8; 4],
 }
 
-/// One slot of the probe's per-CPU flow cache (`CACHE_A` / `CACHE_B`): a direct-mapped table
-/// in front of the flow hash maps. A slot holds a flow when `generation` is the current
-/// window's and `stats.packets` is not zero; a flow whose slot another holds goes to the hash
-/// map. The agent reads both and merges them per key.
+/// One slot of the probe's per-CPU flow cache (`CACHE`, one half per window parity): a
+/// direct-mapped table in front of the flow hash maps. A slot holds a flow when `generation`
+/// is the current window's and `stats.packets` is not zero; a flow whose slot another holds
+/// goes to the hash map. The agent reads both and merges them per key.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheSlot {

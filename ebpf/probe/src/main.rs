@@ -20,17 +20,19 @@ use cniscope_common::{
 use parse::{Parsed, Skip};
 
 /// Flows, double-buffered: `ACTIVE` holds the window's number, and the probe writes to the
-/// maps its parity names while the agent drains the others, so no packet is counted in a map
-/// being drained. Each packet tries its flow's slot in this CPU's cache first (an array:
-/// the verifier inlines its lookup, where a hash lookup costs a call, a hash of the 88-byte
-/// key and a compare); a flow whose slot another flow holds goes to the hash map. Not LRU: a
-/// full hash map must fail an insert (and be counted), never silently evict.
+/// half (of `CACHE`) and the map (`FLOWS_A` / `FLOWS_B`) its parity names while the agent
+/// drains the others, so no packet is counted in a map being drained. Each packet tries its
+/// flow's slot in this CPU's cache first (an array: the verifier inlines its lookup, where a
+/// hash lookup costs a call, a hash of the 88-byte key and a compare); a flow whose slot
+/// another flow holds goes to the hash map. Not LRU: a full hash map must fail an insert (and
+/// be counted), never silently evict.
+///
+/// One cache map with both halves, not two maps: a lookup whose map differs by path is not
+/// inlined by the verifier but made an indirect call (a retpoline here).
 #[map]
-static CACHE_A: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(1024, 0);
-#[map]
-static CACHE_B: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(1024, 0);
-/// Slots in each cache minus one (a power of two minus one); set at load time with the caches'
-/// size, read-only, so the verifier knows it.
+static CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(2 * 1024, 0);
+/// Slots in each half of the cache minus one (a power of two minus one); set at load time
+/// with the cache's size, read-only, so the verifier knows it.
 #[unsafe(no_mangle)]
 static CACHE_MASK: u32 = 1023;
 #[map]
@@ -154,14 +156,11 @@ fn record(ifindex: u32, dir: u8, scratch: &mut Scratch) {
     }
     let (kind, value) = fingerprint(i);
     let window = ACTIVE.get(0).copied().unwrap_or(0);
-    let (cache, flows) = if window & 1 == 1 {
-        (&CACHE_B, &FLOWS_B)
-    } else {
-        (&CACHE_A, &FLOWS_A)
-    };
+    let flows = if window & 1 == 1 { &FLOWS_B } else { &FLOWS_A };
     // SAFETY: a plain read of a read-only global (volatile: LLVM must not fold the default).
     let mask = unsafe { core::ptr::read_volatile(&CACHE_MASK) };
-    if let Some(slot) = cache.get_ptr_mut(slot_hash(key) & mask) {
+    let half = (window & 1) * (mask + 1);
+    if let Some(slot) = CACHE.get_ptr_mut(half + (slot_hash(key) & mask)) {
         // SAFETY: this CPU's copy of the slot; a TC program runs to completion on one CPU.
         let slot = unsafe { &mut *slot };
         let taken = slot.generation == window && slot.stats.packets != 0;

@@ -146,8 +146,7 @@ impl NodeProbe {
         let mut ebpf = EbpfLoader::new()
             .set_global("HELPER_READS_ONLY", &helper_reads_only, true)
             .set_global("CACHE_MASK", &cache_mask, true)
-            .set_max_entries("CACHE_A", cache_slots)
-            .set_max_entries("CACHE_B", cache_slots)
+            .set_max_entries("CACHE", 2 * cache_slots)
             .set_max_entries("FLOWS_A", settings.flow_entries)
             .set_max_entries("FLOWS_B", settings.flow_entries)
             .set_max_entries("EVENTS", settings.ringbuf_bytes)
@@ -340,21 +339,19 @@ impl NodeProbe {
         // A program that read ACTIVE just before the swap may still be writing the old
         // buffer: TC programs run for well under a microsecond; give them a millisecond.
         std::thread::sleep(std::time::Duration::from_millis(1));
-        let (cache_name, name) = if old & 1 == 0 {
-            ("CACHE_A", "FLOWS_A")
-        } else {
-            ("CACHE_B", "FLOWS_B")
-        };
+        let name = if old & 1 == 0 { "FLOWS_A" } else { "FLOWS_B" };
+        // The cache's half for that window.
+        let half = (old & 1) * self.cache_slots;
         // Each flow's per-CPU slots, from the cache and the hash map alike.
         let mut entries: HashMap<WireKey, Vec<FlowStats>> = HashMap::new();
         {
             let cache: PerCpuArray<&mut MapData, CacheSlot> = PerCpuArray::try_from(
                 self.ebpf
-                    .map_mut(cache_name)
-                    .expect("caches are in the probe"),
+                    .map_mut("CACHE")
+                    .expect("the cache is in the probe"),
             )
             .map_err(|e| map_err("CACHE", e.to_string()))?;
-            for index in 0..self.cache_slots {
+            for index in half..half + self.cache_slots {
                 match cache.get(&index, 0) {
                     Ok(per_cpu) => {
                         // Slots of older windows are stale: the probe reuses them as empty.
@@ -364,7 +361,7 @@ impl NodeProbe {
                             }
                         }
                     }
-                    Err(e) => tracing::warn!(node = %self.node, "reading {cache_name}: {e}"),
+                    Err(e) => tracing::warn!(node = %self.node, "reading CACHE: {e}"),
                 }
             }
         }
