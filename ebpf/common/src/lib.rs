@@ -54,7 +54,8 @@ pub mod counter {
     pub const COUNT: u32 = 5;
 }
 
-/// Ports the probe decodes as tunnels (the `CONFIG` array's only entry). Zero = unused slot.
+/// Ports the probe decodes as tunnels (its read-only global `PROBE_CONFIG`, set at load).
+/// Zero = unused slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeConfig {

@@ -46,19 +46,17 @@ static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
-#[map]
-static CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
-/// Per CPU: the tick (`bpf_jiffies64`) and the monotonic time read when it began here.
-#[map]
-static CLOCK: PerCpuArray<TickClock> = PerCpuArray::with_max_entries(1, 0);
+/// The tunnel ports, set at load time: a read-only global, so the verifier knows every port
+/// and each packet is compared with constants, without a map lookup.
+#[unsafe(no_mangle)]
+static PROBE_CONFIG: ProbeConfig = ProbeConfig {
+    vxlan_ports: [0; 8],
+    geneve_ports: [0; 4],
+    udp_encap_ports: [0; 4],
+};
 
-#[repr(C)]
-pub struct TickClock {
-    jiffies: u64,
-    ns: u64,
-}
-
-/// Working memory, one per CPU: the BPF stack (512 bytes) cannot hold a parsed packet.
+/// Working memory, one per CPU: the BPF stack (512 bytes) cannot hold a parsed packet. The
+/// tick clock lives here too: one per-CPU area touched per packet, not two.
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
@@ -67,6 +65,9 @@ pub struct Scratch {
     parsed: Parsed,
     key: FlowKey,
     stats: FlowStats,
+    /// The tick (`bpf_jiffies64`) and the monotonic time read when it began on this CPU.
+    clock_jiffies: u64,
+    clock_ns: u64,
 }
 
 /// Interfaces without a link-layer header (TUN, IPIP): 1 at their ifindex. An array, not a
@@ -98,7 +99,6 @@ fn bump(index: u32) {
 #[inline(always)]
 fn observe(ctx: &TcContext, dir: u8) {
     bump(counter::PACKETS);
-    let Some(cfg) = CONFIG.get(0) else { return };
     // SAFETY: ctx.skb is the kernel's sk_buff for this program invocation.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let l3 = L3_IFACES.get(ifindex) == Some(&1);
@@ -107,7 +107,7 @@ fn observe(ctx: &TcContext, dir: u8) {
     };
     // SAFETY: this CPU's scratch slot; a TC program runs to completion on one CPU.
     let scratch = unsafe { &mut *scratch };
-    match parse::packet(ctx, cfg, l3, &mut scratch.parsed) {
+    match parse::packet(ctx, &PROBE_CONFIG, l3, &mut scratch.parsed) {
         Ok(()) => record(ifindex, dir, scratch),
         Err(Skip::NotIp) => bump(counter::NOT_IP),
         Err(Skip::Bad) => bump(counter::PARSE_FAILED),
@@ -155,6 +155,7 @@ fn record(ifindex: u32, dir: u8, scratch: &mut Scratch) {
         mem::copy(&mut key.outer_dst, &p.outer.dst);
     }
     let (kind, value) = fingerprint(i);
+    let tick = tick_now(&mut scratch.clock_jiffies, &mut scratch.clock_ns);
     let window = ACTIVE.get(0).copied().unwrap_or(0);
     let flows = if window & 1 == 1 { &FLOWS_B } else { &FLOWS_A };
     // SAFETY: a plain read of a read-only global (volatile: LLVM must not fold the default).
@@ -165,7 +166,7 @@ fn record(ifindex: u32, dir: u8, scratch: &mut Scratch) {
         let slot = unsafe { &mut *slot };
         let taken = slot.generation == window && slot.stats.packets != 0;
         if taken && same_key(&slot.key, key) {
-            update(&mut slot.stats, p, kind, value);
+            update(&mut slot.stats, p, kind, value, tick);
             return;
         }
         if !taken {
@@ -184,7 +185,7 @@ fn record(ifindex: u32, dir: u8, scratch: &mut Scratch) {
             // The entry was created on another CPU: this CPU's slot starts here.
             init(s, p, precise_now(), kind, value);
         }
-        update(s, p, kind, value);
+        update(s, p, kind, value, tick);
         return;
     }
     let now = precise_now();
@@ -248,24 +249,19 @@ fn precise_now() -> u64 {
 /// (return thunks), so this saves one on nearly every packet. It can lag a first packet's
 /// precise time by up to a tick; the agent clamps it.
 #[inline(always)]
-fn tick_now() -> u64 {
+fn tick_now(jiffies: &mut u64, ns: &mut u64) -> u64 {
     // SAFETY: no preconditions.
     let j = unsafe { bpf_jiffies64() };
-    let Some(c) = CLOCK.get_ptr_mut(0) else {
-        return precise_now();
-    };
-    // SAFETY: this CPU's slot; a TC program runs to completion on one CPU.
-    let c = unsafe { &mut *c };
-    if c.jiffies != j {
-        c.jiffies = j;
-        c.ns = precise_now();
+    if *jiffies != j {
+        *jiffies = j;
+        *ns = precise_now();
     }
-    c.ns
+    *ns
 }
 
 /// One more packet of a flow already in `s`.
 #[inline(always)]
-fn update(s: &mut FlowStats, p: &Parsed, kind: u8, value: u32) {
+fn update(s: &mut FlowStats, p: &Parsed, kind: u8, value: u32, last_ns: u64) {
     let i = &p.inner;
     // A SYN seen after other packets still gives the ISN (as the replay aggregator).
     if i.protocol == 6
@@ -278,7 +274,7 @@ fn update(s: &mut FlowStats, p: &Parsed, kind: u8, value: u32) {
     }
     s.packets += 1;
     s.bytes += i.ip_len as u64;
-    s.last_ns = tick_now();
+    s.last_ns = last_ns;
     s.tcp_flags |= i.tcp_flags;
 }
 

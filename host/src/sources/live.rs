@@ -141,11 +141,17 @@ impl NodeProbe {
             detail,
         };
         let helper_reads_only = u8::from(settings.helper_reads_only);
+        let cfg = ProbeConfig {
+            vxlan_ports: ports(&settings.ports.vxlan),
+            geneve_ports: ports(&settings.ports.geneve),
+            udp_encap_ports: ports(&settings.ports.udp_encap),
+        };
         let cache_slots = settings.cache_slots.max(1).next_power_of_two();
         let cache_mask = cache_slots - 1;
         let mut ebpf = EbpfLoader::new()
             .set_global("HELPER_READS_ONLY", &helper_reads_only, true)
             .set_global("CACHE_MASK", &cache_mask, true)
+            .set_global("PROBE_CONFIG", &cfg, true)
             .set_max_entries("CACHE", 2 * cache_slots)
             .set_max_entries("FLOWS_A", settings.flow_entries)
             .set_max_entries("FLOWS_B", settings.flow_entries)
@@ -160,19 +166,6 @@ impl NodeProbe {
                 .map_err(|e| err(format!("{name}: {e}")))?;
             prog.load().map_err(|e| err(format!("{name}: {e:#}")))?;
         }
-        let cfg = ProbeConfig {
-            vxlan_ports: ports(&settings.ports.vxlan),
-            geneve_ports: ports(&settings.ports.geneve),
-            udp_encap_ports: ports(&settings.ports.udp_encap),
-        };
-        let mut config: Array<&mut MapData, ProbeConfig> = Array::try_from(
-            ebpf.map_mut("CONFIG")
-                .ok_or_else(|| err("map CONFIG missing".into()))?,
-        )
-        .map_err(|e| err(format!("CONFIG: {e}")))?;
-        config
-            .set(0, cfg, 0)
-            .map_err(|e| err(format!("CONFIG: {e}")))?;
         let events_rb = RingBuf::try_from(
             ebpf.take_map("EVENTS")
                 .ok_or_else(|| err("map EVENTS missing".into()))?,
