@@ -116,9 +116,11 @@ fn load<T: Copy>(ctx: &TcContext, off: u32, limit: u32) -> Result<T, Skip> {
     ctx.load::<T>(off as usize).map_err(|_| Skip::Bad)
 }
 
-/// Ethernet and VLAN tags: (src MAC, dst MAC, ethertype, offset of the payload).
+/// Ethernet and VLAN tags: the MACs into `h`; returns (ethertype, offset of the payload). The
+/// MACs go straight to their place: returned by value, their twelve bytes were each spilled
+/// to the stack and read back.
 #[inline(always)]
-fn ethernet(ctx: &TcContext, off: u32, limit: u32) -> Result<([u8; 6], [u8; 6], u16, u32), Skip> {
+fn ethernet(ctx: &TcContext, off: u32, limit: u32, h_out: &mut Hdr) -> Result<(u16, u32), Skip> {
     let h: [u8; 14] = load(ctx, off, limit)?;
     let mut ethertype = be16(h[12], h[13]);
     let mut o = off + 14;
@@ -130,9 +132,9 @@ fn ethernet(ctx: &TcContext, off: u32, limit: u32) -> Result<([u8; 6], [u8; 6], 
         ethertype = be16(t[2], t[3]);
         o += 4;
     }
-    let src = [h[6], h[7], h[8], h[9], h[10], h[11]];
-    let dst = [h[0], h[1], h[2], h[3], h[4], h[5]];
-    Ok((src, dst, ethertype, o))
+    h_out.src_mac = [h[6], h[7], h[8], h[9], h[10], h[11]];
+    h_out.dst_mac = [h[0], h[1], h[2], h[3], h[4], h[5]];
+    Ok((ethertype, o))
 }
 
 /// FNV-1a over the first 16 bytes in `[off, end)`, zeroes past `end`, as decode.rs computes
@@ -165,10 +167,10 @@ fn fnv(ctx: &TcContext, off: u32, end: u32) -> u32 {
     h
 }
 
-/// IPv4/IPv6 and the L4 header after them, within `[off, limit)`.
+/// IPv4/IPv6 and the L4 header after them, within `[off, limit)`, into `p`, which the caller
+/// zeroed (but for the MACs `ethernet` may have put there).
 #[inline(always)]
 pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) -> Result<(), Skip> {
-    mem::zero(p);
     let (payload, end) = match ethertype {
         0x0800 => {
             let h: [u8; 20] = load(ctx, off, limit)?;
@@ -367,14 +369,13 @@ fn raw_ethertype(ctx: &TcContext, off: u32, limit: u32) -> Result<u16, Skip> {
 pub fn packet(ctx: &TcContext, cfg: &ProbeConfig, l3: bool, out: &mut Parsed) -> Result<(), Skip> {
     let limit = ctx.len();
     mem::zero(&mut out.tunnel);
-    let (src_mac, dst_mac, ethertype, off) = if l3 {
-        ([0; 6], [0; 6], raw_ethertype(ctx, 0, limit)?, 0)
+    mem::zero(&mut out.outer);
+    let (ethertype, off) = if l3 {
+        (raw_ethertype(ctx, 0, limit)?, 0)
     } else {
-        ethernet(ctx, 0, limit)?
+        ethernet(ctx, 0, limit, &mut out.outer)?
     };
     ip(ctx, off, ethertype, limit, &mut out.outer)?;
-    out.outer.src_mac = src_mac;
-    out.outer.dst_mac = dst_mac;
     let end = out.outer.end;
     let udp = out.outer.udp_payload;
     let port = out.outer.dst_port;
@@ -418,20 +419,13 @@ pub fn packet(ctx: &TcContext, cfg: &ProbeConfig, l3: bool, out: &mut Parsed) ->
 /// The inner packet at `off`: an Ethernet frame (0x6558) or an IP packet.
 #[inline(always)]
 fn inner(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, h: &mut Hdr) -> Result<(), Skip> {
-    let (macs, t, o) = match ethertype {
-        0x6558 => {
-            let (src, dst, t, o) = ethernet(ctx, off, limit)?;
-            (Some((src, dst)), t, o)
-        }
-        0x0800 | 0x86dd => (None, ethertype, off),
+    mem::zero(h);
+    let (t, o) = match ethertype {
+        0x6558 => ethernet(ctx, off, limit, h)?,
+        0x0800 | 0x86dd => (ethertype, off),
         _ => return Err(Skip::Bad),
     };
-    ip(ctx, o, t, limit, h)?;
-    if let Some((src, dst)) = macs {
-        h.src_mac = src;
-        h.dst_mac = dst;
-    }
-    Ok(())
+    ip(ctx, o, t, limit, h)
 }
 
 /// OVN's Geneve option class (CNI-RULES.md): the one option the probe looks past others for.
