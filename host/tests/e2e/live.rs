@@ -2,38 +2,15 @@ use crate::support::*;
 use cniscope::sources::aggregate::{Aggregator, Observation, PointTable};
 use cniscope::sources::decode::{LinkType, TunnelPorts, decode};
 use cniscope::sources::live::{NodeProbe, ProbeSettings, test_run};
-use pcap_parser::{PcapBlockOwned, PcapError, create_reader};
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Every Ethernet frame of a legacy pcap file.
+/// Every Ethernet frame of a legacy pcap file under the shared data.
 fn ethernet_frames(rel: &str) -> Vec<Vec<u8>> {
-    let file = std::fs::File::open(data(rel)).unwrap();
-    let mut reader = create_reader(1 << 20, file).unwrap();
-    let mut frames = Vec::new();
-    let mut ethernet = false;
-    loop {
-        match reader.next() {
-            Ok((off, block)) => {
-                match block {
-                    PcapBlockOwned::LegacyHeader(h) => ethernet = h.network.0 == 1,
-                    PcapBlockOwned::Legacy(b) if ethernet => frames.push(b.data.to_vec()),
-                    _ => {}
-                }
-                reader.consume(off);
-            }
-            Err(PcapError::Incomplete(_)) => {
-                if reader.refill().is_err() || reader.reader_exhausted() {
-                    break;
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    frames
+    test_run::ethernet_frames(&data(rel)).unwrap()
 }
 
 /// What must agree between live and replay: everything but the capture point and the clock.

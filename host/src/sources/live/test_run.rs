@@ -2,8 +2,10 @@
 //! The replay/live equivalence test feeds it every packet of the shared captures.
 
 use aya::programs::SchedClassifier;
+use pcap_parser::{PcapBlockOwned, PcapError, create_reader};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
 
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
@@ -60,4 +62,33 @@ pub fn run_repeated(prog: &SchedClassifier, frame: &[u8], repeat: u32) -> io::Re
         return Err(io::Error::last_os_error());
     }
     Ok((attr.retval, attr.duration))
+}
+
+/// Every frame of a legacy pcap file whose link type is Ethernet (what `run` takes), in file
+/// order; a truncated file gives the frames before the damage.
+pub fn ethernet_frames(path: &Path) -> io::Result<Vec<Vec<u8>>> {
+    let file = std::fs::File::open(path)?;
+    let mut reader = create_reader(1 << 20, file)
+        .map_err(|e| io::Error::other(format!("{}: {e:?}", path.display())))?;
+    let mut frames = Vec::new();
+    let mut ethernet = false;
+    loop {
+        match reader.next() {
+            Ok((off, block)) => {
+                match block {
+                    PcapBlockOwned::LegacyHeader(h) => ethernet = h.network.0 == 1,
+                    PcapBlockOwned::Legacy(b) if ethernet => frames.push(b.data.to_vec()),
+                    _ => {}
+                }
+                reader.consume(off);
+            }
+            Err(PcapError::Incomplete(_)) => {
+                if reader.refill().is_err() || reader.reader_exhausted() {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    Ok(frames)
 }
