@@ -72,9 +72,7 @@ pub struct OpenShiftSdn {
     pub netnamespaces: Vec<(String, u32)>,
 }
 
-/// The pod annotation under which the host hands a pod's OpenShift-SDN NETID (from its
-/// namespace's NetNamespace) to the plugins: the plugin contract has no field for it.
-pub const NETID_ANNOTATION: &str = "cniscope.io/netid";
+pub use cniscope_common::NETID_ANNOTATION;
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Inventory {

@@ -4,6 +4,8 @@ use crate::hash::FastMap;
 use crate::net::{Cidr, CidrSet};
 use crate::services::Services;
 use crate::{Inventory, Ip, NodeInfo, PodInfo};
+/// A pod's OpenShift-SDN NETID, set by the host from its namespace's NetNamespace object.
+pub use cniscope_common::NETID_ANNOTATION;
 
 /// Lookup over `list<tuple<string, string>>` annotations or labels.
 pub trait Annotations {

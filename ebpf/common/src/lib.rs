@@ -29,6 +29,10 @@ pub mod fp {
     pub const TCP_SYNACK_ISN: u8 = 5;
 }
 
+/// The pod annotation under which the host hands a pod's OpenShift-SDN NETID (from its
+/// namespace's NetNamespace object) to the plugins: the plugin contract has no field for it.
+pub const NETID_ANNOTATION: &str = "cniscope.io/netid";
+
 /// Size of the probe's `L3_IFACES` array: interfaces with a larger ifindex are read as Ethernet.
 pub const MAX_L3_IFINDEX: u32 = 4096;
 

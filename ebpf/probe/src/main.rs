@@ -158,14 +158,13 @@ fn record(ifindex: u32, dir: u8, scratch: &mut Scratch) {
     let tick = tick_now(&mut scratch.clock_jiffies, &mut scratch.clock_ns);
     let window = ACTIVE.get(0).copied().unwrap_or(0);
     let flows = if window & 1 == 1 { &FLOWS_B } else { &FLOWS_A };
-    // SAFETY: a plain read of a read-only global (volatile: LLVM must not fold the default).
-    let mask = unsafe { core::ptr::read_volatile(&CACHE_MASK) };
+    let mask = mem::load_time(&CACHE_MASK);
     let half = (window & 1) * (mask + 1);
     if let Some(slot) = CACHE.get_ptr_mut(half + (slot_hash(key) & mask)) {
         // SAFETY: this CPU's copy of the slot; a TC program runs to completion on one CPU.
         let slot = unsafe { &mut *slot };
         let taken = slot.generation == window && slot.stats.packets != 0;
-        if taken && same_key(&slot.key, key) {
+        if taken && mem::same(&slot.key, key) {
             update(&mut slot.stats, p, kind, value, tick);
             return;
         }
@@ -183,9 +182,10 @@ fn record(ifindex: u32, dir: u8, scratch: &mut Scratch) {
         let s = unsafe { &mut *s };
         if s.packets == 0 {
             // The entry was created on another CPU: this CPU's slot starts here.
-            init(s, p, precise_now(), kind, value);
+            first(s, p, precise_now(), kind, value);
+        } else {
+            update(s, p, kind, value, tick);
         }
-        update(s, p, kind, value, tick);
         return;
     }
     let now = precise_now();
@@ -201,37 +201,33 @@ fn record(ifindex: u32, dir: u8, scratch: &mut Scratch) {
 /// A slot in the flow cache for `key`: FNV-style mixing of its eleven words.
 #[inline(always)]
 fn slot_hash(key: &FlowKey) -> u32 {
-    let w = key as *const FlowKey as *const u64;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for i in 0..core::mem::size_of::<FlowKey>() / 8 {
-        // SAFETY: FlowKey is 8-aligned and a whole number of words (its layout test).
-        let x = unsafe { *w.add(i) };
-        h = (h ^ x).wrapping_mul(0x0000_0100_0000_01b3);
+        h = (h ^ mem::word(key, i)).wrapping_mul(0x0000_0100_0000_01b3);
     }
     (h ^ (h >> 32)) as u32
 }
 
-#[inline(always)]
-fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
-    let (a, b) = (
-        a as *const FlowKey as *const u64,
-        b as *const FlowKey as *const u64,
-    );
-    let mut diff = 0;
-    for i in 0..core::mem::size_of::<FlowKey>() / 8 {
-        // SAFETY: both 8-aligned, a whole number of words.
-        diff |= unsafe { *a.add(i) ^ *b.add(i) };
-    }
-    diff == 0
-}
-
-/// `s` as the first packet of its flow makes it.
+/// `s` as the first packet of its flow (on this CPU, in this window) makes it.
 #[inline(always)]
 fn first(s: &mut FlowStats, p: &Parsed, now: u64, kind: u8, value: u32) {
     mem::zero(s);
-    init(s, p, now, kind, value);
+    s.first_ns = now;
+    s.fp_kind = kind;
+    s.fingerprint = value;
+    s.src_mac = p.inner.src_mac;
+    s.dst_mac = p.inner.dst_mac;
+    if p.tunnel.kind != 0 {
+        s.outer_src_mac = p.outer.src_mac;
+        s.outer_dst_mac = p.outer.dst_mac;
+    }
+    s.geneve_class = p.tunnel.geneve_class;
+    s.geneve_type = p.tunnel.geneve_type;
+    s.geneve_len = p.tunnel.geneve_len;
+    s.geneve_data = p.tunnel.geneve_data.to_ne_bytes();
     s.packets = 1;
     s.bytes = p.inner.ip_len as u64;
+    s.last_ns = now;
     s.tcp_flags = p.inner.tcp_flags;
 }
 
@@ -295,24 +291,6 @@ fn new_flow(key: &FlowKey, now: u64, kind: u8, value: u32) {
         }
         None => bump(counter::RINGBUF_FULL),
     }
-}
-
-#[inline(always)]
-fn init(s: &mut FlowStats, p: &Parsed, now: u64, kind: u8, value: u32) {
-    s.first_ns = now;
-    s.last_ns = now;
-    s.fp_kind = kind;
-    s.fingerprint = value;
-    s.src_mac = p.inner.src_mac;
-    s.dst_mac = p.inner.dst_mac;
-    if p.tunnel.kind != 0 {
-        s.outer_src_mac = p.outer.src_mac;
-        s.outer_dst_mac = p.outer.dst_mac;
-    }
-    s.geneve_class = p.tunnel.geneve_class;
-    s.geneve_type = p.tunnel.geneve_type;
-    s.geneve_len = p.tunnel.geneve_len;
-    s.geneve_data = p.tunnel.geneve_data.to_ne_bytes();
 }
 
 #[panic_handler]

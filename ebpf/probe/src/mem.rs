@@ -22,6 +22,33 @@ pub fn zero<T: Plain>(t: &mut T) {
     }
 }
 
+/// Word `i` of `t` (`i` below its number of words).
+#[inline(always)]
+pub fn word<T: Plain>(t: &T, i: usize) -> u64 {
+    let n = const { words::<T>() };
+    debug_assert!(i < n);
+    // SAFETY: `t` is 8-aligned and `T` is `n` whole words; callers stay below `n`.
+    unsafe { *(t as *const T as *const u64).add(i % n) }
+}
+
+/// Whether `a` and `b` hold the same bytes, compared a word at a time.
+#[inline(always)]
+pub fn same<T: Plain>(a: &T, b: &T) -> bool {
+    let mut diff = 0;
+    for i in 0..const { words::<T>() } {
+        diff |= word(a, i) ^ word(b, i);
+    }
+    diff == 0
+}
+
+/// A read-only global set at load time (`EbpfLoader::set_global`): read volatile, so LLVM does
+/// not fold in the compiled-in default; the verifier then sees the loaded value as a constant.
+#[inline(always)]
+pub fn load_time<T: Copy>(global: &T) -> T {
+    // SAFETY: a plain read of a global.
+    unsafe { core::ptr::read_volatile(global) }
+}
+
 /// `*dst = *src`, a word at a time.
 #[inline(always)]
 pub fn copy<T: Plain>(dst: &mut T, src: &T) {
@@ -34,8 +61,8 @@ pub fn copy<T: Plain>(dst: &mut T, src: &T) {
     }
 }
 
-/// Types made only of integers and byte arrays, for which any bit pattern (all zeroes too)
-/// is a valid value.
+/// Types made only of integers, byte arrays and bools with explicit padding, for which all
+/// zeroes is a value and a word-by-word copy is a copy.
 ///
 /// # Safety
 /// Implement only for such types.

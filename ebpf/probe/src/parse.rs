@@ -3,8 +3,9 @@
 //! level), so live capture and replay give the same observations; the equivalence test runs
 //! both on every packet of the shared real captures.
 //!
-//! Every read is a bounds-checked `bpf_skb_load_bytes`; `limit` is the end of the bytes the
-//! enclosing header says belong to this packet (the IPv4 total length, not Ethernet padding).
+//! Every read is bounds-checked (`load`: straight from the packet's linear part, else
+//! `bpf_skb_load_bytes`); `limit` is the end of the bytes the enclosing header says belong to
+//! this packet (the IPv4 total length, not Ethernet padding).
 
 use crate::mem::{self, Plain};
 use aya_ebpf::helpers::bpf_skb_load_bytes;
@@ -106,8 +107,7 @@ fn load<T: Copy>(ctx: &TcContext, off: u32, limit: u32) -> Result<T, Skip> {
     // At least two bytes are compared: LLVM rewrites `at + 1 <= end` as `at < end`, a form the
     // verifier does not use to widen the packet range.
     let need = if size < 2 { 2 } else { size } as usize;
-    // SAFETY: a plain read of a global; volatile so LLVM does not fold in the default value.
-    let helper_only = unsafe { core::ptr::read_volatile(&HELPER_READS_ONLY) } != 0;
+    let helper_only = mem::load_time(&HELPER_READS_ONLY) != 0;
     if !helper_only && off_v == off && at + need <= ctx.data_end() {
         // SAFETY: [at, at + size) is inside the packet's linear data (checked just above);
         // read_unaligned because headers sit at any offset.
@@ -143,7 +143,9 @@ fn ethernet(ctx: &TcContext, off: u32, limit: u32, h_out: &mut Hdr) -> Result<(u
 fn fnv(ctx: &TcContext, off: u32, end: u32) -> u32 {
     let mut buf = core::mem::MaybeUninit::<[u64; 2]>::uninit();
     let words = buf.as_mut_ptr() as *mut u64;
-    // SAFETY: two words of `buf`; volatile so LLVM does not turn them into a memset call.
+    // SAFETY: two words of `buf`, written in place (volatile: no memset call). Not
+    // `mem::zeroed`: a value returned zero is a constant to the verifier, whose hash then
+    // differs from the loaded one's and doubles the states it walks after.
     unsafe {
         core::ptr::write_volatile(words, 0);
         core::ptr::write_volatile(words.add(1), 0);
@@ -229,6 +231,8 @@ pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) ->
             let mut next = h[6];
             let mut o = off + 40;
             let mut ok = true;
+            // One read per arm, not one shared read before a match on the kind: that shape
+            // cost the verifier 90 K more instructions.
             for _ in 0..4 {
                 let len = match next {
                     0 | 43 | 60 => match load::<[u8; 2]>(ctx, o, end) {
@@ -334,14 +338,12 @@ pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) ->
     Ok(())
 }
 
-/// Whether `port` is one of `ports` (a read-only global's field: each is read volatile, so
-/// LLVM does not fold in the compiled-in zeroes, and the verifier sees the loaded values).
+/// Whether `port` is one of `ports`, a field of the load-time global `PROBE_CONFIG`.
 #[inline(always)]
 fn is_port<const N: usize>(ports: &[u16; N], port: u16) -> bool {
     let mut i = 0;
     while i < N {
-        // SAFETY: an element of a global array.
-        let p = unsafe { core::ptr::read_volatile(&ports[i]) };
+        let p = mem::load_time(&ports[i]);
         if p != 0 && p == port {
             return true;
         }

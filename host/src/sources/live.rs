@@ -511,14 +511,13 @@ pub fn observation(
         packets: used.iter().map(|s| s.packets).sum(),
         bytes: used.iter().map(|s| s.bytes).sum(),
         first_ns: to_unix(first.first_ns),
-        // Later packets carry the time to the tick (the probe's `tick_now`), which can lag the
-        // first packet's precise time by up to one tick.
+        // Later packets carry the time to the tick (the probe's `tick_now`), which can lag a
+        // slot's first packet, timed precisely, by up to one tick.
         last_ns: to_unix(
             used.iter()
-                .map(|s| s.last_ns)
+                .map(|s| s.last_ns.max(s.first_ns))
                 .max()
-                .unwrap_or(0)
-                .max(first.first_ns),
+                .unwrap_or(0),
         ),
         geneve,
     })

@@ -125,12 +125,26 @@ impl Lab {
     }
 
     fn namespaces_left(&self) -> usize {
-        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with(&format!("{}-", self.id)))
-            .count()
+        namespaces_of(&self.id)
     }
+}
+
+/// Network namespaces of lab `id` (`<id>-*`) on the machine.
+fn namespaces_of(id: &str) -> usize {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&format!("{id}-")))
+        .count()
+}
+
+/// `cniscope ARGS` from the checkout's root.
+fn cniscope(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cniscope"))
+        .current_dir(root())
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 impl Drop for Lab {
@@ -406,11 +420,7 @@ fn cniscope_demo_builds_captures_prints_and_tears_down_its_lab() {
     }
     plugin("calico");
     let _serial = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let out = Command::new(env!("CARGO_BIN_EXE_cniscope"))
-        .current_dir(root())
-        .args(["demo", "calico-bgp", "--format", "json"])
-        .output()
-        .unwrap();
+    let out = cniscope(&["demo", "calico-bgp", "--format", "json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -430,11 +440,7 @@ fn cniscope_demo_builds_captures_prints_and_tears_down_its_lab() {
     );
     // Nothing of the demo's lab is left.
     let demo = format!("csdemo{}", out_pid_hint(&out.stderr));
-    let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    assert!(
-        !String::from_utf8_lossy(&left.stdout).contains(&demo),
-        "namespaces {demo}-* left behind"
-    );
+    assert_eq!(namespaces_of(&demo), 0, "namespaces {demo}-* left behind");
 }
 
 /// The demo's lab id, from what it printed ("... namespaces csdemoN-* ...").
@@ -456,40 +462,26 @@ fn cniscope_lab_up_and_down_leave_nothing_behind() {
     let _serial = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let id = format!("cs{}u", std::process::id());
-    let cniscope = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_cniscope"))
-            .current_dir(root())
-            .args(args)
-            .output()
-            .unwrap();
+    let ok = |args: &[&str]| {
+        let out = cniscope(args);
         assert!(
             out.status.success(),
             "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    let namespaces = || {
-        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with(&format!("{id}-")))
-            .count()
-    };
     let d = dir.path().to_str().unwrap();
-    cniscope(&["lab", "up", "ovn", "--id", &id, "--dir", d]);
+    ok(&["lab", "up", "ovn", "--id", &id, "--dir", d]);
     assert!(
-        namespaces() >= 6,
+        namespaces_of(&id) >= 6,
         "underlay, external host, 2 nodes, 3 pods"
     );
     let config = std::fs::read_to_string(dir.path().join("cniscope.toml")).unwrap();
     assert!(config.contains("name = \"ovn\"") && config.contains("port_bindings"));
-    cniscope(&["lab", "down", "--id", &id]);
-    assert_eq!(namespaces(), 0);
+    ok(&["lab", "down", "--id", &id]);
+    assert_eq!(namespaces_of(&id), 0);
     // An unknown scenario names the known ones.
-    let out = Command::new(env!("CARGO_BIN_EXE_cniscope"))
-        .args(["lab", "up", "weave", "--id", &id, "--dir", d])
-        .output()
-        .unwrap();
+    let out = cniscope(&["lab", "up", "weave", "--id", &id, "--dir", d]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("flannel-vxlan"));
 }

@@ -15,9 +15,7 @@ pub const HOST_CIDRS: &str = "k8s.ovn.org/host-cidrs";
 pub const GATEWAY_LRP_IFADDR: &str = "k8s.ovn.org/node-gateway-router-lrp-ifaddr";
 pub const GATEWAY_LRP_IFADDRS: &str = "k8s.ovn.org/node-gateway-router-lrp-ifaddrs";
 pub const TRANSIT_IFADDR: &str = "k8s.ovn.org/node-transit-switch-port-ifaddr";
-/// A pod's OpenShift-SDN NETID, which the host sets from its namespace's NetNamespace object
-/// when a dump has them.
-pub const NETID_ANNOTATION: &str = "cniscope.io/netid";
+pub use cniscope_sdk::inventory::NETID_ANNOTATION;
 
 #[derive(Clone, Debug)]
 pub struct OvnNode {
@@ -73,6 +71,8 @@ pub struct Settings {
     pub netids: Vec<(u32, String)>,
     /// OpenShift-SDN's VXLAN port (4789).
     pub sdn_vxlan_port: u16,
+    /// Geneve's port (6081).
+    pub geneve_port: u16,
     /// Pods by logical port keys, from the southbound database.
     pub port_keys: PortKeys,
 }

@@ -12,15 +12,19 @@ pub mod southbound;
 
 use cluster::{Cluster, Settings};
 use cniscope_sdk::prelude::*;
-use rules::Encap;
 use southbound::PortKeys;
 
 pub struct Ovn {
     cluster: Cluster,
     settings: Settings,
-    encap: Encap,
     stitcher: Stitcher,
 }
+
+/// The options' defaults (OVN-Kubernetes' and OpenShift-SDN's own).
+const MASQUERADE_SUBNET: &str = "169.254.169.0/29";
+const HAIRPIN_SNAT: &str = "169.254.169.5";
+const GENEVE_PORT: u16 = 6081;
+const SDN_VXLAN_PORT: u16 = 4789;
 
 impl Default for Ovn {
     fn default() -> Self {
@@ -30,14 +34,11 @@ impl Default for Ovn {
             cluster: Cluster::default(),
             // The options' defaults, for a host that configures nothing.
             settings: Settings {
-                masquerade_subnet: "169.254.169.0/29".parse().ok(),
-                hairpin_snat: "169.254.169.5".parse().ok(),
-                sdn_vxlan_port: 4789,
+                masquerade_subnet: MASQUERADE_SUBNET.parse().ok(),
+                hairpin_snat: HAIRPIN_SNAT.parse().ok(),
+                geneve_port: GENEVE_PORT,
+                sdn_vxlan_port: SDN_VXLAN_PORT,
                 ..Settings::default()
-            },
-            encap: Encap {
-                geneve_port: 6081,
-                sdn_vxlan_port: 4789,
             },
             stitcher,
         }
@@ -78,15 +79,15 @@ impl Plugin for Ovn {
                 .capture("ens*", IfaceKind::Uplink)
                 .option("cluster_networks", OptionType::List, "[]", "clusterNetwork CIDRs, e.g. [\"10.128.0.0/14\"]; addresses outside them that are no node or service are external")
                 .option("host_subnets", OptionType::List, "[]", "node subnets [\"CIDR=node\", ...] (OpenShift-SDN HostSubnets); OVN's come from k8s.ovn.org/node-subnets")
-                .option("masquerade_subnet", OptionType::String, "\"169.254.169.0/29\"", "OVN's masquerade subnet: per-node addresses OVN SNATs to")
-                .option("hairpin_snat", OptionType::String, "\"169.254.169.5\"", "the address OVN SNATs a pod reaching itself through a service to")
+                .option("masquerade_subnet", OptionType::String, &format!("{MASQUERADE_SUBNET:?}"), "OVN's masquerade subnet: per-node addresses OVN SNATs to")
+                .option("hairpin_snat", OptionType::String, &format!("{HAIRPIN_SNAT:?}"), "the address OVN SNATs a pod reaching itself through a service to")
                 .option("port_bindings", OptionType::String, "\"\"", "`ovn-sbctl --format=json list Port_Binding` output (JSON text): names pods by Geneve port keys")
                 .option("datapath_bindings", OptionType::String, "\"\"", "`ovn-sbctl --format=json list Datapath_Binding` output: the VNI of each logical switch, so port keys are read per datapath")
                 .option("netids", OptionType::List, "[]", "OpenShift-SDN NETIDs [\"NETID=namespace\", ...] (oc get netnamespaces)")
-                .option("geneve_port", OptionType::Integer, "6081", "Geneve UDP port")
-                .option("vxlan_port", OptionType::Integer, "4789", "OpenShift-SDN's VXLAN UDP port"),
+                .option("geneve_port", OptionType::Integer, &GENEVE_PORT.to_string(), "Geneve UDP port")
+                .option("vxlan_port", OptionType::Integer, &SDN_VXLAN_PORT.to_string(), "OpenShift-SDN's VXLAN UDP port"),
         )
-        .geneve_port(6081)
+        .geneve_port(GENEVE_PORT)
         .build()
     }
 
@@ -113,9 +114,9 @@ impl Plugin for Ovn {
         s.masquerade_subnet = if o.has("masquerade_subnet") {
             o.cidr("masquerade_subnet")?
         } else {
-            "169.254.169.0/29".parse().ok()
+            MASQUERADE_SUBNET.parse().ok()
         };
-        let hairpin = o.string("hairpin_snat", "169.254.169.5")?;
+        let hairpin = o.string("hairpin_snat", HAIRPIN_SNAT)?;
         s.hairpin_snat = match hairpin.as_str() {
             "" => None,
             text => Some(
@@ -149,9 +150,8 @@ impl Plugin for Ovn {
             s.port_keys =
                 PortKeys::new(&ports, datapaths.as_ref()).map_err(|e| bad("port_bindings", e))?;
         }
-        self.encap.geneve_port = o.integer_in("geneve_port", 6081u16)?;
-        self.encap.sdn_vxlan_port = o.integer_in("vxlan_port", 4789u16)?;
-        s.sdn_vxlan_port = self.encap.sdn_vxlan_port;
+        s.geneve_port = o.integer_in("geneve_port", GENEVE_PORT)?;
+        s.sdn_vxlan_port = o.integer_in("vxlan_port", SDN_VXLAN_PORT)?;
         self.settings = s;
         self.stitcher.configure(o)?;
         Ok(())
@@ -167,7 +167,7 @@ impl Plugin for Ovn {
 
     fn process(&mut self, batch: &ObservationBatch, out: &mut Flows) -> Result<(), PluginError> {
         for conn in self.stitcher.add_batch(batch) {
-            rules::flow(&self.cluster, &self.encap, &conn, out);
+            rules::flow(&self.cluster, &self.settings, &conn, out);
         }
         Ok(())
     }
@@ -178,7 +178,7 @@ impl Plugin for Ovn {
 
     fn flush(&mut self, _now_ns: u64, out: &mut Flows) -> Result<(), PluginError> {
         for conn in self.stitcher.drain() {
-            rules::flow(&self.cluster, &self.encap, &conn, out);
+            rules::flow(&self.cluster, &self.settings, &conn, out);
         }
         Ok(())
     }

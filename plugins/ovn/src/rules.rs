@@ -4,21 +4,15 @@
 //! port, router port, join, transit and masquerade addresses are the node; stitch a ClusterIP
 //! to its backend by fingerprint (the SDK); OpenShift-SDN's VXLAN VNI is the project's NETID.
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Settings};
 use cniscope_sdk::prelude::*;
-
-/// Settings the rules need from the plugin's options.
-pub struct Encap {
-    pub geneve_port: u16,
-    pub sdn_vxlan_port: u16,
-}
 
 /// OVN's Geneve option: class 0x0102 (Open Virtual Networking), type 0x80, 4 bytes: a
 /// reserved bit, the 15-bit ingress and the 16-bit egress logical port keys.
 pub const OVN_OPTION: (u16, u8) = (0x0102, 0x80);
 
 /// Emits the connection's logical flow into `out`, unless it is control traffic.
-pub fn flow(c: &Cluster, e: &Encap, conn: &Connection, out: &mut Flows) {
+pub fn flow(c: &Cluster, e: &Settings, conn: &Connection, out: &mut Flows) {
     let Some(mut decision) = conn.decide(&c.index, |m, side| c.class(m, side, &conn.point(m).node))
     else {
         return;
