@@ -5,9 +5,12 @@
 //! could not record (`COUNTERS`).
 #![no_std]
 #![no_main]
+// Single load instructions for packet fields (wire.rs).
+#![feature(asm_experimental_arch)]
 
 mod mem;
 mod parse;
+mod wire;
 
 use aya_ebpf::bindings::{BPF_NOEXIST, TC_ACT_OK};
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_ns};

@@ -8,6 +8,7 @@
 //! this packet (the IPv4 total length, not Ethernet padding).
 
 use crate::mem::{self, Plain};
+use crate::wire::{self, Bytes, Header};
 use aya_ebpf::helpers::bpf_skb_load_bytes;
 use aya_ebpf::programs::TcContext;
 use cniscope_common::{Addr, ProbeConfig, tunnel};
@@ -75,23 +76,19 @@ pub struct Parsed {
     pub tunnel: Tunnel,
 }
 
-#[inline(always)]
-fn be16(a: u8, b: u8) -> u16 {
-    ((a as u16) << 8) | b as u16
-}
-
 /// 1: every read goes through `bpf_skb_load_bytes`, as for paged data. Set at load time (a
 /// read-only global, so the verifier drops the branch not taken): the replay/live
 /// equivalence test runs both ways, since `BPF_PROG_TEST_RUN` hands the probe only linear data.
 #[unsafe(no_mangle)]
 static HELPER_READS_ONLY: u8 = 0;
 
-/// `T` (a byte array) at `off`, if it ends within `limit`. Read straight from the packet when
-/// it lies in the linear part (no helper call: on these kernels each call and return costs tens
-/// of nanoseconds), else copied out by `bpf_skb_load_bytes` (paged data, e.g. GRO'd frames).
+/// `T` (a `wire` header or a byte array) at `off`, if it ends within `limit`. Read straight
+/// from the packet when it lies in the linear part (no helper call: on these kernels each call
+/// and return costs tens of nanoseconds), else copied out by `bpf_skb_load_bytes` (paged data,
+/// e.g. GRO'd frames).
 #[inline(always)]
-fn load<T: Copy>(ctx: &TcContext, off: u32, limit: u32) -> Result<T, Skip> {
-    let size = core::mem::size_of::<T>() as u32;
+fn load<T: Header>(ctx: &TcContext, off: u32, limit: u32) -> Result<T, Skip> {
+    let size = T::LEN;
     if off + size > limit {
         return Err(Skip::Bad);
     }
@@ -109,11 +106,31 @@ fn load<T: Copy>(ctx: &TcContext, off: u32, limit: u32) -> Result<T, Skip> {
     let need = if size < 2 { 2 } else { size } as usize;
     let helper_only = mem::load_time(&HELPER_READS_ONLY) != 0;
     if !helper_only && off_v == off && at + need <= ctx.data_end() {
-        // SAFETY: [at, at + size) is inside the packet's linear data (checked just above);
-        // read_unaligned because headers sit at any offset.
-        return Ok(unsafe { core::ptr::read_unaligned(at as *const T) });
+        // [at, at + size) is inside the packet's linear data (checked just above).
+        return Ok(T::read(wire::Packet(at)));
     }
-    ctx.load::<T>(off as usize).map_err(|_| Skip::Bad)
+    copied(ctx, off)
+}
+
+/// `T` at `off` through `bpf_skb_load_bytes`, copied onto the stack (zeroed first: its
+/// fields are read as aligned words).
+#[inline(always)]
+fn copied<T: Header>(ctx: &TcContext, off: u32) -> Result<T, Skip> {
+    const { assert!(T::LEN as usize <= wire::COPY_WORDS * 8) };
+    let mut buf = core::mem::MaybeUninit::<[u64; wire::COPY_WORDS]>::uninit();
+    let words = buf.as_mut_ptr() as *mut u64;
+    for i in 0..wire::COPY_WORDS {
+        // SAFETY: word `i` of `buf` (volatile: no memset call).
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+    // SAFETY: `buf` has room for T::LEN bytes (asserted above).
+    let r = unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, off, words.cast(), T::LEN) };
+    if r != 0 {
+        return Err(Skip::Bad);
+    }
+    // SAFETY: every word was written above.
+    let buf = unsafe { buf.assume_init() };
+    Ok(T::read(wire::Copied(&buf)))
 }
 
 /// Ethernet and VLAN tags: the MACs into `h`; returns (ethertype, offset of the payload). The
@@ -121,19 +138,23 @@ fn load<T: Copy>(ctx: &TcContext, off: u32, limit: u32) -> Result<T, Skip> {
 /// to the stack and read back.
 #[inline(always)]
 fn ethernet(ctx: &TcContext, off: u32, limit: u32, h_out: &mut Hdr) -> Result<(u16, u32), Skip> {
-    let h: [u8; 14] = load(ctx, off, limit)?;
-    let mut ethertype = be16(h[12], h[13]);
+    let h: wire::Eth = load(ctx, off, limit)?;
+    let mut ethertype = h.ethertype;
     let mut o = off + 14;
     for _ in 0..4 {
         if !(ethertype == 0x8100 || ethertype == 0x88a8 || ethertype == 0x9100) {
             break;
         }
-        let t: [u8; 4] = load(ctx, o, limit)?;
-        ethertype = be16(t[2], t[3]);
+        let t: wire::Vlan = load(ctx, o, limit)?;
+        ethertype = t.ethertype;
         o += 4;
     }
-    h_out.src_mac = [h[6], h[7], h[8], h[9], h[10], h[11]];
-    h_out.dst_mac = [h[0], h[1], h[2], h[3], h[4], h[5]];
+    // The MACs keep their wire byte order: the native-endian bytes of the wire-order words.
+    let (dst_hi, dst_lo, src_hi, src_lo) = (h.dst_hi, h.dst_lo, h.src_hi, h.src_lo);
+    h_out.dst_mac[0..4].copy_from_slice(&dst_hi.to_ne_bytes());
+    h_out.dst_mac[4..6].copy_from_slice(&dst_lo.to_ne_bytes());
+    h_out.src_mac[0..2].copy_from_slice(&src_hi.to_ne_bytes());
+    h_out.src_mac[2..6].copy_from_slice(&src_lo.to_ne_bytes());
     Ok((ethertype, o))
 }
 
@@ -175,29 +196,30 @@ fn fnv(ctx: &TcContext, off: u32, end: u32) -> u32 {
 pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) -> Result<(), Skip> {
     let (payload, end) = match ethertype {
         0x0800 => {
-            let h: [u8; 20] = load(ctx, off, limit)?;
-            if h[0] >> 4 != 4 {
+            let h: wire::Ipv4 = load(ctx, off, limit)?;
+            if h.version_ihl >> 4 != 4 {
                 return Err(Skip::Bad);
             }
-            let hl = ((h[0] & 0x0f) as u32) * 4;
+            let hl = ((h.version_ihl & 0x0f) as u32) * 4;
             if hl < 20 || off + hl > limit {
                 return Err(Skip::Bad);
             }
             // BIG TCP leaves tot_len 0 for packets over 64 KiB: the length is then what the
             // packet carries (as decode.rs).
-            let mut total = be16(h[2], h[3]) as u32;
+            let mut total = h.total_len as u32;
             if total < hl {
                 total = limit - off;
             }
             p.is_v4 = true;
             p.src.0[10] = 0xff;
             p.src.0[11] = 0xff;
-            p.src.0[12..16].copy_from_slice(&h[12..16]);
+            let (src, dst) = (h.src, h.dst);
+            p.src.0[12..16].copy_from_slice(&src.to_ne_bytes());
             p.dst.0[10] = 0xff;
             p.dst.0[11] = 0xff;
-            p.dst.0[12..16].copy_from_slice(&h[16..20]);
-            p.protocol = h[9];
-            p.ip_id = be16(h[4], h[5]);
+            p.dst.0[12..16].copy_from_slice(&dst.to_ne_bytes());
+            p.protocol = h.protocol;
+            p.ip_id = h.id;
             p.ip_len = total;
             let end = if off + total < limit {
                 off + total
@@ -207,20 +229,23 @@ pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) ->
             p.ip_payload = off + hl;
             p.end = end;
             // A later fragment carries no L4 header.
-            if be16(h[6], h[7]) & 0x1fff != 0 {
+            if h.frag & 0x1fff != 0 {
                 p.ip_payload = end;
                 return Ok(());
             }
             (off + hl, end)
         }
         0x86dd => {
-            let h: [u8; 40] = load(ctx, off, limit)?;
-            if h[0] >> 4 != 6 {
+            let h: wire::Ipv6 = load(ctx, off, limit)?;
+            if h.version != 6 {
                 return Err(Skip::Bad);
             }
-            let plen = be16(h[4], h[5]) as u32;
-            p.src.0.copy_from_slice(&h[8..24]);
-            p.dst.0.copy_from_slice(&h[24..40]);
+            let plen = h.payload_len as u32;
+            let (src, dst) = (h.src, h.dst);
+            p.src.0[0..8].copy_from_slice(&src[0].to_ne_bytes());
+            p.src.0[8..16].copy_from_slice(&src[1].to_ne_bytes());
+            p.dst.0[0..8].copy_from_slice(&dst[0].to_ne_bytes());
+            p.dst.0[8..16].copy_from_slice(&dst[1].to_ne_bytes());
             p.ip_len = plen + 40;
             let end = if off + 40 + plen < limit {
                 off + 40 + plen
@@ -228,7 +253,7 @@ pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) ->
                 limit
             };
             // Extension headers; if one cannot be read, decode.rs keeps the first next-header.
-            let mut next = h[6];
+            let mut next = h.next;
             let mut o = off + 40;
             let mut ok = true;
             // One read per arm, not one shared read before a match on the kind: that shape
@@ -276,7 +301,7 @@ pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) ->
                 o += len;
             }
             if !ok {
-                next = h[6];
+                next = h.next;
                 o = off + 40;
             }
             p.protocol = next;
@@ -295,22 +320,22 @@ pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) ->
     };
     match p.protocol {
         6 => {
-            if let Ok(t) = load::<[u8; 20]>(ctx, payload, end) {
-                let doff = ((t[12] >> 4) as u32) * 4;
+            if let Ok(t) = load::<wire::Tcp>(ctx, payload, end) {
+                let doff = ((t.data_offset >> 4) as u32) * 4;
                 if doff >= 20 && payload + doff <= end {
-                    p.src_port = be16(t[0], t[1]);
-                    p.dst_port = be16(t[2], t[3]);
-                    p.tcp_seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
-                    p.tcp_flags = t[13] & 0x1f;
+                    p.src_port = t.src_port;
+                    p.dst_port = t.dst_port;
+                    p.tcp_seq = t.seq;
+                    p.tcp_flags = t.flags & 0x1f;
                     p.payload_len = from_ip(doff);
                 }
             }
         }
         17 => {
-            if let Ok(u) = load::<[u8; 8]>(ctx, payload, end) {
-                p.src_port = be16(u[0], u[1]);
-                p.dst_port = be16(u[2], u[3]);
-                let ulen = be16(u[4], u[5]);
+            if let Ok(u) = load::<wire::Udp>(ctx, payload, end) {
+                p.src_port = u.src_port;
+                p.dst_port = u.dst_port;
+                let ulen = u.len;
                 p.payload_len = if ulen > 8 { ulen - 8 } else { 0 };
                 p.udp_payload = payload + 8;
                 if !p.is_v4 {
@@ -384,13 +409,15 @@ pub fn packet(ctx: &TcContext, cfg: &ProbeConfig, l3: bool, out: &mut Parsed) ->
     let ip_payload = out.outer.ip_payload;
     // (tunnel kind, where its payload starts, the payload's ethertype; 0x6558 = Ethernet)
     let payload: Result<(u8, u32, u16), Skip> = match out.outer.protocol {
-        17 if udp != 0 && is_port(&cfg.vxlan_ports, port) => match load::<[u8; 8]>(ctx, udp, end) {
-            Ok(v) if v[0] & 0x08 != 0 => {
-                out.tunnel.vni = u32::from_be_bytes([0, v[4], v[5], v[6]]);
-                Ok((tunnel::VXLAN, udp + 8, 0x6558))
+        17 if udp != 0 && is_port(&cfg.vxlan_ports, port) => {
+            match load::<wire::UdpTunnel>(ctx, udp, end) {
+                Ok(v) if v.first & 0x08 != 0 => {
+                    out.tunnel.vni = v.vni;
+                    Ok((tunnel::VXLAN, udp + 8, 0x6558))
+                }
+                _ => Err(Skip::Bad),
             }
-            _ => Err(Skip::Bad),
-        },
+        }
         17 if udp != 0 && is_port(&cfg.geneve_ports, port) => {
             geneve(ctx, udp, end, &mut out.tunnel)
         }
@@ -439,43 +466,45 @@ const OVN_CLASS: u16 = 0x0102;
 /// decoder, which keeps every option, is compared by the same rule.
 #[inline(always)]
 fn geneve(ctx: &TcContext, udp: u32, end: u32, t: &mut Tunnel) -> Result<(u8, u32, u16), Skip> {
-    let g: [u8; 8] = load(ctx, udp, end)?;
-    if g[0] >> 6 != 0 {
+    let g: wire::UdpTunnel = load(ctx, udp, end)?;
+    if g.first >> 6 != 0 {
         return Err(Skip::Bad);
     }
-    let opt_len = ((g[0] & 0x3f) as u32) * 4;
+    let opt_len = ((g.first & 0x3f) as u32) * 4;
     let base = udp + 8;
     if base + opt_len > end {
         return Err(Skip::Bad);
     }
-    t.vni = u32::from_be_bytes([0, g[4], g[5], g[6]]);
+    t.vni = g.vni;
     let mut pos = 0u32;
     for i in 0..4 {
         if pos + 4 > opt_len {
             break;
         }
-        let Ok(o) = load::<[u8; 4]>(ctx, base + pos, end) else {
+        let Ok(o) = load::<wire::GeneveOption>(ctx, base + pos, end) else {
             break;
         };
-        let class = be16(o[0], o[1]);
-        let len = ((o[3] & 0x1f) as u32) * 4;
+        let class = o.class;
+        let len = ((o.len & 0x1f) as u32) * 4;
         if pos + 4 + len > opt_len {
             break;
         }
         if i == 0 || class == OVN_CLASS {
             t.geneve_class = class;
-            t.geneve_type = o[2];
+            t.geneve_type = o.kind;
             t.geneve_len = 0;
             t.geneve_data = 0;
             let at = base + pos + 4;
             if len >= 8 {
-                if let Ok(d) = load::<[u8; 8]>(ctx, at, end) {
-                    t.geneve_data = u64::from_ne_bytes(d);
+                if let Ok(d) = load::<u64>(ctx, at, end) {
+                    // Packet order kept: the native-endian bytes of the word as loaded.
+                    t.geneve_data = d;
                     t.geneve_len = 8;
                 }
             } else if len == 4
-                && let Ok(d) = load::<[u8; 4]>(ctx, at, end)
+                && let Ok(d) = load::<u32>(ctx, at, end)
             {
+                let d = d.to_ne_bytes();
                 t.geneve_data = u64::from_ne_bytes([d[0], d[1], d[2], d[3], 0, 0, 0, 0]);
                 t.geneve_len = 4;
             }
@@ -485,26 +514,25 @@ fn geneve(ctx: &TcContext, udp: u32, end: u32, t: &mut Tunnel) -> Result<(u8, u3
         }
         pos += 4 + len;
     }
-    Ok((tunnel::GENEVE, base + opt_len, be16(g[2], g[3])))
+    Ok((tunnel::GENEVE, base + opt_len, g.protocol))
 }
 
 /// GRE version 0 (see decode.rs): keyed, checksummed, sequenced; IP, Ethernet or ERSPAN II.
 #[inline(always)]
 fn gre(ctx: &TcContext, off: u32, end: u32, t: &mut Tunnel) -> Result<(u8, u32, u16), Skip> {
-    let h: [u8; 4] = load(ctx, off, end)?;
-    let flags = be16(h[0], h[1]);
+    let h: wire::Gre = load(ctx, off, end)?;
+    let flags = h.flags;
     if flags & 0x7 != 0 {
         return Err(Skip::NotIp);
     }
-    let protocol = be16(h[2], h[3]);
+    let protocol = h.protocol;
     let mut o = off + 4;
     if flags & 0x8000 != 0 {
         o += 4;
     }
     let mut key = 0;
     if flags & 0x2000 != 0 {
-        let k: [u8; 4] = load(ctx, o, end)?;
-        key = u32::from_be_bytes(k);
+        key = u32::from_be(load::<u32>(ctx, o, end)?);
         o += 4;
     }
     if flags & 0x1000 != 0 {
