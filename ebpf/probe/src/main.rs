@@ -218,11 +218,9 @@ fn first(s: &mut FlowStats, p: &Parsed, now: u64, kind: u8, value: u32) {
     s.first_ns = now;
     s.fp_kind = kind;
     s.fingerprint = value;
-    s.src_mac = p.inner.src_mac;
-    s.dst_mac = p.inner.dst_mac;
+    (s.dst_mac, s.src_mac) = p.inner.mac_bytes();
     if p.tunnel.kind != 0 {
-        s.outer_src_mac = p.outer.src_mac;
-        s.outer_dst_mac = p.outer.dst_mac;
+        (s.outer_dst_mac, s.outer_src_mac) = p.outer.mac_bytes();
     }
     s.geneve_class = p.tunnel.geneve_class;
     s.geneve_type = p.tunnel.geneve_type;

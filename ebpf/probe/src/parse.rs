@@ -39,8 +39,9 @@ pub struct Hdr {
     pub dst_port: u16,
     pub ip_id: u16,
     pub payload_len: u16,
-    pub src_mac: [u8; 6],
-    pub dst_mac: [u8; 6],
+    /// The Ethernet header's first 12 bytes (destination and source MAC) as `wire::Eth` reads
+    /// them: three word stores per packet, the byte arrays only for a flow's first packet.
+    pub macs: [u32; 3],
     pub protocol: u8,
     pub tcp_flags: u8,
     pub is_v4: bool,
@@ -49,6 +50,18 @@ pub struct Hdr {
 
 // SAFETY: integers, byte arrays and a bool, explicit padding: all zeroes is a valid value.
 unsafe impl Plain for Hdr {}
+
+impl Hdr {
+    /// (destination, source) MAC.
+    #[inline(always)]
+    pub fn mac_bytes(&self) -> ([u8; 6], [u8; 6]) {
+        let [a, b, c] = self.macs.map(u32::to_ne_bytes);
+        (
+            [a[0], a[1], a[2], a[3], b[0], b[1]],
+            [b[2], b[3], c[0], c[1], c[2], c[3]],
+        )
+    }
+}
 
 /// The tunnel a packet travelled in (kind 0: none).
 #[repr(C, align(8))]
@@ -149,12 +162,7 @@ fn ethernet(ctx: &TcContext, off: u32, limit: u32, h_out: &mut Hdr) -> Result<(u
         ethertype = t.ethertype;
         o += 4;
     }
-    // The MACs keep their wire byte order: the native-endian bytes of the wire-order words.
-    let (dst_hi, dst_lo, src_hi, src_lo) = (h.dst_hi, h.dst_lo, h.src_hi, h.src_lo);
-    h_out.dst_mac[0..4].copy_from_slice(&dst_hi.to_ne_bytes());
-    h_out.dst_mac[4..6].copy_from_slice(&dst_lo.to_ne_bytes());
-    h_out.src_mac[0..2].copy_from_slice(&src_hi.to_ne_bytes());
-    h_out.src_mac[2..6].copy_from_slice(&src_lo.to_ne_bytes());
+    h_out.macs = h.macs;
     Ok((ethertype, o))
 }
 

@@ -12,12 +12,12 @@ use core::arch::asm;
 
 /// Where a header's bytes are: the packet itself, or a copy on the stack.
 pub trait Bytes: Copy {
-    /// The field of type `u8`/`u16`/`u32`/`u64` at `off`, its bytes as they are (a multi-byte
+    /// The field of type `u8`/`u16`/`u32`/`u64` at byte `OFF`, its bytes as they are (a multi-byte
     /// field is in network order; `from_be` gives its value).
-    fn u8(self, off: usize) -> u8;
-    fn u16(self, off: usize) -> u16;
-    fn u32(self, off: usize) -> u32;
-    fn u64(self, off: usize) -> u64;
+    fn u8<const OFF: usize>(self) -> u8;
+    fn u16<const OFF: usize>(self) -> u16;
+    fn u32<const OFF: usize>(self) -> u32;
+    fn u64<const OFF: usize>(self) -> u64;
 }
 
 /// A position in the packet's linear data, bounds-checked by the caller for the whole header
@@ -28,14 +28,15 @@ pub struct Packet(pub usize);
 macro_rules! packet_load {
     ($name:ident, $ty:ty, $width:literal) => {
         #[inline(always)]
-        fn $name(self, off: usize) -> $ty {
+        fn $name<const OFF: usize>(self) -> $ty {
             let v: u64;
-            // SAFETY: `self.0 + off` lies inside the header the caller bounds-checked; the
+            // SAFETY: `self.0 + OFF` lies inside the header the caller bounds-checked; the
             // asm only loads. Not `pure`: LLVM must not merge it with another path's read.
             unsafe {
                 asm!(
-                    concat!("{v} = *(", $width, " *)({p} + 0)"),
-                    p = in(reg) self.0 + off,
+                    concat!("{v} = *(", $width, " *)({p} + {off})"),
+                    p = in(reg) self.0,
+                    off = const OFF,
                     v = lateout(reg) v,
                     options(readonly, nostack, preserves_flags),
                 )
@@ -61,24 +62,24 @@ pub const COPY_WORDS: usize = 5;
 
 impl Bytes for Copied<'_> {
     #[inline(always)]
-    fn u8(self, off: usize) -> u8 {
-        // SAFETY: `off` is inside the copy (headers are at most COPY_WORDS words).
-        unsafe { *(self.0.as_ptr() as *const u8).add(off) }
+    fn u8<const OFF: usize>(self) -> u8 {
+        // SAFETY: `OFF` is inside the copy (headers are at most COPY_WORDS words).
+        unsafe { *(self.0.as_ptr() as *const u8).add(OFF) }
     }
     #[inline(always)]
-    fn u16(self, off: usize) -> u16 {
+    fn u16<const OFF: usize>(self) -> u16 {
         // SAFETY: inside the copy, and aligned: fields sit at multiples of their size.
-        unsafe { *(self.0.as_ptr() as *const u8).add(off).cast::<u16>() }
+        unsafe { *(self.0.as_ptr() as *const u8).add(OFF).cast::<u16>() }
     }
     #[inline(always)]
-    fn u32(self, off: usize) -> u32 {
+    fn u32<const OFF: usize>(self) -> u32 {
         // SAFETY: as for u16.
-        unsafe { *(self.0.as_ptr() as *const u8).add(off).cast::<u32>() }
+        unsafe { *(self.0.as_ptr() as *const u8).add(OFF).cast::<u32>() }
     }
     #[inline(always)]
-    fn u64(self, off: usize) -> u64 {
+    fn u64<const OFF: usize>(self) -> u64 {
         // SAFETY: as for u16.
-        unsafe { *(self.0.as_ptr() as *const u8).add(off).cast::<u64>() }
+        unsafe { *(self.0.as_ptr() as *const u8).add(OFF).cast::<u64>() }
     }
 }
 
@@ -88,13 +89,10 @@ pub trait Header: Sized {
     fn read<B: Bytes>(b: B) -> Self;
 }
 
-/// Ethernet. The MACs as they are on the wire (the native-endian bytes of these words are
-/// the address bytes), split 4 + 2 and 2 + 4 to keep each field aligned.
+/// Ethernet: the destination and source MACs as three words as they are on the wire (their
+/// native-endian bytes are the addresses' bytes), and the ethertype.
 pub struct Eth {
-    pub dst_hi: u32,
-    pub dst_lo: u16,
-    pub src_hi: u16,
-    pub src_lo: u32,
+    pub macs: [u32; 3],
     pub ethertype: u16,
 }
 
@@ -103,11 +101,8 @@ impl Header for Eth {
     #[inline(always)]
     fn read<B: Bytes>(b: B) -> Self {
         Eth {
-            dst_hi: b.u32(0),
-            dst_lo: b.u16(4),
-            src_hi: b.u16(6),
-            src_lo: b.u32(8),
-            ethertype: u16::from_be(b.u16(12)),
+            macs: [b.u32::<0>(), b.u32::<4>(), b.u32::<8>()],
+            ethertype: u16::from_be(b.u16::<12>()),
         }
     }
 }
@@ -122,7 +117,7 @@ impl Header for Vlan {
     #[inline(always)]
     fn read<B: Bytes>(b: B) -> Self {
         Vlan {
-            ethertype: u16::from_be(b.u16(2)),
+            ethertype: u16::from_be(b.u16::<2>()),
         }
     }
 }
@@ -143,13 +138,13 @@ impl Header for Ipv4 {
     #[inline(always)]
     fn read<B: Bytes>(b: B) -> Self {
         Ipv4 {
-            version_ihl: b.u8(0),
-            total_len: u16::from_be(b.u16(2)),
-            id: u16::from_be(b.u16(4)),
-            frag: u16::from_be(b.u16(6)),
-            protocol: b.u8(9),
-            src: b.u32(12),
-            dst: b.u32(16),
+            version_ihl: b.u8::<0>(),
+            total_len: u16::from_be(b.u16::<2>()),
+            id: u16::from_be(b.u16::<4>()),
+            frag: u16::from_be(b.u16::<6>()),
+            protocol: b.u8::<9>(),
+            src: b.u32::<12>(),
+            dst: b.u32::<16>(),
         }
     }
 }
@@ -168,11 +163,11 @@ impl Header for Ipv6 {
     #[inline(always)]
     fn read<B: Bytes>(b: B) -> Self {
         Ipv6 {
-            version: b.u8(0) >> 4,
-            payload_len: u16::from_be(b.u16(4)),
-            next: b.u8(6),
-            src: [b.u64(8), b.u64(16)],
-            dst: [b.u64(24), b.u64(32)],
+            version: b.u8::<0>() >> 4,
+            payload_len: u16::from_be(b.u16::<4>()),
+            next: b.u8::<6>(),
+            src: [b.u64::<8>(), b.u64::<16>()],
+            dst: [b.u64::<24>(), b.u64::<32>()],
         }
     }
 }
@@ -191,11 +186,11 @@ impl Header for Tcp {
     #[inline(always)]
     fn read<B: Bytes>(b: B) -> Self {
         Tcp {
-            src_port: u16::from_be(b.u16(0)),
-            dst_port: u16::from_be(b.u16(2)),
-            seq: u32::from_be(b.u32(4)),
-            data_offset: b.u8(12),
-            flags: b.u8(13),
+            src_port: u16::from_be(b.u16::<0>()),
+            dst_port: u16::from_be(b.u16::<2>()),
+            seq: u32::from_be(b.u32::<4>()),
+            data_offset: b.u8::<12>(),
+            flags: b.u8::<13>(),
         }
     }
 }
@@ -211,9 +206,9 @@ impl Header for Udp {
     #[inline(always)]
     fn read<B: Bytes>(b: B) -> Self {
         Udp {
-            src_port: u16::from_be(b.u16(0)),
-            dst_port: u16::from_be(b.u16(2)),
-            len: u16::from_be(b.u16(4)),
+            src_port: u16::from_be(b.u16::<0>()),
+            dst_port: u16::from_be(b.u16::<2>()),
+            len: u16::from_be(b.u16::<4>()),
         }
     }
 }
@@ -232,9 +227,9 @@ impl Header for UdpTunnel {
     #[inline(always)]
     fn read<B: Bytes>(b: B) -> Self {
         UdpTunnel {
-            first: b.u8(0),
-            protocol: u16::from_be(b.u16(2)),
-            vni: u32::from_be(b.u32(4)) >> 8,
+            first: b.u8::<0>(),
+            protocol: u16::from_be(b.u16::<2>()),
+            vni: u32::from_be(b.u32::<4>()) >> 8,
         }
     }
 }
@@ -251,9 +246,9 @@ impl Header for GeneveOption {
     #[inline(always)]
     fn read<B: Bytes>(b: B) -> Self {
         GeneveOption {
-            class: u16::from_be(b.u16(0)),
-            kind: b.u8(2),
-            len: b.u8(3),
+            class: u16::from_be(b.u16::<0>()),
+            kind: b.u8::<2>(),
+            len: b.u8::<3>(),
         }
     }
 }
@@ -269,8 +264,8 @@ impl Header for Gre {
     #[inline(always)]
     fn read<B: Bytes>(b: B) -> Self {
         Gre {
-            flags: u16::from_be(b.u16(0)),
-            protocol: u16::from_be(b.u16(2)),
+            flags: u16::from_be(b.u16::<0>()),
+            protocol: u16::from_be(b.u16::<2>()),
         }
     }
 }
@@ -280,7 +275,7 @@ impl Header for u8 {
     const LEN: u32 = 1;
     #[inline(always)]
     fn read<B: Bytes>(b: B) -> Self {
-        b.u8(0)
+        b.u8::<0>()
     }
 }
 
@@ -289,7 +284,7 @@ impl Header for [u8; 2] {
     const LEN: u32 = 2;
     #[inline(always)]
     fn read<B: Bytes>(b: B) -> Self {
-        [b.u8(0), b.u8(1)]
+        [b.u8::<0>(), b.u8::<1>()]
     }
 }
 
@@ -298,7 +293,7 @@ impl Header for u32 {
     const LEN: u32 = 4;
     #[inline(always)]
     fn read<B: Bytes>(b: B) -> Self {
-        b.u32(0)
+        b.u32::<0>()
     }
 }
 
@@ -307,6 +302,6 @@ impl Header for u64 {
     const LEN: u32 = 8;
     #[inline(always)]
     fn read<B: Bytes>(b: B) -> Self {
-        b.u64(0)
+        b.u64::<0>()
     }
 }
