@@ -8,6 +8,7 @@
 // Single load instructions for packet fields (wire.rs).
 #![feature(asm_experimental_arch)]
 
+mod fast;
 mod mem;
 mod parse;
 mod wire;
