@@ -96,6 +96,7 @@ impl Agent {
             flow_entries: settings.agent.flow_entries,
             ringbuf_bytes: settings.agent.ringbuf_bytes,
             cache_slots: settings.agent.flow_cache_slots,
+            baseline: settings.agent.baseline_probe,
             ports,
             ..ProbeSettings::default()
         };

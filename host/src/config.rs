@@ -60,6 +60,11 @@ pub struct AgentSection {
     /// report them in `health.probes` (`./x bench-probe` uses it).
     #[serde(default)]
     pub bpf_stats: bool,
+    /// For measuring the probes: attach a program that returns at once instead of them (no
+    /// flow is observed), so that `bpf_stats` shows the floor: what the hook and the
+    /// statistics' own clock reads cost per packet. `./x bench-probe` runs both.
+    #[serde(default)]
+    pub baseline_probe: bool,
     /// The nodes to watch: one network namespace each. None: this host, as `node` = hostname.
     #[serde(default)]
     pub node: Vec<AgentNode>,
@@ -88,6 +93,7 @@ impl Default for AgentSection {
             flow_cache_slots: default_cache_slots(),
             ringbuf_bytes: default_ringbuf(),
             bpf_stats: false,
+            baseline_probe: false,
             node: Vec::new(),
         }
     }
@@ -305,6 +311,7 @@ pub struct AgentSettings {
     pub flow_cache_slots: u32,
     pub ringbuf_bytes: u32,
     pub bpf_stats: bool,
+    pub baseline_probe: bool,
     /// (node name, namespace path, extra interface patterns)
     pub nodes: Vec<(String, Option<PathBuf>, Vec<String>)>,
 }
@@ -596,6 +603,7 @@ fn validate(c: Config, text: &str, base: &Path) -> Result<Settings, Vec<ConfigPr
         flow_cache_slots: slots,
         ringbuf_bytes: rb,
         bpf_stats: a.bpf_stats,
+        baseline_probe: a.baseline_probe,
         nodes,
     };
     let mut inventories = Vec::new();

@@ -51,18 +51,30 @@ for ((round = 1; round <= ${ROUNDS:-3}; round++)); do
   wait "$agent_pid"
   ratios+=("$without:$with")
 done
-# Cost per run, from the kernel's bpf_stats (which adds two clock reads per run).
+# Cost per run, from the kernel's bpf_stats (which adds two clock reads per run): the probes,
+# then a program that returns at once on the same hooks and traffic (the floor: what the hook
+# and bpf_stats cost by themselves).
 agent "bpf_stats = true\nduration_secs = $((secs + 4))"
 iperf >/dev/null
 wait "$agent_pid"
-python3 - "$dir/final.json" "${ratios[@]}" <<'PY'
+mv "$dir/final.json" "$dir/probes.json"
+agent "bpf_stats = true\nbaseline_probe = true\nduration_secs = $((secs + 4))"
+iperf >/dev/null
+wait "$agent_pid"
+python3 - "$dir/probes.json" "$dir/final.json" "${ratios[@]}" <<'PY'
 import json, statistics, sys
 doc = json.load(open(sys.argv[1]))
-rounds = [tuple(int(x) for x in r.split(":")) for r in sys.argv[2:]]
-runs = sum(p["program_runs"] for p in doc["health"]["probes"].values())
-ns = sum(p["program_run_ns"] for p in doc["health"]["probes"].values())
+floor_doc = json.load(open(sys.argv[2]))
+rounds = [tuple(int(x) for x in r.split(":")) for r in sys.argv[3:]]
+def per_run(d):
+    runs = sum(p["program_runs"] for p in d["health"]["probes"].values())
+    ns = sum(p["program_run_ns"] for p in d["health"]["probes"].values())
+    return runs, ns / max(runs, 1)
+runs, cost = per_run(doc)
+floor_runs, floor = per_run(floor_doc)
 print(f"probe runs (packets x attach points): {runs}")
-print(f"probe cost per run:      {ns / max(runs, 1):8.1f} ns   (target <= 100 ns; includes bpf_stats' own clock reads)")
+print(f"probe cost per run:      {cost:8.1f} ns   (target <= 100 ns; includes bpf_stats' own clock reads)")
+print(f"floor, a do-nothing program on the same hooks: {floor:.1f} ns x {floor_runs} runs; the probes' own work: {cost - floor:.1f} ns")
 for i, (without, with_) in enumerate(rounds, 1):
     print(f"round {i}: iperf3 without / with probes: {without / 1e9:6.2f} / {with_ / 1e9:6.2f} Gbit/s = {with_ / without:4.2f}")
 for name, p in sorted(doc["health"]["probes"].items()):

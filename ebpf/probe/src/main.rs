@@ -92,6 +92,13 @@ pub fn cniscope_egress(ctx: TcContext) -> i32 {
     TC_ACT_OK
 }
 
+/// Does nothing: attached instead of the probes (agent setting `baseline_probe`), it shows
+/// what the hook and bpf_stats' own clock reads cost, the floor under the probes' figure.
+#[classifier]
+pub fn cniscope_baseline(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
+}
+
 #[inline(always)]
 fn bump(index: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(index) {

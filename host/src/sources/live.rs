@@ -66,7 +66,21 @@ pub struct ProbeSettings {
     /// Slots per CPU in each of the two flow caches in front of the hash maps (rounded up to
     /// a power of two). The drain reads every slot: a few microseconds each.
     pub cache_slots: u32,
+    /// Attach a program that returns at once instead of the probes (it observes nothing): with
+    /// `bpf_stats`, what the hook and the statistics' own clock reads cost without any work,
+    /// the floor under the probes' figure (`./x bench-probe`).
+    pub baseline: bool,
 }
+
+/// The programs attached to each interface, by name and hook.
+const PROBES: [(&str, TcAttachType); 2] = [
+    ("cniscope_ingress", TcAttachType::Ingress),
+    ("cniscope_egress", TcAttachType::Egress),
+];
+const BASELINE: [(&str, TcAttachType); 2] = [
+    ("cniscope_baseline", TcAttachType::Ingress),
+    ("cniscope_baseline", TcAttachType::Egress),
+];
 
 impl Default for ProbeSettings {
     fn default() -> Self {
@@ -76,6 +90,7 @@ impl Default for ProbeSettings {
             ports: TunnelPorts::default(),
             helper_reads_only: false,
             cache_slots: 1024,
+            baseline: false,
         }
     }
 }
@@ -117,6 +132,8 @@ pub struct NodeProbe {
     window: u32,
     /// Slots per CPU in each flow cache.
     cache_slots: u32,
+    /// What is attached to each interface: the probes, or the baseline program.
+    programs: [(&'static str, TcAttachType); 2],
     events: u64,
     /// Link changes in the node's namespace; None when netlink is unavailable (the agent
     /// then only rescans on its timer).
@@ -160,7 +177,8 @@ impl NodeProbe {
             .set_max_entries("EVENTS", settings.ringbuf_bytes)
             .load(PROBE)
             .map_err(|e| err(format!("{e}")))?;
-        for name in ["cniscope_ingress", "cniscope_egress"] {
+        let programs = if settings.baseline { BASELINE } else { PROBES };
+        for name in program_names(&programs) {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| err(format!("program {name} missing")))?
@@ -193,6 +211,7 @@ impl NodeProbe {
             departed: BTreeMap::new(),
             window: 0,
             cache_slots,
+            programs,
             events: 0,
         })
     }
@@ -257,11 +276,9 @@ impl NodeProbe {
         }
         let netns_path = self.netns.clone();
         let ebpf = &mut self.ebpf;
+        let programs = self.programs;
         let result: Result<(), String> = netns::run_in(netns_path.as_deref(), || {
-            for (name, attach_type) in [
-                ("cniscope_ingress", TcAttachType::Ingress),
-                ("cniscope_egress", TcAttachType::Egress),
-            ] {
+            for (name, attach_type) in programs {
                 let prog: &mut SchedClassifier = ebpf
                     .program_mut(name)
                     .expect("loaded")
@@ -425,7 +442,7 @@ impl NodeProbe {
             })?;
         let sum = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
         let (mut runs, mut run_ns) = (0, 0);
-        for name in ["cniscope_ingress", "cniscope_egress"] {
+        for name in program_names(&self.programs) {
             if let Some(Ok(info)) = self.ebpf.program(name).map(|p| p.info()) {
                 runs += info.run_count();
                 run_ns += info.run_time().as_nanos() as u64;
@@ -451,6 +468,13 @@ impl NodeProbe {
             .try_into()
             .expect("a classifier")
     }
+}
+
+/// Each program once (the baseline is one program on both hooks).
+fn program_names(programs: &[(&'static str, TcAttachType); 2]) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = programs.iter().map(|(n, _)| *n).collect();
+    names.dedup();
+    names
 }
 
 fn addr(b: &[u8; 16]) -> u128 {
