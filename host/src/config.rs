@@ -698,4 +698,13 @@ mod tests {
         assert!(keys.contains(&(2, "agent.flow_cache_slots")), "{keys:?}");
         assert!(keys.contains(&(3, "agent.ringbuf_bytes")), "{keys:?}");
     }
+
+    #[test]
+    fn agent_measurement_switches_reach_the_settings() {
+        let text = "[agent]\nbpf_stats = true\nbaseline_probe = true\n";
+        let s = parse(text, Path::new(".")).unwrap();
+        assert!(s.agent.bpf_stats && s.agent.baseline_probe);
+        let s = parse("", Path::new(".")).unwrap();
+        assert!(!s.agent.bpf_stats && !s.agent.baseline_probe);
+    }
 }

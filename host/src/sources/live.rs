@@ -460,10 +460,10 @@ impl NodeProbe {
         })
     }
 
-    /// The loaded ingress program, for `BPF_PROG_TEST_RUN`.
+    /// The program attached at ingress (the probe, or the baseline), for `BPF_PROG_TEST_RUN`.
     pub fn ingress_program(&self) -> &SchedClassifier {
         self.ebpf
-            .program("cniscope_ingress")
+            .program(self.programs[0].0)
             .expect("loaded")
             .try_into()
             .expect("a classifier")

@@ -187,3 +187,140 @@ fn assert_agree(probe: &mut NodeProbe, name: &str, frames: &[Vec<u8>]) -> usize 
     );
     live.len()
 }
+
+/// The benchmark's floor (`baseline_probe`): a program that passes every packet and records
+/// nothing, so that its bpf_stats figure is the hook's and the statistics' own cost.
+#[test]
+fn the_baseline_program_passes_every_packet_and_records_nothing() {
+    if !is_root() {
+        eprintln!("skipped: loading eBPF programs needs root");
+        return;
+    }
+    let settings = ProbeSettings {
+        baseline: true,
+        ..ProbeSettings::default()
+    };
+    let mut probe = NodeProbe::load("test", None, &settings).expect("the kernel accepts it");
+    let frames = ethernet_frames(&shared_captures()[0]);
+    assert!(!frames.is_empty());
+    for f in frames.iter().filter(|f| f.len() >= 14) {
+        let rc = test_run::run(probe.ingress_program(), &f[..f.len().min(3000)]).unwrap();
+        assert_eq!(rc, 0, "TC_ACT_OK");
+    }
+    let mut points = PointTable::default();
+    assert!(probe.drain(&mut points, 0).unwrap().is_empty());
+    assert_eq!(probe.counters().unwrap().packets, 0);
+}
+
+/// The edges of the probe's fast path (plain IPv4, bare or in VXLAN, at fixed offsets): each
+/// of these frames either stays on it or must fall back to the general parser, and both must
+/// give what the replay decoder gives.
+#[test]
+fn the_probe_agrees_with_replay_at_the_edges_of_its_fast_path() {
+    if !is_root() {
+        eprintln!("skipped: loading eBPF programs needs root");
+        return;
+    }
+    let (a, b) = ([10, 244, 0, 5], [10, 244, 1, 7]);
+    let tcp = |sport: u16| ipv4_tcp(a, b, (sport, 80), 1000, "S", &[]);
+    let udp = |sport: u16, dport: u16, payload: &[u8]| {
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ipv4(a, b, 64)
+            .udp(sport, dport)
+            .write(&mut out, payload)
+            .unwrap();
+        out
+    };
+    let set_u16 =
+        |p: &mut Vec<u8>, at: usize, v: u16| p[at..at + 2].copy_from_slice(&v.to_be_bytes());
+    let eth = |ip: &[u8]| ethernet([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], ip);
+    // A VXLAN carrier (UDP 8472) of `inner` (an Ethernet frame), with VXLAN flags `flags`.
+    let vxlan = |sport: u16, flags: u8, inner: &[u8]| {
+        let mut v = vec![flags, 0, 0, 0, 0, 0, 1, 0];
+        v.extend(inner);
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xa], [2, 0, 0, 0, 0, 0xb])
+            .ipv4([192, 168, 0, 1], [192, 168, 0, 2], 64)
+            .udp(sport, 8472)
+            .write(&mut out, &v)
+            .unwrap();
+        out
+    };
+
+    let mut frames = vec![
+        eth(&tcp(40001)),
+        eth(&udp(40002, 53, b"q")),
+        eth(&{
+            let mut out = Vec::new();
+            etherparse::PacketBuilder::ipv4(a, b, 64)
+                .icmpv4_echo_request(7, 1)
+                .write(&mut out, b"ping")
+                .unwrap();
+            out
+        }),
+    ];
+    // Ethernet padding past the IP packet (a 1-byte datagram in a 60-byte frame).
+    let mut padded = eth(&udp(40003, 53, b"x"));
+    padded.resize(60, 0);
+    frames.push(padded);
+    // IP options (IHL 6): the general parser.
+    let mut options = tcp(40004);
+    options.splice(20..20, [1, 1, 1, 1]);
+    options[0] = 0x46;
+    let total = options.len() as u16;
+    set_u16(&mut options, 2, total);
+    frames.push(eth(&options));
+    // A first fragment (MF, offset 0) keeps its UDP header; a later one has none.
+    let mut first_fragment = udp(40005, 53, b"frag");
+    set_u16(&mut first_fragment, 6, 0x2000);
+    frames.push(eth(&first_fragment));
+    let mut later_fragment = udp(40006, 53, b"frag");
+    set_u16(&mut later_fragment, 6, 0x0003);
+    frames.push(eth(&later_fragment));
+    // A TCP data offset below 5 words, and a TCP header cut short by the IP length (both
+    // without ports: to another address each, to stay two flows).
+    let mut bad_offset = ipv4_tcp(a, [10, 244, 1, 8], (40007, 80), 1000, "S", &[]);
+    bad_offset[20 + 12] = 0x40;
+    frames.push(eth(&bad_offset));
+    let mut short_tcp = tcp(40008);
+    short_tcp.truncate(30);
+    set_u16(&mut short_tcp, 2, 30);
+    frames.push(eth(&short_tcp));
+    // BIG TCP: total length 0, the length is what the frame carries.
+    let mut big = ipv4_tcp(a, b, (40009, 80), 5, "A", &[7; 100]);
+    set_u16(&mut big, 2, 0);
+    frames.push(eth(&big));
+    // VXLAN: plain inner TCP and UDP (the fast path), no I flag (the carrier alone), an inner
+    // VLAN tag, inner IPv6, inner IP options, an inner packet the carrier's IP length cuts.
+    let inner_eth = |ip: &[u8]| ethernet([0x0a, 0x58, 0, 0, 0, 1], [0x0a, 0x58, 0, 0, 0, 2], ip);
+    frames.push(vxlan(50001, 0x08, &inner_eth(&tcp(41001))));
+    frames.push(vxlan(50002, 0x08, &inner_eth(&udp(41002, 53, b"dns"))));
+    frames.push(vxlan(50003, 0x00, &inner_eth(&tcp(41003))));
+    let mut tagged = inner_eth(&tcp(41004));
+    tagged.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
+    frames.push(vxlan(50004, 0x08, &tagged));
+    let mut v6 = Vec::new();
+    etherparse::PacketBuilder::ipv6([0xfd; 16], [0xfe; 16], 64)
+        .tcp(41005, 80, 1, 1000)
+        .write(&mut v6, &[])
+        .unwrap();
+    let mut v6_frame = inner_eth(&v6);
+    set_u16(&mut v6_frame, 12, 0x86dd);
+    frames.push(vxlan(50005, 0x08, &v6_frame));
+    frames.push(vxlan(50006, 0x08, &inner_eth(&options)));
+    let mut cut = vxlan(50007, 0x08, &inner_eth(&tcp(41007)));
+    // The carrier's IP length ends 10 bytes into the inner TCP header.
+    let carrier_len = (cut.len() - 14 - 10) as u16;
+    set_u16(&mut cut, 14 + 2, carrier_len);
+    frames.push(cut);
+    // UDP to the Geneve port that is not valid Geneve: the carrier alone.
+    frames.push(eth(&udp(40010, 6081, &[0xc0, 0, 0, 0, 0, 0, 0, 0])));
+
+    for (mut probe, how) in probes() {
+        assert_eq!(
+            assert_agree(&mut probe, how, &frames),
+            frames.len(),
+            "{how}: one observation per frame"
+        );
+    }
+}
