@@ -35,13 +35,17 @@ fn main() {
         );
     }
     println!(
-        "probe cost per packet (BPF_PROG_TEST_RUN, {REPEAT} runs per frame, real lab frames):"
+        "probe cost per packet (BPF_PROG_TEST_RUN, {REPEAT} runs per frame, real lab frames; \
+         the floor is a do-nothing program's, the test loop's own cost):"
     );
+    let baseline = ProbeSettings {
+        baseline: true,
+        ..ProbeSettings::default()
+    };
     for (label, file) in [
         ("pod veth, plain TCP/UDP/ICMP", "node-a.client-veth.pcap"),
         ("node uplink, VXLAN", "node-a.eth0.pcap"),
     ] {
-        let probe = NodeProbe::load("bench", None, &ProbeSettings::default()).expect("probe loads");
         // BPF_PROG_TEST_RUN takes about a page; the probe reads headers only.
         let frames: Vec<Vec<u8>> = test_run::ethernet_frames(&data.join(file))
             .expect("the lab capture reads")
@@ -49,17 +53,25 @@ fn main() {
             .filter(|f| f.len() >= 14)
             .map(|f| f[..f.len().min(3000)].to_vec())
             .collect();
-        let (mut total_ns, mut runs) = (0u64, 0u64);
-        for f in &frames {
-            let (_, ns) =
-                test_run::run_repeated(probe.ingress_program(), f, REPEAT).expect("test run");
-            total_ns += ns as u64 * REPEAT as u64;
-            runs += REPEAT as u64;
-        }
+        let probe = per_run(&ProbeSettings::default(), &frames);
+        let floor = per_run(&baseline, &frames);
         println!(
-            "  {label:<30} {:7.1} ns   ({} frames; hot caches, with the test loop's own cost)",
-            total_ns as f64 / runs as f64,
+            "  {label:<30} {probe:7.1} ns, floor {floor:5.1} ns: the probe's own work {:5.1} ns \
+             ({} frames, hot caches)",
+            probe - floor,
             frames.len()
         );
     }
+}
+
+/// Nanoseconds per run of the program `settings` load, over every frame `REPEAT` times.
+fn per_run(settings: &ProbeSettings, frames: &[Vec<u8>]) -> f64 {
+    let probe = NodeProbe::load("bench", None, settings).expect("probe loads");
+    let (mut total_ns, mut runs) = (0u64, 0u64);
+    for f in frames {
+        let (_, ns) = test_run::run_repeated(probe.ingress_program(), f, REPEAT).expect("test run");
+        total_ns += ns as u64 * REPEAT as u64;
+        runs += REPEAT as u64;
+    }
+    total_ns as f64 / runs as f64
 }
