@@ -96,23 +96,8 @@ fn ipv4(data: usize, data_end: usize, at: usize, limit: u32, h: &mut Hdr) -> Opt
     } else {
         limit
     };
-    h.is_v4 = true;
-    h.src.0[10] = 0xff;
-    h.src.0[11] = 0xff;
-    h.src.0[12..16].copy_from_slice(&ip.src.to_ne_bytes());
-    h.dst.0[10] = 0xff;
-    h.dst.0[11] = 0xff;
-    h.dst.0[12..16].copy_from_slice(&ip.dst.to_ne_bytes());
-    h.protocol = ip.protocol;
-    h.ip_id = ip.id;
-    h.ip_len = total;
+    h.set_ipv4(&ip, total);
     let l4 = at + IP4;
-    // The IP payload's length past an L4 header of `l4_len` bytes, as parse::ip's from_ip.
-    let past = |l4_len: u32| -> u16 {
-        let used = IP4 as u32 + l4_len;
-        let v = if total > used { total - used } else { 0 };
-        if v > 0xffff { 0xffff } else { v as u16 }
-    };
     match ip.protocol {
         6 => {
             if data + l4 + 20 > data_end || (l4 + 20) as u32 > end {
@@ -123,21 +108,13 @@ fn ipv4(data: usize, data_end: usize, at: usize, limit: u32, h: &mut Hdr) -> Opt
             if doff < 20 || l4 as u32 + doff > end {
                 return None;
             }
-            h.src_port = t.src_port;
-            h.dst_port = t.dst_port;
-            h.tcp_seq = t.seq;
-            h.tcp_flags = t.flags & 0x1f;
-            h.payload_len = past(doff);
+            h.set_tcp(&t, doff);
         }
         17 => {
             if data + l4 + 8 > data_end || (l4 + 8) as u32 > end {
                 return None;
             }
-            let u = wire::Udp::read(Packet(data + l4));
-            h.src_port = u.src_port;
-            h.dst_port = u.dst_port;
-            h.payload_len = if u.len > 8 { u.len - 8 } else { 0 };
-            h.udp_payload = (l4 + 8) as u32;
+            h.set_udp(&wire::Udp::read(Packet(data + l4)), l4 as u32);
         }
         1 => {
             if data + l4 + 2 > data_end || (l4 + 2) as u32 > end {
@@ -146,7 +123,7 @@ fn ipv4(data: usize, data_end: usize, at: usize, limit: u32, h: &mut Hdr) -> Opt
             let p = Packet(data + l4);
             h.src_port = wire::Bytes::u8::<0>(p) as u16;
             h.dst_port = wire::Bytes::u8::<1>(p) as u16;
-            h.payload_len = past(0);
+            h.payload_len = h.payload_past(0);
         }
         _ => return None,
     }

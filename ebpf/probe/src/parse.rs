@@ -52,6 +52,53 @@ pub struct Hdr {
 unsafe impl Plain for Hdr {}
 
 impl Hdr {
+    /// An IPv4 header's fields (addresses as IPv4-mapped IPv6) and its packet's length.
+    #[inline(always)]
+    pub fn set_ipv4(&mut self, ip: &wire::Ipv4, total: u32) {
+        self.is_v4 = true;
+        self.src.0[10] = 0xff;
+        self.src.0[11] = 0xff;
+        self.src.0[12..16].copy_from_slice(&ip.src.to_ne_bytes());
+        self.dst.0[10] = 0xff;
+        self.dst.0[11] = 0xff;
+        self.dst.0[12..16].copy_from_slice(&ip.dst.to_ne_bytes());
+        self.protocol = ip.protocol;
+        self.ip_id = ip.id;
+        self.ip_len = total;
+    }
+
+    /// A TCP header's fields, `doff` its length in bytes (checked by the caller).
+    #[inline(always)]
+    pub fn set_tcp(&mut self, t: &wire::Tcp, doff: u32) {
+        self.src_port = t.src_port;
+        self.dst_port = t.dst_port;
+        self.tcp_seq = t.seq;
+        self.tcp_flags = t.flags & 0x1f;
+        self.payload_len = self.payload_past(doff);
+    }
+
+    /// A UDP header's fields; `at` is where it starts.
+    #[inline(always)]
+    pub fn set_udp(&mut self, u: &wire::Udp, at: u32) {
+        self.src_port = u.src_port;
+        self.dst_port = u.dst_port;
+        self.payload_len = if u.len > 8 { u.len - 8 } else { 0 };
+        self.udp_payload = at + 8;
+    }
+
+    /// The IP packet's length past the fixed IP header and `l4_len` bytes of L4 header, as
+    /// decode.rs computes a payload length (IPv6 extension headers count as payload).
+    #[inline(always)]
+    pub fn payload_past(&self, l4_len: u32) -> u16 {
+        let used = if self.is_v4 { 20 } else { 40 } + l4_len;
+        let v = if self.ip_len > used {
+            self.ip_len - used
+        } else {
+            0
+        };
+        if v > 0xffff { 0xffff } else { v as u16 }
+    }
+
     /// (destination, source) MAC.
     #[inline(always)]
     pub fn mac_bytes(&self) -> ([u8; 6], [u8; 6]) {
@@ -218,17 +265,7 @@ pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) ->
             if total < hl {
                 total = limit - off;
             }
-            p.is_v4 = true;
-            p.src.0[10] = 0xff;
-            p.src.0[11] = 0xff;
-            let (src, dst) = (h.src, h.dst);
-            p.src.0[12..16].copy_from_slice(&src.to_ne_bytes());
-            p.dst.0[10] = 0xff;
-            p.dst.0[11] = 0xff;
-            p.dst.0[12..16].copy_from_slice(&dst.to_ne_bytes());
-            p.protocol = h.protocol;
-            p.ip_id = h.id;
-            p.ip_len = total;
+            p.set_ipv4(&h, total);
             let end = if off + total < limit {
                 off + total
             } else {
@@ -319,33 +356,18 @@ pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) ->
         }
         _ => return Err(Skip::NotIp),
     };
-    let ip_header = if p.is_v4 { 20 } else { 40 };
-    let ip_len = p.ip_len;
-    let from_ip = |l4: u32| -> u16 {
-        let used = ip_header + l4;
-        let v = if ip_len > used { ip_len - used } else { 0 };
-        if v > 0xffff { 0xffff } else { v as u16 }
-    };
     match p.protocol {
         6 => {
             if let Ok(t) = load::<wire::Tcp>(ctx, payload, end) {
                 let doff = ((t.data_offset >> 4) as u32) * 4;
                 if doff >= 20 && payload + doff <= end {
-                    p.src_port = t.src_port;
-                    p.dst_port = t.dst_port;
-                    p.tcp_seq = t.seq;
-                    p.tcp_flags = t.flags & 0x1f;
-                    p.payload_len = from_ip(doff);
+                    p.set_tcp(&t, doff);
                 }
             }
         }
         17 => {
             if let Ok(u) = load::<wire::Udp>(ctx, payload, end) {
-                p.src_port = u.src_port;
-                p.dst_port = u.dst_port;
-                let ulen = u.len;
-                p.payload_len = if ulen > 8 { ulen - 8 } else { 0 };
-                p.udp_payload = payload + 8;
+                p.set_udp(&u, payload);
                 if !p.is_v4 {
                     p.payload_hash = fnv(ctx, payload + 8, end);
                 }
@@ -356,13 +378,13 @@ pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) ->
                 p.src_port = t[0] as u16;
                 p.dst_port = t[1] as u16;
             }
-            p.payload_len = from_ip(0);
+            p.payload_len = p.payload_past(0);
             if !p.is_v4 {
                 p.payload_hash = fnv(ctx, payload + 4, end);
             }
         }
         _ => {
-            p.payload_len = from_ip(0);
+            p.payload_len = p.payload_past(0);
             if !p.is_v4 {
                 p.payload_hash = fnv(ctx, payload, end);
             }
