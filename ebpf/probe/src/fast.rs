@@ -120,9 +120,7 @@ fn ipv4(data: usize, data_end: usize, at: usize, limit: u32, h: &mut Hdr) -> Opt
             if data + l4 + 2 > data_end || (l4 + 2) as u32 > end {
                 return None;
             }
-            let p = Packet(data + l4);
-            h.src_port = wire::Bytes::u8::<0>(p) as u16;
-            h.dst_port = wire::Bytes::u8::<1>(p) as u16;
+            h.set_icmp(<[u8; 2]>::read(Packet(data + l4)));
             h.payload_len = h.payload_past(0);
         }
         _ => return None,

@@ -8,7 +8,7 @@
 //! this packet (the IPv4 total length, not Ethernet padding).
 
 use crate::mem::{self, Plain};
-use crate::wire::{self, Bytes, Header};
+use crate::wire::{self, Header};
 use aya_ebpf::helpers::bpf_skb_load_bytes;
 use aya_ebpf::programs::TcContext;
 use cniscope_common::{Addr, ProbeConfig, tunnel};
@@ -84,6 +84,13 @@ impl Hdr {
         self.dst_port = u.dst_port;
         self.payload_len = if u.len > 8 { u.len - 8 } else { 0 };
         self.udp_payload = at + 8;
+    }
+
+    /// An ICMP header's type and code (as ports, as decode.rs keeps them).
+    #[inline(always)]
+    pub fn set_icmp(&mut self, type_code: [u8; 2]) {
+        self.src_port = type_code[0] as u16;
+        self.dst_port = type_code[1] as u16;
     }
 
     /// The IP packet's length past the fixed IP header and `l4_len` bytes of L4 header, as
@@ -375,8 +382,7 @@ pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) ->
         }
         1 | 58 => {
             if let Ok(t) = load::<[u8; 2]>(ctx, payload, end) {
-                p.src_port = t[0] as u16;
-                p.dst_port = t[1] as u16;
+                p.set_icmp(t);
             }
             p.payload_len = p.payload_past(0);
             if !p.is_v4 {
