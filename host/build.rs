@@ -1,10 +1,15 @@
 //! Builds the eBPF probes (`ebpf/probe`, its own Cargo project) with the nightly toolchain and
 //! bpf-linker into OUT_DIR, where `sources::live` embeds them. `./x setup` installs both.
+//! Only with the `live` feature: without it the host needs neither (a decoder test, `cargo
+//! doc` or a replay-only build on stable).
 
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
+    if std::env::var_os("CARGO_FEATURE_LIVE").is_none() {
+        return;
+    }
     let manifest_dir =
         PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let probe = manifest_dir.join("../ebpf/probe");

@@ -7,7 +7,7 @@ use cniscope::plugins::bindings::wit;
 use cniscope::plugins::policy::Grants;
 use cniscope::plugins::{PluginEngine, PluginInstance, PluginSettings, convert};
 use cniscope::sources::aggregate::Observation;
-use cniscope::sources::decode::TunnelPorts;
+use cniscope::sources::decode::Decoding;
 use cniscope::sources::replay::Replay;
 use cniscope_sdk::Plugin;
 use cniscope_sdk::testkit::Harness;
@@ -39,7 +39,7 @@ fn workload() -> (
     .iter()
     .map(|(p, f)| format!("{p}={}", d.join(f).display()).parse().unwrap())
     .collect();
-    let mut r = Replay::open(&specs, TunnelPorts::default(), u64::MAX / 4).unwrap();
+    let mut r = Replay::open(&specs, Decoding::default(), u64::MAX / 4).unwrap();
     let mut base = Vec::new();
     r.run(|_, obs, _| base.extend(obs));
     let mut out = Vec::with_capacity(BATCH);

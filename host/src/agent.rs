@@ -6,7 +6,8 @@
 //! lost); every interval the probes' maps are drained, the observations handed to the plugins
 //! and the topology published.
 
-use crate::config::Settings;
+use crate::config::{NodeToWatch, Settings};
+use crate::health::{Health, HealthSource};
 use crate::inventory::Inventory;
 use crate::pipeline::Pipeline;
 use crate::plugins::bindings::wit;
@@ -14,7 +15,7 @@ use crate::plugins::{PluginEngine, PluginError};
 use crate::sources::aggregate::{IfaceKind, PointTable};
 use crate::sources::live::netns::{LinkWatch, glob, wait_for_links};
 use crate::sources::live::{LiveError, NodeProbe, ProbeSettings, clock_offset_ns};
-use crate::topology::{Health, TopologyDoc};
+use crate::topology::TopologyDoc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use thiserror::Error;
@@ -80,6 +81,19 @@ pub struct Agent {
     _bpf_stats: Option<std::os::fd::OwnedFd>,
 }
 
+impl HealthSource for Agent {
+    /// Each probe's counters and losses, and the interfaces that could not be attached.
+    fn report(&self, health: &mut Health) {
+        for n in &self.nodes {
+            match n.probe.counters() {
+                Ok(c) => c.report(&n.probe.node, health),
+                Err(e) => health.errors.push(e.to_string()),
+            }
+        }
+        health.errors.extend(self.attach_errors.iter().cloned());
+    }
+}
+
 impl Agent {
     /// Loads the plugins and one probe per node.
     pub fn new(
@@ -88,16 +102,12 @@ impl Agent {
         inventory: Inventory,
     ) -> Result<Agent, AgentError> {
         let pipeline = Pipeline::new(engine, &settings.plugins, inventory)?;
-        let mut ports = settings.ports.clone();
-        let (vx, gn) = pipeline.wanted_ports();
-        ports.vxlan.extend(vx);
-        ports.geneve.extend(gn);
         let probe_settings = ProbeSettings {
             flow_entries: settings.agent.flow_entries,
             ringbuf_bytes: settings.agent.ringbuf_bytes,
             cache_slots: settings.agent.flow_cache_slots,
             baseline: settings.agent.baseline_probe,
-            ports,
+            decoding: pipeline.decoding(&settings.decoding),
             ..ProbeSettings::default()
         };
         let from_plugins: Vec<Wanted> = pipeline
@@ -111,15 +121,19 @@ impl Agent {
             })
             .collect();
         let node_list = if settings.agent.nodes.is_empty() {
-            vec![(hostname(), None, Vec::new())]
+            vec![NodeToWatch {
+                name: hostname(),
+                netns: None,
+                ifaces: Vec::new(),
+            }]
         } else {
             settings.agent.nodes.clone()
         };
         let mut nodes = Vec::new();
-        for (name, netns, extra) in node_list {
-            let probe = NodeProbe::load(&name, netns, &probe_settings)?;
+        for node in node_list {
+            let probe = NodeProbe::load(&node.name, node.netns, &probe_settings)?;
             let mut wanted = from_plugins.clone();
-            wanted.extend(extra.into_iter().map(|p| Wanted {
+            wanted.extend(node.ifaces.into_iter().map(|p| Wanted {
                 kind: IfaceKind::guess(&p),
                 pattern: p,
             }));
@@ -199,23 +213,7 @@ impl Agent {
     /// The topology so far, with the probes' counters in `health.drops`.
     pub fn doc(&self) -> TopologyDoc {
         let mut health = Health::default();
-        for n in &self.nodes {
-            match n.probe.counters() {
-                Ok(c) => {
-                    let node = &n.probe.node;
-                    for (what, v) in [
-                        ("ring buffer full (new-flow events lost)", c.ringbuf_full),
-                        ("flow map full (packets not recorded)", c.map_full),
-                        ("headers unreadable", c.parse_failed),
-                    ] {
-                        health.drops.insert(format!("probe {node}: {what}"), v);
-                    }
-                    health.probes.insert(node.clone(), c);
-                }
-                Err(e) => health.errors.push(e.to_string()),
-            }
-        }
-        health.errors.extend(self.attach_errors.iter().cloned());
+        self.report(&mut health);
         self.pipeline.doc(health)
     }
 

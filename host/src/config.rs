@@ -1,10 +1,22 @@
-//! `cniscope.toml`: parsed, then validated in one place. Every problem is reported with the
-//! file, line and key, and all of them at once, so one edit fixes them all.
+//! `cniscope.toml`: read section by section, then validated one section at a time
+//! (`config/validate.rs`). Every problem is reported with the file, line and key, all of them
+//! at once, so one edit fixes them all; nothing out of range is clamped silently.
+//!
+//! Sections, and which commands read them:
+//! - `[plugins]`, `[[plugin]]`: every command that runs plugins.
+//! - `[inventory]`: what names the cluster (`files`: kubectl dumps): replay and run.
+//! - `[decode]`: tunnel ports beyond the plugins' own needs: replay and live capture alike.
+//! - `[replay]`: the window and the capture files of a replay.
+//! - `[agent]`: live capture (`cniscope run`).
+//! - `[output]`: the output format.
+
+mod locate;
+mod validate;
 
 use crate::plugins::PluginSettings;
 use crate::plugins::policy::Grants;
 use crate::sinks::Format;
-use crate::sources::decode::TunnelPorts;
+use crate::sources::decode::Decoding;
 use crate::sources::replay::CaptureSpec;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -15,23 +27,30 @@ use toml::Spanned;
 /// Exit code for a bad configuration (sysexits EX_CONFIG).
 pub const EXIT_CONFIG: i32 = 78;
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// Where plugins come from, and the limits they run under.
-    #[serde(default)]
+/// The sections of a config file as written (before validation).
+#[derive(Debug, Default)]
+pub struct Sections {
     pub plugins: PluginsSection,
-    /// The plugins to run, in order.
-    #[serde(default, rename = "plugin")]
-    pub plugin: Vec<PluginEntry>,
-    #[serde(default)]
+    /// `[[plugin]]` entries with their index in the file (an entry that did not parse is
+    /// reported and left out).
+    pub plugin: Vec<(usize, PluginEntry)>,
+    pub inventory: InventorySection,
+    pub decode: DecodeSection,
     pub replay: ReplaySection,
-    #[serde(default)]
     pub output: OutputSection,
-    /// Live capture (`cniscope run`).
-    #[serde(default)]
     pub agent: AgentSection,
 }
+
+/// The top-level sections a config may have.
+const SECTIONS: &[&str] = &[
+    "plugins",
+    "plugin",
+    "inventory",
+    "decode",
+    "replay",
+    "output",
+    "agent",
+];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,13 +59,13 @@ pub struct AgentSection {
     #[serde(default = "default_interval")]
     pub interval_secs: Spanned<f64>,
     /// Stop after this long (0: run until SIGINT/SIGTERM).
-    #[serde(default)]
-    pub duration_secs: f64,
+    #[serde(default = "zero_secs")]
+    pub duration_secs: Spanned<f64>,
     /// Where the topology is written each interval and at exit (besides stdout at exit).
     pub output_file: Option<String>,
     /// Flows per node per interval the probes can hold (each of two buffers).
     #[serde(default = "default_flow_entries")]
-    pub flow_entries: u32,
+    pub flow_entries: Spanned<u32>,
     /// Slots per CPU in each of the probes' two flow caches (a power of two, 1 to 65536): the
     /// array every packet tries before the flow hash map. More slots: fewer flows take the
     /// slower hash map; each slot costs 176 bytes per CPU per buffer, and the drain reads them
@@ -70,24 +89,30 @@ pub struct AgentSection {
     pub node: Vec<AgentNode>,
 }
 
-fn default_interval() -> Spanned<f64> {
-    Spanned::new(0..0, 5.0)
+fn spanned<T>(v: T) -> Spanned<T> {
+    Spanned::new(0..0, v)
 }
-fn default_flow_entries() -> u32 {
-    16384
+fn default_interval() -> Spanned<f64> {
+    spanned(5.0)
+}
+fn zero_secs() -> Spanned<f64> {
+    spanned(0.0)
+}
+fn default_flow_entries() -> Spanned<u32> {
+    spanned(16384)
 }
 fn default_cache_slots() -> Spanned<u32> {
-    Spanned::new(0..0, 1024)
+    spanned(1024)
 }
 fn default_ringbuf() -> Spanned<u32> {
-    Spanned::new(0..0, 256 * 1024)
+    spanned(256 * 1024)
 }
 
 impl Default for AgentSection {
     fn default() -> Self {
         AgentSection {
             interval_secs: default_interval(),
-            duration_secs: 0.0,
+            duration_secs: zero_secs(),
             output_file: None,
             flow_entries: default_flow_entries(),
             flow_cache_slots: default_cache_slots(),
@@ -103,7 +128,7 @@ impl Default for AgentSection {
 #[serde(deny_unknown_fields)]
 pub struct AgentNode {
     /// The Kubernetes node name this namespace stands for.
-    pub name: String,
+    pub name: Spanned<String>,
     /// Network namespace: a name under /run/netns, or a path; absent = the agent's own.
     pub netns: Option<Spanned<String>>,
     /// Interface patterns to watch besides those the plugins ask for (`*` globs).
@@ -128,20 +153,20 @@ pub struct PluginsSection {
     pub call_deadline_ms: Spanned<u64>,
     /// Faults after which a plugin is disabled instead of restarted.
     #[serde(default = "default_restarts")]
-    pub max_restarts: u32,
+    pub max_restarts: Spanned<u32>,
 }
 
 fn default_dir() -> Spanned<String> {
-    Spanned::new(0..0, "plugins".into())
+    spanned("plugins".into())
 }
 fn default_memory() -> Spanned<u64> {
-    Spanned::new(0..0, 64)
+    spanned(64)
 }
 fn default_deadline() -> Spanned<u64> {
-    Spanned::new(0..0, 2000)
+    spanned(2000)
 }
-fn default_restarts() -> u32 {
-    3
+fn default_restarts() -> Spanned<u32> {
+    spanned(3)
 }
 
 impl Default for PluginsSection {
@@ -183,6 +208,52 @@ fn yes() -> bool {
     true
 }
 
+/// `[inventory]`: what names the cluster, for every mode.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InventorySection {
+    /// kubectl JSON dumps (`kubectl get nodes,pods,services,endpointslices -A -o json`),
+    /// relative to this file.
+    #[serde(default)]
+    pub files: Vec<Spanned<String>>,
+}
+
+/// `[decode]`: tunnel ports the decoders (replay and the probes) decode besides those the
+/// plugins ask for (their `decoding` needs, which follow their options).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeSection {
+    /// UDP ports decoded as VXLAN.
+    #[serde(default = "default_vxlan")]
+    pub vxlan_ports: Spanned<Vec<u16>>,
+    /// UDP ports decoded as Geneve.
+    #[serde(default = "default_geneve")]
+    pub geneve_ports: Spanned<Vec<u16>>,
+    /// UDP ports that carry a raw IP packet (flannel's udp backend).
+    #[serde(default = "default_udp_encap")]
+    pub udp_encap_ports: Spanned<Vec<u16>>,
+}
+
+fn default_vxlan() -> Spanned<Vec<u16>> {
+    spanned(Decoding::default().vxlan)
+}
+fn default_geneve() -> Spanned<Vec<u16>> {
+    spanned(Decoding::default().geneve)
+}
+fn default_udp_encap() -> Spanned<Vec<u16>> {
+    spanned(Decoding::default().udp_encap)
+}
+
+impl Default for DecodeSection {
+    fn default() -> Self {
+        DecodeSection {
+            vxlan_ports: default_vxlan(),
+            geneve_ports: default_geneve(),
+            udp_encap_ports: default_udp_encap(),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplaySection {
@@ -190,21 +261,15 @@ pub struct ReplaySection {
     /// flushed, once per window.
     #[serde(default = "default_window")]
     pub window_secs: Spanned<f64>,
-    /// UDP ports decoded as VXLAN.
-    #[serde(default = "default_vxlan")]
-    pub vxlan_ports: Vec<u16>,
-    /// UDP ports decoded as Geneve.
-    #[serde(default = "default_geneve")]
-    pub geneve_ports: Vec<u16>,
-    /// UDP ports that carry a raw IP packet (flannel's udp backend).
-    #[serde(default = "default_udp_encap")]
-    pub udp_encap_ports: Vec<u16>,
-    /// kubectl JSON dumps naming the cluster, relative to this file.
-    #[serde(default)]
-    pub inventory: Vec<Spanned<String>>,
     /// Capture files to replay, each with the point it was taken at.
     #[serde(default)]
     pub capture: Vec<CaptureEntry>,
+    /// Moved to `[inventory] files`: kept only to say so.
+    pub inventory: Option<Spanned<toml::Value>>,
+    /// Moved to `[decode]`: kept only to say so.
+    pub vxlan_ports: Option<Spanned<toml::Value>>,
+    pub geneve_ports: Option<Spanned<toml::Value>>,
+    pub udp_encap_ports: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,27 +285,18 @@ pub struct CaptureEntry {
 }
 
 fn default_window() -> Spanned<f64> {
-    Spanned::new(0..0, 10.0)
-}
-fn default_vxlan() -> Vec<u16> {
-    vec![4789, 8472]
-}
-fn default_geneve() -> Vec<u16> {
-    vec![6081]
-}
-fn default_udp_encap() -> Vec<u16> {
-    vec![8285]
+    spanned(10.0)
 }
 
 impl Default for ReplaySection {
     fn default() -> Self {
         ReplaySection {
             window_secs: default_window(),
-            vxlan_ports: default_vxlan(),
-            geneve_ports: default_geneve(),
-            udp_encap_ports: default_udp_encap(),
-            inventory: Vec::new(),
             capture: Vec::new(),
+            inventory: None,
+            vxlan_ports: None,
+            geneve_ports: None,
+            udp_encap_ports: None,
         }
     }
 }
@@ -257,6 +313,7 @@ pub struct OutputSection {
 pub struct ConfigProblem {
     pub line: usize,
     pub column: usize,
+    /// The dotted key, with array indexes: `plugin[1].sha256`, `agent.node[0].netns`.
     pub key: String,
     pub message: String,
 }
@@ -290,19 +347,20 @@ pub struct PluginToLoad {
 pub struct Settings {
     pub plugins: Vec<PluginToLoad>,
     pub cache_dir: Option<PathBuf>,
-    pub ports: TunnelPorts,
+    /// `[decode]`: what the decoders decode besides the plugins' needs.
+    pub decoding: Decoding,
     pub window_ns: u64,
     pub format: Option<Format>,
     pub plugin_dir: PathBuf,
     /// From `[[replay.capture]]`.
     pub captures: Vec<CaptureSpec>,
-    /// From `replay.inventory`.
+    /// From `[inventory] files`.
     pub inventories: Vec<PathBuf>,
     pub agent: AgentSettings,
 }
 
 /// Validated `[agent]`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AgentSettings {
     pub interval: Duration,
     pub duration: Option<Duration>,
@@ -312,8 +370,35 @@ pub struct AgentSettings {
     pub ringbuf_bytes: u32,
     pub bpf_stats: bool,
     pub baseline_probe: bool,
-    /// (node name, namespace path, extra interface patterns)
-    pub nodes: Vec<(String, Option<PathBuf>, Vec<String>)>,
+    pub nodes: Vec<NodeToWatch>,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        let a = AgentSection::default();
+        AgentSettings {
+            interval: Duration::from_secs_f64(*a.interval_secs.get_ref()),
+            duration: None,
+            output_file: None,
+            flow_entries: a.flow_entries.into_inner(),
+            flow_cache_slots: a.flow_cache_slots.into_inner(),
+            ringbuf_bytes: a.ringbuf_bytes.into_inner(),
+            bpf_stats: false,
+            baseline_probe: false,
+            nodes: Vec::new(),
+        }
+    }
+}
+
+/// One `[[agent.node]]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeToWatch {
+    /// The Kubernetes node name.
+    pub name: String,
+    /// Its network namespace (a path); None: the agent's own.
+    pub netns: Option<PathBuf>,
+    /// Interface patterns to watch besides those the plugins ask for.
+    pub ifaces: Vec<String>,
 }
 
 impl Settings {
@@ -322,7 +407,7 @@ impl Settings {
         Settings {
             plugins,
             cache_dir: default_cache_dir(),
-            ports: TunnelPorts::default(),
+            decoding: Decoding::default(),
             window_ns: (default_window().into_inner() * 1e9) as u64,
             format: None,
             plugin_dir,
@@ -331,16 +416,6 @@ impl Settings {
             agent: AgentSettings::default(),
         }
     }
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rfind('\n')
-        .map(|i| before.len() - i)
-        .unwrap_or(before.len() + 1);
-    (line, column)
 }
 
 /// Reads and validates a config file.
@@ -359,287 +434,65 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
 
 /// Parses and validates config text; relative paths are resolved against `base`.
 pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<ConfigProblem>> {
-    let config: Config = toml::from_str(text).map_err(|e| {
-        let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
-        let key = e.span().map(|s| key_at(text, s.start)).unwrap_or_default();
-        vec![ConfigProblem {
-            line,
-            column,
-            key,
-            message: e.message().trim().to_string(),
-        }]
-    })?;
-    validate(config, text, base)
+    let mut problems = validate::Problems::new(text);
+    let sections = read_sections(text, &mut problems);
+    let settings = validate::settings(sections, base, &mut problems);
+    problems.into_result(settings)
 }
 
-/// The dotted key path in force at `offset`: the enclosing [table] plus the key on that line.
-fn key_at(text: &str, offset: usize) -> String {
-    let before = &text[..offset.min(text.len())];
-    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let line_end = text[line_start..]
-        .find('\n')
-        .map(|i| line_start + i)
-        .unwrap_or(text.len());
-    let line = text[line_start..line_end].trim();
-    let table = before[..line_start]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').to_string())
-        .unwrap_or_default();
-    if line.starts_with('[') {
-        return line.trim_matches(|c| c == '[' || c == ']').to_string();
+/// Splits the document into its sections and deserializes each on its own, so a problem in
+/// one section does not hide those in the others (nor one `[[plugin]]` entry the next).
+fn read_sections(text: &str, problems: &mut validate::Problems) -> Sections {
+    use serde::de::IntoDeserializer;
+    let mut sections = Sections::default();
+    let (doc, syntax) = toml::de::DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        for e in &syntax {
+            problems.toml(e);
+        }
+        return sections;
     }
-    let key = line.split('=').next().unwrap_or("").trim().to_string();
-    match (table.is_empty(), key.is_empty()) {
-        (true, _) => key,
-        (false, true) => table,
-        (false, false) => format!("{table}.{key}"),
+    fn read<T: for<'de> Deserialize<'de> + Default>(
+        value: Spanned<toml::de::DeValue<'_>>,
+        problems: &mut validate::Problems,
+    ) -> T {
+        T::deserialize(value.into_deserializer()).unwrap_or_else(|e| {
+            problems.toml(&e);
+            T::default()
+        })
     }
-}
-
-fn validate(c: Config, text: &str, base: &Path) -> Result<Settings, Vec<ConfigProblem>> {
-    let mut problems = Vec::new();
-    let mut problem = |span: std::ops::Range<usize>, key: &str, message: String| {
-        let (line, column) = line_col(text, span.start);
-        problems.push(ConfigProblem {
-            line,
-            column,
-            key: key.to_string(),
-            message,
-        });
-    };
-    let mib = |v: &Spanned<u64>,
-               key: &str,
-               problem: &mut dyn FnMut(std::ops::Range<usize>, &str, String)| {
-        if !(1..=4096).contains(v.get_ref()) {
-            problem(
-                v.span(),
-                key,
-                format!("{} MiB is out of range: use 1 to 4096", v.get_ref()),
-            );
-        }
-    };
-    mib(
-        &c.plugins.memory_limit_mib,
-        "plugins.memory_limit_mib",
-        &mut problem,
-    );
-    let ms = |v: &Spanned<u64>,
-              key: &str,
-              problem: &mut dyn FnMut(std::ops::Range<usize>, &str, String)| {
-        if !(1..=600_000).contains(v.get_ref()) {
-            problem(
-                v.span(),
-                key,
-                format!("{} ms is out of range: use 1 to 600000", v.get_ref()),
-            );
-        }
-    };
-    ms(
-        &c.plugins.call_deadline_ms,
-        "plugins.call_deadline_ms",
-        &mut problem,
-    );
-    let window = *c.replay.window_secs.get_ref();
-    if !(window > 0.0 && window <= 86_400.0) {
-        problem(
-            c.replay.window_secs.span(),
-            "replay.window_secs",
-            format!("{window} is out of range: use a number of seconds above 0, at most 86400"),
-        );
-    }
-    let plugin_dir = base.join(c.plugins.dir.get_ref());
-    let mut plugins = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for (i, p) in c.plugin.iter().enumerate() {
-        let key = |k: &str| format!("plugin[{i}].{k}");
-        let name = p.name.get_ref();
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
-        {
-            problem(
-                p.name.span(),
-                &key("name"),
-                format!("{name:?} is not a plugin name: use letters, digits, '-' and '_'"),
-            );
-        }
-        if !seen.insert(name.clone()) {
-            problem(
-                p.name.span(),
-                &key("name"),
-                format!("plugin {name:?} is listed twice"),
-            );
-        }
-        if let Some(sha) = &p.sha256
-            && (sha.get_ref().len() != 64
-                || !sha.get_ref().chars().all(|ch| ch.is_ascii_hexdigit()))
-        {
-            problem(
-                sha.span(),
-                &key("sha256"),
-                "must be 64 hex digits (`cniscope plugin inspect` prints it)".into(),
-            );
-        }
-        if let Some(m) = &p.memory_limit_mib {
-            mib(m, &key("memory_limit_mib"), &mut problem);
-        }
-        if let Some(d) = &p.call_deadline_ms {
-            ms(d, &key("call_deadline_ms"), &mut problem);
-        }
-        let file = p
-            .file
-            .as_ref()
-            .map(|f| f.get_ref().clone())
-            .unwrap_or_else(|| format!("{name}.wasm"));
-        let path = plugin_dir.join(&file);
-        if p.enabled && !path.is_file() {
-            let span = p.file.as_ref().map(|f| f.span()).unwrap_or(p.name.span());
-            problem(
-                span,
-                &key(if p.file.is_some() { "file" } else { "name" }),
-                format!(
-                    "{} does not exist (build plugins with `./x build-plugins`)",
-                    path.display()
-                ),
-            );
-        }
-        if !p.enabled {
-            continue;
-        }
-        let options_json = serde_json::to_string(&p.options).unwrap_or_else(|_| "{}".into());
-        plugins.push(PluginToLoad {
-            path,
-            sha256: p.sha256.as_ref().map(|s| s.get_ref().to_lowercase()),
-            settings: PluginSettings {
-                name: name.clone(),
-                options_json,
-                memory_limit_bytes: (*p
-                    .memory_limit_mib
-                    .as_ref()
-                    .unwrap_or(&c.plugins.memory_limit_mib)
-                    .get_ref() as usize)
-                    << 20,
-                call_deadline: Duration::from_millis(
-                    *p.call_deadline_ms
-                        .as_ref()
-                        .unwrap_or(&c.plugins.call_deadline_ms)
-                        .get_ref(),
-                ),
-                max_restarts: c.plugins.max_restarts,
-                grants: p.grants.clone(),
-            },
-        });
-    }
-    let mut captures = Vec::new();
-    for (i, c) in c.replay.capture.iter().enumerate() {
-        let path = base.join(c.path.get_ref());
-        if !path.is_file() {
-            problem(
-                c.path.span(),
-                &format!("replay.capture[{i}].path"),
-                format!("{} does not exist", path.display()),
-            );
-        }
-        captures.push(CaptureSpec {
-            path,
-            node: c.node.clone(),
-            iface: c.iface.clone(),
-        });
-    }
-    let a = &c.agent;
-    let interval = *a.interval_secs.get_ref();
-    if !(interval > 0.0 && interval <= 3600.0) {
-        problem(
-            a.interval_secs.span(),
-            "agent.interval_secs",
-            format!("{interval} is out of range: use seconds above 0, at most 3600"),
-        );
-    }
-    let rb = *a.ringbuf_bytes.get_ref();
-    if !rb.is_power_of_two() || rb < 4096 {
-        problem(
-            a.ringbuf_bytes.span(),
-            "agent.ringbuf_bytes",
-            format!("{rb} must be a power of two of at least 4096"),
-        );
-    }
-    let slots = *a.flow_cache_slots.get_ref();
-    if !slots.is_power_of_two() || slots > 65536 {
-        problem(
-            a.flow_cache_slots.span(),
-            "agent.flow_cache_slots",
-            format!("{slots} must be a power of two from 1 to 65536"),
-        );
-    }
-    let mut nodes = Vec::new();
-    for (i, n) in a.node.iter().enumerate() {
-        let netns = n.netns.as_ref().map(|ns| {
-            let v = ns.get_ref();
-            let path = if v.contains('/') {
-                PathBuf::from(v)
-            } else {
-                PathBuf::from("/run/netns").join(v)
-            };
-            if !path.exists() {
-                problem(
-                    ns.span(),
-                    &format!("agent.node[{i}].netns"),
-                    format!("{} does not exist (`ip netns list`)", path.display()),
-                );
+    for (key, value) in doc.into_inner() {
+        let span = key.span();
+        match key.get_ref().as_ref() {
+            "plugins" => sections.plugins = read(value, problems),
+            "plugin" => {
+                let Some(entries) = value.get_ref().as_array() else {
+                    problems.at(span, "plugin", "write plugins as [[plugin]] entries".into());
+                    continue;
+                };
+                for (i, entry) in entries.iter().enumerate() {
+                    match PluginEntry::deserialize(entry.clone().into_deserializer()) {
+                        Ok(p) => sections.plugin.push((i, p)),
+                        Err(e) => problems.toml(&e),
+                    }
+                }
             }
-            path
-        });
-        nodes.push((n.name.clone(), netns, n.ifaces.clone()));
-    }
-    let agent = AgentSettings {
-        interval: Duration::from_secs_f64(interval.clamp(0.001, 3600.0)),
-        duration: (a.duration_secs > 0.0).then(|| Duration::from_secs_f64(a.duration_secs)),
-        output_file: a.output_file.as_ref().map(|f| base.join(f)),
-        flow_entries: a.flow_entries.max(16),
-        flow_cache_slots: slots,
-        ringbuf_bytes: rb,
-        bpf_stats: a.bpf_stats,
-        baseline_probe: a.baseline_probe,
-        nodes,
-    };
-    let mut inventories = Vec::new();
-    for (i, f) in c.replay.inventory.iter().enumerate() {
-        let path = base.join(f.get_ref());
-        if !path.is_file() {
-            problem(
-                f.span(),
-                &format!("replay.inventory[{i}]"),
-                format!("{} does not exist", path.display()),
-            );
+            "inventory" => sections.inventory = read(value, problems),
+            "decode" => sections.decode = read(value, problems),
+            "replay" => sections.replay = read(value, problems),
+            "output" => sections.output = read(value, problems),
+            "agent" => sections.agent = read(value, problems),
+            other => problems.at(
+                span,
+                other,
+                format!(
+                    "unknown section `{other}`: expected one of {}",
+                    SECTIONS.join(", ")
+                ),
+            ),
         }
-        inventories.push(path);
     }
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    Ok(Settings {
-        captures,
-        inventories,
-        agent,
-        plugins,
-        cache_dir: match c.plugins.cache_dir.as_deref() {
-            Some("") => None,
-            Some(d) => Some(base.join(d)),
-            None => default_cache_dir(),
-        },
-        ports: TunnelPorts {
-            vxlan: c.replay.vxlan_ports,
-            geneve: c.replay.geneve_ports,
-            udp_encap: c.replay.udp_encap_ports,
-        },
-        window_ns: (window * 1e9) as u64,
-        format: c.output.format,
-        plugin_dir,
-    })
+    sections
 }
 
 /// `$XDG_CACHE_HOME/cniscope` or `~/.cache/cniscope`.
@@ -651,60 +504,4 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unknown_key_is_reported_with_line_and_key() {
-        let text = "[plugins]\ndir = \"x\"\nmemory_limit_mb = 3\n";
-        let p = parse(text, Path::new("/nonexistent")).unwrap_err();
-        assert_eq!(p.len(), 1);
-        assert_eq!(
-            (p[0].line, p[0].key.as_str()),
-            (3, "plugins.memory_limit_mb")
-        );
-        assert!(
-            p[0].message.contains("unknown field `memory_limit_mb`"),
-            "{}",
-            p[0].message
-        );
-    }
-
-    #[test]
-    fn all_validation_problems_come_together() {
-        let text = "[plugins]\nmemory_limit_mib = 0\n\n[[plugin]]\nname = \"flannel\"\nsha256 = \"abc\"\n\n[[plugin]]\nname = \"flannel\"\n";
-        let p = parse(text, Path::new("/nonexistent")).unwrap_err();
-        let keys: Vec<(usize, &str)> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
-        assert!(keys.contains(&(2, "plugins.memory_limit_mib")), "{keys:?}");
-        assert!(keys.contains(&(6, "plugin[0].sha256")), "{keys:?}");
-        assert!(keys.contains(&(9, "plugin[1].name")), "{keys:?}");
-        assert!(
-            keys.contains(&(5, "plugin[0].name")),
-            "missing file is reported: {keys:?}"
-        );
-    }
-
-    #[test]
-    fn a_wrong_type_names_the_key() {
-        let p = parse("[replay]\nwindow_secs = \"ten\"\n", Path::new(".")).unwrap_err();
-        assert_eq!((p[0].line, p[0].key.as_str()), (2, "replay.window_secs"));
-    }
-
-    #[test]
-    fn agent_sizes_that_are_not_powers_of_two_name_their_key() {
-        let text = "[agent]\nflow_cache_slots = 1000\nringbuf_bytes = 5000\n";
-        let p = parse(text, Path::new(".")).unwrap_err();
-        let keys: Vec<(usize, &str)> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
-        assert!(keys.contains(&(2, "agent.flow_cache_slots")), "{keys:?}");
-        assert!(keys.contains(&(3, "agent.ringbuf_bytes")), "{keys:?}");
-    }
-
-    #[test]
-    fn agent_measurement_switches_reach_the_settings() {
-        let text = "[agent]\nbpf_stats = true\nbaseline_probe = true\n";
-        let s = parse(text, Path::new(".")).unwrap();
-        assert!(s.agent.bpf_stats && s.agent.baseline_probe);
-        let s = parse("", Path::new(".")).unwrap();
-        assert!(!s.agent.bpf_stats && !s.agent.baseline_probe);
-    }
-}
+mod tests;

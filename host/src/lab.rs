@@ -141,12 +141,13 @@ pub fn check_machine() -> Result<(), LabError> {
 /// The lab scripts, written out once per process into a private folder.
 pub struct Scripts {
     dir: tempfile::TempDir,
-    plugins: PathBuf,
+    /// Where the agent configs the lab writes load plugins from (only `up` writes one).
+    plugins: Option<PathBuf>,
 }
 
 impl Scripts {
     /// Writes the scripts; agent configs the lab writes will load plugins from `plugins`.
-    pub fn write(plugins: &Path) -> Result<Scripts, LabError> {
+    pub fn write(plugins: Option<&Path>) -> Result<Scripts, LabError> {
         let dir = tempfile::Builder::new()
             .prefix("cniscope-lab-")
             .tempdir()
@@ -158,23 +159,23 @@ impl Scripts {
             let path = dir.path().join(name);
             std::fs::write(&path, text).map_err(|source| LabError::Write { path, source })?;
         }
-        let plugins = std::path::absolute(plugins).unwrap_or_else(|_| plugins.to_path_buf());
+        let plugins = plugins.map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
         Ok(Scripts { dir, plugins })
     }
 
     /// Runs `script args...`, failing with its stderr.
     pub fn run(&self, script: &str, args: &[&str]) -> Result<String, LabError> {
-        let out = Command::new("bash")
-            .arg(self.dir.path().join(script))
-            .args(args)
-            .env("CNISCOPE_PLUGINS_DIR", &self.plugins)
-            .output()
-            .map_err(|e| LabError::Script {
-                script: script.into(),
-                args: args.join(" "),
-                status: "not started".into(),
-                stderr: e.to_string(),
-            })?;
+        let mut cmd = Command::new("bash");
+        cmd.arg(self.dir.path().join(script)).args(args);
+        if let Some(p) = &self.plugins {
+            cmd.env("CNISCOPE_PLUGINS_DIR", p);
+        }
+        let out = cmd.output().map_err(|e| LabError::Script {
+            script: script.into(),
+            args: args.join(" "),
+            status: "not started".into(),
+            stderr: e.to_string(),
+        })?;
         if !out.status.success() {
             return Err(LabError::Script {
                 script: script.into(),

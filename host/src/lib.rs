@@ -1,9 +1,13 @@
 //! cniscope: sources -> plugins -> topology -> sinks. See ARCHITECTURE.md.
 
+#[cfg(feature = "live")]
 pub mod agent;
 pub mod config;
+pub mod health;
 pub mod inventory;
+#[cfg(feature = "lab")]
 pub mod lab;
+pub mod modes;
 pub mod pipeline;
 pub mod plugins;
 pub mod sinks;

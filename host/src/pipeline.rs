@@ -10,6 +10,7 @@ use crate::inventory::Inventory;
 use crate::plugins::bindings::wit;
 use crate::plugins::{PluginEngine, PluginError, PluginInstance, convert};
 use crate::sources::aggregate::{Observation, PointTable};
+use crate::sources::decode::Decoding;
 use crate::topology::resolve::Resolver;
 use crate::topology::{Health, Topology, TopologyDoc};
 
@@ -47,19 +48,20 @@ impl Pipeline {
         })
     }
 
-    /// Extra tunnel ports the plugins asked to decode.
-    pub fn wanted_ports(&self) -> (Vec<u16>, Vec<u16>) {
-        let vx = self
-            .plugins
-            .iter()
-            .flat_map(|p| p.description.vxlan_ports.clone())
-            .collect();
-        let gn = self
-            .plugins
-            .iter()
-            .flat_map(|p| p.description.geneve_ports.clone())
-            .collect();
-        (vx, gn)
+    /// What the decoders must decode: `base` (the operator's `[decode]`) plus every plugin's
+    /// decoding needs.
+    pub fn decoding(&self, base: &Decoding) -> Decoding {
+        let mut all = base.clone();
+        for p in &self.plugins {
+            let d = &p.decoding;
+            all.add(&Decoding {
+                vxlan: d.vxlan_ports.clone(),
+                geneve: d.geneve_ports.clone(),
+                udp_encap: d.udp_encap_ports.clone(),
+                geneve_classes: d.geneve_option_classes.clone(),
+            });
+        }
+        all
     }
 
     /// One window: process in bounded batches, then flush at the window's end.

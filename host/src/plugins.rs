@@ -12,4 +12,4 @@ pub mod instance;
 pub mod policy;
 
 pub use engine::{PluginEngine, PluginError};
-pub use instance::{PluginHealth, PluginInstance, PluginSettings};
+pub use instance::{PluginHealth, PluginInstance, PluginSettings, PluginState};

@@ -1,6 +1,6 @@
 //! Sinks render the topology: JSON (the contract), Graphviz DOT, and a table for people.
 
-use crate::topology::TopologyDoc;
+use crate::topology::{EndpointKind, TopologyDoc};
 use std::fmt::Write;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -27,11 +27,11 @@ fn dot(doc: &TopologyDoc) -> String {
     let mut out =
         String::from("digraph cniscope {\n  rankdir=LR;\n  node [fontname=\"Helvetica\"];\n");
     for n in &doc.nodes {
-        let shape = match n.kind.as_str() {
-            "pod" => "box",
-            "service" => "ellipse",
-            "node" => "box3d",
-            _ => "diamond",
+        let shape = match n.kind {
+            EndpointKind::Pod => "box",
+            EndpointKind::Service => "ellipse",
+            EndpointKind::Node => "box3d",
+            EndpointKind::External | EndpointKind::Unknown => "diamond",
         };
         let _ = writeln!(
             out,

@@ -1,8 +1,9 @@
 //! The topology store: logical flows from the plugins, resolved to named endpoints and
-//! aggregated into edges. Its JSON form is the output contract of DESIGN.md.
+//! aggregated into edges. Its JSON form is the output contract (docs/output-contract.md).
 
 pub mod resolve;
 
+pub use crate::health::Health;
 use crate::plugins::bindings::wit;
 use resolve::Resolver;
 use serde::Serialize;
@@ -10,10 +11,35 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// A named endpoint: `pod/<ns>/<name>`, `node/<name>`, `service/<ns>/<name>`,
 /// `external/<ip>` or `unknown/<ip>`.
+/// What an endpoint is; the first part of its id.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointKind {
+    Pod,
+    Node,
+    Service,
+    /// Outside the cluster.
+    External,
+    /// An address nothing in the inventory or the plugin names.
+    Unknown,
+}
+
+impl EndpointKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointKind::Pod => "pod",
+            EndpointKind::Node => "node",
+            EndpointKind::Service => "service",
+            EndpointKind::External => "external",
+            EndpointKind::Unknown => "unknown",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct NodeEntry {
     pub id: String,
-    pub kind: String,
+    pub kind: EndpointKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     pub name: String,
@@ -58,18 +84,6 @@ pub struct Edge {
 pub struct Window {
     pub start: String,
     pub end: String,
-}
-
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
-pub struct Health {
-    pub plugins: BTreeMap<String, crate::plugins::PluginHealth>,
-    /// What sources could not process, by reason (malformed packets, truncated files, ...).
-    pub drops: BTreeMap<String, u64>,
-    /// Per-file or per-source problems, in words.
-    pub errors: Vec<String>,
-    /// Live capture: each node's probe counters.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub probes: BTreeMap<String, crate::sources::live::ProbeCounters>,
 }
 
 /// The document printed by `--format json`.

@@ -1,6 +1,6 @@
-//! Builds the plugin's [`Description`].
+//! Builds the plugin's [`Description`] and its [`Decoding`] needs.
 
-use crate::{CaptureSpec, Description, IfaceKind, OptionSpec, OptionType};
+use crate::{CaptureSpec, Decoding, Description, IfaceKind, OptionSpec, OptionType};
 
 /// Fluent builder for [`Description`].
 pub struct DescriptionBuilder(Description);
@@ -13,8 +13,6 @@ impl DescriptionBuilder {
             cni_kinds: Vec::new(),
             capture: Vec::new(),
             options: Vec::new(),
-            vxlan_ports: Vec::new(),
-            geneve_ports: Vec::new(),
         })
     }
 
@@ -45,17 +43,55 @@ impl DescriptionBuilder {
         self
     }
 
-    pub fn vxlan_port(mut self, port: u16) -> Self {
-        self.0.vxlan_ports.push(port);
-        self
-    }
-
-    pub fn geneve_port(mut self, port: u16) -> Self {
-        self.0.geneve_ports.push(port);
-        self
-    }
-
     pub fn build(self) -> Description {
         self.0
+    }
+}
+
+/// Fluent builder for [`Decoding`]: what a configured plugin needs the decoders to decode.
+#[derive(Default)]
+pub struct DecodingBuilder {
+    vxlan: Vec<u16>,
+    geneve: Vec<u16>,
+    udp_encap: Vec<u16>,
+    classes: Vec<u16>,
+}
+
+impl DecodingBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// UDP `port` carries VXLAN.
+    pub fn vxlan_port(mut self, port: u16) -> Self {
+        self.vxlan.push(port);
+        self
+    }
+
+    /// UDP `port` carries Geneve.
+    pub fn geneve_port(mut self, port: u16) -> Self {
+        self.geneve.push(port);
+        self
+    }
+
+    /// UDP `port` carries a raw IP packet.
+    pub fn udp_encap_port(mut self, port: u16) -> Self {
+        self.udp_encap.push(port);
+        self
+    }
+
+    /// The plugin reads Geneve options of `class`: live capture keeps that one.
+    pub fn geneve_option_class(mut self, class: u16) -> Self {
+        self.classes.push(class);
+        self
+    }
+
+    pub fn build(self) -> Decoding {
+        Decoding {
+            vxlan_ports: self.vxlan,
+            geneve_ports: self.geneve,
+            udp_encap_ports: self.udp_encap,
+            geneve_option_classes: self.classes,
+        }
     }
 }

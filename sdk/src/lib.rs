@@ -71,9 +71,9 @@ pub mod bindings {
 }
 
 pub use bindings::cniscope::plugin::types::{
-    CapturePoint, CaptureSpec, Description, Direction, EndpointSliceInfo, FlowBatch, GeneveOptions,
-    IfaceKind, Inventory, Ip, NodeInfo, ObservationBatch, OptionSpec, OptionType, PluginError,
-    PodInfo, ServiceInfo, ServicePort,
+    CapturePoint, CaptureSpec, Decoding, Description, Direction, EndpointSliceInfo, FlowBatch,
+    GeneveOptions, IfaceKind, Inventory, Ip, NodeInfo, ObservationBatch, OptionSpec, OptionType,
+    PluginError, PodInfo, ServiceInfo, ServicePort,
 };
 pub use flow::{Endpoint, LogicalFlow, Role};
 
@@ -89,6 +89,13 @@ pub trait Plugin: Default + 'static {
     /// Options from the operator's TOML. The default accepts none.
     fn configure(&mut self, options: &options::Options) -> Result<(), PluginError> {
         options.deny_unknown(&[])
+    }
+
+    /// What the configured plugin needs the decoders to decode beyond the operator's
+    /// `[decode]` section (tunnel ports from its options, Geneve option classes it reads).
+    /// Asked right after a successful `configure`. The default needs nothing more.
+    fn decoding(&self) -> Decoding {
+        describe::DecodingBuilder::new().build()
     }
 
     /// The whole inventory, whenever it changes.
@@ -131,10 +138,15 @@ macro_rules! export_plugin {
                 fn describe() -> $crate::Description {
                     <$plugin as $crate::Plugin>::describe()
                 }
-                fn configure(options: ::std::string::String) -> Result<(), $crate::PluginError> {
+                fn configure(
+                    options: ::std::string::String,
+                ) -> Result<$crate::Decoding, $crate::PluginError> {
                     let options = $crate::options::Options::parse(&options)?;
-                    __CNISCOPE_STATE
-                        .with(|s| $crate::Plugin::configure(&mut *s.borrow_mut(), &options))
+                    __CNISCOPE_STATE.with(|s| {
+                        let mut plugin = s.borrow_mut();
+                        $crate::Plugin::configure(&mut *plugin, &options)?;
+                        Ok($crate::Plugin::decoding(&*plugin))
+                    })
                 }
                 fn on_inventory(snapshot: $crate::Inventory) -> Result<(), $crate::PluginError> {
                     __CNISCOPE_STATE
@@ -177,7 +189,7 @@ pub fn error(code: &str, field: &str, message: impl Into<String>) -> PluginError
 /// Everything a plugin usually needs, in one `use`.
 pub mod prelude {
     pub use crate::batch::{Obs, Tunnel, batch_rows};
-    pub use crate::describe::DescriptionBuilder;
+    pub use crate::describe::{DecodingBuilder, DescriptionBuilder};
     pub use crate::ends::{Class, Decision, Ends, Side};
     pub use crate::flow::{EndpointRef, FlowBuilder, FlowRef, Flows};
     pub use crate::inventory::{Annotations, InventoryIndex, warnings_to_result};
@@ -187,7 +199,7 @@ pub mod prelude {
     pub use crate::stitch::{Connection, PointInfo, Seen, Stitcher, is_uplink_name};
     pub use crate::testkit::BatchBuilder;
     pub use crate::{
-        CapturePoint, Description, Direction, Endpoint, IfaceKind, Inventory, Ip, LogicalFlow,
-        ObservationBatch, OptionType, Plugin, PluginError, Role, error,
+        CapturePoint, Decoding, Description, Direction, Endpoint, IfaceKind, Inventory, Ip,
+        LogicalFlow, ObservationBatch, OptionType, Plugin, PluginError, Role, error,
     };
 }

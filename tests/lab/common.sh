@@ -53,8 +53,8 @@ name = "$plugin"
 [plugin.options]
 $option
 
-[replay]
-inventory = ["inventory.json"]
+[inventory]
+files = ["inventory.json"]
 
 [agent]
 interval_secs = 1

@@ -14,8 +14,58 @@ pub mod tunnel {
     pub const UDP_ENCAP: u8 = 5;
 }
 
-/// NAT-proof fingerprint kinds, as in the WIT `fp-kind` column.
+/// Ethertypes both decoders read (the replay decoder and the probe).
+pub mod ethertype {
+    pub const IPV4: u16 = 0x0800;
+    pub const IPV6: u16 = 0x86dd;
+    /// 802.1Q VLAN tag.
+    pub const VLAN: u16 = 0x8100;
+    /// 802.1ad service tag (QinQ).
+    pub const QINQ: u16 = 0x88a8;
+    /// The pre-standard QinQ tag some switches still send.
+    pub const QINQ_OLD: u16 = 0x9100;
+    /// Transparent Ethernet bridging: an Ethernet frame inside Geneve or GRE.
+    pub const TEB: u16 = 0x6558;
+    /// ERSPAN type II (GRE).
+    pub const ERSPAN_II: u16 = 0x88be;
+
+    /// A VLAN tag of any of the three kinds: one more tag to step over.
+    #[inline(always)]
+    pub fn is_vlan(t: u16) -> bool {
+        t == VLAN || t == QINQ || t == QINQ_OLD
+    }
+}
+
+/// IP protocol numbers both decoders read.
+pub mod ipproto {
+    pub const ICMP: u8 = 1;
+    /// IPv4 in IP (4in4, 4in6).
+    pub const IPIP: u8 = 4;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    /// IPv6 in IP (6in4, 6in6).
+    pub const IPV6: u8 = 41;
+    pub const GRE: u8 = 47;
+    pub const ICMPV6: u8 = 58;
+}
+
+/// TCP flag bits, as in the WIT `tcp-flags` column.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+/// NAT-proof fingerprint kinds, as in the WIT `fp-kind` column, and the rules that pick one.
+/// Linux NAT rewrites addresses and ports but keeps TCP sequence numbers and the IPv4
+/// identification, so these identify one connection before and after DNAT/SNAT
+/// (docs/observation-model.md, "Fingerprints"). Both decoders call [`fp::of`] and
+/// [`fp::upgrades`], so replay and live capture give the same fingerprint for the same packets.
 pub mod fp {
+    use super::{ipproto, tcp_flags};
+
     pub const NONE: u8 = 0;
     /// ISN of a TCP SYN without ACK: the client's direction.
     pub const TCP_SYN_ISN: u8 = 1;
@@ -27,7 +77,69 @@ pub mod fp {
     pub const PAYLOAD_HASH: u8 = 4;
     /// ISN of a TCP SYN+ACK: the server's direction.
     pub const TCP_SYNACK_ISN: u8 = 5;
+
+    /// The handshake kinds: they say which direction is the client's, and nothing later
+    /// replaces them.
+    #[inline(always)]
+    pub fn is_handshake(kind: u8) -> bool {
+        kind == TCP_SYN_ISN || kind == TCP_SYNACK_ISN
+    }
+
+    /// The fingerprint of one packet: (kind, value). `ipv4_id` is None for IPv6;
+    /// `payload_hash` is [`super::payload_hash`] of the L4 payload (only IPv6 non-TCP uses it).
+    #[inline(always)]
+    pub fn of(
+        protocol: u8,
+        flags: u8,
+        tcp_seq: u32,
+        ipv4_id: Option<u16>,
+        payload_len: u16,
+        payload_hash: u32,
+    ) -> (u8, u32) {
+        if protocol == ipproto::TCP {
+            let handshake = flags & (tcp_flags::SYN | tcp_flags::ACK);
+            if handshake == tcp_flags::SYN {
+                return (TCP_SYN_ISN, tcp_seq);
+            }
+            if handshake == tcp_flags::SYN | tcp_flags::ACK {
+                return (TCP_SYNACK_ISN, tcp_seq);
+            }
+            return (TCP_SEQ, tcp_seq);
+        }
+        match ipv4_id {
+            Some(id) => (IPV4_ID, (id as u32) << 16 | payload_len as u32),
+            None => (PAYLOAD_HASH, payload_hash ^ payload_len as u32),
+        }
+    }
+
+    /// A SYN seen after other packets of a flow (an out-of-order capture, or a SYN on
+    /// another CPU first) still gives the ISN: does this packet replace the flow's
+    /// fingerprint of kind `current`?
+    #[inline(always)]
+    pub fn upgrades(protocol: u8, flags: u8, current: u8) -> bool {
+        protocol == ipproto::TCP && flags & tcp_flags::SYN != 0 && !is_handshake(current)
+    }
 }
+
+/// How many L4 payload bytes [`payload_hash`] covers.
+pub const PAYLOAD_HASH_BYTES: usize = 16;
+
+/// FNV-1a over exactly [`PAYLOAD_HASH_BYTES`] bytes: the payload's first 16, zeroes past its
+/// end (the length is in the fingerprint beside it). Always 16 rounds, so the probe hashes
+/// without a branch per byte (each one multiplied the verifier's work).
+#[inline(always)]
+pub fn payload_hash(block: &[u8; PAYLOAD_HASH_BYTES]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < PAYLOAD_HASH_BYTES {
+        h = (h ^ block[i] as u32).wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    h
+}
+
+/// Most Geneve option classes a probe can be asked to keep (ProbeConfig::geneve_classes).
+pub const MAX_GENEVE_CLASSES: usize = 4;
 
 /// The pod annotation under which the host hands a pod's OpenShift-SDN NETID (from its
 /// namespace's NetNamespace object) to the plugins: the plugin contract has no field for it.
@@ -58,14 +170,18 @@ pub mod counter {
     pub const COUNT: u32 = 5;
 }
 
-/// Ports the probe decodes as tunnels (its read-only global `PROBE_CONFIG`, set at load).
-/// Zero = unused slot.
+/// What the probe decodes, beyond what every probe does (its read-only global `PROBE_CONFIG`,
+/// set at load). Zero = unused slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeConfig {
     pub vxlan_ports: [u16; 8],
     pub geneve_ports: [u16; 4],
     pub udp_encap_ports: [u16; 4],
+    /// The Geneve option classes a CNI plugin asked for (its decoding needs): the probe keeps
+    /// the first option of one of these classes among a packet's first four options, else
+    /// the first option. Zero = unused slot.
+    pub geneve_classes: [u16; MAX_GENEVE_CLASSES],
 }
 
 /// An IPv6 address, or an IPv4 one mapped (`::ffff:a.b.c.d`), network order. 8-byte aligned,
@@ -166,7 +282,55 @@ mod tests {
         assert_eq!(size_of::<super::FlowKey>(), 64 + 4 + 4 + 8 + 8);
         assert_eq!(size_of::<super::FlowStats>(), 32 + 4 + 4 + 4 + 24 + 8 + 4);
         assert_eq!(size_of::<super::NewFlow>(), 88 + 4 + 4 + 8);
-        assert_eq!(size_of::<super::ProbeConfig>(), 32);
+        assert_eq!(size_of::<super::ProbeConfig>(), 40);
         assert_eq!(size_of::<super::CacheSlot>(), 88 + 8 + 80);
+    }
+
+    #[test]
+    fn a_late_syn_upgrades_every_fingerprint_but_a_handshake() {
+        use super::{fp, ipproto, tcp_flags::*};
+        for kind in [fp::NONE, fp::TCP_SEQ, fp::IPV4_ID, fp::PAYLOAD_HASH] {
+            assert!(fp::upgrades(ipproto::TCP, SYN | ACK, kind));
+        }
+        assert!(!fp::upgrades(ipproto::TCP, SYN, fp::TCP_SYN_ISN));
+        assert!(!fp::upgrades(ipproto::TCP, SYN, fp::TCP_SYNACK_ISN));
+        assert!(!fp::upgrades(ipproto::UDP, SYN, fp::IPV4_ID));
+        assert!(!fp::upgrades(ipproto::TCP, ACK, fp::TCP_SEQ));
+    }
+
+    #[test]
+    fn fingerprints_by_protocol() {
+        use super::{fp, ipproto, tcp_flags::*};
+        assert_eq!(
+            fp::of(ipproto::TCP, SYN, 7, Some(1), 0, 0),
+            (fp::TCP_SYN_ISN, 7)
+        );
+        assert_eq!(
+            fp::of(ipproto::TCP, SYN | ACK, 7, None, 0, 0),
+            (fp::TCP_SYNACK_ISN, 7)
+        );
+        assert_eq!(
+            fp::of(ipproto::TCP, ACK | PSH, 7, Some(1), 9, 0),
+            (fp::TCP_SEQ, 7)
+        );
+        assert_eq!(
+            fp::of(ipproto::UDP, 0, 0, Some(0x1234), 20, 5),
+            (fp::IPV4_ID, 0x1234_0014)
+        );
+        assert_eq!(
+            fp::of(ipproto::UDP, 0, 0, None, 20, 5),
+            (fp::PAYLOAD_HASH, 5 ^ 20)
+        );
+    }
+
+    #[test]
+    fn the_payload_hash_is_fnv1a_of_sixteen_bytes() {
+        // FNV-1a of sixteen zero bytes, as published FNV test tools compute it.
+        let mut h: u32 = 0x811c_9dc5;
+        for _ in 0..16 {
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        assert_eq!(super::payload_hash(&[0; 16]), h);
+        assert_ne!(super::payload_hash(b"0123456789abcdef"), h);
     }
 }

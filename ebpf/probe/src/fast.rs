@@ -12,7 +12,7 @@ use crate::mem;
 use crate::parse::{Hdr, Parsed, is_port};
 use crate::wire::{self, Header, Packet};
 use aya_ebpf::programs::TcContext;
-use cniscope_common::{ProbeConfig, tunnel};
+use cniscope_common::{ProbeConfig, ethertype, ipproto, tunnel};
 
 /// Bytes of Ethernet + IPv4 without options.
 const ETH: usize = 14;
@@ -35,7 +35,7 @@ pub fn packet(ctx: &TcContext, cfg: &ProbeConfig, limit: u32, out: &mut Parsed) 
         return false;
     }
     let eth = wire::Eth::read(Packet(data));
-    if eth.ethertype != 0x0800 {
+    if eth.ethertype != ethertype::IPV4 {
         return false;
     }
     mem::zero(&mut out.tunnel);
@@ -46,9 +46,9 @@ pub fn packet(ctx: &TcContext, cfg: &ProbeConfig, limit: u32, out: &mut Parsed) 
     let Some(end) = ipv4(data, data_end, ETH, limit, h) else {
         return false;
     };
-    if h.protocol != 17 || !is_port(&cfg.vxlan_ports, h.dst_port) {
+    if h.protocol != ipproto::UDP || !is_port(&cfg.vxlan_ports, h.dst_port) {
         // Other UDP tunnels are the general parser's; bare UDP stays as it is.
-        return !(h.protocol == 17
+        return !(h.protocol == ipproto::UDP
             && (is_port(&cfg.geneve_ports, h.dst_port)
                 || is_port(&cfg.udp_encap_ports, h.dst_port)));
     }
@@ -58,7 +58,7 @@ pub fn packet(ctx: &TcContext, cfg: &ProbeConfig, limit: u32, out: &mut Parsed) 
     }
     let vxlan = wire::UdpTunnel::read(Packet(data + ETH + IP4 + 8));
     let inner_eth = wire::Eth::read(Packet(data + VXLAN_INNER_ETH));
-    if vxlan.first & 0x08 == 0 || inner_eth.ethertype != 0x0800 {
+    if vxlan.first & 0x08 == 0 || inner_eth.ethertype != ethertype::IPV4 {
         return false;
     }
     mem::copy(&mut out.outer, &out.inner);
@@ -99,7 +99,7 @@ fn ipv4(data: usize, data_end: usize, at: usize, limit: u32, h: &mut Hdr) -> Opt
     h.set_ipv4(&ip, total);
     let l4 = at + IP4;
     match ip.protocol {
-        6 => {
+        ipproto::TCP => {
             if data + l4 + 20 > data_end || (l4 + 20) as u32 > end {
                 return None;
             }
@@ -110,13 +110,13 @@ fn ipv4(data: usize, data_end: usize, at: usize, limit: u32, h: &mut Hdr) -> Opt
             }
             h.set_tcp(&t, doff);
         }
-        17 => {
+        ipproto::UDP => {
             if data + l4 + 8 > data_end || (l4 + 8) as u32 > end {
                 return None;
             }
             h.set_udp(&wire::Udp::read(Packet(data + l4)), l4 as u32);
         }
-        1 => {
+        ipproto::ICMP => {
             if data + l4 + 2 > data_end || (l4 + 2) as u32 > end {
                 return None;
             }

@@ -57,6 +57,7 @@ static PROBE_CONFIG: ProbeConfig = ProbeConfig {
     vxlan_ports: [0; 8],
     geneve_ports: [0; 4],
     udp_encap_ports: [0; 4],
+    geneve_classes: [0; cniscope_common::MAX_GENEVE_CLASSES],
 };
 
 /// Working memory, one per CPU: the BPF stack (512 bytes) cannot hold a parsed packet. The
@@ -125,23 +126,18 @@ fn observe(ctx: &TcContext, dir: u8) {
     }
 }
 
-/// The fingerprint of a packet, as `Decoded::fingerprint` in decode.rs.
+/// The fingerprint of a packet: the shared rule (`cniscope_common::fp::of`), as decode.rs.
 #[inline(always)]
 fn fingerprint(p: &parse::Hdr) -> (u8, u32) {
-    if p.protocol == 6 {
-        if p.tcp_flags & 0x12 == 0x02 {
-            return (fp::TCP_SYN_ISN, p.tcp_seq);
-        }
-        if p.tcp_flags & 0x12 == 0x12 {
-            return (fp::TCP_SYNACK_ISN, p.tcp_seq);
-        }
-        return (fp::TCP_SEQ, p.tcp_seq);
-    }
-    if p.is_v4 {
-        (fp::IPV4_ID, (p.ip_id as u32) << 16 | p.payload_len as u32)
-    } else {
-        (fp::PAYLOAD_HASH, p.payload_hash ^ p.payload_len as u32)
-    }
+    let ipv4_id = if p.is_v4 { Some(p.ip_id) } else { None };
+    fp::of(
+        p.protocol,
+        p.tcp_flags,
+        p.tcp_seq,
+        ipv4_id,
+        p.payload_len,
+        p.payload_hash,
+    )
 }
 
 #[inline(always)]
@@ -188,6 +184,8 @@ fn record(ifindex: u32, dir: u8, scratch: &mut Scratch) {
             return;
         }
     }
+    // By reference (the lint would pass the 88-byte key by value, a copy on the stack).
+    #[allow(clippy::needless_borrows_for_generic_args)]
     if let Some(s) = flows.get_ptr_mut(&*key) {
         // SAFETY: this CPU's slot of the entry; only this CPU writes it.
         let s = unsafe { &mut *s };
@@ -202,6 +200,7 @@ fn record(ifindex: u32, dir: u8, scratch: &mut Scratch) {
     let now = precise_now();
     let s = &mut scratch.stats;
     first(s, p, now, kind, value);
+    #[allow(clippy::needless_borrows_for_generic_args)]
     if flows.insert(&*key, &*s, BPF_NOEXIST as u64).is_err() {
         bump(counter::MAP_FULL);
         return;
@@ -269,11 +268,7 @@ fn tick_now(jiffies: &mut u64, ns: &mut u64) -> u64 {
 fn update(s: &mut FlowStats, p: &Parsed, kind: u8, value: u32, last_ns: u64) {
     let i = &p.inner;
     // A SYN seen after other packets still gives the ISN (as the replay aggregator).
-    if i.protocol == 6
-        && i.tcp_flags & 0x02 != 0
-        && s.fp_kind != fp::TCP_SYN_ISN
-        && s.fp_kind != fp::TCP_SYNACK_ISN
-    {
+    if fp::upgrades(i.protocol, i.tcp_flags, s.fp_kind) {
         s.fp_kind = kind;
         s.fingerprint = value;
     }

@@ -7,7 +7,7 @@
 
 /// Words in `T`; a compile-time error unless `T` is whole 8-byte words, 8-byte aligned.
 const fn words<T>() -> usize {
-    assert!(core::mem::size_of::<T>() % 8 == 0 && core::mem::align_of::<T>() >= 8);
+    assert!(core::mem::size_of::<T>().is_multiple_of(8) && core::mem::align_of::<T>() >= 8);
     core::mem::size_of::<T>() / 8
 }
 

@@ -11,7 +11,10 @@ use crate::mem::{self, Plain};
 use crate::wire::{self, Header};
 use aya_ebpf::helpers::bpf_skb_load_bytes;
 use aya_ebpf::programs::TcContext;
-use cniscope_common::{Addr, ProbeConfig, tunnel};
+use cniscope_common::{
+    Addr, MAX_GENEVE_CLASSES, PAYLOAD_HASH_BYTES, ProbeConfig, ethertype, ipproto, payload_hash,
+    tunnel,
+};
 
 pub enum Skip {
     NotIp,
@@ -82,7 +85,7 @@ impl Hdr {
     pub fn set_udp(&mut self, u: &wire::Udp, at: u32) {
         self.src_port = u.src_port;
         self.dst_port = u.dst_port;
-        self.payload_len = if u.len > 8 { u.len - 8 } else { 0 };
+        self.payload_len = u.len.saturating_sub(8);
         self.udp_payload = at + 8;
     }
 
@@ -98,11 +101,7 @@ impl Hdr {
     #[inline(always)]
     pub fn payload_past(&self, l4_len: u32) -> u16 {
         let used = if self.is_v4 { 20 } else { 40 } + l4_len;
-        let v = if self.ip_len > used {
-            self.ip_len - used
-        } else {
-            0
-        };
+        let v = self.ip_len.saturating_sub(used);
         if v > 0xffff { 0xffff } else { v as u16 }
     }
 
@@ -209,7 +208,7 @@ fn ethernet(ctx: &TcContext, off: u32, limit: u32, h_out: &mut Hdr) -> Result<(u
     let mut ethertype = h.ethertype;
     let mut o = off + 14;
     for _ in 0..4 {
-        if !(ethertype == 0x8100 || ethertype == 0x88a8 || ethertype == 0x9100) {
+        if !ethertype::is_vlan(ethertype) {
             break;
         }
         let t: wire::Vlan = load(ctx, o, limit)?;
@@ -220,8 +219,9 @@ fn ethernet(ctx: &TcContext, off: u32, limit: u32, h_out: &mut Hdr) -> Result<(u
     Ok((ethertype, o))
 }
 
-/// FNV-1a over the first 16 bytes in `[off, end)`, zeroes past `end`, as decode.rs computes
-/// it: one helper call for the bytes there are, and 16 rounds without a branch.
+/// The shared payload hash (`cniscope_common::payload_hash`) of the first 16 bytes in
+/// `[off, end)`, zeroes past `end`, as decode.rs computes it: one helper call for the bytes
+/// there are, and 16 rounds without a branch.
 #[inline(always)]
 fn fnv(ctx: &TcContext, off: u32, end: u32) -> u32 {
     let mut buf = core::mem::MaybeUninit::<[u64; 2]>::uninit();
@@ -244,20 +244,16 @@ fn fnv(ctx: &TcContext, off: u32, end: u32) -> u32 {
         unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, off, buf.as_mut_ptr().cast(), len) };
     }
     // SAFETY: both words were written above.
-    let bytes: [u8; 16] = unsafe { core::mem::transmute(buf.assume_init()) };
-    let mut h: u32 = 0x811c_9dc5;
-    for b in bytes {
-        h = (h ^ b as u32).wrapping_mul(0x0100_0193);
-    }
-    h
+    let bytes: [u8; PAYLOAD_HASH_BYTES] = unsafe { core::mem::transmute(buf.assume_init()) };
+    payload_hash(&bytes)
 }
 
 /// IPv4/IPv6 and the L4 header after them, within `[off, limit)`, into `p`, which the caller
 /// zeroed (but for the MACs `ethernet` may have put there).
 #[inline(always)]
-pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) -> Result<(), Skip> {
-    let (payload, end) = match ethertype {
-        0x0800 => {
+pub fn ip(ctx: &TcContext, off: u32, ether_type: u16, limit: u32, p: &mut Hdr) -> Result<(), Skip> {
+    let (payload, end) = match ether_type {
+        ethertype::IPV4 => {
             let h: wire::Ipv4 = load(ctx, off, limit)?;
             if h.version_ihl >> 4 != 4 {
                 return Err(Skip::Bad);
@@ -287,7 +283,7 @@ pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) ->
             }
             (off + hl, end)
         }
-        0x86dd => {
+        ethertype::IPV6 => {
             let h: wire::Ipv6 = load(ctx, off, limit)?;
             if h.version != 6 {
                 return Err(Skip::Bad);
@@ -364,7 +360,7 @@ pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) ->
         _ => return Err(Skip::NotIp),
     };
     match p.protocol {
-        6 => {
+        ipproto::TCP => {
             if let Ok(t) = load::<wire::Tcp>(ctx, payload, end) {
                 let doff = ((t.data_offset >> 4) as u32) * 4;
                 if doff >= 20 && payload + doff <= end {
@@ -372,7 +368,7 @@ pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) ->
                 }
             }
         }
-        17 => {
+        ipproto::UDP => {
             if let Ok(u) = load::<wire::Udp>(ctx, payload, end) {
                 p.set_udp(&u, payload);
                 if !p.is_v4 {
@@ -380,7 +376,7 @@ pub fn ip(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, p: &mut Hdr) ->
                 }
             }
         }
-        1 | 58 => {
+        ipproto::ICMP | ipproto::ICMPV6 => {
             if let Ok(t) = load::<[u8; 2]>(ctx, payload, end) {
                 p.set_icmp(t);
             }
@@ -417,8 +413,8 @@ pub(crate) fn is_port<const N: usize>(ports: &[u16; N], port: u16) -> bool {
 fn raw_ethertype(ctx: &TcContext, off: u32, limit: u32) -> Result<u16, Skip> {
     let b: u8 = load(ctx, off, limit)?;
     match b >> 4 {
-        4 => Ok(0x0800),
-        6 => Ok(0x86dd),
+        4 => Ok(ethertype::IPV4),
+        6 => Ok(ethertype::IPV6),
         _ => Err(Skip::Bad),
     }
 }
@@ -450,27 +446,27 @@ pub fn packet(ctx: &TcContext, cfg: &ProbeConfig, l3: bool, out: &mut Parsed) ->
     let udp = out.outer.udp_payload;
     let port = out.outer.dst_port;
     let ip_payload = out.outer.ip_payload;
-    // (tunnel kind, where its payload starts, the payload's ethertype; 0x6558 = Ethernet)
+    // (tunnel kind, where its payload starts, the payload's ethertype; TEB = Ethernet)
     let payload: Result<(u8, u32, u16), Skip> = match out.outer.protocol {
-        17 if udp != 0 && is_port(&cfg.vxlan_ports, port) => {
+        ipproto::UDP if udp != 0 && is_port(&cfg.vxlan_ports, port) => {
             match load::<wire::UdpTunnel>(ctx, udp, end) {
                 Ok(v) if v.first & 0x08 != 0 => {
                     out.tunnel.vni = v.vni;
-                    Ok((tunnel::VXLAN, udp + 8, 0x6558))
+                    Ok((tunnel::VXLAN, udp + 8, ethertype::TEB))
                 }
                 _ => Err(Skip::Bad),
             }
         }
-        17 if udp != 0 && is_port(&cfg.geneve_ports, port) => {
-            geneve(ctx, udp, end, &mut out.tunnel)
+        ipproto::UDP if udp != 0 && is_port(&cfg.geneve_ports, port) => {
+            geneve(ctx, udp, end, &cfg.geneve_classes, &mut out.tunnel)
         }
-        17 if udp != 0 && is_port(&cfg.udp_encap_ports, port) => {
+        ipproto::UDP if udp != 0 && is_port(&cfg.udp_encap_ports, port) => {
             raw_ethertype(ctx, udp, end).map(|t| (tunnel::UDP_ENCAP, udp, t))
         }
-        4 | 41 if ip_payload < end => {
+        ipproto::IPIP | ipproto::IPV6 if ip_payload < end => {
             raw_ethertype(ctx, ip_payload, end).map(|t| (tunnel::IPIP, ip_payload, t))
         }
-        47 => gre(ctx, ip_payload, end, &mut out.tunnel),
+        ipproto::GRE => gre(ctx, ip_payload, end, &mut out.tunnel),
         _ => Err(Skip::NotIp),
     };
     let decoded = match payload {
@@ -488,27 +484,39 @@ pub fn packet(ctx: &TcContext, cfg: &ProbeConfig, l3: bool, out: &mut Parsed) ->
     Ok(())
 }
 
-/// The inner packet at `off`: an Ethernet frame (0x6558) or an IP packet.
+/// The inner packet at `off`: an Ethernet frame (TEB) or an IP packet.
 #[inline(always)]
-fn inner(ctx: &TcContext, off: u32, ethertype: u16, limit: u32, h: &mut Hdr) -> Result<(), Skip> {
+fn inner(ctx: &TcContext, off: u32, ether_type: u16, limit: u32, h: &mut Hdr) -> Result<(), Skip> {
     mem::zero(h);
-    let (t, o) = match ethertype {
-        0x6558 => ethernet(ctx, off, limit, h)?,
-        0x0800 | 0x86dd => (ethertype, off),
+    let (t, o) = match ether_type {
+        ethertype::TEB => ethernet(ctx, off, limit, h)?,
+        ethertype::IPV4 | ethertype::IPV6 => (ether_type, off),
         _ => return Err(Skip::Bad),
     };
     ip(ctx, o, t, limit, h)
 }
 
-/// OVN's Geneve option class (CNI-RULES.md): the one option the probe looks past others for.
-const OVN_CLASS: u16 = 0x0102;
+/// Whether `class` is one of the Geneve option classes the plugins asked to keep (the
+/// load-time global `PROBE_CONFIG`; zero slots are unused).
+#[inline(always)]
+fn is_wanted_class(classes: &[u16; MAX_GENEVE_CLASSES], class: u16) -> bool {
+    is_port(classes, class)
+}
 
 /// Geneve (RFC 8926): the VNI, one option (class, type, up to 8 bytes of data) and the inner
-/// packet after all options. The option kept is OVN's (class 0x0102) when it is among the
+/// packet after all options. The option kept is the first of a class a plugin asked for
+/// (`classes`, from the plugins' decoding needs: OVN's 0x0102 for the ovn plugin) among the
 /// first four, else the first: the one map slot holds what a CNI plugin needs, and the replay
-/// decoder, which keeps every option, is compared by the same rule.
+/// decoder, which keeps every option, is compared by the same rule
+/// (docs/observation-model.md, "Geneve options").
 #[inline(always)]
-fn geneve(ctx: &TcContext, udp: u32, end: u32, t: &mut Tunnel) -> Result<(u8, u32, u16), Skip> {
+fn geneve(
+    ctx: &TcContext,
+    udp: u32,
+    end: u32,
+    classes: &[u16; MAX_GENEVE_CLASSES],
+    t: &mut Tunnel,
+) -> Result<(u8, u32, u16), Skip> {
     let g: wire::UdpTunnel = load(ctx, udp, end)?;
     if g.first >> 6 != 0 {
         return Err(Skip::Bad);
@@ -532,7 +540,8 @@ fn geneve(ctx: &TcContext, udp: u32, end: u32, t: &mut Tunnel) -> Result<(u8, u3
         if pos + 4 + len > opt_len {
             break;
         }
-        if i == 0 || class == OVN_CLASS {
+        let wanted = is_wanted_class(classes, class);
+        if i == 0 || wanted {
             t.geneve_class = class;
             t.geneve_type = o.kind;
             t.geneve_len = 0;
@@ -551,7 +560,7 @@ fn geneve(ctx: &TcContext, udp: u32, end: u32, t: &mut Tunnel) -> Result<(u8, u3
                 t.geneve_data = u64::from_ne_bytes([d[0], d[1], d[2], d[3], 0, 0, 0, 0]);
                 t.geneve_len = 4;
             }
-            if class == OVN_CLASS {
+            if wanted {
                 break;
             }
         }
@@ -581,11 +590,11 @@ fn gre(ctx: &TcContext, off: u32, end: u32, t: &mut Tunnel) -> Result<(u8, u32, 
     if flags & 0x1000 != 0 {
         o += 4;
     }
-    let (start, ethertype) = match protocol {
-        0x0800 | 0x86dd | 0x6558 => (o, protocol),
-        0x88be => (o + 8, 0x6558),
+    let (start, ether_type) = match protocol {
+        ethertype::IPV4 | ethertype::IPV6 | ethertype::TEB => (o, protocol),
+        ethertype::ERSPAN_II => (o + 8, ethertype::TEB),
         _ => return Err(Skip::NotIp),
     };
     t.vni = key;
-    Ok((tunnel::GRE, start, ethertype))
+    Ok((tunnel::GRE, start, ether_type))
 }

@@ -1,7 +1,7 @@
 //! One wasmtime `Engine` for all plugins, the epoch ticker that enforces call deadlines, and
 //! the cache of precompiled components keyed by content hash.
 
-use super::policy::{Grants, check_imports};
+use super::policy::{Grants, check_contract, check_imports};
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -138,10 +138,12 @@ impl PluginEngine {
             .imports(&self.engine)
             .map(|(name, _)| name.to_string())
             .collect();
-        check_imports(&imports, grants).map_err(|detail| PluginError::Refused {
-            path: shown,
-            detail,
-        })?;
+        check_contract(&imports)
+            .and_then(|()| check_imports(&imports, grants))
+            .map_err(|detail| PluginError::Refused {
+                path: shown,
+                detail,
+            })?;
         Ok(LoadedComponent {
             component,
             path: path.to_path_buf(),

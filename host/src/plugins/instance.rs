@@ -41,11 +41,33 @@ impl PluginSettings {
     }
 }
 
+/// Where a plugin stands after its faults.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginState {
+    /// No fault yet.
+    #[default]
+    Ok,
+    /// Faulted and restarted.
+    Degraded,
+    /// Too many faults (`max_restarts`): no longer called; its batches are counted lost.
+    Disabled,
+}
+
+impl std::fmt::Display for PluginState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PluginState::Ok => "ok",
+            PluginState::Degraded => "degraded",
+            PluginState::Disabled => "disabled",
+        })
+    }
+}
+
 /// Health counters, exported in the topology's `health.plugins`.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct PluginHealth {
-    /// "ok", "degraded" (faulted, restarted) or "disabled" (too many faults).
-    pub state: String,
+    pub state: PluginState,
     pub calls: u64,
     /// WIT `result` errors returned by the plugin.
     pub errors: u64,
@@ -121,6 +143,8 @@ struct Live {
 pub struct PluginInstance {
     pub settings: PluginSettings,
     pub description: wit::Description,
+    /// What the configured plugin needs decoded (its answer to `configure`).
+    pub decoding: wit::Decoding,
     pub sha256: String,
     pre: PluginPre<StoreState>,
     live: Option<Live>,
@@ -155,14 +179,12 @@ impl PluginInstance {
         let mut me = PluginInstance {
             settings,
             description: empty_description(),
+            decoding: no_decoding(),
             sha256: loaded.sha256,
             pre,
             live: None,
             inventory: None,
-            health: PluginHealth {
-                state: "ok".into(),
-                ..PluginHealth::default()
-            },
+            health: PluginHealth::default(),
         };
         let live = me.instantiate().map_err(|e| start_err(format!("{e:#}")))?;
         me.live = Some(live);
@@ -176,7 +198,10 @@ impl PluginInstance {
             })?;
         let options = me.settings.options_json.clone();
         match me.call_raw("configure", 0, |p, s| p.call_configure(s, &options)) {
-            Some(Ok(())) => Ok(me),
+            Some(Ok(decoding)) => {
+                me.decoding = decoding;
+                Ok(me)
+            }
             Some(Err(e)) => Err(PluginError::Rejected {
                 name,
                 code: e.code,
@@ -285,7 +310,7 @@ impl PluginInstance {
         lost: u64,
         f: impl FnOnce(&Plugin, &mut Store<StoreState>) -> CallResult<R>,
     ) -> Option<Result<R, wit::PluginError>> {
-        if self.health.state == "disabled" {
+        if self.health.state == PluginState::Disabled {
             self.health.observations_lost += lost;
             return None;
         }
@@ -330,7 +355,11 @@ impl PluginInstance {
         self.live = None;
         self.health.observations_lost += lost;
         let disabled = self.health.restarts >= self.settings.max_restarts as u64;
-        self.health.state = if disabled { "disabled" } else { "degraded" }.into();
+        self.health.state = if disabled {
+            PluginState::Disabled
+        } else {
+            PluginState::Degraded
+        };
         let tail: String = stderr
             .unwrap_or_default()
             .lines()
@@ -374,7 +403,14 @@ fn empty_description() -> wit::Description {
         cni_kinds: Vec::new(),
         capture: Vec::new(),
         options: Vec::new(),
+    }
+}
+
+fn no_decoding() -> wit::Decoding {
+    wit::Decoding {
         vxlan_ports: Vec::new(),
         geneve_ports: Vec::new(),
+        udp_encap_ports: Vec::new(),
+        geneve_option_classes: Vec::new(),
     }
 }

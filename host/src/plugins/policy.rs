@@ -41,6 +41,28 @@ const ALWAYS: &[&str] = &[
 
 const CLOCKS: &[&str] = &["wasi:clocks/wall-clock", "wasi:clocks/monotonic-clock"];
 
+/// The plugin contract this host speaks: the version of the `cniscope:plugin` package in
+/// `wit/plugin.wit`. Every plugin imports its `types` interface at the version it was built
+/// against.
+pub const CONTRACT: &str = "cniscope:plugin@0.2.0";
+
+/// Refuses a component built against another version of the contract, naming both: a field
+/// added to a record changes its layout, and wasmtime's own type error would not say why.
+pub fn check_contract(imports: &[String]) -> Result<(), String> {
+    let (package, ours) = CONTRACT.split_once('@').unwrap_or((CONTRACT, ""));
+    for full in imports {
+        let Some((name, version)) = full.split_once('@') else {
+            continue;
+        };
+        if name.starts_with(&format!("{package}/")) && version != ours {
+            return Err(format!(
+                "built against {package}@{version}, but this host speaks {CONTRACT}: rebuild the plugin with this release's SDK"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks every import; the error lists each refused one with the reason.
 pub fn check_imports(imports: &[String], grants: &Grants) -> Result<(), String> {
     let refused: Vec<String> = imports

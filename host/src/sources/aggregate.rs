@@ -189,10 +189,7 @@ impl Aggregator {
             .entry(key)
             .or_insert_with(|| Observation::first(key, d, ts_ns));
         // A SYN seen after other packets (out-of-order capture) still gives the ISN.
-        if d.inner.protocol == 6
-            && d.inner.tcp_flags & 0x02 != 0
-            && !matches!(obs.fp_kind, fp::TCP_SYN_ISN | fp::TCP_SYNACK_ISN)
-        {
+        if fp::upgrades(d.inner.protocol, d.inner.tcp_flags, obs.fp_kind) {
             (obs.fp_kind, obs.fingerprint) = d.fingerprint();
         }
         obs.tcp_flags |= d.inner.tcp_flags;

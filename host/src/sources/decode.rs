@@ -12,7 +12,8 @@ use etherparse::{
 };
 use thiserror::Error;
 
-pub use cniscope_common::{fp, tunnel};
+use cniscope_common::{PAYLOAD_HASH_BYTES, payload_hash};
+pub use cniscope_common::{ethertype, fp, ipproto, tcp_flags, tunnel};
 
 /// Link-layer types we read (pcap LINKTYPE_* values).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,21 +42,44 @@ impl LinkType {
     }
 }
 
-/// Which UDP destination ports carry which tunnel.
-#[derive(Clone, Debug)]
-pub struct TunnelPorts {
+/// What the decoders decode beyond the fixed protocols: which UDP ports carry which tunnel,
+/// and which Geneve option classes live capture keeps. The operator's `[decode]` section plus
+/// every plugin's decoding needs (its answer to `configure`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decoding {
     pub vxlan: Vec<u16>,
     pub geneve: Vec<u16>,
     /// Raw IP packets in UDP (flannel's `udp` backend, 8285).
     pub udp_encap: Vec<u16>,
+    /// Geneve option classes a plugin reads. Replay keeps every option; the probe keeps one
+    /// per view: the first of these classes among a packet's first four, else the first.
+    pub geneve_classes: Vec<u16>,
 }
 
-impl Default for TunnelPorts {
+impl Decoding {
+    /// Adds `other`'s ports and classes (each kept once, in order).
+    pub fn add(&mut self, other: &Decoding) {
+        let union = |into: &mut Vec<u16>, from: &[u16]| {
+            for v in from {
+                if !into.contains(v) {
+                    into.push(*v);
+                }
+            }
+        };
+        union(&mut self.vxlan, &other.vxlan);
+        union(&mut self.geneve, &other.geneve);
+        union(&mut self.udp_encap, &other.udp_encap);
+        union(&mut self.geneve_classes, &other.geneve_classes);
+    }
+}
+
+impl Default for Decoding {
     fn default() -> Self {
-        TunnelPorts {
+        Decoding {
             vxlan: vec![4789, 8472],
             geneve: vec![6081],
             udp_encap: vec![8285],
+            geneve_classes: Vec::new(),
         }
     }
 }
@@ -126,18 +150,19 @@ impl Decoded {
     /// The NAT-proof fingerprint of this packet: (kind, value). See `wit/plugin.wit`.
     pub fn fingerprint(&self) -> (u8, u32) {
         let p = &self.inner;
-        match (p.protocol, p.ip_id) {
-            (6, _) if p.tcp_flags & 0x12 == 0x02 => (fp::TCP_SYN_ISN, p.tcp_seq),
-            (6, _) if p.tcp_flags & 0x12 == 0x12 => (fp::TCP_SYNACK_ISN, p.tcp_seq),
-            (6, _) => (fp::TCP_SEQ, p.tcp_seq),
-            (_, Some(id)) => (fp::IPV4_ID, (id as u32) << 16 | p.payload_len as u32),
-            (_, None) => (fp::PAYLOAD_HASH, p.payload_hash ^ p.payload_len as u32),
-        }
+        fp::of(
+            p.protocol,
+            p.tcp_flags,
+            p.tcp_seq,
+            p.ip_id,
+            p.payload_len,
+            p.payload_hash,
+        )
     }
 }
 
 /// Decodes one captured frame.
-pub fn decode(link: LinkType, frame: &[u8], ports: &TunnelPorts) -> Result<Decoded, DecodeError> {
+pub fn decode(link: LinkType, frame: &[u8], ports: &Decoding) -> Result<Decoded, DecodeError> {
     let mut outgoing = None;
     let (src_mac, dst_mac, ethertype, rest) = match link {
         LinkType::Ethernet => ethernet(frame)?,
@@ -197,8 +222,8 @@ fn mac_from(b: &[u8]) -> u64 {
 
 fn raw_ethertype(ip: &[u8]) -> Result<u16, DecodeError> {
     match ip.first().map(|b| b >> 4) {
-        Some(4) => Ok(0x0800),
-        Some(6) => Ok(0x86dd),
+        Some(4) => Ok(ethertype::IPV4),
+        Some(6) => Ok(ethertype::IPV6),
         Some(v) => Err(DecodeError::Malformed {
             layer: "ip",
             detail: format!("version {v}"),
@@ -220,17 +245,17 @@ fn ethernet(frame: &[u8]) -> Result<(u64, u64, u16, &[u8]), DecodeError> {
 }
 
 /// Skips 802.1Q / 802.1ad / QinQ tags.
-fn vlan_chain(mut ethertype: u16, mut rest: &[u8]) -> Result<(u16, &[u8]), DecodeError> {
+fn vlan_chain(mut ether_type: u16, mut rest: &[u8]) -> Result<(u16, &[u8]), DecodeError> {
     for _ in 0..4 {
-        if !matches!(ethertype, 0x8100 | 0x88a8 | 0x9100) {
+        if !ethertype::is_vlan(ether_type) {
             break;
         }
         let tag =
             SingleVlanHeaderSlice::from_slice(rest).map_err(|_| DecodeError::Truncated("vlan"))?;
-        ethertype = tag.ether_type().0;
+        ether_type = tag.ether_type().0;
         rest = &rest[tag.slice().len()..];
     }
-    Ok((ethertype, rest))
+    Ok((ether_type, rest))
 }
 
 /// An IP packet with its L4 fields read and its L4 payload kept for tunnel decoding.
@@ -246,10 +271,10 @@ fn v4_mapped(a: [u8; 4]) -> u128 {
     0xffff_0000_0000 | u32::from_be_bytes(a) as u128
 }
 
-fn ip_packet(ethertype: u16, data: &[u8]) -> Result<IpPacket<'_>, DecodeError> {
+fn ip_packet(ether_type: u16, data: &[u8]) -> Result<IpPacket<'_>, DecodeError> {
     let mut p = L3L4::default();
-    let payload = match ethertype {
-        0x0800 => {
+    let payload = match ether_type {
+        ethertype::IPV4 => {
             let h = Ipv4HeaderSlice::from_slice(data).map_err(|e| DecodeError::Malformed {
                 layer: "ipv4",
                 detail: e.to_string(),
@@ -277,7 +302,7 @@ fn ip_packet(ethertype: u16, data: &[u8]) -> Result<IpPacket<'_>, DecodeError> {
             let end = total.clamp(hl, data.len());
             &data[hl..end]
         }
-        0x86dd => {
+        ethertype::IPV6 => {
             let h = Ipv6HeaderSlice::from_slice(data).map_err(|e| DecodeError::Malformed {
                 layer: "ipv6",
                 detail: e.to_string(),
@@ -303,11 +328,12 @@ fn ip_packet(ethertype: u16, data: &[u8]) -> Result<IpPacket<'_>, DecodeError> {
                 p.src_port = t.source_port();
                 p.dst_port = t.destination_port();
                 p.tcp_seq = t.sequence_number();
-                p.tcp_flags = (t.fin() as u8)
-                    | (t.syn() as u8) << 1
-                    | (t.rst() as u8) << 2
-                    | (t.psh() as u8) << 3
-                    | (t.ack() as u8) << 4;
+                let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+                p.tcp_flags = flag(t.fin(), tcp_flags::FIN)
+                    | flag(t.syn(), tcp_flags::SYN)
+                    | flag(t.rst(), tcp_flags::RST)
+                    | flag(t.psh(), tcp_flags::PSH)
+                    | flag(t.ack(), tcp_flags::ACK);
                 let hl = t.slice().len();
                 p.payload_len = payload_len_from_ip(&p, hl);
             }
@@ -355,32 +381,27 @@ fn v6_hash(p: &L3L4, payload: &[u8]) -> u32 {
     if p.ip_id.is_some() { 0 } else { fnv(payload) }
 }
 
-/// FNV-1a over exactly 16 bytes: the payload's first 16, zeroes past its end (the length is
-/// in the fingerprint beside it). Always 16 rounds, so the eBPF probe hashes without a branch
-/// per byte (each one multiplied the verifier's work).
+/// The shared payload hash of the first captured payload bytes, zero-padded.
 fn fnv(bytes: &[u8]) -> u32 {
-    let mut block = [0u8; 16];
-    let n = bytes.len().min(16);
+    let mut block = [0u8; PAYLOAD_HASH_BYTES];
+    let n = bytes.len().min(PAYLOAD_HASH_BYTES);
     block[..n].copy_from_slice(&bytes[..n]);
-    block.iter().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ *b as u32).wrapping_mul(0x0100_0193)
-    })
+    payload_hash(&block)
 }
 
 type Untunnelled = Result<(Tunnel, L3L4), DecodeError>;
 
 /// If `packet` carries a tunnel, decodes the tunnel header and the inner packet.
-fn untunnel(packet: &IpPacket<'_>, ports: &TunnelPorts) -> Option<Untunnelled> {
+fn untunnel(packet: &IpPacket<'_>, ports: &Decoding) -> Option<Untunnelled> {
     let p = &packet.l3l4;
     match p.protocol {
-        17 if ports.vxlan.contains(&p.dst_port) => Some(vxlan(packet.udp_payload)),
-        17 if ports.geneve.contains(&p.dst_port) => Some(geneve(packet.udp_payload)),
-        17 if ports.udp_encap.contains(&p.dst_port) => {
+        ipproto::UDP if ports.vxlan.contains(&p.dst_port) => Some(vxlan(packet.udp_payload)),
+        ipproto::UDP if ports.geneve.contains(&p.dst_port) => Some(geneve(packet.udp_payload)),
+        ipproto::UDP if ports.udp_encap.contains(&p.dst_port) => {
             Some(inner_ip(tunnel::UDP_ENCAP, 0, packet.udp_payload))
         }
-        4 => Some(inner_ip(tunnel::IPIP, 0, packet.ip_payload)),
-        41 => Some(inner_ip(tunnel::IPIP, 0, packet.ip_payload)),
-        47 => gre(packet.ip_payload),
+        ipproto::IPIP | ipproto::IPV6 => Some(inner_ip(tunnel::IPIP, 0, packet.ip_payload)),
+        ipproto::GRE => gre(packet.ip_payload),
         _ => None,
     }
 }
@@ -397,10 +418,10 @@ fn inner_ip(kind: u8, vni: u32, data: &[u8]) -> Untunnelled {
     ))
 }
 
-fn inner_by_ethertype(kind: u8, vni: u32, ethertype: u16, data: &[u8]) -> Untunnelled {
-    match ethertype {
+fn inner_by_ethertype(kind: u8, vni: u32, ether_type: u16, data: &[u8]) -> Untunnelled {
+    match ether_type {
         // Transparent Ethernet bridging: a whole Ethernet frame inside.
-        0x6558 => {
+        ethertype::TEB => {
             let (src_mac, dst_mac, t, rest) = ethernet(data)?;
             let mut inner = ip_packet(t, rest)?.l3l4;
             inner.src_mac = src_mac;
@@ -414,8 +435,8 @@ fn inner_by_ethertype(kind: u8, vni: u32, ethertype: u16, data: &[u8]) -> Untunn
                 inner,
             ))
         }
-        0x0800 | 0x86dd => {
-            let inner = ip_packet(ethertype, data)?;
+        ethertype::IPV4 | ethertype::IPV6 => {
+            let inner = ip_packet(ether_type, data)?;
             Ok((
                 Tunnel {
                     kind,
@@ -439,7 +460,7 @@ fn vxlan(data: &[u8]) -> Untunnelled {
         });
     }
     let vni = u32::from_be_bytes([0, h[4], h[5], h[6]]);
-    inner_by_ethertype(tunnel::VXLAN, vni, 0x6558, &data[8..])
+    inner_by_ethertype(tunnel::VXLAN, vni, ethertype::TEB, &data[8..])
 }
 
 /// Geneve (RFC 8926): ver(2) optlen(6, 4-byte words) O C rsvd(6) protocol(16) VNI(24) rsvd(8),
@@ -504,11 +525,13 @@ fn gre(data: &[u8]) -> Option<Untunnelled> {
     }
     let body = data.get(off..)?;
     match protocol {
-        0x0800 | 0x86dd | 0x6558 => Some(inner_by_ethertype(tunnel::GRE, key, protocol, body)),
-        0x88be => Some(
+        ethertype::IPV4 | ethertype::IPV6 | ethertype::TEB => {
+            Some(inner_by_ethertype(tunnel::GRE, key, protocol, body))
+        }
+        ethertype::ERSPAN_II => Some(
             body.get(8..)
                 .ok_or(DecodeError::Truncated("erspan"))
-                .and_then(|b| inner_by_ethertype(tunnel::GRE, key, 0x6558, b)),
+                .and_then(|b| inner_by_ethertype(tunnel::GRE, key, ethertype::TEB, b)),
         ),
         _ => None,
     }

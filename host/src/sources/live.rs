@@ -10,12 +10,15 @@ pub mod test_run;
 use super::aggregate::{
     CapturePoint, Direction, FlowKey, IfaceKind, Observation, PointTable, sort_observations,
 };
-use super::decode::{GeneveOpt, TunnelPorts};
+use super::decode::{Decoding, GeneveOpt};
+pub use crate::health::ProbeCounters;
 use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::LinkOrder;
 use aya::programs::tc::{SchedClassifier, TcAttachOptions, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
-use cniscope_common::{CacheSlot, FlowKey as WireKey, FlowStats, ProbeConfig, counter, direction};
+use cniscope_common::{
+    CacheSlot, FlowKey as WireKey, FlowStats, ProbeConfig, counter, direction, fp,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use thiserror::Error;
@@ -58,7 +61,7 @@ pub struct ProbeSettings {
     pub flow_entries: u32,
     /// Ring buffer for new-flow events, in bytes (a power of two, at least a page).
     pub ringbuf_bytes: u32,
-    pub ports: TunnelPorts,
+    pub decoding: Decoding,
     /// Read every header through `bpf_skb_load_bytes`, as the probe does for paged data,
     /// instead of straight from the linear part. For tests: `BPF_PROG_TEST_RUN` only makes
     /// linear packets, so this is how the helper path is checked.
@@ -87,29 +90,12 @@ impl Default for ProbeSettings {
         ProbeSettings {
             flow_entries: 16384,
             ringbuf_bytes: 256 * 1024,
-            ports: TunnelPorts::default(),
+            decoding: Decoding::default(),
             helper_reads_only: false,
             cache_slots: 1024,
             baseline: false,
         }
     }
-}
-
-/// What a probe could not record, and what it saw, since load.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ProbeCounters {
-    pub packets: u64,
-    pub ringbuf_full: u64,
-    pub map_full: u64,
-    pub parse_failed: u64,
-    pub not_ip: u64,
-    /// New-flow events read from the ring buffer: one per flow, interface, CPU and interval
-    /// (the per-CPU flow cache sees each CPU's first packet of a flow as new).
-    pub new_flow_events: u64,
-    /// Runs of both probes and their total time, from the kernel's `bpf_stats` (zero unless
-    /// `agent.bpf_stats` is on): `program_run_ns / program_runs` is the cost per packet.
-    pub program_runs: u64,
-    pub program_run_ns: u64,
 }
 
 struct Attached {
@@ -140,12 +126,18 @@ pub struct NodeProbe {
     links: Option<netns::LinkWatch>,
 }
 
-fn ports<const N: usize>(list: &[u16]) -> [u16; N] {
-    let mut out = [0u16; N];
-    for (o, p) in out.iter_mut().zip(list) {
-        *o = *p;
+/// `list` as the probe's fixed slots (zero = unused); more than fit is an error, never a
+/// silent cut.
+fn slots<const N: usize>(list: &[u16], what: &str) -> Result<[u16; N], String> {
+    if list.len() > N {
+        return Err(format!(
+            "{} {what} to decode ({list:?}), the probe has room for {N}",
+            list.len()
+        ));
     }
-    out
+    let mut out = [0u16; N];
+    out[..list.len()].copy_from_slice(list);
+    Ok(out)
 }
 
 impl NodeProbe {
@@ -160,10 +152,12 @@ impl NodeProbe {
             detail,
         };
         let helper_reads_only = u8::from(settings.helper_reads_only);
+        let d = &settings.decoding;
         let cfg = ProbeConfig {
-            vxlan_ports: ports(&settings.ports.vxlan),
-            geneve_ports: ports(&settings.ports.geneve),
-            udp_encap_ports: ports(&settings.ports.udp_encap),
+            vxlan_ports: slots(&d.vxlan, "VXLAN ports").map_err(err)?,
+            geneve_ports: slots(&d.geneve, "Geneve ports").map_err(err)?,
+            udp_encap_ports: slots(&d.udp_encap, "UDP encapsulation ports").map_err(err)?,
+            geneve_classes: slots(&d.geneve_classes, "Geneve option classes").map_err(err)?,
         };
         let cache_slots = settings.cache_slots.max(1).next_power_of_two();
         let cache_mask = cache_slots - 1;
@@ -497,7 +491,7 @@ pub fn observation(
     let first = used.iter().min_by_key(|s| s.first_ns)?;
     let syn = used
         .iter()
-        .filter(|s| matches!(s.fp_kind, 1 | 5))
+        .filter(|s| fp::is_handshake(s.fp_kind))
         .min_by_key(|s| s.first_ns);
     let fp_from = syn.unwrap_or(first);
     let to_unix = |t: u64| t.saturating_add_signed(clock_offset_ns);

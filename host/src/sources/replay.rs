@@ -6,7 +6,7 @@
 //! in [`ReplayStats`] and the rest goes on.
 
 use super::aggregate::{Aggregator, CapturePoint, Direction, IfaceKind, Observation, PointTable};
-use super::decode::{DecodeError, Decoded, LinkType, TunnelPorts, decode};
+use super::decode::{DecodeError, Decoded, Decoding, LinkType, decode};
 use pcap_parser::traits::PcapReaderIterator;
 use pcap_parser::{Block, PcapBlockOwned, PcapError, create_reader};
 use serde::Serialize;
@@ -134,7 +134,7 @@ impl CaptureFile {
 
     fn next_packet(
         &mut self,
-        ports: &TunnelPorts,
+        ports: &Decoding,
         points: &mut PointTable,
         stats: &mut ReplayStats,
     ) -> Option<Packet> {
@@ -190,7 +190,7 @@ impl CaptureFile {
 fn handle_block(
     st: &mut FileState,
     block: PcapBlockOwned<'_>,
-    ports: &TunnelPorts,
+    ports: &Decoding,
     points: &mut PointTable,
     stats: &mut ReplayStats,
 ) -> Option<Packet> {
@@ -304,7 +304,7 @@ fn handle_block(
 /// of `window_ns` capture time (aligned on the first packet), then of the last partial window.
 pub struct Replay {
     files: Vec<(CaptureFile, Option<Packet>)>,
-    pub ports: TunnelPorts,
+    pub ports: Decoding,
     pub points: PointTable,
     pub stats: ReplayStats,
     window_ns: u64,
@@ -315,7 +315,7 @@ impl Replay {
     /// the operator named it and would otherwise get a silently partial topology.
     pub fn open(
         specs: &[CaptureSpec],
-        ports: TunnelPorts,
+        ports: Decoding,
         window_ns: u64,
     ) -> Result<Replay, ReplayError> {
         let files = specs

@@ -1,6 +1,6 @@
 //! Names the endpoints plugins refer to by role and address, with the time-indexed IP history.
 
-use super::NodeEntry;
+use super::{EndpointKind, NodeEntry};
 use crate::inventory::Inventory;
 use crate::inventory::history::{IpHistory, Owner};
 use crate::plugins::bindings::wit;
@@ -47,7 +47,7 @@ impl Resolver {
                 let p = &self.inv.pods[*i];
                 NodeEntry {
                     id: format!("pod/{}/{}", p.namespace, p.name),
-                    kind: "pod".into(),
+                    kind: EndpointKind::Pod,
                     namespace: Some(p.namespace.clone()),
                     name: p.name.clone(),
                     workload: Some(p.workload.clone()).filter(|w| !w.is_empty()),
@@ -60,7 +60,7 @@ impl Resolver {
                 let s = &self.inv.services[*i];
                 NodeEntry {
                     id: format!("service/{}/{}", s.namespace, s.name),
-                    kind: "service".into(),
+                    kind: EndpointKind::Service,
                     namespace: Some(s.namespace.clone()),
                     name: s.name.clone(),
                     workload: None,
@@ -74,7 +74,7 @@ impl Resolver {
     fn node_entry(&self, name: &str, ips: BTreeSet<String>) -> NodeEntry {
         NodeEntry {
             id: format!("node/{name}"),
-            kind: "node".into(),
+            kind: EndpointKind::Node,
             namespace: None,
             name: name.to_string(),
             workload: None,
@@ -83,10 +83,10 @@ impl Resolver {
         }
     }
 
-    fn by_ip(&self, kind: &str, ip: IpAddr) -> NodeEntry {
+    fn by_ip(&self, kind: EndpointKind, ip: IpAddr) -> NodeEntry {
         NodeEntry {
-            id: format!("{kind}/{ip}"),
-            kind: kind.into(),
+            id: format!("{}/{ip}", kind.as_str()),
+            kind,
             namespace: None,
             name: ip.to_string(),
             workload: None,
@@ -123,7 +123,7 @@ impl Resolver {
                     Some(i) => self.entry(&Owner::Service(i), ip),
                     None => NodeEntry {
                         id: format!("service/{ns}/{name}"),
-                        kind: "service".into(),
+                        kind: EndpointKind::Service,
                         namespace: Some(ns.into()),
                         name: name.into(),
                         workload: None,
@@ -133,13 +133,13 @@ impl Resolver {
                 }
             }
             ROLE_EXTERNAL => match ip {
-                Some(ip) => self.by_ip("external", ip),
-                None => self.by_ip("unknown", IpAddr::from([0, 0, 0, 0])),
+                Some(ip) => self.by_ip(EndpointKind::External, ip),
+                None => self.by_ip(EndpointKind::Unknown, IpAddr::from([0, 0, 0, 0])),
             },
             _ => match (owner, ip) {
                 (Some(owner), ip) => self.entry(owner, ip),
-                (None, Some(ip)) => self.by_ip("unknown", ip),
-                (None, None) => self.by_ip("unknown", IpAddr::from([0, 0, 0, 0])),
+                (None, Some(ip)) => self.by_ip(EndpointKind::Unknown, ip),
+                (None, None) => self.by_ip(EndpointKind::Unknown, IpAddr::from([0, 0, 0, 0])),
             },
         }
     }

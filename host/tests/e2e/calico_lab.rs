@@ -2,7 +2,6 @@
 //! real, IPIP as real frames written onto a node's uplink, and an IP reused by a new pod.
 
 use crate::lab::{Lab, edge, has, lab_down};
-use crate::live::is_root;
 use crate::support::*;
 use serde_json::Value;
 
@@ -23,8 +22,7 @@ fn live_capture_on_the_calico_vxlan_lab_names_every_real_edge_once() {
 
 /// The lab's traffic (tests/lab/calico.sh traffic) gives exactly these 6 edges.
 fn calico_lab_edges(mode: &str) {
-    if !is_root() {
-        eprintln!("skipped: the lab and the probes need root");
+    if !root_or_skip("the lab and the probes need root") {
         return;
     }
     let (lab, doc) = capture(mode, if mode == "bgp" { "cb" } else { "cv" }, "traffic");
@@ -75,8 +73,7 @@ fn calico_lab_edges(mode: &str) {
 
 #[test]
 fn a_reused_ip_goes_to_the_pod_that_had_it_at_the_time() {
-    if !is_root() {
-        eprintln!("skipped: the lab and the probes need root");
+    if !root_or_skip("the lab and the probes need root") {
         return;
     }
     // old-a3 talks (1 round), is deleted, new-a4 gets 10.123.10.9 and talks (2 rounds), all
@@ -114,8 +111,7 @@ fn a_reused_ip_goes_to_the_pod_that_had_it_at_the_time() {
 
 #[test]
 fn ipip_frames_on_the_uplink_are_decoded_and_named() {
-    if !is_root() {
-        eprintln!("skipped: the lab and the probes need root");
+    if !root_or_skip("the lab and the probes need root") {
         return;
     }
     // remote-b2 (node b) -> client-a1:7000 in IPIP, 8 packets, and 2 pings from node b's

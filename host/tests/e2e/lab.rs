@@ -1,7 +1,6 @@
 //! Live capture on the Flannel labs (VXLAN and host-gw): real namespaces, real VXLAN and NAT,
 //! the real probes.
 
-use crate::live::is_root;
 use crate::support::*;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -207,8 +206,7 @@ fn live_capture_on_the_flannel_host_gw_lab_names_every_real_edge_once() {
 
 /// The lab's traffic (tests/lab/flannel.sh traffic) gives exactly these 7 edges.
 fn flannel_lab_edges(backend: &str) {
-    if !is_root() {
-        eprintln!("skipped: the lab and the probes need root");
+    if !root_or_skip("the lab and the probes need root") {
         return;
     }
     let tag = if backend == "vxlan" { "l" } else { "h" };
@@ -318,8 +316,7 @@ pub fn lab_down(lab: Lab) {
 
 #[test]
 fn full_maps_and_ring_buffers_are_counted_not_silent() {
-    if !is_root() {
-        eprintln!("skipped: the lab and the probes need root");
+    if !root_or_skip("the lab and the probes need root") {
         return;
     }
     plugin("flannel");
@@ -370,8 +367,7 @@ fn probe_links() -> usize {
 
 #[test]
 fn sigterm_stops_cleanly_and_sigkill_leaves_no_attachment_behind() {
-    if !is_root() {
-        eprintln!("skipped: the lab and the probes need root");
+    if !root_or_skip("the lab and the probes need root") {
         return;
     }
     plugin("flannel");
@@ -414,8 +410,7 @@ fn sigterm_stops_cleanly_and_sigkill_leaves_no_attachment_behind() {
 
 #[test]
 fn cniscope_demo_builds_captures_prints_and_tears_down_its_lab() {
-    if !is_root() {
-        eprintln!("skipped: the lab and the probes need root");
+    if !root_or_skip("the lab and the probes need root") {
         return;
     }
     plugin("calico");
@@ -455,8 +450,7 @@ fn out_pid_hint(stderr: &[u8]) -> String {
 
 #[test]
 fn cniscope_lab_up_and_down_leave_nothing_behind() {
-    if !is_root() {
-        eprintln!("skipped: the lab needs root");
+    if !root_or_skip("the lab needs root") {
         return;
     }
     let _serial = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,25 +1,23 @@
 use crate::support::*;
 use cniscope::sources::aggregate::{Aggregator, Observation, PointTable};
-use cniscope::sources::decode::{LinkType, TunnelPorts, decode};
+use cniscope::sources::decode::{Decoding, LinkType, decode};
 use cniscope::sources::live::{NodeProbe, ProbeSettings, test_run};
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
 
 /// Every Ethernet frame of a legacy pcap file under the shared data.
 fn ethernet_frames(rel: &str) -> Vec<Vec<u8>> {
     test_run::ethernet_frames(&data(rel)).unwrap()
 }
 
+/// The Geneve option class the ovn plugin asks the probe to keep (its decoding needs).
+const OVN_CLASS: u16 = 0x0102;
+
 /// What must agree between live and replay: everything but the capture point and the clock.
-fn comparable(o: &Observation) -> String {
+/// The probe keeps one Geneve option: the first of a class in `classes` among the first four,
+/// else the first.
+fn comparable(o: &Observation, classes: &[u16]) -> String {
     let mut k = o.key;
     k.point = 0;
-    // The probe keeps one Geneve option: OVN's (class 0x0102) among the first four, else the
-    // first.
-    let kept = o.geneve.iter().take(4).find(|g| g.class == 0x0102);
+    let kept = o.geneve.iter().take(4).find(|g| classes.contains(&g.class));
     let geneve = kept.or(o.geneve.first()).map(|g| {
         (
             g.class,
@@ -43,8 +41,7 @@ fn comparable(o: &Observation) -> String {
 
 #[test]
 fn the_probe_and_the_replay_decoder_agree_on_every_shared_capture() {
-    if !is_root() {
-        eprintln!("skipped: loading eBPF programs needs root");
+    if !root_or_skip("loading eBPF programs needs root") {
         return;
     }
     // Both ways the probe reads headers: straight from the linear part (what BPF_PROG_TEST_RUN
@@ -52,12 +49,14 @@ fn the_probe_and_the_replay_decoder_agree_on_every_shared_capture() {
     // counts flows: the per-CPU cache, and the hash map behind it (one cache slot).
     for probe in probes() {
         let (mut probe, how) = probe;
+        let classes = [OVN_CLASS];
         let mut compared = 0;
         // One probe for all files: each drain swaps buffers, so each file's flows come out
         // alone.
         for rel in shared_captures() {
             compared += assert_agree(
                 &mut probe,
+                &classes,
                 &format!("{rel} ({how})"),
                 &ethernet_frames(&rel),
             );
@@ -67,12 +66,21 @@ fn the_probe_and_the_replay_decoder_agree_on_every_shared_capture() {
 }
 
 /// The probe loaded three ways: as the agent loads it; reading headers through the helper
-/// only; with one cache slot, so nearly every flow goes to the hash map.
+/// only; with one cache slot, so nearly every flow goes to the hash map. Each keeps OVN's
+/// Geneve option, as with the ovn plugin loaded.
 fn probes() -> [(NodeProbe, &'static str); 3] {
+    probes_keeping(&[OVN_CLASS])
+}
+
+fn probes_keeping(classes: &[u16]) -> [(NodeProbe, &'static str); 3] {
     let load = |helper_reads_only, cache_slots| {
         let settings = ProbeSettings {
             helper_reads_only,
             cache_slots,
+            decoding: Decoding {
+                geneve_classes: classes.to_vec(),
+                ..Decoding::default()
+            },
             ..ProbeSettings::default()
         };
         NodeProbe::load("test", None, &settings).expect("the kernel accepts the probes")
@@ -86,21 +94,19 @@ fn probes() -> [(NodeProbe, &'static str); 3] {
 
 #[test]
 fn the_probe_decodes_flannel_udp_backend_frames_as_replay_does() {
-    if !is_root() {
-        eprintln!("skipped: loading eBPF programs needs root");
+    if !root_or_skip("loading eBPF programs needs root") {
         return;
     }
     let (_, uplink) = crate::flannel_udp::frames();
     for (mut probe, how) in probes() {
         // Both directions of one connection, each in UDP 8285.
-        assert_eq!(assert_agree(&mut probe, how, &uplink), 2);
+        assert_eq!(assert_agree(&mut probe, &[OVN_CLASS], how, &uplink), 2);
     }
 }
 
 #[test]
 fn the_probe_finds_ovns_geneve_option_behind_others_as_replay_does() {
-    if !is_root() {
-        eprintln!("skipped: loading eBPF programs needs root");
+    if !root_or_skip("loading eBPF programs needs root") {
         return;
     }
     let inner = ethernet(
@@ -142,16 +148,21 @@ fn the_probe_finds_ovns_geneve_option_behind_others_as_replay_does() {
             f
         })
         .collect();
-    // Four carriers (distinct source ports), each with the inner SYN: four observations, the
-    // first two keeping OVN's option.
-    for (mut probe, how) in probes() {
-        assert_eq!(assert_agree(&mut probe, how, &frames), 4);
+    // Four carriers (distinct source ports), each with the inner SYN: four observations. The
+    // class to keep is the plugins' (set at load, nothing about OVN in the probe): OVN's
+    // (the first two keep it), another CNI's (the first and third keep 0xff01), or none
+    // (each keeps its first). `comparable` builds the same rule from replay's options.
+    for classes in [vec![OVN_CLASS], vec![0xff01], vec![]] {
+        for (mut probe, how) in probes_keeping(&classes) {
+            let how = format!("{how}, keeping {classes:x?}");
+            assert_eq!(assert_agree(&mut probe, &classes, &how, &frames), 4);
+        }
     }
 }
 
 /// Runs `frames` through the probe (BPF_PROG_TEST_RUN) and the replay decoder and asserts
 /// both make the same observations; returns how many.
-fn assert_agree(probe: &mut NodeProbe, name: &str, frames: &[Vec<u8>]) -> usize {
+fn assert_agree(probe: &mut NodeProbe, classes: &[u16], name: &str, frames: &[Vec<u8>]) -> usize {
     let mut agg = Aggregator::default();
     for (i, f) in frames.iter().enumerate() {
         // BPF_PROG_TEST_RUN needs at least an Ethernet header (shorter frames are
@@ -165,7 +176,7 @@ fn assert_agree(probe: &mut NodeProbe, name: &str, frames: &[Vec<u8>]) -> usize 
             .unwrap_or_else(|e| panic!("{name} frame {i}: test run: {e}"));
         assert_eq!(rc, 0, "the probe never changes a packet's fate (TC_ACT_OK)");
         // Frames neither side can read (not IP, malformed) are observations of neither.
-        if let Ok(d) = decode(LinkType::Ethernet, f, &TunnelPorts::default()) {
+        if let Ok(d) = decode(LinkType::Ethernet, f, &Decoding::default()) {
             agg.add(0, &d, i as u64);
         }
     }
@@ -174,9 +185,9 @@ fn assert_agree(probe: &mut NodeProbe, name: &str, frames: &[Vec<u8>]) -> usize 
         .drain(&mut points, 0)
         .unwrap()
         .iter()
-        .map(comparable)
+        .map(|o| comparable(o, classes))
         .collect();
-    let mut replay: Vec<String> = agg.drain().iter().map(comparable).collect();
+    let mut replay: Vec<String> = agg.drain().iter().map(|o| comparable(o, classes)).collect();
     live.sort();
     replay.sort();
     let only_live: Vec<_> = live.iter().filter(|x| !replay.contains(x)).collect();
@@ -192,8 +203,7 @@ fn assert_agree(probe: &mut NodeProbe, name: &str, frames: &[Vec<u8>]) -> usize 
 /// nothing, so that its bpf_stats figure is the hook's and the statistics' own cost.
 #[test]
 fn the_baseline_program_passes_every_packet_and_records_nothing() {
-    if !is_root() {
-        eprintln!("skipped: loading eBPF programs needs root");
+    if !root_or_skip("loading eBPF programs needs root") {
         return;
     }
     let settings = ProbeSettings {
@@ -217,8 +227,7 @@ fn the_baseline_program_passes_every_packet_and_records_nothing() {
 /// give what the replay decoder gives.
 #[test]
 fn the_probe_agrees_with_replay_at_the_edges_of_its_fast_path() {
-    if !is_root() {
-        eprintln!("skipped: loading eBPF programs needs root");
+    if !root_or_skip("loading eBPF programs needs root") {
         return;
     }
     let (a, b) = ([10, 244, 0, 5], [10, 244, 1, 7]);
@@ -318,7 +327,7 @@ fn the_probe_agrees_with_replay_at_the_edges_of_its_fast_path() {
 
     for (mut probe, how) in probes() {
         assert_eq!(
-            assert_agree(&mut probe, how, &frames),
+            assert_agree(&mut probe, &[OVN_CLASS], how, &frames),
             frames.len(),
             "{how}: one observation per frame"
         );

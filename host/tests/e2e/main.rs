@@ -19,19 +19,27 @@ mod sandbox;
 /// The command line: inspect, config check, bad inputs.
 mod cli;
 
+/// The outputs users read (JSON, DOT, table, config problems), pinned in tests/golden.
+mod golden;
+
 /// The eBPF probes: loaded in the kernel and run on every packet of the real captures.
+#[cfg(feature = "live")]
 mod live;
 
 /// The agent capturing live on Flannel labs (VXLAN, host-gw) built in network namespaces.
+#[cfg(feature = "live")]
 mod lab;
 
 /// The agent capturing live on Calico labs (BGP, VXLAN, IPIP frames, IP reuse).
+#[cfg(feature = "live")]
 mod calico_lab;
 
 /// Every service shape (ClusterIP, NodePort Cluster/Local, load balancer, hairpin, headless,
 /// no endpoints, two services over the same pods) live on the Flannel VXLAN and Calico BGP labs.
+#[cfg(feature = "live")]
 mod services;
 
 /// The agent capturing live on the OVN-shaped labs (Geneve with OVN options, OpenShift-SDN
 /// VXLAN written from the lab's own traffic), and real Geneve captures through ovn.wasm.
+#[cfg(feature = "live")]
 mod ovn_lab;

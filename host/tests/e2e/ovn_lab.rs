@@ -4,7 +4,6 @@
 //! Geneve captures replayed through the plugin.
 
 use crate::lab::{Lab, edge, has, lab_down};
-use crate::live::is_root;
 use crate::support::*;
 use serde_json::Value;
 
@@ -25,8 +24,7 @@ fn geneve_on_the_ovn_lab_without_the_southbound_is_named_by_addresses() {
 /// The lab's traffic gives exactly these 5 edges, in both modes; with the southbound tables
 /// the pods are also named by their logical port keys (`ovn:port-key`).
 fn ovn_lab_edges(mode: &str, tag: &str) {
-    if !is_root() {
-        eprintln!("skipped: the lab and the probes need root");
+    if !root_or_skip("the lab and the probes need root") {
         return;
     }
     let (lab, doc) = capture(mode, tag);
@@ -89,8 +87,7 @@ fn ovn_lab_edges(mode: &str, tag: &str) {
 
 #[test]
 fn openshift_sdn_vxlan_is_named_to_the_projects_by_netid() {
-    if !is_root() {
-        eprintln!("skipped: the lab and the probes need root");
+    if !root_or_skip("the lab and the probes need root") {
         return;
     }
     let (lab, doc) = capture("openshift-sdn", "os");

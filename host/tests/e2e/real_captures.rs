@@ -1,11 +1,11 @@
 use crate::support::*;
 use cniscope::plugins::convert::bits_to_std;
 use cniscope::sources::aggregate::Observation;
-use cniscope::sources::decode::{TunnelPorts, tunnel};
+use cniscope::sources::decode::{Decoding, tunnel};
 use cniscope::sources::replay::{CaptureSpec, Replay, ReplayStats};
 use std::collections::BTreeSet;
 
-fn replay(rel: &str, ports: TunnelPorts) -> (Vec<Observation>, ReplayStats) {
+fn replay(rel: &str, ports: Decoding) -> (Vec<Observation>, ReplayStats) {
     let spec: CaptureSpec = data(rel).to_str().unwrap().parse().unwrap();
     let mut r = Replay::open(&[spec], ports, u64::MAX / 4).unwrap();
     let mut all = Vec::new();
@@ -57,7 +57,7 @@ fn vxlan_vnis_and_inner_packets_match_tcpdump() {
             4789,
         ),
     ] {
-        let (obs, stats) = replay(pcap, TunnelPorts::default());
+        let (obs, stats) = replay(pcap, Decoding::default());
         assert_eq!(vnis(&obs, tunnel::VXLAN), vnis_in_out_file(out), "{pcap}");
         assert!(
             stats.malformed.is_empty() && stats.file_errors.is_empty(),
@@ -70,7 +70,7 @@ fn vxlan_vnis_and_inner_packets_match_tcpdump() {
         );
     }
     // "192.168.203.1.45149 > 192.168.202.1.4789: VXLAN, vni 100 / 192.168.203.3 > 192.168.203.5: ICMP echo request"
-    let (obs, _) = replay("pcap/tcpdump/vxlan.pcap", TunnelPorts::default());
+    let (obs, _) = replay("pcap/tcpdump/vxlan.pcap", Decoding::default());
     let icmp = obs
         .iter()
         .find(|o| o.key.tunnel == tunnel::VXLAN && o.key.protocol == 1)
@@ -90,9 +90,9 @@ fn vxlan_vnis_and_inner_packets_match_tcpdump() {
     // Port 8472 is only VXLAN when configured: without it, the same packets are plain UDP.
     let (obs, _) = replay(
         "pcap/tcpdump/vxlan_port_8472.pcap",
-        TunnelPorts {
+        Decoding {
             vxlan: vec![4789],
-            ..TunnelPorts::default()
+            ..Decoding::default()
         },
     );
     assert!(vnis(&obs, tunnel::VXLAN).is_empty());
@@ -102,7 +102,7 @@ fn vxlan_vnis_and_inner_packets_match_tcpdump() {
 fn vxlan_over_ipv6_with_a_truncated_inner_packet() {
     // tcpdump: "2409:8086:8911:1901::23f.40233 > 2409:8086:8911:1901::23d.4789: VXLAN, vni 27"
     // then "2409:8086:8911:3123::7e3.30100 > 2409:8086:8911:3123::7d1.47202" (snaplen cut it).
-    let (obs, _) = replay("pcap/deepflow/ip6-vxlan.pcap", TunnelPorts::default());
+    let (obs, _) = replay("pcap/deepflow/ip6-vxlan.pcap", Decoding::default());
     let o = obs.iter().find(|o| o.key.vni == 27).expect("vni 27");
     assert_eq!(ip(o.key.outer_src), "2409:8086:8911:1901::23f");
     assert_eq!(
@@ -118,7 +118,7 @@ fn vxlan_over_ipv6_with_a_truncated_inner_packet() {
 
 #[test]
 fn geneve_options_match_tcpdump() {
-    let (obs, _) = replay("pcap/tcpdump/geneve.pcap", TunnelPorts::default());
+    let (obs, _) = replay("pcap/tcpdump/geneve.pcap", Decoding::default());
     assert_eq!(
         vnis(&obs, tunnel::GENEVE),
         vnis_in_out_file("pcap/tcpdump/geneve-vv.out")
@@ -153,7 +153,7 @@ fn geneve_options_match_tcpdump() {
 
     let (obs, _) = replay(
         "pcap/tcpdump/gso-ipv4-geneve-ipv4.pcap",
-        TunnelPorts::default(),
+        Decoding::default(),
     );
     assert_eq!(
         vnis(&obs, tunnel::GENEVE),
@@ -166,7 +166,7 @@ fn geneve_options_match_tcpdump() {
     );
 
     // Zeek's trace: "vni 0x0, options [8 bytes]" on the requests, none on the replies.
-    let (obs, _) = replay("pcap/zeek/geneve.pcap", TunnelPorts::default());
+    let (obs, _) = replay("pcap/zeek/geneve.pcap", Decoding::default());
     let req = obs
         .iter()
         .find(|o| ip(o.key.src) == "30.0.0.1" && o.key.protocol == 1)
@@ -216,7 +216,7 @@ fn ip_in_ip_inner_addresses_match_tcpdump() {
         ),
     ];
     for (pcap, outer, src, sport, dst, dport) in cases {
-        let (obs, _) = replay(pcap, TunnelPorts::default());
+        let (obs, _) = replay(pcap, Decoding::default());
         let o = obs
             .iter()
             .find(|o| o.key.tunnel == tunnel::IPIP)
@@ -233,7 +233,7 @@ fn ip_in_ip_inner_addresses_match_tcpdump() {
 #[test]
 fn gre_inner_packets_match_tcpdump() {
     // "172.27.1.66 > 66.59.109.137: GREv0: IP 66.59.111.190 > 172.28.2.3: ICMP echo request"
-    let (obs, _) = replay("pcap/zeek/gre-sample.pcap", TunnelPorts::default());
+    let (obs, _) = replay("pcap/zeek/gre-sample.pcap", Decoding::default());
     let o = obs
         .iter()
         .find(|o| o.key.tunnel == tunnel::GRE && ip(o.key.src) == "66.59.111.190")
@@ -244,7 +244,7 @@ fn gre_inner_packets_match_tcpdump() {
     );
     // tcpdump's GRE suite: keyed GRE carrying protocol 0x8909 (not IP) stays an outer GRE
     // observation; nothing in it is malformed, and STP/loopback frames are "not IP".
-    let (obs, stats) = replay("pcap/tcpdump/various_gre.pcap", TunnelPorts::default());
+    let (obs, stats) = replay("pcap/tcpdump/various_gre.pcap", Decoding::default());
     assert!(
         obs.iter()
             .any(|o| o.key.protocol == 47 && ip(o.key.src) == "10.172.64.7")
@@ -256,7 +256,7 @@ fn gre_inner_packets_match_tcpdump() {
 #[test]
 fn every_shared_capture_replays_without_crashing() {
     for rel in shared_captures() {
-        let (obs, stats) = replay(&rel, TunnelPorts::default());
+        let (obs, stats) = replay(&rel, Decoding::default());
         assert!(stats.packets > 0, "{rel}");
         assert!(!obs.is_empty() || stats.not_ip > 0, "{rel}: {stats:?}");
     }
@@ -333,7 +333,7 @@ fn pcapng_names_interfaces_and_directions_from_its_blocks() {
     let path = dir.path().join("two-ifaces.pcapng");
     std::fs::write(&path, bytes).unwrap();
     let spec: CaptureSpec = format!("node-a={}", path.display()).parse().unwrap();
-    let mut r = Replay::open(&[spec], TunnelPorts::default(), u64::MAX / 4).unwrap();
+    let mut r = Replay::open(&[spec], Decoding::default(), u64::MAX / 4).unwrap();
     let mut all = Vec::new();
     r.run(|_, obs, _| all.extend(obs));
     assert!(

@@ -4,9 +4,11 @@ use cniscope::inventory::kubectl;
 use cniscope::pipeline::Pipeline;
 use cniscope::plugins::bindings::wit;
 use cniscope::plugins::policy::Grants;
-use cniscope::plugins::{PluginEngine, PluginError, PluginInstance, PluginSettings, convert};
+use cniscope::plugins::{
+    PluginEngine, PluginError, PluginInstance, PluginSettings, PluginState, convert,
+};
 use cniscope::sources::aggregate::{Observation, PointTable};
-use cniscope::sources::decode::TunnelPorts;
+use cniscope::sources::decode::Decoding;
 use cniscope::sources::replay::Replay;
 use cniscope::topology::Health;
 use std::time::Duration;
@@ -26,7 +28,7 @@ fn misbehaving(name: &str, mode: &str, tweak: impl FnOnce(&mut PluginSettings)) 
 
 fn lab_replay() -> Replay {
     let specs: Vec<_> = lab_captures().iter().map(|s| s.parse().unwrap()).collect();
-    Replay::open(&specs, TunnelPorts::default(), 60_000_000_000).unwrap()
+    Replay::open(&specs, Decoding::default(), 60_000_000_000).unwrap()
 }
 
 fn lab_observations() -> (PointTable, Vec<Observation>) {
@@ -71,7 +73,7 @@ fn looping_hoarding_and_trapping_plugins_are_contained_and_flannel_still_answers
         "flannel's edges survive: {flannel_edges:#?}"
     );
     let h = &doc.health.plugins;
-    assert_eq!(h["flannel"].state, "ok");
+    assert_eq!(h["flannel"].state, PluginState::Ok);
     assert_eq!(h["flannel"].observations_lost, 0);
 
     assert!(h["looper"].deadline_kills >= 1, "{:?}", h["looper"]);
@@ -90,7 +92,8 @@ fn looping_hoarding_and_trapping_plugins_are_contained_and_flannel_still_answers
     for name in ["looper", "hog", "trapper"] {
         let p = &h[name];
         assert_eq!(
-            p.state, "disabled",
+            p.state,
+            PluginState::Disabled,
             "{name}: faulted past max_restarts: {p:?}"
         );
         assert_eq!(p.restarts, 1, "{name}");
@@ -119,7 +122,7 @@ fn a_faulted_plugin_restarts_with_its_options_and_goes_on() {
         "the whole batch crossed the boundary"
     );
     assert_eq!(counted(p.process(&batch)), None, "second call traps");
-    assert_eq!(p.health().state, "degraded");
+    assert_eq!(p.health().state, PluginState::Degraded);
     assert_eq!(
         counted(p.process(&batch)),
         Some(obs.len() as u64),

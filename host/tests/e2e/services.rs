@@ -4,7 +4,7 @@
 //! the same edges on both CNIs: the mechanism is the SDK's, not the plugin's.
 
 use crate::lab::{Lab, edge, has, lab_down};
-use crate::live::is_root;
+use crate::support::root_or_skip;
 use serde_json::Value;
 
 #[test]
@@ -36,8 +36,7 @@ fn assert_counted_once(e: &Value, rounds: u64) {
 }
 
 fn service_edges(script: &'static str, mode: &str, tag: &str, external_ip: &str, how: &str) {
-    if !is_root() {
-        eprintln!("skipped: the lab and the probes need root");
+    if !root_or_skip("the lab and the probes need root") {
         return;
     }
     let (lab, doc) = Lab::capture(script, mode, tag, "services");

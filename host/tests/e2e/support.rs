@@ -1,6 +1,39 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+// Only the live-capture modules need root (feature `live`).
+#[cfg_attr(not(feature = "live"), allow(dead_code))]
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether a test that needs root may run. If not, the skip is said and recorded: in the file
+/// `CNISCOPE_SKIPPED` names (`./x test` counts and lists them in its closing lines), so a
+/// skipped test never passes silently.
+#[cfg_attr(not(feature = "live"), allow(dead_code))]
+pub fn root_or_skip(why: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    eprintln!("skipped {test}: {why}");
+    if let Some(path) = std::env::var_os("CNISCOPE_SKIPPED") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
+    false
+}
+
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

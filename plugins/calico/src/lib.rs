@@ -49,7 +49,7 @@ impl Plugin for Calico {
                 .option("block_size", OptionType::Integer, "26", "IPv4 IPAM block size (IPPool blockSize), for blocks inferred from pod IPs")
                 .option("blocks", OptionType::List, "[]", "block affinities, [\"CIDR=node\", ...] (calicoctl ipam show --show-blocks); inferred from pod IPs otherwise")
                 .option("vxlan_vni", OptionType::Integer, "4096", "VXLAN VNI (FELIX_VXLANVNI)")
-                .option("vxlan_port", OptionType::Integer, "4789", "VXLAN UDP port (FELIX_VXLANPORT); add it to replay.vxlan_ports if not 4789/8472"),
+                .option("vxlan_port", OptionType::Integer, "4789", "VXLAN UDP port (FELIX_VXLANPORT); the decoders decode it as VXLAN"),
         )
         .build()
     }
@@ -84,6 +84,12 @@ impl Plugin for Calico {
         self.encap.vxlan_port = o.integer_in("vxlan_port", 4789u16)?;
         self.stitcher.configure(o)?;
         Ok(())
+    }
+
+    fn decoding(&self) -> Decoding {
+        DecodingBuilder::new()
+            .vxlan_port(self.encap.vxlan_port)
+            .build()
     }
 
     fn on_inventory(&mut self, inv: Inventory) -> Result<(), PluginError> {

@@ -43,8 +43,8 @@ impl Plugin for Flannel {
                 .capture("eth*", IfaceKind::Uplink)
                 .capture("ens*", IfaceKind::Uplink)
                 .option("vni", OptionType::Integer, "1", "VXLAN VNI (flannel's Backend.VNI)")
-                .option("port", OptionType::Integer, "8472", "VXLAN UDP port (Backend.Port); add it to replay.vxlan_ports if not 4789/8472")
-                .option("udp_port", OptionType::Integer, "8285", "UDP port of the obsolete udp backend")
+                .option("port", OptionType::Integer, "8472", "VXLAN UDP port (Backend.Port); the decoders decode it as VXLAN")
+                .option("udp_port", OptionType::Integer, "8285", "UDP port of the obsolete udp backend; the decoders decode it")
                 .option("network", OptionType::String, "\"\"", "the flannel Network CIDR (net-conf.json), e.g. 10.244.0.0/16; addresses outside it and all leases are external"),
         )
         .build()
@@ -64,6 +64,13 @@ impl Plugin for Flannel {
         self.network = o.cidr("network")?;
         self.stitcher.configure(o)?;
         Ok(())
+    }
+
+    fn decoding(&self) -> Decoding {
+        DecodingBuilder::new()
+            .vxlan_port(self.backend.vxlan_port)
+            .udp_encap_port(self.backend.udp_port)
+            .build()
     }
 
     fn on_inventory(&mut self, inv: Inventory) -> Result<(), PluginError> {

@@ -87,7 +87,6 @@ impl Plugin for Ovn {
                 .option("geneve_port", OptionType::Integer, &GENEVE_PORT.to_string(), "Geneve UDP port")
                 .option("vxlan_port", OptionType::Integer, &SDN_VXLAN_PORT.to_string(), "OpenShift-SDN's VXLAN UDP port"),
         )
-        .geneve_port(GENEVE_PORT)
         .build()
     }
 
@@ -155,6 +154,14 @@ impl Plugin for Ovn {
         self.settings = s;
         self.stitcher.configure(o)?;
         Ok(())
+    }
+
+    fn decoding(&self) -> Decoding {
+        DecodingBuilder::new()
+            .geneve_port(self.settings.geneve_port)
+            .vxlan_port(self.settings.sdn_vxlan_port)
+            .geneve_option_class(rules::OVN_OPTION.0)
+            .build()
     }
 
     fn on_inventory(&mut self, inv: Inventory) -> Result<(), PluginError> {

@@ -30,7 +30,7 @@ fn plain_tcp_syn_has_isn_fingerprint() {
     let d = decode(
         LinkType::Ethernet,
         &tcp_syn([10, 244, 1, 5], [10, 244, 2, 7], 12345),
-        &TunnelPorts::default(),
+        &Decoding::default(),
     )
     .unwrap();
     assert_eq!(d.tunnel, None);
@@ -50,7 +50,7 @@ fn vxlan_on_flannel_port_decodes_inner_frame() {
     let mut payload = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
     payload.extend_from_slice(&inner);
     let frame = udp_frame([192, 168, 0, 1], [192, 168, 0, 2], 51000, 8472, &payload);
-    let d = decode(LinkType::Ethernet, &frame, &TunnelPorts::default()).unwrap();
+    let d = decode(LinkType::Ethernet, &frame, &Decoding::default()).unwrap();
     let t = d.tunnel.expect("tunnel");
     assert_eq!((t.kind, t.vni), (tunnel::VXLAN, 1));
     assert_eq!(t.outer.src, ip4([192, 168, 0, 1]));
@@ -58,9 +58,9 @@ fn vxlan_on_flannel_port_decodes_inner_frame() {
     assert_eq!(d.inner.dst, ip4([10, 244, 2, 7]));
     assert_eq!(d.inner.src_mac, 0xaa0000000001);
     // Not a configured port: stays plain UDP.
-    let ports = TunnelPorts {
+    let ports = Decoding {
         vxlan: vec![4789],
-        ..TunnelPorts::default()
+        ..Decoding::default()
     };
     assert_eq!(
         decode(LinkType::Ethernet, &frame, &ports).unwrap().tunnel,
@@ -76,7 +76,7 @@ fn geneve_options_are_kept() {
     payload.extend_from_slice(&[0x01, 0x02, 0x80, 0x01, 0x00, 0x03, 0x00, 0x04]);
     payload.extend_from_slice(&inner);
     let frame = udp_frame([172, 18, 0, 2], [172, 18, 0, 3], 1234, 6081, &payload);
-    let d = decode(LinkType::Ethernet, &frame, &TunnelPorts::default()).unwrap();
+    let d = decode(LinkType::Ethernet, &frame, &Decoding::default()).unwrap();
     let t = d.tunnel.unwrap();
     assert_eq!((t.kind, t.vni), (tunnel::GENEVE, 5));
     assert_eq!(
@@ -108,7 +108,7 @@ fn several_geneve_options_unknown_classes_and_length_limits() {
     let d = decode(
         LinkType::Ethernet,
         &geneve(6, &options),
-        &TunnelPorts::default(),
+        &Decoding::default(),
     )
     .unwrap();
     let t = d.tunnel.unwrap();
@@ -133,7 +133,7 @@ fn several_geneve_options_unknown_classes_and_length_limits() {
     let frame = geneve(6, &long);
     let e = super::geneve(&frame[42..]).unwrap_err();
     assert!(e.to_string().contains("geneve option data"), "{e}");
-    let d = decode(LinkType::Ethernet, &frame, &TunnelPorts::default()).unwrap();
+    let d = decode(LinkType::Ethernet, &frame, &Decoding::default()).unwrap();
     assert_eq!((d.tunnel, d.inner.dst_port), (None, 6081));
     // Options longer than the packet.
     let frame = geneve(63, &options[..8]);
@@ -148,12 +148,12 @@ fn ipip_and_flannel_udp_backend() {
     let b = PacketBuilder::ethernet2([2; 6], [4; 6]).ipv4([192, 168, 1, 1], [192, 168, 1, 2], 64);
     let mut frame = Vec::new();
     b.write(&mut frame, IpNumber(4), inner).unwrap();
-    let d = decode(LinkType::Ethernet, &frame, &TunnelPorts::default()).unwrap();
+    let d = decode(LinkType::Ethernet, &frame, &Decoding::default()).unwrap();
     assert_eq!(d.tunnel.as_ref().unwrap().kind, tunnel::IPIP);
     assert_eq!(d.inner.dst, ip4([10, 0, 1, 1]));
 
     let frame = udp_frame([192, 168, 1, 1], [192, 168, 1, 2], 8285, 8285, inner);
-    let d = decode(LinkType::Ethernet, &frame, &TunnelPorts::default()).unwrap();
+    let d = decode(LinkType::Ethernet, &frame, &Decoding::default()).unwrap();
     assert_eq!(d.tunnel.as_ref().unwrap().kind, tunnel::UDP_ENCAP);
     assert_eq!(d.inner.src, ip4([10, 0, 0, 1]));
 }
@@ -162,10 +162,10 @@ fn ipip_and_flannel_udp_backend() {
 fn truncated_and_garbage_frames_are_errors_not_panics() {
     let frame = tcp_syn([10, 0, 0, 1], [10, 0, 0, 2], 1);
     for cut in 0..frame.len() {
-        let _ = decode(LinkType::Ethernet, &frame[..cut], &TunnelPorts::default());
+        let _ = decode(LinkType::Ethernet, &frame[..cut], &Decoding::default());
     }
     assert_eq!(
-        decode(LinkType::Ethernet, &frame[..10], &TunnelPorts::default()),
+        decode(LinkType::Ethernet, &frame[..10], &Decoding::default()),
         Err(DecodeError::Truncated("ethernet"))
     );
     // A deterministic pseudo-random sweep over every link type.
@@ -186,7 +186,7 @@ fn truncated_and_garbage_frames_are_errors_not_panics() {
             LinkType::LinuxSll2,
             LinkType::Null,
         ] {
-            let _ = decode(link, &bytes, &TunnelPorts::default());
+            let _ = decode(link, &bytes, &Decoding::default());
         }
     }
 }
@@ -197,7 +197,7 @@ fn arp_is_not_ip() {
     frame.extend_from_slice(&[0x08, 0x06]);
     frame.extend_from_slice(&[0; 28]);
     assert_eq!(
-        decode(LinkType::Ethernet, &frame, &TunnelPorts::default()),
+        decode(LinkType::Ethernet, &frame, &Decoding::default()),
         Err(DecodeError::NotIp(0x0806))
     );
 }

@@ -1,0 +1,205 @@
+//! The commands and their arguments. Each command's work is in its own module; what is
+//! shared between modes (loading, the pipeline, health) is in the library (`cniscope::modes`).
+
+mod config_check;
+#[cfg(feature = "lab")]
+mod lab;
+#[cfg(feature = "live")]
+mod live;
+mod output;
+mod plugin;
+mod plugin_test;
+mod replay;
+
+use clap::{Parser, Subcommand};
+use cniscope::config::{ConfigError, EXIT_CONFIG};
+use cniscope::sinks::Format;
+use cniscope::sources::replay::CaptureSpec;
+use std::path::PathBuf;
+
+/// Where `./x build` puts the plugins; the default of every `--plugins`/`--plugin-dir`.
+const DEFAULT_PLUGIN_DIR: &str = "dist/plugins";
+
+#[derive(Parser)]
+#[command(
+    name = "cniscope",
+    version,
+    about = "Who is really talking to whom, on any Kubernetes cluster network"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay capture files through the plugins and print the topology.
+    Replay(ReplayArgs),
+    /// Capture live with the eBPF probes (root) and print the topology at exit; with
+    /// `agent.output_file`, also write it every interval. Stops on SIGINT/SIGTERM or after
+    /// `agent.duration_secs`.
+    #[cfg(feature = "live")]
+    Run {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// kubectl JSON dumps, besides the config's `[inventory] files`.
+        #[arg(long = "inventory", short = 'i')]
+        inventories: Vec<PathBuf>,
+        #[arg(long, short = 'f')]
+        format: Option<Format>,
+    },
+    /// Build a lab cluster in network namespaces, capture it live with the plugins in
+    /// --plugins, print the topology and tear the lab down (root).
+    #[cfg(all(feature = "live", feature = "lab"))]
+    Demo {
+        /// The lab scenario (`cniscope lab list`).
+        #[arg(default_value = "flannel-vxlan")]
+        scenario: String,
+        #[arg(long, default_value = DEFAULT_PLUGIN_DIR)]
+        plugins: PathBuf,
+        #[arg(long, short = 'f')]
+        format: Option<Format>,
+    },
+    /// Lab clusters in network namespaces (root): up, traffic, down, list.
+    #[cfg(feature = "lab")]
+    #[command(subcommand)]
+    Lab(LabCommand),
+    /// Inspect and test plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Check configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// Capture files (pcap or pcapng), each as `[NODE[/IFACE]=]PATH`; added to the
+    /// config's `[[replay.capture]]`.
+    captures: Vec<CaptureSpec>,
+    /// kubectl JSON dumps (`kubectl get nodes,pods,services,endpointslices -A -o json`),
+    /// besides the config's `[inventory] files`.
+    #[arg(long = "inventory", short = 'i')]
+    inventories: Vec<PathBuf>,
+    /// cniscope.toml: plugins, their options and limits.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Without a config: plugins to load from --plugin-dir, by name, with default options.
+    #[arg(long = "plugin", short = 'p')]
+    plugins: Vec<String>,
+    /// Without a config: where plugins are.
+    #[arg(long, default_value = DEFAULT_PLUGIN_DIR)]
+    plugin_dir: PathBuf,
+    #[arg(long, short = 'f')]
+    format: Option<Format>,
+    /// Write the topology here instead of stdout (replaced whole, never half written).
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+    /// Overrides the window length (seconds of capture time).
+    #[arg(long)]
+    window_secs: Option<f64>,
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// List the plugins in a folder.
+    List {
+        #[arg(long, default_value = DEFAULT_PLUGIN_DIR)]
+        dir: PathBuf,
+    },
+    /// Describe one plugin: name, version, CNI kinds, capture points, options, what it needs
+    /// decoded, imports, sha256.
+    Inspect { file: PathBuf },
+    /// Run a built plugin on recorded captures and compare its edges with an expected
+    /// topology (`--bless` writes the expected file instead).
+    Test(PluginTestArgs),
+}
+
+#[derive(clap::Args)]
+struct PluginTestArgs {
+    /// The plugin's .wasm file.
+    file: PathBuf,
+    /// Recorded captures, each as `[NODE[/IFACE]=]PATH`.
+    #[arg(long = "capture", required = true)]
+    captures: Vec<CaptureSpec>,
+    #[arg(long = "inventory", short = 'i')]
+    inventories: Vec<PathBuf>,
+    /// The plugin's options as JSON.
+    #[arg(long, default_value = "{}")]
+    options: String,
+    /// Expected topology JSON (as `replay --format json` prints it); edges are compared.
+    #[arg(long)]
+    expect: PathBuf,
+    /// Write the current output to --expect instead of comparing.
+    #[arg(long)]
+    bless: bool,
+}
+
+#[cfg(feature = "lab")]
+#[derive(Subcommand)]
+enum LabCommand {
+    /// The scenarios.
+    List,
+    /// Build a scenario as lab ID (namespaces ID-*); write DIR/inventory.json and
+    /// DIR/cniscope.toml, an agent config for it (`cniscope run -c DIR/cniscope.toml`).
+    Up {
+        scenario: String,
+        #[arg(long, default_value = "cslab")]
+        id: String,
+        #[arg(long, default_value = "cniscope-lab")]
+        dir: PathBuf,
+        /// The plugins the lab's config names (its `[plugins] dir`).
+        #[arg(long, default_value = DEFAULT_PLUGIN_DIR)]
+        plugins: PathBuf,
+    },
+    /// Send the scenario's known traffic (and its service shapes) in lab ID.
+    Traffic {
+        scenario: String,
+        #[arg(long, default_value = "cslab")]
+        id: String,
+    },
+    /// Remove every namespace of lab ID, also after a failed run.
+    Down {
+        #[arg(long, default_value = "cslab")]
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a cniscope.toml; every problem is printed as file:line:column: key: message.
+    Check { file: PathBuf },
+}
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Replay(args) => replay::run(args),
+        #[cfg(feature = "live")]
+        Command::Run {
+            config,
+            inventories,
+            format,
+        } => live::run(&config, &inventories, format),
+        #[cfg(all(feature = "live", feature = "lab"))]
+        Command::Demo {
+            scenario,
+            plugins,
+            format,
+        } => live::demo(&scenario, &plugins, format),
+        #[cfg(feature = "lab")]
+        Command::Lab(cmd) => lab::run(cmd),
+        Command::Plugin(PluginCommand::List { dir }) => plugin::list(&dir),
+        Command::Plugin(PluginCommand::Inspect { file }) => plugin::inspect(&file),
+        Command::Plugin(PluginCommand::Test(args)) => plugin_test::run(args),
+        Command::Config(ConfigCommand::Check { file }) => config_check::run(&file),
+    }
+}
+
+/// 78 (EX_CONFIG) for a bad configuration, 1 for anything else.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    if e.downcast_ref::<ConfigError>().is_some() {
+        EXIT_CONFIG
+    } else {
+        1
+    }
+}

@@ -1,0 +1,73 @@
+//! What went wrong or was lost, for the topology's `health`: each plugin's counters, what the
+//! sources could not read (drops by reason, per-file errors) and, live, each node's probe
+//! counters. Sources report into it the same way in every mode ([`HealthSource`]), and the
+//! pipeline adds the plugins' health ([`crate::pipeline::Pipeline::doc`]).
+
+use crate::plugins::PluginHealth;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Health {
+    pub plugins: BTreeMap<String, PluginHealth>,
+    /// What sources could not process, by reason (malformed packets, truncated files, ...).
+    pub drops: BTreeMap<String, u64>,
+    /// Per-file or per-source problems, in words.
+    pub errors: Vec<String>,
+    /// Live capture: each node's probe counters.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub probes: BTreeMap<String, ProbeCounters>,
+}
+
+impl Health {
+    /// Counts `n` more of what could not be processed for `reason` (nothing when `n` is 0).
+    pub fn drop(&mut self, reason: impl Into<String>, n: u64) {
+        if n > 0 {
+            *self.drops.entry(reason.into()).or_default() += n;
+        }
+    }
+
+    /// A problem in words, logged once here.
+    pub fn error(&mut self, e: impl Into<String>) {
+        let e = e.into();
+        tracing::warn!("{e}");
+        self.errors.push(e);
+    }
+}
+
+/// A source that tells what it could not read: the replay's files, the live probes.
+pub trait HealthSource {
+    fn report(&self, health: &mut Health);
+}
+
+/// What a probe could not record, and what it saw, since load.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProbeCounters {
+    pub packets: u64,
+    pub ringbuf_full: u64,
+    pub map_full: u64,
+    pub parse_failed: u64,
+    pub not_ip: u64,
+    /// New-flow events read from the ring buffer: one per flow, interface, CPU and interval
+    /// (the per-CPU flow cache sees each CPU's first packet of a flow as new).
+    pub new_flow_events: u64,
+    /// Runs of both probes and their total time, from the kernel's `bpf_stats` (zero unless
+    /// `agent.bpf_stats` is on): `program_run_ns / program_runs` is the cost per packet.
+    pub program_runs: u64,
+    pub program_run_ns: u64,
+}
+
+impl ProbeCounters {
+    /// The probe's losses as drops, and its counters under its node.
+    pub fn report(&self, node: &str, health: &mut Health) {
+        for (what, v) in [
+            ("ring buffer full (new-flow events lost)", self.ringbuf_full),
+            ("flow map full (packets not recorded)", self.map_full),
+            ("headers unreadable", self.parse_failed),
+        ] {
+            // Listed even at zero: an operator sees each kind of loss is watched.
+            health.drops.insert(format!("probe {node}: {what}"), v);
+        }
+        health.probes.insert(node.to_string(), self.clone());
+    }
+}
