@@ -5,6 +5,7 @@ pub mod resolve;
 
 pub use crate::health::Health;
 use crate::plugins::bindings::wit;
+use cniscope_common::ipproto;
 use resolve::Resolver;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -121,10 +122,10 @@ pub fn rfc3339(ns: u64) -> String {
 
 pub fn protocol_name(p: u8) -> String {
     match p {
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        1 => "icmp".into(),
-        58 => "icmpv6".into(),
+        ipproto::TCP => "tcp".into(),
+        ipproto::UDP => "udp".into(),
+        ipproto::ICMP => "icmp".into(),
+        ipproto::ICMPV6 => "icmpv6".into(),
         132 => "sctp".into(),
         other => format!("ip-{other}"),
     }

@@ -1,4 +1,4 @@
-//! Who a connection's ends are, decided the same way for every CNI (CNI-RULES.md: the
+//! Who a connection's ends are, decided the same way for every CNI (docs/cni-rules.md: the
 //! gateway rules of each CNI and "Services"). A plugin says what each address is in each
 //! observation ([`Class`]); services are recognised here, from the inventory, for every CNI
 //! alike ([`Services`]); [`Connection::decide`] picks the client and the server from every

@@ -1,5 +1,5 @@
 //! Which Kubernetes service an address and port belong to, the same for every CNI
-//! (CNI-RULES.md, "Services"). kube-proxy answers on four kinds of front doors:
+//! (docs/cni-rules.md, "Services"). kube-proxy answers on four kinds of front doors:
 //!
 //! - a ClusterIP (iptables or IPVS mode alike) on a service port;
 //! - an external IP or a load-balancer ingress IP on a service port;

@@ -4,9 +4,9 @@
 //! Two observations belong to the same connection when
 //! - they carry the same 5-tuple in either direction (the same packets seen at another point,
 //!   or the replies), or
-//! - they carry the same NAT-proof fingerprint (see CNI-RULES.md): Linux NAT rewrites
-//!   addresses and ports but keeps TCP sequence numbers and the IPv4 identification, so a
-//!   pre-DNAT/SNAT observation and its post-NAT twin share it.
+//! - they carry the same NAT-proof fingerprint (docs/observation-model.md, "Fingerprints"):
+//!   Linux NAT rewrites addresses and ports but keeps TCP sequence numbers and the IPv4
+//!   identification, so a pre-DNAT/SNAT observation and its post-NAT twin share it.
 //!
 //! When no fingerprint joins them (a UDP or ICMP packet with IPv4 ID 0, a capture that
 //! started mid-connection), one fallback joins by time: an observation whose source is a
@@ -26,6 +26,7 @@ use crate::batch::{Obs, Tunnel, batch_rows, fp};
 use crate::describe::DescriptionBuilder;
 use crate::options::Options;
 use crate::{Ip, ObservationBatch, OptionType, PluginError};
+use cniscope_common::ipproto;
 use std::rc::Rc;
 
 use crate::hash::{FastMap, FastSet};
@@ -131,7 +132,7 @@ impl Seen {
 
     /// ICMP or ICMPv6: no ports (its type and code sit in the port columns).
     pub fn is_icmp(&self) -> bool {
-        self.protocol == 1 || self.protocol == 58
+        self.protocol == ipproto::ICMP || self.protocol == ipproto::ICMPV6
     }
 
     /// Ports as they identify a flow: ICMP's type/code differ between request and reply.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A 2-node Calico cluster in network namespaces, built the way calico-node and the Calico CNI
-# build a node (CNI-RULES.md, "Calico"): no bridge; each pod's host-side veth is
+# build a node (docs/cni-rules.md, "Calico"): no bridge; each pod's host-side veth is
 # `cali` + sha1("<namespace>.<pod>")[:11] with MAC ee:ee:ee:ee:ee:ee and proxy ARP, a /32
 # route per pod, the pod's default route via 169.254.1.1; IP pool 10.123.0.0/16 in /26
 # blocks affine to nodes; natOutgoing (cali-nat-outgoing's MASQUERADE); kube-proxy's rules for

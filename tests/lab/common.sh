@@ -85,7 +85,7 @@ start_servers() {
   echo $!
 }
 
-# The labs' services, one per line (CNI-RULES.md, "Services"; issue #7):
+# The labs' services, one per line (docs/cni-rules.md, "Services"):
 #   name  ClusterIP (last octet of $svc_net, None = headless)  port  targetPort  protocol
 #   backend (pods labelled app=<backend>, - = none)  type  nodePort (- = none)
 #   policy: externalTrafficPolicy, or masquerade-all for kube-proxy's --masquerade-all

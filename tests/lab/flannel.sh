@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A 2-node Flannel cluster in network namespaces, built the way flanneld and the flannel CNI
-# build a node (CNI-RULES.md, "Flannel"): cni0 bridge 10.244.N.1/24 with the pods' veths,
+# build a node (docs/cni-rules.md, "Flannel"): cni0 bridge 10.244.N.1/24 with the pods' veths,
 # flanneld's MASQUERADE rule, and kube-proxy's rules for the service shapes of common.sh's
 # lab_services (ClusterIPs, masqueradeAll, NodePorts with externalTrafficPolicy Cluster and
 # Local, a load-balancer IP routed to node a, hairpin, headless, no endpoints).

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A 2-node OVN-Kubernetes (or OpenShift-SDN) cluster shaped in network namespaces
-# (CNI-RULES.md, "OVN-Kubernetes"). The kernel here has no Open vSwitch and no Geneve, so:
+# (docs/cni-rules.md, "OVN-Kubernetes"). The kernel here has no Open vSwitch and no Geneve, so:
 # a Linux bridge stands in for br-int (br0 for OpenShift-SDN); pods attach with host-side
 # veths named as OVN names them (the first 15 hex digits of the container ID; OpenShift-SDN:
 # veth + 8 hex); the router port `.1` answers the pods; the node reaches its pods from the

@@ -96,6 +96,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_plugin_of_another_contract_version_is_refused_naming_both() {
+        let ours = CONTRACT.replace("cniscope:plugin@", "cniscope:plugin/types@");
+        assert_eq!(
+            check_contract(&[ours, "wasi:io/error@0.2.6".into()]),
+            Ok(())
+        );
+        let err = check_contract(&["cniscope:plugin/types@0.1.0".into()]).unwrap_err();
+        assert!(err.contains("cniscope:plugin@0.1.0"), "{err}");
+        assert!(err.contains(CONTRACT), "{err}");
+        // Other packages' versions are theirs.
+        assert_eq!(check_contract(&["wasi:cli/exit@0.2.0".into()]), Ok(()));
+    }
+
+    #[test]
     fn filesystem_and_ungranted_clocks_are_refused() {
         let imports = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert!(

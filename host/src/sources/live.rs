@@ -159,7 +159,12 @@ impl NodeProbe {
             udp_encap_ports: slots(&d.udp_encap, "UDP encapsulation ports").map_err(err)?,
             geneve_classes: slots(&d.geneve_classes, "Geneve option classes").map_err(err)?,
         };
-        let cache_slots = settings.cache_slots.max(1).next_power_of_two();
+        let cache_slots = settings.cache_slots;
+        if !cache_slots.is_power_of_two() {
+            return Err(err(format!(
+                "{cache_slots} flow cache slots: the probe needs a power of two"
+            )));
+        }
         let cache_mask = cache_slots - 1;
         let mut ebpf = EbpfLoader::new()
             .set_global("HELPER_READS_ONLY", &helper_reads_only, true)

@@ -201,3 +201,74 @@ fn the_demo_config_describes_the_whole_replay() {
         "{stderr}"
     );
 }
+
+/// Flannel configured with another VXLAN port (`Backend.Port`): the plugin's option alone
+/// makes both decoders decode it; nobody repeats it in `[decode]`.
+#[test]
+fn a_vxlan_port_set_only_in_the_plugins_options_is_decoded() {
+    plugin("flannel");
+    let dir = tempfile::tempdir().unwrap();
+    let d = data("flannel-vxlan");
+    let mut captures = String::new();
+    for (node, iface, file) in [
+        ("node-a", "vethclienta1", "node-a.client-veth.pcap"),
+        ("node-a", "vethpeera2", "node-a.peer-veth.pcap"),
+        ("node-a", "eth0", "node-a.eth0.pcap"),
+        ("node-b", "eth0", "node-b.eth0.pcap"),
+        ("node-b", "vethserverb1", "node-b.server-veth.pcap"),
+    ] {
+        let moved = rewrite_udp_port(&d.join(file), &dir.path().join(file), 8472, 58678);
+        assert_eq!(
+            moved > 0,
+            iface == "eth0",
+            "{file}: VXLAN only on the uplinks"
+        );
+        captures += &format!(
+            "[[replay.capture]]\npath = \"{file}\"\nnode = \"{node}\"\niface = \"{iface}\"\n"
+        );
+    }
+    let config = |port: u16| {
+        let path = dir.path().join(format!("port-{port}.toml"));
+        let text = format!(
+            "[plugins]\ndir = \"{}\"\n[[plugin]]\nname = \"flannel\"\n[plugin.options]\nport = {port}\nnetwork = \"10.244.0.0/16\"\n[inventory]\nfiles = [\"{}\"]\n[replay]\nwindow_secs = 60\n{captures}",
+            root().join("dist/plugins").display(),
+            d.join("inventory.json").display(),
+        );
+        std::fs::write(&path, text).unwrap();
+        topology(&[
+            "replay",
+            "--config",
+            path.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+    };
+    let shipped = topology(&[
+        "replay",
+        "--config",
+        "examples/flannel-vxlan-demo.toml",
+        "--format",
+        "json",
+    ]);
+    let evidence = |doc: &Value| -> Vec<String> {
+        doc["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["evidence"].to_string())
+            .collect()
+    };
+    // Told the port, the plugin sees the same VXLAN as on the standard port.
+    let moved = config(58678);
+    assert_eq!(edges(&moved), edges(&shipped));
+    assert_eq!(evidence(&moved), evidence(&shipped));
+    // Not told, the uplinks' UDP stays undecoded: the cross-node edges lose their tunnel.
+    let untold = config(8472);
+    assert!(
+        !evidence(&untold)
+            .iter()
+            .any(|e| e.contains("flannel:vxlan")),
+        "{:?}",
+        evidence(&untold)
+    );
+}

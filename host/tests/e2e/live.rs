@@ -1,6 +1,6 @@
 use crate::support::*;
 use cniscope::sources::aggregate::{Aggregator, Observation, PointTable};
-use cniscope::sources::decode::{Decoding, LinkType, decode};
+use cniscope::sources::decode::{Decoding, LinkType, decode, tunnel};
 use cniscope::sources::live::{NodeProbe, ProbeSettings, test_run};
 
 /// Every Ethernet frame of a legacy pcap file under the shared data.
@@ -49,14 +49,14 @@ fn the_probe_and_the_replay_decoder_agree_on_every_shared_capture() {
     // counts flows: the per-CPU cache, and the hash map behind it (one cache slot).
     for probe in probes() {
         let (mut probe, how) = probe;
-        let classes = [OVN_CLASS];
+        let decoding = keeping(&[OVN_CLASS]);
         let mut compared = 0;
         // One probe for all files: each drain swaps buffers, so each file's flows come out
         // alone.
         for rel in shared_captures() {
             compared += assert_agree(
                 &mut probe,
-                &classes,
+                &decoding,
                 &format!("{rel} ({how})"),
                 &ethernet_frames(&rel),
             );
@@ -69,18 +69,23 @@ fn the_probe_and_the_replay_decoder_agree_on_every_shared_capture() {
 /// only; with one cache slot, so nearly every flow goes to the hash map. Each keeps OVN's
 /// Geneve option, as with the ovn plugin loaded.
 fn probes() -> [(NodeProbe, &'static str); 3] {
-    probes_keeping(&[OVN_CLASS])
+    probes_decoding(&keeping(&[OVN_CLASS]))
 }
 
-fn probes_keeping(classes: &[u16]) -> [(NodeProbe, &'static str); 3] {
+/// The default decoding, keeping Geneve options of `classes`.
+fn keeping(classes: &[u16]) -> Decoding {
+    Decoding {
+        geneve_classes: classes.to_vec(),
+        ..Decoding::default()
+    }
+}
+
+fn probes_decoding(decoding: &Decoding) -> [(NodeProbe, &'static str); 3] {
     let load = |helper_reads_only, cache_slots| {
         let settings = ProbeSettings {
             helper_reads_only,
             cache_slots,
-            decoding: Decoding {
-                geneve_classes: classes.to_vec(),
-                ..Decoding::default()
-            },
+            decoding: decoding.clone(),
             ..ProbeSettings::default()
         };
         NodeProbe::load("test", None, &settings).expect("the kernel accepts the probes")
@@ -100,7 +105,10 @@ fn the_probe_decodes_flannel_udp_backend_frames_as_replay_does() {
     let (_, uplink) = crate::flannel_udp::frames();
     for (mut probe, how) in probes() {
         // Both directions of one connection, each in UDP 8285.
-        assert_eq!(assert_agree(&mut probe, &[OVN_CLASS], how, &uplink), 2);
+        assert_eq!(
+            assert_agree(&mut probe, &keeping(&[OVN_CLASS]), how, &uplink),
+            2
+        );
     }
 }
 
@@ -153,16 +161,23 @@ fn the_probe_finds_ovns_geneve_option_behind_others_as_replay_does() {
     // (the first two keep it), another CNI's (the first and third keep 0xff01), or none
     // (each keeps its first). `comparable` builds the same rule from replay's options.
     for classes in [vec![OVN_CLASS], vec![0xff01], vec![]] {
-        for (mut probe, how) in probes_keeping(&classes) {
+        let decoding = keeping(&classes);
+        for (mut probe, how) in probes_decoding(&decoding) {
             let how = format!("{how}, keeping {classes:x?}");
-            assert_eq!(assert_agree(&mut probe, &classes, &how, &frames), 4);
+            assert_eq!(assert_agree(&mut probe, &decoding, &how, &frames), 4);
         }
     }
 }
 
 /// Runs `frames` through the probe (BPF_PROG_TEST_RUN) and the replay decoder and asserts
 /// both make the same observations; returns how many.
-fn assert_agree(probe: &mut NodeProbe, classes: &[u16], name: &str, frames: &[Vec<u8>]) -> usize {
+fn assert_agree(
+    probe: &mut NodeProbe,
+    decoding: &Decoding,
+    name: &str,
+    frames: &[Vec<u8>],
+) -> usize {
+    let classes = &decoding.geneve_classes;
     let mut agg = Aggregator::default();
     for (i, f) in frames.iter().enumerate() {
         // BPF_PROG_TEST_RUN needs at least an Ethernet header (shorter frames are
@@ -176,7 +191,7 @@ fn assert_agree(probe: &mut NodeProbe, classes: &[u16], name: &str, frames: &[Ve
             .unwrap_or_else(|e| panic!("{name} frame {i}: test run: {e}"));
         assert_eq!(rc, 0, "the probe never changes a packet's fate (TC_ACT_OK)");
         // Frames neither side can read (not IP, malformed) are observations of neither.
-        if let Ok(d) = decode(LinkType::Ethernet, f, &Decoding::default()) {
+        if let Ok(d) = decode(LinkType::Ethernet, f, decoding) {
             agg.add(0, &d, i as u64);
         }
     }
@@ -327,9 +342,50 @@ fn the_probe_agrees_with_replay_at_the_edges_of_its_fast_path() {
 
     for (mut probe, how) in probes() {
         assert_eq!(
-            assert_agree(&mut probe, &[OVN_CLASS], how, &frames),
+            assert_agree(&mut probe, &keeping(&[OVN_CLASS]), how, &frames),
             frames.len(),
             "{how}: one observation per frame"
         );
     }
+}
+
+/// The probe decodes what the loaded plugins ask for: flannel configured with another VXLAN
+/// port hands it over (`configure`'s decoding needs) and the probe decodes that traffic as
+/// replay does, with nothing about the port in the operator's `[decode]`.
+#[test]
+fn the_probe_decodes_the_vxlan_port_a_plugin_is_configured_with() {
+    if !root_or_skip("loading eBPF programs needs root") {
+        return;
+    }
+    use cniscope::config::PluginToLoad;
+    use cniscope::inventory::Inventory;
+    use cniscope::pipeline::Pipeline;
+    use cniscope::plugins::{PluginEngine, PluginSettings};
+    let engine = PluginEngine::new(None).unwrap();
+    let mut settings = PluginSettings::new("flannel");
+    settings.options_json = r#"{"port": 58678}"#.into();
+    let flannel = PluginToLoad {
+        path: plugin("flannel"),
+        sha256: None,
+        settings,
+    };
+    let pipeline = Pipeline::new(&engine, &[flannel], Inventory::default()).unwrap();
+    let decoding = pipeline.decoding(&Decoding::default());
+    assert!(decoding.vxlan.contains(&58678), "{decoding:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let moved = dir.path().join("eth0.pcap");
+    let src = data("flannel-vxlan/node-a.eth0.pcap");
+    assert!(rewrite_udp_port(&src, &moved, 8472, 58678) > 0);
+    let frames = test_run::ethernet_frames(&moved).unwrap();
+    for (mut probe, how) in probes_decoding(&decoding) {
+        let n = assert_agree(&mut probe, &decoding, how, &frames);
+        assert!(n > 0, "{how}");
+    }
+    // And decoded, not merely agreed on: the replay side sees VXLAN inside.
+    let vxlan = frames
+        .iter()
+        .filter_map(|f| decode(LinkType::Ethernet, f, &decoding).ok())
+        .filter(|d| d.tunnel.as_ref().is_some_and(|t| t.kind == tunnel::VXLAN))
+        .count();
+    assert!(vxlan > 0, "VXLAN on 58678 decoded");
 }

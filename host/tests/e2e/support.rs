@@ -197,3 +197,32 @@ pub fn flannel_udp_frame(outer_src: [u8; 4], outer_dst: [u8; 4], inner: &[u8]) -
         .unwrap();
     f
 }
+
+/// Copies the legacy pcap `src` to `dst` with every UDP port `from` (source or destination)
+/// of an IPv4 packet without options in an Ethernet frame changed to `to`: the same traffic,
+/// as a CNI configured with another tunnel port would send it. Times and lengths are kept.
+pub fn rewrite_udp_port(src: &Path, dst: &Path, from: u16, to: u16) -> usize {
+    let mut b = std::fs::read(src).unwrap();
+    assert_eq!(
+        &b[..4],
+        &0xa1b2_c3d4u32.to_le_bytes(),
+        "a little-endian legacy pcap"
+    );
+    let (mut at, mut changed) = (24, 0);
+    while at + 16 <= b.len() {
+        let caplen = u32::from_le_bytes(b[at + 8..at + 12].try_into().unwrap()) as usize;
+        let f = at + 16;
+        let ipv4_udp = caplen >= 42 && b[f + 12..f + 14] == [8, 0] && b[f + 14] == 0x45;
+        if ipv4_udp && b[f + 23] == 17 {
+            for port in [f + 34, f + 36] {
+                if b[port..port + 2] == from.to_be_bytes() {
+                    b[port..port + 2].copy_from_slice(&to.to_be_bytes());
+                    changed += 1;
+                }
+            }
+        }
+        at = f + caplen;
+    }
+    std::fs::write(dst, b).unwrap();
+    changed
+}

@@ -1,4 +1,4 @@
-//! What Calico tells about the cluster (CNI-RULES.md, "Calico"): node addresses and tunnel
+//! What Calico tells about the cluster (docs/cni-rules.md, "Calico"): node addresses and tunnel
 //! addresses from the `projectcalico.org/*` annotations, IPAM blocks affine to nodes, IP pools,
 //! and each pod's host-side veth name.
 

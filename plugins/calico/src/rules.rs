@@ -1,4 +1,4 @@
-//! From one stitched connection to one logical flow, by Calico's rules (CNI-RULES.md):
+//! From one stitched connection to one logical flow, by Calico's rules (docs/cni-rules.md):
 //! (1) a pod is named by its host-side `cali` veth when a view was taken there (so a reused IP
 //! still names the right pod), else by its IP; (2) tunnel addresses and node IPs are the node,
 //! unless a fingerprint-matched view from the pod's veth names the real client (natOutgoing,

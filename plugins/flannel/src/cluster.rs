@@ -1,5 +1,5 @@
 //! What flannel tells about the cluster, read from node annotations and leases
-//! (CNI-RULES.md, "Flannel"): public IPs, VTEP MACs, backend, each node's lease and gateways.
+//! (docs/cni-rules.md, "Flannel"): public IPs, VTEP MACs, backend, each node's lease and gateways.
 
 use cniscope_sdk::json;
 use cniscope_sdk::prelude::*;

@@ -1,4 +1,4 @@
-//! From one stitched connection to one logical flow, by flannel's rules (CNI-RULES.md):
+//! From one stitched connection to one logical flow, by flannel's rules (docs/cni-rules.md):
 //! (1) a VTEP (outer source IP, inner source MAC) names a node; (2) an address in a node's
 //! lease is a pod of that node; (3) a gateway source (`.0`/`.1` of a lease, or a node IP after
 //! MASQUERADE) is the node, unless a fingerprint-matched pre-SNAT view names the real pod;

@@ -1,4 +1,4 @@
-//! What OVN-Kubernetes (and OpenShift-SDN) tell about the cluster (CNI-RULES.md,
+//! What OVN-Kubernetes (and OpenShift-SDN) tell about the cluster (docs/cni-rules.md,
 //! "OVN-Kubernetes"): each node's subnets, addresses, gateway-router (join) and transit-switch
 //! addresses from the `k8s.ovn.org/*` annotations; the addresses OVN puts on packets that are
 //! no pod (the management port `.2`, the router port `.1`, the masquerade subnet, hairpin

@@ -1,5 +1,5 @@
 //! From one stitched connection to one logical flow, by OVN-Kubernetes' and OpenShift-SDN's
-//! rules (CNI-RULES.md): decode Geneve and its OVN option, name pods by (datapath, port key)
+//! rules (docs/cni-rules.md): decode Geneve and its OVN option, name pods by (datapath, port key)
 //! when the southbound database is known and by inner addresses otherwise; the management
 //! port, router port, join, transit and masquerade addresses are the node; stitch a ClusterIP
 //! to its backend by fingerprint (the SDK); OpenShift-SDN's VXLAN VNI is the project's NETID.
