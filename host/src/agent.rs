@@ -1,4 +1,6 @@
-//! `cniscope run`: live capture through the same pipeline as replay.
+//! Live capture: [`Capture`] (the probes of this process's nodes, the interfaces they follow,
+//! the windows they drain) and `cniscope run`'s [`Agent`], which feeds them through the same
+//! pipeline as replay. Cluster mode's agent publishes the same windows instead.
 //!
 //! One [`NodeProbe`] per node namespace (in production, the agent's own node; in the lab, one
 //! namespace per emulated node). Interfaces that appear and match what the plugins asked for
@@ -11,8 +13,9 @@ use crate::health::{Health, HealthSource};
 use crate::inventory::Inventory;
 use crate::pipeline::Pipeline;
 use crate::plugins::bindings::wit;
-use crate::plugins::{PluginEngine, PluginError};
-use crate::sources::aggregate::{IfaceKind, PointTable};
+use crate::plugins::{PluginEngine, PluginError, PluginInstance};
+use crate::sources::aggregate::{IfaceKind, Observation, PointTable};
+use crate::sources::decode::Decoding;
 use crate::sources::live::netns::{LinkWatch, glob, wait_for_links};
 use crate::sources::live::{LiveError, NodeProbe, ProbeSettings, clock_offset_ns};
 use crate::topology::TopologyDoc;
@@ -69,9 +72,11 @@ const RESCAN_EVERY: Duration = Duration::from_secs(2);
 /// How long the agent waits for link events before looking at the stop flag and the clock.
 const WAKE_EVERY: Duration = Duration::from_millis(50);
 
-pub struct Agent {
+/// The probes of every node this process watches, the interfaces they follow and the
+/// windows they drain: live capture, whoever consumes it (the single-process [`Agent`], or
+/// cluster mode's publisher).
+pub struct Capture {
     nodes: Vec<Node>,
-    pipeline: Pipeline,
     points: PointTable,
     clock_offset: i64,
     interval: Duration,
@@ -81,7 +86,7 @@ pub struct Agent {
     _bpf_stats: Option<std::os::fd::OwnedFd>,
 }
 
-impl HealthSource for Agent {
+impl HealthSource for Capture {
     /// Each probe's counters and losses, and the interfaces that could not be attached.
     fn report(&self, health: &mut Health) {
         for n in &self.nodes {
@@ -94,24 +99,23 @@ impl HealthSource for Agent {
     }
 }
 
-impl Agent {
-    /// Loads the plugins and one probe per node.
+impl Capture {
+    /// One probe per node of `settings.agent`, decoding `decoding`, attaching to the
+    /// interfaces the plugins ask for (their descriptions) and each node's own `ifaces`.
     pub fn new(
-        engine: &PluginEngine,
         settings: &Settings,
-        inventory: Inventory,
-    ) -> Result<Agent, AgentError> {
-        let pipeline = Pipeline::new(engine, &settings.plugins, inventory)?;
+        plugins: &[PluginInstance],
+        decoding: Decoding,
+    ) -> Result<Capture, LiveError> {
         let probe_settings = ProbeSettings {
             flow_entries: settings.agent.flow_entries,
             ringbuf_bytes: settings.agent.ringbuf_bytes,
             cache_slots: settings.agent.flow_cache_slots,
             baseline: settings.agent.baseline_probe,
-            decoding: pipeline.decoding(&settings.decoding),
+            decoding,
             ..ProbeSettings::default()
         };
-        let from_plugins: Vec<Wanted> = pipeline
-            .plugins
+        let from_plugins: Vec<Wanted> = plugins
             .iter()
             .flat_map(|p| {
                 p.description.capture.iter().map(|c| Wanted {
@@ -150,16 +154,37 @@ impl Agent {
         } else {
             None
         };
-        Ok(Agent {
+        Ok(Capture {
             _bpf_stats: bpf_stats,
             nodes,
-            pipeline,
             points: PointTable::default(),
             clock_offset: clock_offset_ns(),
             interval: settings.agent.interval,
             duration: settings.agent.duration,
             attach_errors: Vec::new(),
         })
+    }
+
+    /// The names of the nodes watched.
+    pub fn node_names(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.probe.node.clone()).collect()
+    }
+
+    /// The capture points the drained observations refer to.
+    pub fn points(&self) -> &PointTable {
+        &self.points
+    }
+
+    /// One node's probe health: its counters and losses, as the topology's health has them.
+    pub fn node_health(&self, node: &str) -> Health {
+        let mut health = Health::default();
+        for n in self.nodes.iter().filter(|n| n.probe.node == node) {
+            match n.probe.counters() {
+                Ok(c) => c.report(node, &mut health),
+                Err(e) => health.errors.push(e.to_string()),
+            }
+        }
+        health
     }
 
     /// Attaches to every wanted interface not attached yet; forgets the ones that are gone.
@@ -200,21 +225,13 @@ impl Agent {
         added
     }
 
-    /// Drains every probe into the plugins: one window.
-    pub fn tick(&mut self) -> Result<(), AgentError> {
+    /// Drains every probe: one window's observations.
+    pub fn drain(&mut self) -> Result<Vec<Observation>, LiveError> {
         let mut all = Vec::new();
         for n in &mut self.nodes {
             all.extend(n.probe.drain(&mut self.points, self.clock_offset)?);
         }
-        self.pipeline.window(&self.points, &all, now_ns());
-        Ok(())
-    }
-
-    /// The topology so far, with the probes' counters in `health.drops`.
-    pub fn doc(&self) -> TopologyDoc {
-        let mut health = Health::default();
-        self.report(&mut health);
-        self.pipeline.doc(health)
+        Ok(all)
     }
 
     pub fn attached(&self) -> Vec<(String, String)> {
@@ -229,14 +246,19 @@ impl Agent {
             .collect()
     }
 
-    /// Runs until `stop` is set or the configured duration passes; `publish` gets the topology
-    /// after every interval and once more at the end.
-    pub fn run(
+    /// Captures until `stop` is set or the configured duration passes; after every interval
+    /// (and once more at the end) `window` gets the capture, the window's observations and
+    /// its start and end (ns since the epoch), and says whether to go on.
+    pub fn run<E>(
         &mut self,
         stop: &AtomicBool,
-        mut publish: impl FnMut(&TopologyDoc),
-    ) -> Result<TopologyDoc, AgentError> {
+        mut window: impl FnMut(&mut Capture, Vec<Observation>, u64, u64) -> Result<(), E>,
+    ) -> Result<(), E>
+    where
+        E: From<LiveError>,
+    {
         let started = Instant::now();
+        let mut window_start = now_ns();
         self.follow_interfaces();
         loop {
             let next = Instant::now() + self.interval;
@@ -266,13 +288,64 @@ impl Agent {
                     rescan_at = Instant::now() + RESCAN_EVERY;
                 }
             }
-            self.tick()?;
-            let doc = self.doc();
-            publish(&doc);
+            let observations = self.drain()?;
+            let end = now_ns();
+            window(self, observations, window_start, end)?;
+            window_start = end;
             if last {
-                return Ok(doc);
+                return Ok(());
             }
             self.follow_interfaces();
         }
+    }
+}
+
+/// `cniscope run`: live capture through the plugins in this process.
+pub struct Agent {
+    pub capture: Capture,
+    pipeline: Pipeline,
+}
+
+impl Agent {
+    /// Loads the plugins and one probe per node.
+    pub fn new(
+        engine: &PluginEngine,
+        settings: &Settings,
+        inventory: Inventory,
+    ) -> Result<Agent, AgentError> {
+        let pipeline = Pipeline::new(engine, &settings.plugins, inventory)?;
+        let decoding = pipeline.decoding(&settings.decoding);
+        let capture = Capture::new(settings, &pipeline.plugins, decoding)?;
+        Ok(Agent { capture, pipeline })
+    }
+
+    /// The topology so far, with the probes' counters in `health.drops`.
+    pub fn doc(&self) -> TopologyDoc {
+        let mut health = Health::default();
+        self.capture.report(&mut health);
+        self.pipeline.doc(health)
+    }
+
+    pub fn attached(&self) -> Vec<(String, String)> {
+        self.capture.attached()
+    }
+
+    /// Runs until `stop` is set or the configured duration passes; `publish` gets the topology
+    /// after every interval and once more at the end.
+    pub fn run(
+        &mut self,
+        stop: &AtomicBool,
+        mut publish: impl FnMut(&TopologyDoc),
+    ) -> Result<TopologyDoc, AgentError> {
+        let pipeline = &mut self.pipeline;
+        self.capture
+            .run(stop, |capture, observations, _start, end| {
+                pipeline.window(capture.points(), &observations, end);
+                let mut health = Health::default();
+                capture.report(&mut health);
+                publish(&pipeline.doc(health));
+                Ok::<(), AgentError>(())
+            })?;
+        Ok(self.doc())
     }
 }

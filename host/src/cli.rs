@@ -1,6 +1,8 @@
 //! The commands and their arguments. Each command's work is in its own module; what is
 //! shared between modes (loading, the pipeline, health) is in the library (`cniscope::modes`).
 
+#[cfg(feature = "cluster")]
+mod cluster;
 mod config_check;
 #[cfg(feature = "lab")]
 mod lab;
@@ -10,6 +12,7 @@ mod output;
 mod plugin;
 mod plugin_test;
 mod replay;
+mod signals;
 
 use clap::{Parser, Subcommand};
 use cniscope::config::{ConfigError, EXIT_CONFIG};
@@ -40,6 +43,27 @@ enum Command {
     /// `agent.duration_secs`.
     #[cfg(feature = "live")]
     Run {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// kubectl JSON dumps, besides the config's `[inventory] files`.
+        #[arg(long = "inventory", short = 'i')]
+        inventories: Vec<PathBuf>,
+        #[arg(long, short = 'f')]
+        format: Option<Format>,
+    },
+    /// Cluster mode: capture live with the eBPF probes (root) and publish each interval's
+    /// observations to NATS JetStream (`[nats]`), for `cniscope aggregate`. Stops on
+    /// SIGINT/SIGTERM or after `agent.duration_secs`.
+    #[cfg(all(feature = "live", feature = "cluster"))]
+    Agent {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+    },
+    /// Cluster mode: every node's observations from NATS JetStream, assembled into windows by
+    /// event time, through the plugins; writes `aggregate.output_file` after every window and
+    /// prints the topology at exit (SIGINT/SIGTERM).
+    #[cfg(feature = "cluster")]
+    Aggregate {
         #[arg(long, short = 'c')]
         config: PathBuf,
         /// kubectl JSON dumps, besides the config's `[inventory] files`.
@@ -180,6 +204,14 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             inventories,
             format,
         } => live::run(&config, &inventories, format),
+        #[cfg(all(feature = "live", feature = "cluster"))]
+        Command::Agent { config } => cluster::agent(&config),
+        #[cfg(feature = "cluster")]
+        Command::Aggregate {
+            config,
+            inventories,
+            format,
+        } => cluster::aggregate(&config, &inventories, format),
         #[cfg(all(feature = "live", feature = "lab"))]
         Command::Demo {
             scenario,

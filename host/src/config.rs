@@ -7,7 +7,9 @@
 //! - `[inventory]`: what names the cluster (`files`: kubectl dumps): replay and run.
 //! - `[decode]`: tunnel ports beyond the plugins' own needs: replay and live capture alike.
 //! - `[replay]`: the window and the capture files of a replay.
-//! - `[agent]`: live capture (`cniscope run`).
+//! - `[agent]`: live capture (`cniscope run`, `cniscope agent`).
+//! - `[nats]`: the broker of cluster mode (`cniscope agent`, `cniscope aggregate`).
+//! - `[aggregate]`: the aggregator's windows and output (`cniscope aggregate`).
 //! - `[output]`: the output format.
 
 mod locate;
@@ -39,6 +41,8 @@ pub struct Sections {
     pub replay: ReplaySection,
     pub output: OutputSection,
     pub agent: AgentSection,
+    pub nats: NatsSection,
+    pub aggregate: AggregateSection,
 }
 
 /// The top-level sections a config may have.
@@ -50,7 +54,89 @@ const SECTIONS: &[&str] = &[
     "replay",
     "output",
     "agent",
+    "nats",
+    "aggregate",
 ];
+
+/// `[nats]`: how agents and the aggregator reach NATS JetStream. Key names follow the `nats`
+/// command line's flags (`--creds`, `--nkey`, `--user`, `--password`, `--tlscert`, ...).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSection {
+    /// `nats://host:port` (several, comma-separated, for a cluster).
+    pub url: Option<Spanned<String>>,
+    /// A credentials file (JWT and NKey seed), relative to this file.
+    pub creds: Option<Spanned<String>>,
+    /// A file holding an NKey seed.
+    pub nkey: Option<Spanned<String>>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub tlscert: Option<Spanned<String>>,
+    pub tlskey: Option<Spanned<String>>,
+    /// CA certificate (PEM) the server's certificate must chain to; also turns TLS on.
+    pub tlsca: Option<Spanned<String>>,
+    /// Agents: batches kept in memory while the broker does not acknowledge them, in MiB;
+    /// what does not fit is dropped and counted.
+    #[serde(default = "default_buffer_mib")]
+    pub buffer_mib: Spanned<u64>,
+}
+
+fn default_buffer_mib() -> Spanned<u64> {
+    spanned(64)
+}
+
+impl Default for NatsSection {
+    fn default() -> Self {
+        NatsSection {
+            url: None,
+            creds: None,
+            nkey: None,
+            user: None,
+            password: None,
+            token: None,
+            tlscert: None,
+            tlskey: None,
+            tlsca: None,
+            buffer_mib: default_buffer_mib(),
+        }
+    }
+}
+
+/// `[aggregate]`: how the aggregator cuts event time into windows and where it writes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateSection {
+    /// Event-time window length: every node's batches ending in a window are stitched
+    /// together.
+    #[serde(default = "default_interval")]
+    pub interval_secs: Spanned<f64>,
+    /// How long a window waits for a node that has not reported past it; a node silent that
+    /// long is reported stale, and its batches for closed windows are counted, not merged.
+    #[serde(default = "default_lateness")]
+    pub max_lateness_secs: Spanned<f64>,
+    /// Where the topology is written after every window.
+    pub output_file: Option<String>,
+    /// The aggregator's checkpoint (the topology so far and the last window written); a
+    /// restart continues from it. Default: `cniscope-aggregate.state` beside this file.
+    pub state_file: Option<String>,
+}
+
+fn default_lateness() -> Spanned<f64> {
+    spanned(10.0)
+}
+
+impl Default for AggregateSection {
+    fn default() -> Self {
+        AggregateSection {
+            interval_secs: default_interval(),
+            max_lateness_secs: default_lateness(),
+            output_file: None,
+            state_file: None,
+        }
+    }
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -357,6 +443,44 @@ pub struct Settings {
     /// From `[inventory] files`.
     pub inventories: Vec<PathBuf>,
     pub agent: AgentSettings,
+    /// `[nats]`, when the file has a `url`.
+    pub nats: Option<NatsSettings>,
+    pub aggregate: AggregateSettings,
+}
+
+/// Validated `[nats]`.
+#[derive(Debug, Clone, Default)]
+pub struct NatsSettings {
+    pub url: String,
+    pub creds: Option<PathBuf>,
+    pub nkey: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub buffer_bytes: usize,
+}
+
+/// Validated `[aggregate]`.
+#[derive(Debug, Clone)]
+pub struct AggregateSettings {
+    pub interval: Duration,
+    pub max_lateness: Duration,
+    pub output_file: Option<PathBuf>,
+    pub state_file: PathBuf,
+}
+
+impl Default for AggregateSettings {
+    fn default() -> Self {
+        AggregateSettings {
+            interval: Duration::from_secs(5),
+            max_lateness: Duration::from_secs(10),
+            output_file: None,
+            state_file: PathBuf::from("cniscope-aggregate.state"),
+        }
+    }
 }
 
 /// Validated `[agent]`.
@@ -414,6 +538,8 @@ impl Settings {
             captures: Vec::new(),
             inventories: Vec::new(),
             agent: AgentSettings::default(),
+            nats: None,
+            aggregate: AggregateSettings::default(),
         }
     }
 }
@@ -482,6 +608,8 @@ fn read_sections(text: &str, problems: &mut validate::Problems) -> Sections {
             "replay" => sections.replay = read(value, problems),
             "output" => sections.output = read(value, problems),
             "agent" => sections.agent = read(value, problems),
+            "nats" => sections.nats = read(value, problems),
+            "aggregate" => sections.aggregate = read(value, problems),
             other => problems.at(
                 span,
                 other,

@@ -17,6 +17,28 @@ pub struct Health {
     /// Live capture: each node's probe counters.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub probes: BTreeMap<String, ProbeCounters>,
+    /// Cluster mode: the aggregator's windows and what it could not merge.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<AggregateHealth>,
+}
+
+/// The aggregator's view: windows written, batches that came too late or twice, messages it
+/// could not read, nodes that went silent.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct AggregateHealth {
+    pub windows_written: u64,
+    /// Batches (and their observations) whose window was written before they arrived:
+    /// counted, not merged.
+    pub late_batches: u64,
+    pub late_observations: u64,
+    /// Copies of batches already held (a re-send JetStream did not de-duplicate).
+    pub duplicate_batches: u64,
+    /// Messages that are no observation batch of this version, by reason.
+    pub bad_messages: BTreeMap<String, u64>,
+    /// Nodes not heard from for longer than `max_lateness_secs`.
+    pub stale_nodes: Vec<String>,
+    /// Batches waiting for their window.
+    pub held_batches: u64,
 }
 
 impl Health {
@@ -41,7 +63,7 @@ pub trait HealthSource {
 }
 
 /// What a probe could not record, and what it saw, since load.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ProbeCounters {
     pub packets: u64,
     pub ringbuf_full: u64,

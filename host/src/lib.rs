@@ -2,6 +2,7 @@
 
 #[cfg(feature = "live")]
 pub mod agent;
+pub mod cluster;
 pub mod config;
 pub mod health;
 pub mod inventory;

@@ -12,7 +12,7 @@ use crate::plugins::{PluginEngine, PluginError, PluginInstance, convert};
 use crate::sources::aggregate::{Observation, PointTable};
 use crate::sources::decode::Decoding;
 use crate::topology::resolve::Resolver;
-use crate::topology::{Health, Topology, TopologyDoc};
+use crate::topology::{Health, Topology, TopologyDoc, TopologySnapshot};
 
 pub const MAX_BATCH: usize = 16_384;
 
@@ -86,6 +86,16 @@ impl Pipeline {
         for f in &flows {
             self.topology.add_batch(&self.resolver, f);
         }
+    }
+
+    /// The topology so far, to be checkpointed.
+    pub fn snapshot(&self) -> TopologySnapshot {
+        self.topology.snapshot()
+    }
+
+    /// Continues from a checkpointed topology.
+    pub fn restore(&mut self, snapshot: TopologySnapshot) {
+        self.topology = Topology::restore(snapshot);
     }
 
     pub fn doc(&self, mut health: Health) -> TopologyDoc {

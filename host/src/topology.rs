@@ -7,13 +7,13 @@ pub use crate::health::Health;
 use crate::plugins::bindings::wit;
 use cniscope_common::ipproto;
 use resolve::Resolver;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A named endpoint: `pod/<ns>/<name>`, `node/<name>`, `service/<ns>/<name>`,
 /// `external/<ip>` or `unknown/<ip>`.
 /// What an endpoint is; the first part of its id.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum EndpointKind {
     Pod,
@@ -37,7 +37,7 @@ impl EndpointKind {
     }
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NodeEntry {
     pub id: String,
     pub kind: EndpointKind,
@@ -52,8 +52,8 @@ pub struct NodeEntry {
     pub ips: BTreeSet<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct EdgeKey {
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EdgeKey {
     src: String,
     dst: String,
     service: Option<String>,
@@ -96,7 +96,8 @@ pub struct TopologyDoc {
     pub health: Health,
 }
 
-struct EdgeAcc {
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EdgeAcc {
     packets: u64,
     bytes: u64,
     first_ns: u64,
@@ -111,6 +112,16 @@ struct EdgeAcc {
 pub struct Topology {
     nodes: BTreeMap<String, NodeEntry>,
     edges: BTreeMap<EdgeKey, EdgeAcc>,
+    start_ns: u64,
+    end_ns: u64,
+}
+
+/// Everything a [`Topology`] holds, to be written down and read back (the aggregator's
+/// checkpoint): a restart continues the same sums.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TopologySnapshot {
+    nodes: Vec<NodeEntry>,
+    edges: Vec<(EdgeKey, EdgeAcc)>,
     start_ns: u64,
     end_ns: u64,
 }
@@ -132,6 +143,28 @@ pub fn protocol_name(p: u8) -> String {
 }
 
 impl Topology {
+    pub fn snapshot(&self) -> TopologySnapshot {
+        TopologySnapshot {
+            nodes: self.nodes.values().cloned().collect(),
+            edges: self
+                .edges
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            start_ns: self.start_ns,
+            end_ns: self.end_ns,
+        }
+    }
+
+    pub fn restore(s: TopologySnapshot) -> Topology {
+        Topology {
+            nodes: s.nodes.into_iter().map(|n| (n.id.clone(), n)).collect(),
+            edges: s.edges.into_iter().collect(),
+            start_ns: s.start_ns,
+            end_ns: s.end_ns,
+        }
+    }
+
     /// Adds a plugin's flows; endpoints are named at each flow's time. A batch whose columns
     /// disagree in length is malformed: the flows past the shortest column are dropped.
     pub fn add_batch(&mut self, resolver: &Resolver, b: &wit::FlowBatch) {

@@ -1,5 +1,8 @@
 //! cniscope's TC probes: observe every packet on the interfaces they are attached to, never
-//! change or drop one (always TC_ACT_OK), and aggregate per flow per interface in kernel maps.
+//! change or drop one, and aggregate per flow per interface in kernel maps. Every program
+//! returns TC_ACT_UNSPEC (TCX_NEXT): the packet goes on to the next program on the hook (a
+//! CNI's own, another observer's) and, after the last, passes. TC_ACT_OK would end the chain
+//! there and skip the programs attached after ours.
 //!
 //! **Invariant:** the probe never drops a packet, only observations, and counts each one it
 //! could not record (`COUNTERS`).
@@ -13,7 +16,7 @@ mod mem;
 mod parse;
 mod wire;
 
-use aya_ebpf::bindings::{BPF_NOEXIST, TC_ACT_OK};
+use aya_ebpf::bindings::{BPF_NOEXIST, TC_ACT_UNSPEC};
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_ns};
 use aya_ebpf::macros::{classifier, map};
 use aya_ebpf::maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf};
@@ -84,20 +87,20 @@ static L3_IFACES: Array<u8> = Array::with_max_entries(cniscope_common::MAX_L3_IF
 #[classifier]
 pub fn cniscope_ingress(ctx: TcContext) -> i32 {
     observe(&ctx, direction::INGRESS);
-    TC_ACT_OK
+    TC_ACT_UNSPEC
 }
 
 #[classifier]
 pub fn cniscope_egress(ctx: TcContext) -> i32 {
     observe(&ctx, direction::EGRESS);
-    TC_ACT_OK
+    TC_ACT_UNSPEC
 }
 
 /// Does nothing: attached instead of the probes (agent setting `baseline_probe`), it shows
 /// what the hook and bpf_stats' own clock reads cost, the floor under the probes' figure.
 #[classifier]
 pub fn cniscope_baseline(_ctx: TcContext) -> i32 {
-    TC_ACT_OK
+    TC_ACT_UNSPEC
 }
 
 #[inline(always)]

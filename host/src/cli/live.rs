@@ -9,28 +9,8 @@ use cniscope::modes::load_inventory;
 use cniscope::plugins::PluginEngine;
 use cniscope::sinks::{Format, render};
 use std::path::{Path, PathBuf};
+use super::signals::{STOP, stop_on_signals};
 use std::sync::atomic::{AtomicBool, Ordering};
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
-/// SIGINT and SIGTERM set `STOP`: the agent finishes its window, prints and exits cleanly.
-fn stop_on_signals() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            on_stop_signal as *const () as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGTERM,
-            on_stop_signal as *const () as libc::sighandler_t,
-        );
-    }
-}
 
 pub fn run(
     config_path: &Path,

@@ -131,6 +131,8 @@ pub fn settings(s: Sections, base: &Path, p: &mut Problems) -> Settings {
     let decoding = decode_section(&s.decode, p);
     let (window_ns, captures) = replay_section(&s.replay, base, p);
     let agent = agent_section(&s.agent, base, p);
+    let nats = nats_section(&s.nats, base, p);
+    let aggregate = aggregate_section(&s.aggregate, base, p);
     Settings {
         plugins,
         cache_dir: match s.plugins.cache_dir.as_deref() {
@@ -145,6 +147,76 @@ pub fn settings(s: Sections, base: &Path, p: &mut Problems) -> Settings {
         captures,
         inventories,
         agent,
+        nats,
+        aggregate,
+    }
+}
+
+fn nats_section(s: &NatsSection, base: &Path, p: &mut Problems) -> Option<NatsSettings> {
+    p.within(&s.buffer_mib, "nats.buffer_mib", 1..=4096, " MiB");
+    let mut file = |f: &Option<Spanned<String>>, key: &str| {
+        f.as_ref().map(|f| p.file(base, f, &format!("nats.{key}")))
+    };
+    let creds = file(&s.creds, "creds");
+    let nkey = file(&s.nkey, "nkey");
+    let tls_cert = file(&s.tlscert, "tlscert");
+    let tls_key = file(&s.tlskey, "tlskey");
+    let tls_ca = file(&s.tlsca, "tlsca");
+    if s.tlscert.is_some() != s.tlskey.is_some() {
+        let span = s.tlscert.as_ref().or(s.tlskey.as_ref()).map(|v| v.span());
+        p.at(
+            span.unwrap_or(0..0),
+            "nats.tlscert",
+            "a client certificate needs its key: give tlscert and tlskey together".into(),
+        );
+    }
+    let url = s.url.as_ref()?;
+    for one in url.get_ref().split(',').map(str::trim) {
+        let ok = one
+            .split_once("://")
+            .is_some_and(|(scheme, rest)| {
+                matches!(scheme, "nats" | "tls" | "ws" | "wss") && !rest.is_empty()
+            });
+        if !ok {
+            p.at(
+                url.span(),
+                "nats.url",
+                format!("{one:?} is not a NATS URL: use nats://host:port"),
+            );
+        }
+    }
+    Some(NatsSettings {
+        url: url.get_ref().clone(),
+        creds,
+        nkey,
+        user: s.user.clone(),
+        password: s.password.clone(),
+        token: s.token.clone(),
+        tls_cert,
+        tls_key,
+        tls_ca,
+        buffer_bytes: (*s.buffer_mib.get_ref() as usize) << 20,
+    })
+}
+
+fn aggregate_section(s: &AggregateSection, base: &Path, p: &mut Problems) -> AggregateSettings {
+    p.seconds(&s.interval_secs, "aggregate.interval_secs", 3600.0, false);
+    p.seconds(
+        &s.max_lateness_secs,
+        "aggregate.max_lateness_secs",
+        3600.0,
+        true,
+    );
+    let secs = |v: &Spanned<f64>| Duration::try_from_secs_f64(*v.get_ref()).unwrap_or_default();
+    AggregateSettings {
+        interval: secs(&s.interval_secs),
+        max_lateness: secs(&s.max_lateness_secs),
+        output_file: s.output_file.as_ref().map(|f| base.join(f)),
+        state_file: base.join(
+            s.state_file
+                .as_deref()
+                .unwrap_or("cniscope-aggregate.state"),
+        ),
     }
 }
 

@@ -1,4 +1,7 @@
 use crate::support::*;
+
+/// TC_ACT_UNSPEC (TCX_NEXT): what every probe program returns.
+const TC_ACT_UNSPEC: i32 = -1;
 use cniscope::sources::aggregate::{Aggregator, Observation, PointTable};
 use cniscope::sources::decode::{Decoding, LinkType, decode, tunnel};
 use cniscope::sources::live::{NodeProbe, ProbeSettings, test_run};
@@ -189,7 +192,10 @@ fn assert_agree(
         let f = &f[..f.len().min(3000)];
         let rc = test_run::run(probe.ingress_program(), f)
             .unwrap_or_else(|e| panic!("{name} frame {i}: test run: {e}"));
-        assert_eq!(rc, 0, "the probe never changes a packet's fate (TC_ACT_OK)");
+        assert_eq!(
+            rc as i32, TC_ACT_UNSPEC,
+            "the probe never decides a packet's fate (TC_ACT_UNSPEC: on to the next program)"
+        );
         // Frames neither side can read (not IP, malformed) are observations of neither.
         if let Ok(d) = decode(LinkType::Ethernet, f, decoding) {
             agg.add(0, &d, i as u64);
@@ -230,7 +236,7 @@ fn the_baseline_program_passes_every_packet_and_records_nothing() {
     assert!(!frames.is_empty());
     for f in frames.iter().filter(|f| f.len() >= 14) {
         let rc = test_run::run(probe.ingress_program(), &f[..f.len().min(3000)]).unwrap();
-        assert_eq!(rc, 0, "TC_ACT_OK");
+        assert_eq!(rc as i32, TC_ACT_UNSPEC, "on to the next program");
     }
     let mut points = PointTable::default();
     assert!(probe.drain(&mut points, 0).unwrap().is_empty());

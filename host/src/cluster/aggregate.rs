@@ -1,0 +1,319 @@
+//! `cniscope aggregate`: every node's observations from JetStream, assembled into windows by
+//! event time (`windows.rs`), through the plugins, into one topology.
+//!
+//! **The ack rule.** A batch is acknowledged only after the window that holds it is written:
+//! first the checkpoint (the topology so far, the window's number and the identities of its
+//! batches), then the output file, then the acknowledgements. Killed at any moment, the
+//! aggregator restarts from its checkpoint: JetStream redelivers every batch not
+//! acknowledged; those of the checkpoint's last window are recognised by identity and only
+//! acknowledged (nothing counted twice), the others are assembled again (nothing lost).
+
+use super::nats::{self, NatsError};
+use super::windows::{BatchId, NodeState, Placement, WindowCounters, Windows};
+use super::wire::NodeBatch;
+use super::{CONSUMER, TOPOLOGY_SUBJECT};
+use crate::config::{NatsSettings, Settings};
+use crate::health::{AggregateHealth, Health};
+use crate::modes::load_inventory;
+use crate::pipeline::Pipeline;
+use crate::plugins::{PluginEngine, PluginError};
+use crate::sinks::{Format, render};
+use crate::sources::aggregate::PointTable;
+use crate::topology::{TopologyDoc, TopologySnapshot};
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::{AckPolicy, pull};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum AggregateError {
+    #[error("loading the inventory: {0}")]
+    Inventory(#[from] crate::inventory::kubectl::InventoryError),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    /// The checkpoint could not be read or written: going on would lose or repeat counts.
+    #[error("checkpoint {path}: {detail}")]
+    Checkpoint { path: String, detail: String },
+    #[error("nats consumer {CONSUMER}: {0}")]
+    Consumer(String),
+    #[error("starting the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Bumped when the checkpoint's shape changes.
+const CHECKPOINT_VERSION: u32 = 1;
+
+/// What survives a restart.
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    version: u32,
+    last_window: u64,
+    batches: BTreeSet<BatchId>,
+    topology: TopologySnapshot,
+    nodes: BTreeMap<String, NodeState>,
+    counters: WindowCounters,
+    bad_messages: BTreeMap<String, u64>,
+}
+
+/// Messages fetched per request, and how long a request waits for them.
+const FETCH_MAX: usize = 1000;
+const FETCH_WAIT: Duration = Duration::from_millis(200);
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The aggregator's state between windows.
+struct Aggregator {
+    pipeline: Pipeline,
+    points: PointTable,
+    windows: Windows<async_nats::jetstream::Message>,
+    bad_messages: BTreeMap<String, u64>,
+    state_file: PathBuf,
+    output_file: Option<PathBuf>,
+}
+
+impl Aggregator {
+    fn checkpoint(&self) -> Result<(), AggregateError> {
+        let Some((last_window, batches)) = self.windows.last_written() else {
+            return Ok(());
+        };
+        let c = Checkpoint {
+            version: CHECKPOINT_VERSION,
+            last_window,
+            batches: batches.clone(),
+            topology: self.pipeline.snapshot(),
+            nodes: self.windows.nodes.clone(),
+            counters: self.windows.counters.clone(),
+            bad_messages: self.bad_messages.clone(),
+        };
+        let bytes = serde_json::to_vec(&c).map_err(|e| self.checkpoint_error(e.to_string()))?;
+        write_atomically(&self.state_file, &bytes).map_err(|e| self.checkpoint_error(e.to_string()))
+    }
+
+    fn checkpoint_error(&self, detail: String) -> AggregateError {
+        AggregateError::Checkpoint {
+            path: self.state_file.display().to_string(),
+            detail,
+        }
+    }
+
+    fn restore(&mut self) -> Result<(), AggregateError> {
+        let bytes = match std::fs::read(&self.state_file) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.checkpoint_error(e.to_string())),
+        };
+        let c: Checkpoint =
+            serde_json::from_slice(&bytes).map_err(|e| self.checkpoint_error(e.to_string()))?;
+        if c.version != CHECKPOINT_VERSION {
+            return Err(self.checkpoint_error(format!(
+                "version {}, this aggregator writes {CHECKPOINT_VERSION}",
+                c.version
+            )));
+        }
+        tracing::info!(window = c.last_window, "resuming from the checkpoint");
+        self.pipeline.restore(c.topology);
+        self.windows.resume(c.last_window, c.batches);
+        self.windows.nodes = c.nodes;
+        self.windows.counters = c.counters;
+        self.bad_messages = c.bad_messages;
+        Ok(())
+    }
+
+    /// The topology with the nodes' and the aggregator's health.
+    fn doc(&self, now: u64) -> TopologyDoc {
+        let mut health = Health::default();
+        for (node, state) in &self.windows.nodes {
+            for (reason, n) in &state.health.drops {
+                health.drops.insert(reason.clone(), *n);
+            }
+            for e in &state.health.errors {
+                health.errors.push(format!("{node}: {e}"));
+            }
+            if let Some(p) = &state.health.probe {
+                health.probes.insert(node.clone(), p.clone());
+            }
+        }
+        let stale = self.windows.stale(now);
+        for node in &stale {
+            health.errors.push(format!(
+                "node {node} is stale: no batch for longer than max_lateness_secs"
+            ));
+        }
+        health.aggregate = Some(AggregateHealth {
+            windows_written: self.windows.counters.windows_written,
+            late_batches: self.windows.counters.late_batches,
+            late_observations: self.windows.counters.late_observations,
+            duplicate_batches: self.windows.counters.duplicate_batches,
+            bad_messages: self.bad_messages.clone(),
+            stale_nodes: stale,
+            held_batches: self.windows.held_batches() as u64,
+        });
+        self.pipeline.doc(health)
+    }
+
+    /// Takes one message: a batch to assemble, or one to acknowledge at once.
+    async fn take(&mut self, msg: async_nats::jetstream::Message, now: u64) {
+        let batch = match NodeBatch::decode(&msg.payload) {
+            Ok(b) => b,
+            Err(e) => {
+                let reason = match &e {
+                    super::wire::WireError::Magic => "not an observation batch",
+                    super::wire::WireError::Version { .. } => "another wire version",
+                    super::wire::WireError::Body(_) => "body does not decode",
+                };
+                let seen = self.bad_messages.entry(reason.into()).or_default();
+                *seen += 1;
+                if *seen == 1 || seen.is_power_of_two() {
+                    tracing::error!(subject = %msg.subject, "rejected message ({seen} so far): {e}");
+                }
+                // Never redelivered: it would fail the same way.
+                let _ = msg.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        match self.windows.offer(batch, msg, now) {
+            Placement::Held | Placement::Duplicate => {}
+            Placement::AlreadyWritten(m) => ack(m).await,
+            Placement::Late(m) => {
+                tracing::warn!("a batch arrived after its window was written: counted as late");
+                ack(m).await;
+            }
+        }
+    }
+
+    /// Writes every window that may close (all held ones when `force`).
+    async fn close_windows(
+        &mut self,
+        client: &async_nats::Client,
+        force: bool,
+    ) -> Result<(), AggregateError> {
+        let now = now_ns();
+        while let Some((k, batches, copies)) = self.windows.next_closed(now, force) {
+            let mut observations = Vec::new();
+            for (b, _) in &batches {
+                observations.extend(b.observations_into(&mut self.points));
+            }
+            let end = self.windows.window_end_ns(k);
+            self.pipeline.window(&self.points, &observations, end);
+            self.checkpoint()?;
+            let doc = self.doc(now);
+            let json = render(&doc, Format::Json);
+            if let Some(path) = &self.output_file
+                && let Err(e) = write_atomically(path, json.as_bytes())
+            {
+                tracing::warn!("writing {}: {e}", path.display());
+            }
+            if let Err(e) = client.publish(TOPOLOGY_SUBJECT, json.into()).await {
+                tracing::warn!("publishing the topology: {e}");
+            }
+            for (_, m) in batches {
+                ack(m).await;
+            }
+            for m in copies {
+                ack(m).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Acknowledges and waits for the broker to confirm, so a written window is not redelivered.
+async fn ack(m: async_nats::jetstream::Message) {
+    if let Err(e) = m.double_ack().await {
+        // The checkpoint already holds it: a redelivery is recognised and only acknowledged.
+        tracing::warn!("acknowledging a batch: {e}");
+    }
+}
+
+/// Runs until `stop`; then writes what is held and returns the topology.
+pub fn run(
+    settings: &Settings,
+    nats: &NatsSettings,
+    stop: &'static AtomicBool,
+) -> Result<TopologyDoc, AggregateError> {
+    let inventory = load_inventory(&settings.inventories)?;
+    let engine = PluginEngine::new(settings.cache_dir.clone())?;
+    let pipeline = Pipeline::new(&engine, &settings.plugins, inventory)?;
+    let a = &settings.aggregate;
+    let mut agg = Aggregator {
+        pipeline,
+        points: PointTable::default(),
+        windows: Windows::new(a.interval.as_nanos() as u64, a.max_lateness.as_nanos() as u64),
+        bad_messages: BTreeMap::new(),
+        state_file: a.state_file.clone(),
+        output_file: a.output_file.clone(),
+    };
+    agg.restore()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AggregateError::Runtime)?;
+    runtime.block_on(async {
+        let client = nats::connect(nats, "cniscope-aggregate", stop).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let stream = nats::observation_stream(&js).await?;
+        // A batch waits for its window: the interval, the lateness allowed, and slack.
+        let ack_wait = a.interval + a.max_lateness + Duration::from_secs(60);
+        let consumer = stream
+            .get_or_create_consumer(
+                CONSUMER,
+                pull::Config {
+                    durable_name: Some(CONSUMER.into()),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait,
+                    max_ack_pending: 100_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| AggregateError::Consumer(e.to_string()))?;
+        while !stop.load(Ordering::Relaxed) {
+            match consumer
+                .fetch()
+                .max_messages(FETCH_MAX)
+                .expires(FETCH_WAIT)
+                .messages()
+                .await
+            {
+                Ok(mut messages) => {
+                    while let Some(m) = messages.next().await {
+                        match m {
+                            Ok(m) => agg.take(m, now_ns()).await,
+                            Err(e) => {
+                                tracing::warn!("fetching from {CONSUMER}: {e}");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("fetching from {CONSUMER}: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            agg.close_windows(&client, false).await?;
+        }
+        agg.close_windows(&client, true).await?;
+        let _ = client.flush().await;
+        Ok::<(), AggregateError>(())
+    })?;
+    Ok(agg.doc(now_ns()))
+}

@@ -1,0 +1,248 @@
+//! The aggregator's windows: every node's batches, assembled by event time.
+//!
+//! Window `k` holds the batches whose interval ends in `[k * interval, (k + 1) * interval)`.
+//! It **closes** when every live node has reported past its end (a node's watermark is the
+//! end of its last complete interval), or when `max_lateness` has passed since its end. A node
+//! not heard from for `max_lateness` is **stale**: it no longer holds windows open, and health
+//! names it. A batch for a window that has closed is **late**: counted, never merged into a
+//! written window. Each batch carries its message's acknowledgement handle `M`, handed back
+//! with the window, so the caller acknowledges only what is written.
+
+use super::wire::NodeBatch;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A batch's identity: its node, its agent's instance, interval and chunk.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BatchId {
+    pub node: String,
+    pub agent: u64,
+    pub window: u64,
+    pub chunk: u32,
+}
+
+impl BatchId {
+    pub fn of(b: &NodeBatch) -> BatchId {
+        BatchId {
+            node: b.node.clone(),
+            agent: b.agent,
+            window: b.window,
+            chunk: b.chunk,
+        }
+    }
+}
+
+/// What the assembler knows of a node.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodeState {
+    /// The end of its last complete interval (event time, ns).
+    pub watermark_ns: u64,
+    /// When it was last heard from (wall time, ns).
+    pub heard_ns: u64,
+    /// Its health as of its last batch.
+    pub health: super::wire::NodeHealth,
+}
+
+/// Where an offered batch went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Placement<M> {
+    /// Held for its window.
+    Held,
+    /// Already part of a written window (a redelivery after a restart): acknowledge it.
+    AlreadyWritten(M),
+    /// Its window was written without it: counted; acknowledge it.
+    Late(M),
+    /// The same batch is already held (a re-sent message, or a redelivery while held): its
+    /// handle is handed back with the window, to be acknowledged when it is written.
+    Duplicate,
+}
+
+/// A closed window: its number, its batches with their handles, the handles of copies.
+pub type Closed<M> = (u64, Vec<(NodeBatch, M)>, Vec<M>);
+
+/// Counters the assembler keeps, for health.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowCounters {
+    pub windows_written: u64,
+    pub late_batches: u64,
+    pub late_observations: u64,
+    pub duplicate_batches: u64,
+}
+
+pub struct Windows<M> {
+    interval_ns: u64,
+    lateness_ns: u64,
+    /// The last window written, and the batches it held.
+    last_written: Option<(u64, BTreeSet<BatchId>)>,
+    held: BTreeMap<u64, Vec<(NodeBatch, M)>>,
+    held_ids: BTreeMap<BatchId, u64>,
+    /// Handles of copies of held batches, acknowledged with their window.
+    copies: BTreeMap<u64, Vec<M>>,
+    pub nodes: BTreeMap<String, NodeState>,
+    pub counters: WindowCounters,
+}
+
+impl<M> Windows<M> {
+    pub fn new(interval_ns: u64, lateness_ns: u64) -> Self {
+        Windows {
+            interval_ns: interval_ns.max(1),
+            lateness_ns,
+            last_written: None,
+            held: BTreeMap::new(),
+            held_ids: BTreeMap::new(),
+            copies: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            counters: WindowCounters::default(),
+        }
+    }
+
+    /// Continues after a checkpoint: the last window written and its batches.
+    pub fn resume(&mut self, window: u64, batches: BTreeSet<BatchId>) {
+        self.last_written = Some((window, batches));
+    }
+
+    pub fn last_written(&self) -> Option<(u64, &BTreeSet<BatchId>)> {
+        self.last_written.as_ref().map(|(k, ids)| (*k, ids))
+    }
+
+    /// The window a batch belongs to: the one its interval ends in.
+    pub fn window_of(&self, b: &NodeBatch) -> u64 {
+        b.end_ns.saturating_sub(1) / self.interval_ns
+    }
+
+    pub fn window_end_ns(&self, k: u64) -> u64 {
+        (k + 1).saturating_mul(self.interval_ns)
+    }
+
+    /// Takes a batch that arrived at wall time `now_ns`.
+    pub fn offer(&mut self, batch: NodeBatch, handle: M, now_ns: u64) -> Placement<M> {
+        let k = self.window_of(&batch);
+        let id = BatchId::of(&batch);
+        let node = self.nodes.entry(batch.node.clone()).or_default();
+        node.heard_ns = node.heard_ns.max(now_ns);
+        if batch.last {
+            node.watermark_ns = node.watermark_ns.max(batch.end_ns);
+        }
+        node.health = batch.health.clone();
+        if let Some((written, ids)) = &self.last_written
+            && k <= *written
+        {
+            if ids.contains(&id) {
+                return Placement::AlreadyWritten(handle);
+            }
+            self.counters.late_batches += 1;
+            self.counters.late_observations += batch.observations.len() as u64;
+            return Placement::Late(handle);
+        }
+        if let Some(&at) = self.held_ids.get(&id) {
+            self.counters.duplicate_batches += 1;
+            self.copies.entry(at).or_default().push(handle);
+            return Placement::Duplicate;
+        }
+        self.held_ids.insert(id, k);
+        self.held.entry(k).or_default().push((batch, handle));
+        Placement::Held
+    }
+
+    /// Nodes not heard from for `max_lateness` at `now_ns`.
+    pub fn stale(&self, now_ns: u64) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| now_ns.saturating_sub(n.heard_ns) > self.lateness_ns)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// The oldest held window, if it may close at `now_ns` (or `force`, at exit): every live
+    /// node reported past it, or it is `max_lateness` old. Returns its batches (sorted) and
+    /// the handles of their copies.
+    pub fn next_closed(&mut self, now_ns: u64, force: bool) -> Option<Closed<M>> {
+        let (&k, _) = self.held.iter().next()?;
+        let end = self.window_end_ns(k);
+        let everyone_past = self
+            .nodes
+            .values()
+            .filter(|n| now_ns.saturating_sub(n.heard_ns) <= self.lateness_ns)
+            .all(|n| n.watermark_ns >= end);
+        let too_old = now_ns >= end.saturating_add(self.lateness_ns);
+        if !(force || everyone_past || too_old) {
+            return None;
+        }
+        let mut batches = self.held.remove(&k).unwrap_or_default();
+        batches.sort_by(|a, b| BatchId::of(&a.0).cmp(&BatchId::of(&b.0)));
+        let ids: BTreeSet<BatchId> = batches.iter().map(|(b, _)| BatchId::of(b)).collect();
+        for id in &ids {
+            self.held_ids.remove(id);
+        }
+        self.last_written = Some((k, ids));
+        self.counters.windows_written += 1;
+        let copies = self.copies.remove(&k).unwrap_or_default();
+        Some((k, batches, copies))
+    }
+
+    /// Batches held, not yet written.
+    pub fn held_batches(&self) -> usize {
+        self.held.values().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::wire::NodeHealth;
+
+    const S: u64 = 1_000_000_000;
+
+    fn batch(node: &str, window: u64, end_s: u64) -> NodeBatch {
+        NodeBatch {
+            node: node.into(),
+            agent: 1,
+            window,
+            chunk: 0,
+            last: true,
+            start_ns: (end_s - 1) * S,
+            end_ns: end_s * S,
+            points: Vec::new(),
+            observations: Vec::new(),
+            health: NodeHealth::default(),
+        }
+    }
+
+    #[test]
+    fn a_window_closes_when_every_live_node_is_past_it_or_it_is_too_old() {
+        let mut w: Windows<u32> = Windows::new(2 * S, 5 * S);
+        let now = 100 * S;
+        // Window 50 is [100 s, 102 s).
+        assert_eq!(w.offer(batch("a", 0, 101), 1, now), Placement::Held);
+        assert_eq!(w.offer(batch("b", 0, 101), 2, now), Placement::Held);
+        assert!(w.next_closed(now, false).is_none(), "nobody is past 102 s yet");
+        assert_eq!(w.offer(batch("a", 1, 102), 3, now), Placement::Held);
+        assert!(w.next_closed(now, false).is_none(), "b is not past it");
+        assert_eq!(w.offer(batch("b", 1, 103), 4, 104 * S), Placement::Held);
+        let (k, held, _) = w.next_closed(104 * S, false).unwrap();
+        assert_eq!((k, held.iter().map(|h| h.1).collect::<Vec<_>>()), (50, vec![1, 3, 2]));
+        // b's batch ending at 103 s is window 51 ([102 s, 104 s)); a, silent since 100 s,
+        // holds it open while live; at 108 s a is stale and b is not yet past 104 s; at 109 s
+        // the window is max_lateness old.
+        assert!(w.next_closed(104 * S, false).is_none());
+        assert_eq!(w.stale(108 * S), vec!["a".to_string()]);
+        assert!(w.next_closed(108 * S, false).is_none());
+        assert_eq!(w.next_closed(109 * S, false).map(|(k, _, _)| k), Some(51));
+    }
+
+    #[test]
+    fn late_duplicate_and_already_written_batches_are_told_apart() {
+        let mut w: Windows<u32> = Windows::new(S, 0);
+        let now = 10 * S;
+        assert_eq!(w.offer(batch("a", 0, 5), 1, now), Placement::Held);
+        assert_eq!(w.offer(batch("a", 0, 5), 2, now), Placement::Duplicate);
+        let (_, held, copies) = w.next_closed(now, false).unwrap();
+        assert_eq!((held.len(), copies), (1, vec![2]), "the copy is acknowledged with it");
+        // The same batch again (a redelivery): already written, not late.
+        assert_eq!(w.offer(batch("a", 0, 5), 3, now), Placement::AlreadyWritten(3));
+        // Another node's batch for the written window: late, counted.
+        assert_eq!(w.offer(batch("b", 0, 5), 4, now), Placement::Late(4));
+        assert_eq!(w.counters.late_batches, 1);
+        assert_eq!(w.counters.duplicate_batches, 1);
+    }
+}
