@@ -12,6 +12,7 @@ mod output;
 mod plugin;
 mod plugin_test;
 mod replay;
+#[cfg(any(feature = "live", feature = "cluster"))]
 mod signals;
 
 use clap::{Parser, Subcommand};

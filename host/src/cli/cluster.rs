@@ -2,7 +2,7 @@
 
 use super::output;
 use super::signals::{STOP, stop_on_signals};
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use cniscope::config::{self, NatsSettings, Settings};
 use cniscope::sinks::{Format, render};
 use std::path::{Path, PathBuf};
@@ -26,8 +26,10 @@ pub fn agent(config_path: &Path) -> Result<()> {
     let settings = config::load(config_path)?;
     let nats = nats_of(&settings, config_path, "agent")?;
     stop_on_signals();
-    let counters = cniscope::cluster::publish::run(&settings, &nats, &STOP, DRAIN_FOR)
-        .context("running the agent (it needs root, and a kernel with BTF and TCX)")?;
+    let counters = anyhow::Context::context(
+        cniscope::cluster::publish::run(&settings, &nats, &STOP, DRAIN_FOR),
+        "running the agent (it needs root, and a kernel with BTF and TCX)",
+    )?;
     eprintln!(
         "agent: {} batches published, {} retries, {} batches ({} observations) dropped",
         counters.published,
@@ -44,5 +46,8 @@ pub fn aggregate(config_path: &Path, extra: &[PathBuf], format: Option<Format>) 
     settings.inventories.extend(extra.iter().cloned());
     stop_on_signals();
     let doc = cniscope::cluster::aggregate::run(&settings, &nats, &STOP)?;
-    output::print(&render(&doc, format.or(settings.format).unwrap_or(Format::Table)))
+    output::print(&render(
+        &doc,
+        format.or(settings.format).unwrap_or(Format::Table),
+    ))
 }

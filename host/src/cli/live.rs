@@ -2,6 +2,7 @@
 //! captured and torn down).
 
 use super::output;
+use super::signals::{STOP, stop_on_signals};
 use anyhow::{Context, Result};
 use cniscope::agent::Agent;
 use cniscope::config;
@@ -9,7 +10,6 @@ use cniscope::modes::load_inventory;
 use cniscope::plugins::PluginEngine;
 use cniscope::sinks::{Format, render};
 use std::path::{Path, PathBuf};
-use super::signals::{STOP, stop_on_signals};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub fn run(

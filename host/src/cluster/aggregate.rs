@@ -235,6 +235,17 @@ impl Aggregator {
     }
 }
 
+/// A fetch that failed (the broker is away): said on the first failure and then rarely.
+fn fetch_failed(count: &mut u64, e: &str) {
+    if *count == 0 || (*count).is_power_of_two() {
+        tracing::warn!(
+            "fetching from {CONSUMER} failed ({} in a row): {e}",
+            *count + 1
+        );
+    }
+    *count += 1;
+}
+
 /// Acknowledges and waits for the broker to confirm, so a written window is not redelivered.
 async fn ack(m: async_nats::jetstream::Message) {
     if let Err(e) = m.double_ack().await {
@@ -256,7 +267,10 @@ pub fn run(
     let mut agg = Aggregator {
         pipeline,
         points: PointTable::default(),
-        windows: Windows::new(a.interval.as_nanos() as u64, a.max_lateness.as_nanos() as u64),
+        windows: Windows::new(
+            a.interval.as_nanos() as u64,
+            a.max_lateness.as_nanos() as u64,
+        ),
         bad_messages: BTreeMap::new(),
         state_file: a.state_file.clone(),
         output_file: a.output_file.clone(),
@@ -285,6 +299,7 @@ pub fn run(
             )
             .await
             .map_err(|e| AggregateError::Consumer(e.to_string()))?;
+        let mut failed_fetches = 0u64;
         while !stop.load(Ordering::Relaxed) {
             match consumer
                 .fetch()
@@ -296,16 +311,19 @@ pub fn run(
                 Ok(mut messages) => {
                     while let Some(m) = messages.next().await {
                         match m {
-                            Ok(m) => agg.take(m, now_ns()).await,
+                            Ok(m) => {
+                                failed_fetches = 0;
+                                agg.take(m, now_ns()).await;
+                            }
                             Err(e) => {
-                                tracing::warn!("fetching from {CONSUMER}: {e}");
+                                fetch_failed(&mut failed_fetches, &e.to_string());
                                 break;
                             }
                         }
                     }
                 }
                 Err(e) => {
-                    tracing::warn!("fetching from {CONSUMER}: {e}");
+                    fetch_failed(&mut failed_fetches, &e.to_string());
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }

@@ -85,8 +85,12 @@ pub async fn connect(
                 return Ok(client);
             }
             Err(e) => {
-                if attempts % 60 == 0 {
-                    tracing::error!("cannot reach NATS at {}: {e}; retrying every {}s", s.url, RETRY_EVERY.as_secs());
+                if attempts.is_multiple_of(60) {
+                    tracing::error!(
+                        "cannot reach NATS at {}: {e}; retrying every {}s",
+                        s.url,
+                        RETRY_EVERY.as_secs()
+                    );
                 }
                 attempts += 1;
             }

@@ -134,8 +134,8 @@ pub fn run(
 ) -> Result<OutboxCounters, PublishError> {
     let engine = PluginEngine::new(settings.cache_dir.clone()).map_err(AgentError::from)?;
     // The plugins run at the aggregator; here they only say what to capture and decode.
-    let plugins =
-        Pipeline::new(&engine, &settings.plugins, Inventory::default()).map_err(AgentError::from)?;
+    let plugins = Pipeline::new(&engine, &settings.plugins, Inventory::default())
+        .map_err(AgentError::from)?;
     let decoding = plugins.decoding(&settings.decoding);
     let mut capture = Capture::new(settings, &plugins.plugins, decoding)?;
     let outbox = Arc::new(Mutex::new(Outbox::new(nats.buffer_bytes)));
@@ -184,7 +184,11 @@ pub fn run(
             let mut out = outbox.lock().unwrap_or_else(|e| e.into_inner());
             for b in &batches {
                 if !out.push(b) {
-                    tracing::warn!(node, interval, "publish buffer full: batch dropped (counted)");
+                    tracing::warn!(
+                        node,
+                        interval,
+                        "publish buffer full: batch dropped (counted)"
+                    );
                 }
             }
         }
@@ -206,7 +210,9 @@ pub fn run(
     let unsent = out.queue.len();
     if unsent > 0 {
         let lost: usize = out.queue.iter().map(|p| p.observations).sum();
-        tracing::error!("exiting with {unsent} batches ({lost} observations) not acknowledged by NATS");
+        tracing::error!(
+            "exiting with {unsent} batches ({lost} observations) not acknowledged by NATS"
+        );
         out.counters.dropped_batches += unsent as u64;
         out.counters.dropped_observations += lost as u64;
     }
@@ -232,7 +238,7 @@ async fn publish_loop(
     let mut failing = 0u64;
     // The stream is created by whichever side starts first.
     while let Err(e) = nats::observation_stream(&js).await {
-        if failing % 30 == 0 {
+        if failing.is_multiple_of(30) {
             tracing::error!("{e}");
         }
         failing += 1;
@@ -257,7 +263,10 @@ async fn publish_loop(
             .payload(body.into())
             .message_id(id.as_str());
         let sent = async {
-            let ack = js.send_publish(subject, publish).await.map_err(|e| e.to_string())?;
+            let ack = js
+                .send_publish(subject, publish)
+                .await
+                .map_err(|e| e.to_string())?;
             ack.await.map_err(|e| e.to_string())
         };
         match tokio::time::timeout(Duration::from_secs(5), sent).await {
@@ -281,11 +290,15 @@ async fn publish_loop(
 }
 
 async fn retry(outbox: &Mutex<Outbox>, failing: &mut u64, why: &str) {
-    if *failing % 20 == 0 {
+    if (*failing).is_multiple_of(20) {
         tracing::warn!("publishing to NATS failed ({why}); retrying the same batch");
     }
     *failing += 1;
-    outbox.lock().unwrap_or_else(|e| e.into_inner()).counters.retries += 1;
+    outbox
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .counters
+        .retries += 1;
     let backoff = Duration::from_millis(100 * (*failing).min(20));
     tokio::time::sleep(backoff).await;
 }

@@ -215,12 +215,18 @@ mod tests {
         // Window 50 is [100 s, 102 s).
         assert_eq!(w.offer(batch("a", 0, 101), 1, now), Placement::Held);
         assert_eq!(w.offer(batch("b", 0, 101), 2, now), Placement::Held);
-        assert!(w.next_closed(now, false).is_none(), "nobody is past 102 s yet");
+        assert!(
+            w.next_closed(now, false).is_none(),
+            "nobody is past 102 s yet"
+        );
         assert_eq!(w.offer(batch("a", 1, 102), 3, now), Placement::Held);
         assert!(w.next_closed(now, false).is_none(), "b is not past it");
         assert_eq!(w.offer(batch("b", 1, 103), 4, 104 * S), Placement::Held);
         let (k, held, _) = w.next_closed(104 * S, false).unwrap();
-        assert_eq!((k, held.iter().map(|h| h.1).collect::<Vec<_>>()), (50, vec![1, 3, 2]));
+        assert_eq!(
+            (k, held.iter().map(|h| h.1).collect::<Vec<_>>()),
+            (50, vec![1, 3, 2])
+        );
         // b's batch ending at 103 s is window 51 ([102 s, 104 s)); a, silent since 100 s,
         // holds it open while live; at 108 s a is stale and b is not yet past 104 s; at 109 s
         // the window is max_lateness old.
@@ -237,9 +243,16 @@ mod tests {
         assert_eq!(w.offer(batch("a", 0, 5), 1, now), Placement::Held);
         assert_eq!(w.offer(batch("a", 0, 5), 2, now), Placement::Duplicate);
         let (_, held, copies) = w.next_closed(now, false).unwrap();
-        assert_eq!((held.len(), copies), (1, vec![2]), "the copy is acknowledged with it");
+        assert_eq!(
+            (held.len(), copies),
+            (1, vec![2]),
+            "the copy is acknowledged with it"
+        );
         // The same batch again (a redelivery): already written, not late.
-        assert_eq!(w.offer(batch("a", 0, 5), 3, now), Placement::AlreadyWritten(3));
+        assert_eq!(
+            w.offer(batch("a", 0, 5), 3, now),
+            Placement::AlreadyWritten(3)
+        );
         // Another node's batch for the written window: late, counted.
         assert_eq!(w.offer(batch("b", 0, 5), 4, now), Placement::Late(4));
         assert_eq!(w.counters.late_batches, 1);

@@ -172,11 +172,9 @@ fn nats_section(s: &NatsSection, base: &Path, p: &mut Problems) -> Option<NatsSe
     }
     let url = s.url.as_ref()?;
     for one in url.get_ref().split(',').map(str::trim) {
-        let ok = one
-            .split_once("://")
-            .is_some_and(|(scheme, rest)| {
-                matches!(scheme, "nats" | "tls" | "ws" | "wss") && !rest.is_empty()
-            });
+        let ok = one.split_once("://").is_some_and(|(scheme, rest)| {
+            matches!(scheme, "nats" | "tls" | "ws" | "wss") && !rest.is_empty()
+        });
         if !ok {
             p.at(
                 url.span(),

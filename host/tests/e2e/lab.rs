@@ -76,8 +76,13 @@ impl Lab {
         );
     }
 
-    fn config(&self) -> PathBuf {
+    pub fn config(&self) -> PathBuf {
         self.dir.path().join("cniscope.toml")
+    }
+
+    /// The folder of the lab's inventory and config.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// Sets `[agent]` keys of the lab's config (replacing the interval the lab wrote).

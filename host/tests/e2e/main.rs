@@ -19,6 +19,10 @@ mod sandbox;
 /// The command line: inspect, config check, bad inputs.
 mod cli;
 
+/// Cluster mode: agents, the aggregator and a real nats-server; faults and bad messages.
+#[cfg(feature = "cluster")]
+mod cluster;
+
 /// The outputs users read (JSON, DOT, table, config problems), pinned in tests/golden.
 mod golden;
 

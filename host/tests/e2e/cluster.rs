@@ -1,0 +1,561 @@
+//! Cluster mode against a real nats-server with JetStream (started here on a free loopback
+//! port with a temporary store): agents per node, the aggregator, and the faults that must
+//! lose nothing and count nothing twice.
+// Without live capture only the lab-free tests are built: some helpers go unused.
+#![cfg_attr(not(feature = "live"), allow(dead_code))]
+
+use crate::support::*;
+use cniscope::cluster::wire::{NodeBatch, NodeHealth};
+use cniscope::sources::decode::Decoding;
+use cniscope::sources::replay::Replay;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A nats-server with JetStream, on loopback, with its store in a temporary folder.
+pub struct NatsServer {
+    pub port: u16,
+    store: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut s = NatsServer {
+            port,
+            store: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        s.run();
+        s
+    }
+
+    fn run(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (./x setup installs it)");
+        self.child = Some(child);
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(10), "nats-server not up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (its store stays).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&c);
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.run();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn terminate(c: &Child) {
+    // SAFETY: signalling a child we started.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+}
+
+/// A cniscope process whose stderr goes to a file (read when it fails).
+pub struct Running {
+    child: Option<Child>,
+    stderr: PathBuf,
+}
+
+impl Running {
+    pub fn start(args: &[&str], stderr: PathBuf) -> Running {
+        let child = Command::new(env!("CARGO_BIN_EXE_cniscope"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        Running {
+            child: Some(child),
+            stderr,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// SIGTERM, then its stdout (it must exit 0).
+    pub fn stop(&mut self) -> String {
+        let c = self.child.take().unwrap();
+        terminate(&c);
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", self.stderr());
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The comparable part of a topology's edges.
+fn edges(doc: &Value) -> Vec<String> {
+    let mut v: Vec<String> = doc["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} -> {} via {} {}/{} packets {}",
+                e["src"].as_str().unwrap(),
+                e["dst"].as_str().unwrap(),
+                e["service"].as_str().unwrap_or("-"),
+                e["protocol"].as_str().unwrap(),
+                e["port"],
+                e["packets"]
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !ready() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The plugin and inventory part of a config (everything before `[agent]`), with paths made
+/// absolute against `dir`.
+fn head_of(config: &Path, dir: &Path) -> String {
+    let text = std::fs::read_to_string(config).unwrap();
+    let head = text.split("[agent]").next().unwrap().to_string();
+    head.replace(
+        "files = [\"inventory.json\"]",
+        &format!("files = [\"{}\"]", dir.join("inventory.json").display()),
+    )
+}
+
+/// The cluster around one lab: an agent per node, the aggregator, and `cniscope run` on the
+/// same traffic to compare with.
+#[cfg(feature = "live")]
+mod lab {
+    use super::*;
+    use crate::lab::Lab;
+
+    pub struct Cluster {
+        pub lab: Lab,
+        pub nats: NatsServer,
+        work: tempfile::TempDir,
+        pub agents: Vec<Running>,
+        pub aggregator: Option<Running>,
+        pub run: Running,
+    }
+
+    impl Cluster {
+        /// The lab of `script` in `mode`, with agents, `run` and an aggregator allowing
+        /// `lateness` seconds.
+        pub fn up(script: &'static str, mode: &str, tag: &str, lateness: u32) -> Cluster {
+            plugin(script.trim_end_matches(".sh"));
+            let lab = Lab::build(script, tag, mode);
+            let nats = NatsServer::start();
+            let work = tempfile::tempdir().unwrap();
+            let head = head_of(&lab.config(), lab.dir());
+            let nats_section = format!("\n[nats]\nurl = \"{}\"\n", nats.url());
+            let mut agents = Vec::new();
+            for (node, ns) in [("node-a", "na"), ("node-b", "nb")] {
+                let path = work.path().join(format!("agent-{node}.toml"));
+                std::fs::write(
+                    &path,
+                    format!(
+                        "{head}{nats_section}\n[agent]\ninterval_secs = 1\n\n[[agent.node]]\nname = \"{node}\"\nnetns = \"{}-{ns}\"\n",
+                        lab.id
+                    ),
+                )
+                .unwrap();
+                agents.push(Running::start(
+                    &["agent", "-c", path.to_str().unwrap()],
+                    work.path().join(format!("agent-{node}.err")),
+                ));
+            }
+            std::fs::write(
+                work.path().join("aggregate.toml"),
+                format!(
+                    "{head}{nats_section}\n[aggregate]\ninterval_secs = 1\nmax_lateness_secs = {lateness}\noutput_file = \"topology.json\"\nstate_file = \"aggregate.state\"\n"
+                ),
+            )
+            .unwrap();
+            let run = Running::start(
+                &[
+                    "run",
+                    "-c",
+                    lab.config().to_str().unwrap(),
+                    "--format",
+                    "json",
+                ],
+                work.path().join("run.err"),
+            );
+            let mut c = Cluster {
+                lab,
+                nats,
+                work,
+                agents,
+                aggregator: None,
+                run,
+            };
+            c.start_aggregator();
+            // Every process has captured or written once: the probes are attached.
+            let (run_out, agg_out) = (c.lab.dir().join("topology.json"), c.output());
+            wait_for("the first windows", Duration::from_secs(60), || {
+                run_out.exists() && agg_out.exists()
+            });
+            std::thread::sleep(Duration::from_secs(1));
+            c
+        }
+
+        pub fn start_aggregator(&mut self) {
+            let config = self.work.path().join("aggregate.toml");
+            self.aggregator = Some(Running::start(
+                &[
+                    "aggregate",
+                    "-c",
+                    config.to_str().unwrap(),
+                    "--format",
+                    "json",
+                ],
+                self.work.path().join("aggregate.err"),
+            ));
+        }
+
+        pub fn output(&self) -> PathBuf {
+            self.work.path().join("topology.json")
+        }
+
+        pub fn traffic(&self) {
+            self.lab.script(&["traffic", &self.lab.id]);
+        }
+
+        /// Stops the agents and `run`, lets the aggregator write what they sent, stops it;
+        /// returns (run's topology, the aggregator's).
+        pub fn finish(mut self) -> (Value, Value) {
+            for a in &mut self.agents {
+                a.stop();
+            }
+            let run: Value = serde_json::from_str(&self.run.stop()).unwrap();
+            // Everything the agents sent is written once its window is past the lateness.
+            std::thread::sleep(Duration::from_secs(5));
+            let agg: Value =
+                serde_json::from_str(&self.aggregator.as_mut().unwrap().stop()).unwrap();
+            (run, agg)
+        }
+    }
+
+    fn assert_same(run: &Value, agg: &Value) {
+        assert!(!edges(run).is_empty());
+        assert_eq!(edges(agg), edges(run), "aggregated vs single-process");
+        let a = &agg["health"]["aggregate"];
+        assert_eq!(a["late_batches"], 0, "{a:#}");
+        assert_eq!(a["bad_messages"], serde_json::json!({}), "{a:#}");
+        for (k, v) in agg["health"]["drops"].as_object().unwrap() {
+            assert_eq!(v, 0, "{k}");
+        }
+    }
+
+    #[test]
+    fn agents_and_the_aggregator_give_what_run_gives_on_the_flannel_lab() {
+        if !root_or_skip("the lab and the probes need root") {
+            return;
+        }
+        let c = Cluster::up("flannel.sh", "vxlan", "cf", 3);
+        c.traffic();
+        c.lab.script(&["services", &c.lab.id]);
+        let (run, agg) = c.finish();
+        assert_same(&run, &agg);
+        // The views that name the client live on two nodes: only together do they.
+        assert!(
+            edges(&agg).iter().any(|e| e.starts_with(
+                "pod/default/client-a1 -> pod/default/server-b1 via service/default/echo-masq"
+            )),
+            "{:#?}",
+            edges(&agg)
+        );
+    }
+
+    #[test]
+    fn agents_and_the_aggregator_give_what_run_gives_on_the_calico_lab() {
+        if !root_or_skip("the lab and the probes need root") {
+            return;
+        }
+        let c = Cluster::up("calico.sh", "bgp", "cc", 3);
+        c.traffic();
+        let (run, agg) = c.finish();
+        assert_same(&run, &agg);
+    }
+
+    /// The aggregator SIGKILLed between two rounds of traffic and restarted, then nats-server
+    /// stopped for 5 s and restarted while the agents publish: every connection is still
+    /// counted exactly once. (`max_lateness_secs` is above the outage: a broker away longer
+    /// than it makes the batches held back late, counted in health.)
+    #[test]
+    fn an_aggregator_killed_and_a_broker_restarted_lose_nothing_and_count_nothing_twice() {
+        if !root_or_skip("the lab and the probes need root") {
+            return;
+        }
+        let mut c = Cluster::up("flannel.sh", "vxlan", "ck", 10);
+        c.traffic();
+        // Let it write some windows, then kill it without a chance to flush anything.
+        std::thread::sleep(Duration::from_secs(3));
+        c.aggregator.as_mut().unwrap().kill();
+        c.lab.script(&["services", &c.lab.id]);
+        c.start_aggregator();
+        std::thread::sleep(Duration::from_secs(2));
+        c.nats.stop();
+        std::thread::sleep(Duration::from_secs(5));
+        c.nats.restart();
+        c.traffic();
+        std::thread::sleep(Duration::from_secs(3));
+        let (run, agg) = c.finish();
+        assert_same(&run, &agg);
+    }
+
+    /// One agent stops: its node goes stale and is named in health; the other node's edges
+    /// still come out within max_lateness.
+    #[test]
+    fn a_silent_agent_is_named_stale_and_holds_nothing_back() {
+        if !root_or_skip("the lab and the probes need root") {
+            return;
+        }
+        let mut c = Cluster::up("flannel.sh", "vxlan", "cs", 3);
+        c.agents[1].stop();
+        // node-a's own connection (client-a1 -> peer-a2 stays on node-a).
+        c.traffic();
+        let output = c.output();
+        let mut last = Value::Null;
+        wait_for("node-b named stale", Duration::from_secs(30), || {
+            last = std::fs::read_to_string(&output)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or(Value::Null);
+            last["health"]["aggregate"]["stale_nodes"] == serde_json::json!(["node-b"])
+                && edges(&last)
+                    .iter()
+                    .any(|e| e.starts_with("pod/default/client-a1 -> pod/default/peer-a2"))
+        });
+        assert!(
+            last["health"]["errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e.as_str().unwrap().contains("node-b is stale")),
+            "{:#}",
+            last["health"]
+        );
+    }
+}
+
+/// Node batches made from the shipped capture (its two nodes' observations), as agents
+/// would publish them.
+fn shipped_batches() -> Vec<NodeBatch> {
+    let specs: Vec<_> = lab_captures().iter().map(|s| s.parse().unwrap()).collect();
+    let mut replay = Replay::open(&specs, Decoding::default(), 600_000_000_000).unwrap();
+    let mut batches = Vec::new();
+    replay.run(|points, obs, end| {
+        for node in ["node-a", "node-b"] {
+            let mine: Vec<_> = obs
+                .iter()
+                .filter(|o| points.get(o.key.point).node == node)
+                .cloned()
+                .collect();
+            let start = mine.iter().map(|o| o.first_ns).min().unwrap_or(end);
+            batches.extend(NodeBatch::chunks(
+                node,
+                7,
+                0,
+                (start, end),
+                points,
+                &mine,
+                &NodeHealth::default(),
+                8192,
+            ));
+        }
+    });
+    assert_eq!(batches.len(), 2);
+    batches
+}
+
+/// Publishes raw messages to the observation stream (creating it), each with its message ID.
+fn publish(url: &str, messages: Vec<(String, Option<String>, Vec<u8>)>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        cniscope::cluster::nats::observation_stream(&js)
+            .await
+            .unwrap();
+        for (subject, id, body) in messages {
+            let mut m =
+                async_nats::jetstream::message::PublishMessage::build().payload(body.into());
+            if let Some(id) = id {
+                m = m.message_id(id);
+            }
+            js.send_publish(subject, m).await.unwrap().await.unwrap();
+        }
+    });
+}
+
+/// Without a lab: the shipped capture's two nodes as published batches, one re-sent under
+/// its own message ID (JetStream stores it once), one re-sent under another (the aggregator
+/// counts it once), plus a message of another version and a truncated one (rejected,
+/// counted, the rest still written). The aggregated topology equals the replay's.
+#[test]
+fn resent_bad_and_good_batches_give_exactly_the_replays_topology() {
+    plugin("flannel");
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("aggregate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[plugins]\ndir = \"{}\"\n[[plugin]]\nname = \"flannel\"\n[plugin.options]\nnetwork = \"10.244.0.0/16\"\n[inventory]\nfiles = [\"{}\"]\n[nats]\nurl = \"{}\"\n[aggregate]\ninterval_secs = 60\nmax_lateness_secs = 1\nstate_file = \"state\"\n",
+            root().join("dist/plugins").display(),
+            data("flannel-vxlan/inventory.json").display(),
+            nats.url()
+        ),
+    )
+    .unwrap();
+    let batches = shipped_batches();
+    let (a, b) = (&batches[0], &batches[1]);
+    let id = |b: &NodeBatch| cniscope::cluster::message_id(b);
+    let subject = |b: &NodeBatch| cniscope::cluster::obs_subject(&b.node);
+    let mut other_version = a.encode();
+    other_version[4] = 99;
+    let whole = b.encode();
+    publish(
+        &nats.url(),
+        vec![
+            (subject(a), Some(id(a)), a.encode()),
+            (subject(a), Some(id(a)), a.encode()),
+            (subject(b), Some(id(b)), whole.clone()),
+            (subject(b), Some("another-id".into()), whole.clone()),
+            (subject(a), Some("v99".into()), other_version),
+            (
+                subject(b),
+                Some("cut".into()),
+                whole[..whole.len() / 2].to_vec(),
+            ),
+        ],
+    );
+    let mut agg = Running::start(
+        &["aggregate", "-c", config.to_str().unwrap(), "-f", "json"],
+        work.path().join("aggregate.err"),
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let doc: Value = serde_json::from_str(&agg.stop()).unwrap();
+    let replay = topology(&[
+        "replay",
+        "--config",
+        "examples/flannel-vxlan-demo.toml",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(edges(&doc), edges(&replay));
+    let h = &doc["health"]["aggregate"];
+    assert_eq!(h["duplicate_batches"], 1, "{h:#}");
+    assert_eq!(
+        h["bad_messages"],
+        serde_json::json!({"another wire version": 1, "body does not decode": 1}),
+        "{h:#}"
+    );
+    let log = agg.stderr();
+    assert!(
+        log.contains("observation batch version 99, this aggregator reads version 1"),
+        "{log}"
+    );
+}
+
+/// A broker that is not there: one clear line, and the process keeps trying.
+#[test]
+fn an_unreachable_broker_is_said_in_one_line_and_retried() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("aggregate.toml");
+    std::fs::write(
+        &config,
+        format!("[nats]\nurl = \"nats://127.0.0.1:{port}\"\n[aggregate]\nstate_file = \"state\"\n"),
+    )
+    .unwrap();
+    let mut agg = Running::start(
+        &["aggregate", "-c", config.to_str().unwrap()],
+        work.path().join("aggregate.err"),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(agg.alive(), "it retries: {}", agg.stderr());
+    let log = agg.stderr();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cannot reach NATS"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains(&format!("nats://127.0.0.1:{port}")),
+        "{log}"
+    );
+    agg.kill();
+}
