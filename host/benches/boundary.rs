@@ -7,64 +7,23 @@ use cniscope::plugins::bindings::wit;
 use cniscope::plugins::policy::Grants;
 use cniscope::plugins::{PluginEngine, PluginInstance, PluginSettings, convert};
 use cniscope::sources::aggregate::Observation;
-use cniscope::sources::decode::Decoding;
-use cniscope::sources::replay::Replay;
 use cniscope_sdk::Plugin;
 use cniscope_sdk::testkit::Harness;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const BATCH: usize = 16_384;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+#[path = "support/workload.rs"]
+mod workload;
+use workload::root;
 
-/// The lab's real observations, replicated with distinct client ports into a full batch of
-/// distinct connections (each replica is its own connection, with its own fingerprint).
+/// The lab's real observations as one full batch of distinct connections.
 fn workload() -> (
     Vec<cniscope::sources::aggregate::CapturePoint>,
     Vec<Observation>,
 ) {
-    let d = root().join("tests/data/flannel-vxlan");
-    let specs: Vec<_> = [
-        ("node-a/vethclienta1", "node-a.client-veth.pcap"),
-        ("node-a/eth0", "node-a.eth0.pcap"),
-        ("node-b/eth0", "node-b.eth0.pcap"),
-        ("node-b/vethserverb1", "node-b.server-veth.pcap"),
-    ]
-    .iter()
-    .map(|(p, f)| format!("{p}={}", d.join(f).display()).parse().unwrap())
-    .collect();
-    let mut r = Replay::open(&specs, Decoding::default(), u64::MAX / 4).unwrap();
-    let mut base = Vec::new();
-    r.run(|_, obs, _| base.extend(obs));
-    let mut out = Vec::with_capacity(BATCH);
-    let mut i = 0u32;
-    while out.len() < BATCH {
-        for o in &base {
-            let mut o = o.clone();
-            let shift = |p: u16| {
-                if p > 1024 {
-                    1025 + ((p as u32 + i * 7) % 60000) as u16
-                } else {
-                    p
-                }
-            };
-            o.key.src_port = shift(o.key.src_port);
-            o.key.dst_port = shift(o.key.dst_port);
-            o.fingerprint = o.fingerprint.wrapping_add(i.wrapping_mul(2_654_435_761));
-            out.push(o);
-            if out.len() == BATCH {
-                break;
-            }
-        }
-        i += 1;
-    }
-    (r.points.all().to_vec(), out)
+    let (points, obs) = workload::replicated(BATCH);
+    (points.all().to_vec(), obs)
 }
 
 /// The same batch as the SDK's type (what the plugin sees inside Wasm), column by column.

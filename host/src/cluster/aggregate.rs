@@ -130,8 +130,7 @@ impl Aggregator {
         }
         tracing::info!(window = c.last_window, "resuming from the checkpoint");
         self.pipeline.restore(c.topology);
-        self.windows.resume(c.last_window, c.batches);
-        self.windows.nodes = c.nodes;
+        self.windows.resume(c.last_window, c.batches, c.nodes);
         self.windows.counters = c.counters;
         self.bad_messages = c.bad_messages;
         Ok(())
@@ -270,6 +269,7 @@ pub fn run(
         windows: Windows::new(
             a.interval.as_nanos() as u64,
             a.max_lateness.as_nanos() as u64,
+            now_ns(),
         ),
         bad_messages: BTreeMap::new(),
         state_file: a.state_file.clone(),

@@ -1,12 +1,19 @@
 //! The aggregator's windows: every node's batches, assembled by event time.
 //!
 //! Window `k` holds the batches whose interval ends in `[k * interval, (k + 1) * interval)`.
-//! It **closes** when every live node has reported past its end (a node's watermark is the
-//! end of its last complete interval), or when `max_lateness` has passed since its end. A node
-//! not heard from for `max_lateness` is **stale**: it no longer holds windows open, and health
-//! names it. A batch for a window that has closed is **late**: counted, never merged into a
-//! written window. Each batch carries its message's acknowledgement handle `M`, handed back
-//! with the window, so the caller acknowledges only what is written.
+//! A node's **watermark** is the end of its last complete interval. Window `k` **closes**:
+//! - when every live node's watermark is past its end (a node is live while its watermark is
+//!   within `max_lateness` of the newest; at start, only once the nodes are known: restored
+//!   from a checkpoint, or after `max_lateness` of listening);
+//! - or when the newest watermark is `max_lateness` past its end (a lagging node is late);
+//! - or when nothing at all has arrived for `max_lateness` of wall time (every node silent).
+//!
+//! Lateness is measured in event time, not by the wall clock, so a backlog replayed after a
+//! restart or a broker outage assembles as it would have live. A node not heard from for
+//! `max_lateness` of wall time is named **stale** in health. A batch for a window already
+//! written is **late**: counted, never merged into it. Each batch carries its message's
+//! acknowledgement handle `M`, handed back with the window, so the caller acknowledges only
+//! what is written.
 
 use super::wire::NodeBatch;
 use serde::{Deserialize, Serialize};
@@ -80,11 +87,19 @@ pub struct Windows<M> {
     copies: BTreeMap<u64, Vec<M>>,
     pub nodes: BTreeMap<String, NodeState>,
     pub counters: WindowCounters,
+    /// Until then (wall time) the set of nodes is still being learnt: no window closes for
+    /// everyone being past it.
+    known_from_ns: u64,
+    /// The last arrival of any batch (wall time).
+    last_arrival_ns: u64,
 }
 
 impl<M> Windows<M> {
-    pub fn new(interval_ns: u64, lateness_ns: u64) -> Self {
+    /// Windows of `interval_ns`, allowing `lateness_ns`, listening from `now_ns`.
+    pub fn new(interval_ns: u64, lateness_ns: u64, now_ns: u64) -> Self {
         Windows {
+            known_from_ns: now_ns.saturating_add(lateness_ns),
+            last_arrival_ns: now_ns,
             interval_ns: interval_ns.max(1),
             lateness_ns,
             last_written: None,
@@ -96,9 +111,25 @@ impl<M> Windows<M> {
         }
     }
 
-    /// Continues after a checkpoint: the last window written and its batches.
-    pub fn resume(&mut self, window: u64, batches: BTreeSet<BatchId>) {
+    /// Continues after a checkpoint: the last window written and its batches, and the nodes
+    /// known then.
+    pub fn resume(
+        &mut self,
+        window: u64,
+        batches: BTreeSet<BatchId>,
+        nodes: BTreeMap<String, NodeState>,
+    ) {
         self.last_written = Some((window, batches));
+        self.expect(nodes);
+    }
+
+    /// The nodes to wait for, known beforehand: windows may close as soon as they are all
+    /// past.
+    pub fn expect(&mut self, nodes: BTreeMap<String, NodeState>) {
+        if !nodes.is_empty() {
+            self.nodes = nodes;
+            self.known_from_ns = 0;
+        }
     }
 
     pub fn last_written(&self) -> Option<(u64, &BTreeSet<BatchId>)> {
@@ -118,6 +149,7 @@ impl<M> Windows<M> {
     pub fn offer(&mut self, batch: NodeBatch, handle: M, now_ns: u64) -> Placement<M> {
         let k = self.window_of(&batch);
         let id = BatchId::of(&batch);
+        self.last_arrival_ns = self.last_arrival_ns.max(now_ns);
         let node = self.nodes.entry(batch.node.clone()).or_default();
         node.heard_ns = node.heard_ns.max(now_ns);
         if batch.last {
@@ -153,19 +185,26 @@ impl<M> Windows<M> {
             .collect()
     }
 
-    /// The oldest held window, if it may close at `now_ns` (or `force`, at exit): every live
-    /// node reported past it, or it is `max_lateness` old. Returns its batches (sorted) and
-    /// the handles of their copies.
+    /// The oldest held window, if it may close at wall time `now_ns` (or `force`, at exit);
+    /// see the module's rules. Returns its batches (sorted) and the handles of their copies.
     pub fn next_closed(&mut self, now_ns: u64, force: bool) -> Option<Closed<M>> {
         let (&k, _) = self.held.iter().next()?;
         let end = self.window_end_ns(k);
-        let everyone_past = self
+        let newest = self
             .nodes
             .values()
-            .filter(|n| now_ns.saturating_sub(n.heard_ns) <= self.lateness_ns)
-            .all(|n| n.watermark_ns >= end);
-        let too_old = now_ns >= end.saturating_add(self.lateness_ns);
-        if !(force || everyone_past || too_old) {
+            .map(|n| n.watermark_ns)
+            .max()
+            .unwrap_or(0);
+        let everyone_past = now_ns >= self.known_from_ns
+            && self
+                .nodes
+                .values()
+                .filter(|n| n.watermark_ns.saturating_add(self.lateness_ns) >= newest)
+                .all(|n| n.watermark_ns >= end);
+        let too_old = newest >= end.saturating_add(self.lateness_ns);
+        let silent = now_ns >= self.last_arrival_ns.saturating_add(self.lateness_ns);
+        if !(force || everyone_past || too_old || silent) {
             return None;
         }
         let mut batches = self.held.remove(&k).unwrap_or_default();
@@ -210,35 +249,66 @@ mod tests {
 
     #[test]
     fn a_window_closes_when_every_live_node_is_past_it_or_it_is_too_old() {
-        let mut w: Windows<u32> = Windows::new(2 * S, 5 * S);
-        let now = 100 * S;
+        // Listening from 100 s, lateness 5 s: the node set is learnt until 105 s.
+        let mut w: Windows<u32> = Windows::new(2 * S, 5 * S, 100 * S);
         // Window 50 is [100 s, 102 s).
-        assert_eq!(w.offer(batch("a", 0, 101), 1, now), Placement::Held);
-        assert_eq!(w.offer(batch("b", 0, 101), 2, now), Placement::Held);
+        assert_eq!(w.offer(batch("a", 0, 101), 1, 100 * S), Placement::Held);
+        assert_eq!(w.offer(batch("a", 1, 102), 2, 101 * S), Placement::Held);
         assert!(
-            w.next_closed(now, false).is_none(),
-            "nobody is past 102 s yet"
+            w.next_closed(101 * S, false).is_none(),
+            "a is past it, but other nodes may still be unknown"
         );
-        assert_eq!(w.offer(batch("a", 1, 102), 3, now), Placement::Held);
-        assert!(w.next_closed(now, false).is_none(), "b is not past it");
-        assert_eq!(w.offer(batch("b", 1, 103), 4, 104 * S), Placement::Held);
-        let (k, held, _) = w.next_closed(104 * S, false).unwrap();
+        assert_eq!(w.offer(batch("b", 0, 101), 3, 102 * S), Placement::Held);
+        assert!(w.next_closed(105 * S, false).is_none(), "b is not past it");
+        assert_eq!(w.offer(batch("b", 1, 103), 4, 105 * S), Placement::Held);
+        let (k, held, _) = w.next_closed(105 * S, false).unwrap();
         assert_eq!(
             (k, held.iter().map(|h| h.1).collect::<Vec<_>>()),
-            (50, vec![1, 3, 2])
+            (50, vec![1, 2, 3])
         );
-        // b's batch ending at 103 s is window 51 ([102 s, 104 s)); a, silent since 100 s,
-        // holds it open while live; at 108 s a is stale and b is not yet past 104 s; at 109 s
-        // the window is max_lateness old.
-        assert!(w.next_closed(104 * S, false).is_none());
+        // b's batch ending at 103 s is window 51, [102 s, 104 s); a lags at 102 s but is
+        // live (within 5 s of the newest, 103 s): the window waits for it.
+        assert!(w.next_closed(106 * S, false).is_none());
+        // a reports nothing more, b goes on to 109 s: a is more than 5 s behind, no longer
+        // holds windows open, and 51 is 5 s older than the newest watermark.
+        assert_eq!(w.offer(batch("b", 2, 109), 5, 107 * S), Placement::Held);
+        assert_eq!(w.next_closed(107 * S, false).map(|(k, _, _)| k), Some(51));
+        // Wall time names a silent node stale.
         assert_eq!(w.stale(108 * S), vec!["a".to_string()]);
-        assert!(w.next_closed(108 * S, false).is_none());
-        assert_eq!(w.next_closed(109 * S, false).map(|(k, _, _)| k), Some(51));
+    }
+
+    #[test]
+    fn a_broker_outage_closes_nothing_and_a_silent_cluster_everything() {
+        let mut w: Windows<u32> = Windows::new(S, 10 * S, 0);
+        let known = ["a", "b"].map(|n| (n.to_string(), NodeState::default()));
+        w.expect(known.into());
+        assert_eq!(w.offer(batch("b", 0, 99), 1, 99 * S), Placement::Held);
+        assert_eq!(w.offer(batch("a", 0, 99), 2, 99 * S), Placement::Held);
+        assert_eq!(w.next_closed(99 * S, false).map(|(k, _, _)| k), Some(98));
+        assert_eq!(w.offer(batch("a", 1, 100), 3, 100 * S), Placement::Held);
+        // Nothing arrives for 5 s (the broker is away): window 99 waits for b.
+        assert!(w.next_closed(105 * S, false).is_none());
+        // The backlog arrives, a's next intervals first, b's after: nothing is late.
+        for (i, end) in [101, 102, 103].into_iter().enumerate() {
+            assert_eq!(
+                w.offer(batch("a", 2 + i as u64, end), 4, 106 * S),
+                Placement::Held
+            );
+        }
+        assert!(
+            w.next_closed(106 * S, false).is_none(),
+            "b is live and behind"
+        );
+        assert_eq!(w.offer(batch("b", 1, 100), 5, 106 * S), Placement::Held);
+        assert_eq!(w.next_closed(106 * S, false).map(|(k, _, _)| k), Some(99));
+        // Then silence for 10 s: the held windows close.
+        assert_eq!(w.next_closed(116 * S, false).map(|(k, _, _)| k), Some(100));
+        assert_eq!(w.counters.late_batches, 0);
     }
 
     #[test]
     fn late_duplicate_and_already_written_batches_are_told_apart() {
-        let mut w: Windows<u32> = Windows::new(S, 0);
+        let mut w: Windows<u32> = Windows::new(S, 0, 0);
         let now = 10 * S;
         assert_eq!(w.offer(batch("a", 0, 5), 1, now), Placement::Held);
         assert_eq!(w.offer(batch("a", 0, 5), 2, now), Placement::Duplicate);
