@@ -185,3 +185,31 @@ fn many_plugins_are_checked_for_duplicates_in_linear_time() {
     assert_eq!(keys.len(), 1, "{:?}", &keys[..keys.len().min(3)]);
     assert_eq!(keys[0].1, "plugin[20000].name");
 }
+
+#[test]
+fn the_cluster_sections_are_checked() {
+    let text = "[nats]\nurl = \"http://x\"\nbuffer_mib = 0\ntlscert = \"a.pem\"\n[aggregate]\ninterval_secs = 0\nmax_lateness_secs = -1\n";
+    let keys = problems(text);
+    for key in [
+        "nats.url",
+        "nats.buffer_mib",
+        "nats.tlscert",
+        "aggregate.interval_secs",
+        "aggregate.max_lateness_secs",
+    ] {
+        assert!(keys.iter().any(|(_, k)| k == key), "{key}: {keys:?}");
+    }
+    let s = parse(
+        "[nats]\nurl = \"nats://10.0.0.1:4222, nats://10.0.0.2:4222\"\n[aggregate]\ninterval_secs = 2\n",
+        Path::new("/etc/cniscope"),
+    )
+    .unwrap();
+    let n = s.nats.unwrap();
+    assert_eq!(n.buffer_bytes, 64 << 20);
+    assert_eq!(s.aggregate.interval, Duration::from_secs(2));
+    assert_eq!(
+        s.aggregate.state_file,
+        Path::new("/etc/cniscope/cniscope-aggregate.state")
+    );
+    assert!(parse("", Path::new(".")).unwrap().nats.is_none());
+}
