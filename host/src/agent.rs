@@ -248,7 +248,12 @@ impl Capture {
 
     /// Captures until `stop` is set or the configured duration passes; after every interval
     /// (and once more at the end) `window` gets the capture, the window's observations and
-    /// its start and end (ns since the epoch), and says whether to go on.
+    /// its start and end (ns since the epoch).
+    ///
+    /// Intervals end on multiples of `interval` of wall time (the first one is shorter), and
+    /// a window's end is that boundary: every agent of a cluster (clocks kept in step by NTP,
+    /// as Kubernetes nodes' are) cuts its intervals at the same instants, so the aggregator
+    /// puts the views of one moment from every node into the same window, as `run` does.
     pub fn run<E>(
         &mut self,
         stop: &AtomicBool,
@@ -259,9 +264,12 @@ impl Capture {
     {
         let started = Instant::now();
         let mut window_start = now_ns();
+        let interval_ns = (self.interval.as_nanos() as u64).max(1);
         self.follow_interfaces();
         loop {
-            let next = Instant::now() + self.interval;
+            let now = now_ns();
+            let boundary = (now / interval_ns + 1) * interval_ns;
+            let next = Instant::now() + Duration::from_nanos(boundary - now);
             let mut last = false;
             let mut rescan_at = Instant::now() + RESCAN_EVERY;
             while Instant::now() < next {
@@ -289,7 +297,13 @@ impl Capture {
                 }
             }
             let observations = self.drain()?;
-            let end = now_ns();
+            // The boundary, not the drain's own time: a few microseconds later on one node
+            // than another, it would put their views of the same moment in different windows.
+            let end = if last {
+                now_ns().max(window_start)
+            } else {
+                boundary
+            };
             window(self, observations, window_start, end)?;
             window_start = end;
             if last {

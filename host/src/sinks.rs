@@ -11,6 +11,21 @@ pub enum Format {
     Dot,
 }
 
+/// Replaces `path` with `bytes` whole: a temporary file in the same folder, then a rename, so
+/// a reader never sees half a document.
+pub fn replace_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+}
+
 pub fn render(doc: &TopologyDoc, format: Format) -> String {
     match format {
         Format::Json => serde_json::to_string_pretty(doc).expect("topology serializes") + "\n",

@@ -17,17 +17,8 @@ pub fn print(text: &str) -> Result<()> {
     }
 }
 
-/// Replaces `path` with `text`: a temporary file in the same folder, then a rename.
+/// Replaces `path` with `text` (`sinks::replace_file`: written beside, then renamed).
 pub fn replace_file(path: &Path, text: &str) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
+    cniscope::sinks::replace_file(path, text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
 }

@@ -17,7 +17,7 @@ use crate::health::{AggregateHealth, Health};
 use crate::modes::load_inventory;
 use crate::pipeline::Pipeline;
 use crate::plugins::{PluginEngine, PluginError};
-use crate::sinks::{Format, render};
+use crate::sinks::{Format, render, replace_file};
 use crate::sources::aggregate::PointTable;
 use crate::topology::{TopologyDoc, TopologySnapshot};
 use async_nats::jetstream::AckKind;
@@ -25,7 +25,7 @@ use async_nats::jetstream::consumer::{AckPolicy, pull};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use thiserror::Error;
@@ -73,12 +73,6 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
-}
-
 /// The aggregator's state between windows.
 struct Aggregator {
     pipeline: Pipeline,
@@ -104,7 +98,7 @@ impl Aggregator {
             bad_messages: self.bad_messages.clone(),
         };
         let bytes = serde_json::to_vec(&c).map_err(|e| self.checkpoint_error(e.to_string()))?;
-        write_atomically(&self.state_file, &bytes).map_err(|e| self.checkpoint_error(e.to_string()))
+        replace_file(&self.state_file, &bytes).map_err(|e| self.checkpoint_error(e.to_string()))
     }
 
     fn checkpoint_error(&self, detail: String) -> AggregateError {
@@ -216,7 +210,7 @@ impl Aggregator {
             let doc = self.doc(now);
             let json = render(&doc, Format::Json);
             if let Some(path) = &self.output_file
-                && let Err(e) = write_atomically(path, json.as_bytes())
+                && let Err(e) = replace_file(path, json.as_bytes())
             {
                 tracing::warn!("writing {}: {e}", path.display());
             }
