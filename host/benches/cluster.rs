@@ -67,17 +67,22 @@ fn pipeline(engine: &PluginEngine) -> Pipeline {
     Pipeline::new(engine, &[plugin], inventory).expect("dist/plugins/flannel.wasm (./x build)")
 }
 
-/// The in-process path: each window's batches' observations straight into the plugin.
-fn in_process(engine: &PluginEngine, batches: &[NodeBatch]) -> Duration {
+/// The in-process path: each window's batches handed over as they are, their observations
+/// straight into the plugin.
+fn in_process(engine: &PluginEngine, batches: Vec<NodeBatch>) -> Duration {
     let mut p = pipeline(engine);
     let mut points = PointTable::default();
     let t = Instant::now();
-    for w in 0..WINDOWS as u64 {
+    let mut windows: Vec<Vec<NodeBatch>> = (0..WINDOWS).map(|_| Vec::new()).collect();
+    for b in batches {
+        windows[b.window as usize].push(b);
+    }
+    for (w, held) in windows.into_iter().enumerate() {
         let mut obs = Vec::new();
-        for b in batches.iter().filter(|b| b.window == w) {
-            obs.extend(b.observations_into(&mut points));
+        for b in held {
+            obs.extend(b.into_observations(&mut points));
         }
-        p.window(&points, &obs, (w + 1) * S);
+        p.window(&points, &obs, (w as u64 + 1) * S);
     }
     t.elapsed()
 }
@@ -144,11 +149,13 @@ async fn through_jetstream(url: &str, engine: &PluginEngine, batches: &[NodeBatc
         }
         while let Some((k, held, _)) = windows.next_closed(0, false) {
             let mut obs = Vec::new();
-            for (b, _) in &held {
-                obs.extend(b.observations_into(&mut points));
+            let mut handles = Vec::new();
+            for (b, m) in held {
+                obs.extend(b.into_observations(&mut points));
+                handles.push(m);
             }
             p.window(&points, &obs, (k + 1) * S);
-            for (_, m) in held {
+            for m in handles {
                 m.double_ack().await.unwrap();
             }
             written += 1;
@@ -190,7 +197,7 @@ fn main() {
         let mut points = PointTable::default();
         for b in &bodies {
             let b = NodeBatch::decode(b).unwrap();
-            std::hint::black_box(b.observations_into(&mut points));
+            std::hint::black_box(b.into_observations(&mut points));
         }
         decode = decode.min(t.elapsed());
     }
@@ -227,13 +234,15 @@ fn main() {
         .unwrap()
         .port();
     let store = tempfile::tempdir().unwrap();
-    let mut server = Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(store.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server (./x setup installs it)");
+    let _server = Server(
+        Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (./x setup installs it)"),
+    );
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -243,7 +252,7 @@ fn main() {
     // broker round publishes new messages (a new agent instance) into the same stream.
     let (mut local, mut broker) = (Duration::MAX, Duration::MAX);
     for round in 0..3u64 {
-        local = local.min(in_process(&engine, &batches));
+        local = local.min(in_process(&engine, batches.clone()));
         let mut mine = batches.clone();
         for b in &mut mine {
             b.agent = round + 10;
@@ -263,6 +272,14 @@ fn main() {
         rate(broker) / 1e6,
         rate(broker) / rate(local)
     );
-    let _ = server.kill();
-    let _ = server.wait();
+}
+
+/// The bench's nats-server, stopped however the bench ends.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

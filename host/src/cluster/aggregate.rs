@@ -201,8 +201,10 @@ impl Aggregator {
         let now = now_ns();
         while let Some((k, batches, copies)) = self.windows.next_closed(now, force) {
             let mut observations = Vec::new();
-            for (b, _) in &batches {
-                observations.extend(b.observations_into(&mut self.points));
+            let mut handles = Vec::with_capacity(batches.len());
+            for (b, m) in batches {
+                observations.extend(b.into_observations(&mut self.points));
+                handles.push(m);
             }
             let end = self.windows.window_end_ns(k);
             self.pipeline.window(&self.points, &observations, end);
@@ -217,7 +219,7 @@ impl Aggregator {
             if let Err(e) = client.publish(TOPOLOGY_SUBJECT, json.into()).await {
                 tracing::warn!("publishing the topology: {e}");
             }
-            for (_, m) in batches {
+            for m in handles {
                 ack(m).await;
             }
             for m in copies {

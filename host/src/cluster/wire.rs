@@ -4,7 +4,8 @@
 //! A message is `MAGIC` (4 bytes), `VERSION` (1 byte), then a [`NodeBatch`] in postcard
 //! (serde's data model with variable-length integers: a port or a packet count takes one to
 //! three bytes, an address five or seventeen). Timestamps travel as differences from the
-//! batch's start, so they are small too. Why postcard: a stable, documented format, no schema
+//! first observation's, so they are small too. Observations are written from and read into
+//! [`Observation`]s directly, a row at a time, without an intermediate list. Why postcard: a stable, documented format, no schema
 //! compiler, and varints that make the common small values small without a general-purpose
 //! compressor; `./x bench` prints the bytes per observation. A reader refuses another
 //! version, and a body that does not decode to its end, naming what was wrong.
@@ -50,7 +51,9 @@ pub struct NodeBatch {
     pub end_ns: u64,
     /// The capture points the observations refer to (by index).
     pub points: Vec<CapturePoint>,
-    pub observations: Vec<WireObservation>,
+    /// The observations; `key.point` indexes `points`.
+    #[serde(with = "rows")]
+    pub observations: Vec<Observation>,
     pub health: NodeHealth,
 }
 
@@ -90,8 +93,9 @@ impl Addr {
     }
 }
 
+/// One observation as it travels.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct WireObservation {
+struct WireObservation {
     pub point: u16,
     pub src: Addr,
     pub dst: Addr,
@@ -113,7 +117,7 @@ pub struct WireObservation {
     pub fingerprint: u32,
     pub packets: u64,
     pub bytes: u64,
-    /// `first_ns - batch.start_ns`.
+    /// `first_ns` minus the first observation's.
     pub first: i64,
     /// `last_ns - first_ns`.
     pub last: i64,
@@ -121,10 +125,10 @@ pub struct WireObservation {
 }
 
 impl WireObservation {
-    pub fn from_observation(o: &Observation, point: u16, start_ns: u64) -> WireObservation {
+    fn from_observation(o: &Observation, base_ns: u64) -> WireObservation {
         let k = &o.key;
         WireObservation {
-            point,
+            point: k.point,
             src: Addr::from_u128(k.src),
             dst: Addr::from_u128(k.dst),
             protocol: k.protocol,
@@ -145,7 +149,7 @@ impl WireObservation {
             fingerprint: o.fingerprint,
             packets: o.packets,
             bytes: o.bytes,
-            first: o.first_ns.wrapping_sub(start_ns) as i64,
+            first: o.first_ns.wrapping_sub(base_ns) as i64,
             last: o.last_ns.wrapping_sub(o.first_ns) as i64,
             geneve: o
                 .geneve
@@ -155,12 +159,11 @@ impl WireObservation {
         }
     }
 
-    /// The observation, its point interned in the reader's `points` as `point`.
-    pub fn to_observation(&self, point: u16, start_ns: u64) -> Observation {
-        let first_ns = start_ns.wrapping_add(self.first as u64);
+    fn into_observation(self, base_ns: u64) -> Observation {
+        let first_ns = base_ns.wrapping_add(self.first as u64);
         Observation {
             key: FlowKey {
-                point,
+                point: self.point,
                 src: self.src.to_u128(),
                 dst: self.dst.to_u128(),
                 protocol: self.protocol,
@@ -186,14 +189,95 @@ impl WireObservation {
             last_ns: first_ns.wrapping_add(self.last as u64),
             geneve: self
                 .geneve
-                .iter()
-                .map(|(class, kind, data)| GeneveOpt {
-                    class: *class,
-                    kind: *kind,
-                    data: data.clone(),
-                })
+                .into_iter()
+                .map(|(class, kind, data)| GeneveOpt { class, kind, data })
                 .collect(),
         }
+    }
+}
+
+/// The observations as they travel: the first one's `first_ns`, then one
+/// [`WireObservation`] per observation, made and read a row at a time.
+mod rows {
+    use super::WireObservation;
+    use crate::sources::aggregate::Observation;
+    use serde::de::{DeserializeSeed, SeqAccess, Visitor};
+    use serde::ser::{SerializeSeq, SerializeTuple};
+    use serde::{Deserializer, Serializer};
+    use std::fmt;
+
+    struct Rows<'a> {
+        base: u64,
+        observations: &'a [Observation],
+    }
+
+    impl serde::Serialize for Rows<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut seq = s.serialize_seq(Some(self.observations.len()))?;
+            for o in self.observations {
+                seq.serialize_element(&WireObservation::from_observation(o, self.base))?;
+            }
+            seq.end()
+        }
+    }
+
+    pub fn serialize<S: Serializer>(observations: &[Observation], s: S) -> Result<S::Ok, S::Error> {
+        let base = observations.first().map(|o| o.first_ns).unwrap_or(0);
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&base)?;
+        t.serialize_element(&Rows { base, observations })?;
+        t.end()
+    }
+
+    /// Reads the rows straight into observations, given the base time read before them.
+    struct RowsSeed(u64);
+
+    impl<'de> DeserializeSeed<'de> for RowsSeed {
+        type Value = Vec<Observation>;
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Observation>, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for RowsSeed {
+        type Value = Vec<Observation>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("observation rows")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Observation>, A::Error> {
+            // Bounded: a length field must not make us reserve what the message cannot hold.
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+            while let Some(row) = seq.next_element::<WireObservation>()? {
+                out.push(row.into_observation(self.0));
+            }
+            Ok(out)
+        }
+    }
+
+    struct Both;
+
+    impl<'de> Visitor<'de> for Both {
+        type Value = Vec<Observation>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a base time and observation rows")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Observation>, A::Error> {
+            use serde::de::Error;
+            let base: u64 = seq
+                .next_element()?
+                .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+            seq.next_element_seed(RowsSeed(base))?
+                .ok_or_else(|| A::Error::invalid_length(1, &self))
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Observation>, D::Error> {
+        d.deserialize_tuple(2, Both)
     }
 }
 
@@ -225,8 +309,9 @@ impl NodeBatch {
                 let observations = piece
                     .iter()
                     .map(|o| {
-                        let p = local.intern(points.get(o.key.point).clone());
-                        WireObservation::from_observation(o, p, start_ns)
+                        let mut o = o.clone();
+                        o.key.point = local.intern(points.get(o.key.point).clone());
+                        o
                     })
                     .collect();
                 NodeBatch {
@@ -271,15 +356,25 @@ impl NodeBatch {
             )));
         }
         for o in &batch.observations {
-            if o.point as usize >= batch.points.len() {
+            if o.key.point as usize >= batch.points.len() {
                 return Err(WireError::Body(format!(
                     "observation at point {} of {}",
-                    o.point,
+                    o.key.point,
                     batch.points.len()
                 )));
             }
         }
         Ok(batch)
+    }
+
+    /// The observations, their points interned into the reader's table (the batch is used up).
+    pub fn into_observations(self, points: &mut PointTable) -> Vec<Observation> {
+        let map: Vec<u16> = self.points.into_iter().map(|p| points.intern(p)).collect();
+        let mut observations = self.observations;
+        for o in &mut observations {
+            o.key.point = map[o.key.point as usize];
+        }
+        observations
     }
 
     /// The observations, their points interned into the reader's table.
@@ -291,7 +386,11 @@ impl NodeBatch {
             .collect();
         self.observations
             .iter()
-            .map(|o| o.to_observation(map[o.point as usize], self.start_ns))
+            .map(|o| {
+                let mut o = o.clone();
+                o.key.point = map[o.key.point as usize];
+                o
+            })
             .collect()
     }
 }
