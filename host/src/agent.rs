@@ -86,14 +86,21 @@ pub struct Capture {
     _bpf_stats: Option<std::os::fd::OwnedFd>,
 }
 
+impl Node {
+    /// Its probe's counters and losses.
+    fn report(&self, health: &mut Health) {
+        match self.probe.counters() {
+            Ok(c) => c.report(&self.probe.node, health),
+            Err(e) => health.errors.push(e.to_string()),
+        }
+    }
+}
+
 impl HealthSource for Capture {
     /// Each probe's counters and losses, and the interfaces that could not be attached.
     fn report(&self, health: &mut Health) {
         for n in &self.nodes {
-            match n.probe.counters() {
-                Ok(c) => c.report(&n.probe.node, health),
-                Err(e) => health.errors.push(e.to_string()),
-            }
+            n.report(health);
         }
         health.errors.extend(self.attach_errors.iter().cloned());
     }
@@ -179,10 +186,7 @@ impl Capture {
     pub fn node_health(&self, node: &str) -> Health {
         let mut health = Health::default();
         for n in self.nodes.iter().filter(|n| n.probe.node == node) {
-            match n.probe.counters() {
-                Ok(c) => c.report(node, &mut health),
-                Err(e) => health.errors.push(e.to_string()),
-            }
+            n.report(&mut health);
         }
         health
     }

@@ -17,7 +17,7 @@ use crate::inventory::Inventory;
 use crate::pipeline::Pipeline;
 use crate::plugins::PluginEngine;
 use crate::sources::aggregate::Observation;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -155,12 +155,18 @@ pub fn run(
     let mut interval = 0u64;
     let captured = capture.run(stop, |capture, observations, start, end| {
         let counters = outbox.lock().unwrap_or_else(|e| e.into_inner()).counters();
-        for node in capture.node_names() {
-            let mine: Vec<Observation> = observations
-                .iter()
-                .filter(|o| capture.points().get(o.key.point).node == node)
-                .cloned()
-                .collect();
+        // Each observation to its node's batch, in one pass.
+        let mut by_node: BTreeMap<String, Vec<Observation>> = capture
+            .node_names()
+            .into_iter()
+            .map(|n| (n, Vec::new()))
+            .collect();
+        for o in observations {
+            if let Some(mine) = by_node.get_mut(&capture.points().get(o.key.point).node) {
+                mine.push(o);
+            }
+        }
+        for (node, mine) in by_node {
             let h = capture.node_health(&node);
             let health = with_outbox(
                 NodeHealth {

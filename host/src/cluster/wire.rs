@@ -376,23 +376,6 @@ impl NodeBatch {
         }
         observations
     }
-
-    /// The observations, their points interned into the reader's table.
-    pub fn observations_into(&self, points: &mut PointTable) -> Vec<Observation> {
-        let map: Vec<u16> = self
-            .points
-            .iter()
-            .map(|p| points.intern(p.clone()))
-            .collect();
-        self.observations
-            .iter()
-            .map(|o| {
-                let mut o = o.clone();
-                o.key.point = map[o.key.point as usize];
-                o
-            })
-            .collect()
-    }
 }
 
 #[cfg(test)]
@@ -466,7 +449,7 @@ mod tests {
         for b in &batches {
             let decoded = NodeBatch::decode(&b.encode()).unwrap();
             assert_eq!(&decoded, b);
-            back.extend(decoded.observations_into(&mut read));
+            back.extend(decoded.into_observations(&mut read));
         }
         // Same observations, their points by value.
         assert_eq!(back.len(), obs.len());
