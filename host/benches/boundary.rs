@@ -147,7 +147,7 @@ fn main() {
     let native_batch = sdk_batch(&batch);
     let sdk_inventory = {
         // The SDK's inventory type is field-for-field the host's WIT type.
-        let w = convert::inventory(&inventory);
+        let w = convert::inventory(&inventory, &[]);
         cniscope_sdk::Inventory {
             nodes: w
                 .nodes
@@ -185,6 +185,7 @@ fn main() {
                 .collect(),
             services: Vec::new(),
             endpoint_slices: Vec::new(),
+            objects: Vec::new(),
         }
     };
     let mut native = Harness::<cniscope_plugin_flannel::Flannel>::new()
@@ -192,7 +193,7 @@ fn main() {
         .unwrap();
 
     let mut flannel = start(&engine, "flannel", "flannel.wasm", "{}");
-    flannel.on_inventory(&convert::inventory(&inventory));
+    flannel.on_inventory(&convert::inventory(&inventory, &[]));
     // The native run ends where the Wasm one does: with the columnar flow batch built.
     let (wasm_rate, native_rate) = best_rates_interleaved(
         BATCH,

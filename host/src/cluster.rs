@@ -12,7 +12,8 @@
 //!   re-sent after a lost acknowledgement is stored once;
 //! - the aggregator's durable pull consumer [`CONSUMER`], acknowledging a batch only after the
 //!   window that holds it is written (see `aggregate.rs` and ARCHITECTURE.md);
-//! - each written window's topology, on core NATS subject [`TOPOLOGY_SUBJECT`].
+//! - the topology so far, on core NATS subject [`TOPOLOGY_SUBJECT`], each time windows are
+//!   written.
 
 pub mod windows;
 pub mod wire;

@@ -1,6 +1,7 @@
 //! The inventory names things: nodes, pods, services and endpoint slices, from kubectl JSON
 //! dumps (the Kubernetes API comes later). The host stays CNI-agnostic: it keeps every
-//! annotation and hands them to the plugins, which read their own CNI's.
+//! annotation, and every object of another API group (a CNI's custom resources) whole, and
+//! hands them to the plugins, which read their own CNI's.
 
 pub mod history;
 pub mod kubectl;
@@ -62,17 +63,19 @@ pub struct EndpointSlice {
     pub ports: Vec<ServicePort>,
 }
 
-/// OpenShift-SDN's own objects (`network.openshift.io/v1`), found in a dump beside the core
-/// ones (`oc get hostsubnets,netnamespaces -o json`).
+/// An object of a kind beside the core ones (a CNI's custom resource: Calico's IPAMBlock,
+/// OpenShift-SDN's HostSubnet), kept whole for the plugins that ask for its kind. The host
+/// reads none of its fields.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct OpenShiftSdn {
-    /// HostSubnet: (node, subnet).
-    pub host_subnets: Vec<(String, String)>,
-    /// NetNamespace: (namespace, NETID).
-    pub netnamespaces: Vec<(String, u32)>,
+pub struct CniObject {
+    pub api_version: String,
+    pub kind: String,
+    /// "" for a cluster-scoped object.
+    pub namespace: String,
+    pub name: String,
+    /// The object as JSON, without `metadata.managedFields`.
+    pub json: String,
 }
-
-pub use cniscope_common::NETID_ANNOTATION;
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Inventory {
@@ -80,7 +83,7 @@ pub struct Inventory {
     pub pods: Vec<Pod>,
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
-    pub openshift: OpenShiftSdn,
+    pub objects: Vec<CniObject>,
 }
 
 impl Inventory {
@@ -89,45 +92,7 @@ impl Inventory {
         self.pods.extend(other.pods);
         self.services.extend(other.services);
         self.endpoint_slices.extend(other.endpoint_slices);
-        self.openshift
-            .host_subnets
-            .extend(other.openshift.host_subnets);
-        self.openshift
-            .netnamespaces
-            .extend(other.openshift.netnamespaces);
-    }
-
-    /// Node subnets and NETIDs from OpenShift-SDN's objects, in the fields plugins read: a
-    /// HostSubnet's subnet becomes its node's podCIDR (when the node has none), a
-    /// NetNamespace's NETID the [`NETID_ANNOTATION`] of each pod in that namespace.
-    pub fn with_openshift_sdn(&self) -> std::borrow::Cow<'_, Inventory> {
-        if self.openshift == OpenShiftSdn::default() {
-            return std::borrow::Cow::Borrowed(self);
-        }
-        let mut inv = self.clone();
-        for n in &mut inv.nodes {
-            if n.pod_cidrs.is_empty() {
-                n.pod_cidrs = self
-                    .openshift
-                    .host_subnets
-                    .iter()
-                    .filter(|(host, _)| *host == n.name)
-                    .map(|(_, subnet)| subnet.clone())
-                    .collect();
-            }
-        }
-        for p in &mut inv.pods {
-            if let Some((_, netid)) = self
-                .openshift
-                .netnamespaces
-                .iter()
-                .find(|(ns, _)| *ns == p.namespace)
-            {
-                p.annotations
-                    .insert(NETID_ANNOTATION.to_string(), netid.to_string());
-            }
-        }
-        std::borrow::Cow::Owned(inv)
+        self.objects.extend(other.objects);
     }
 }
 

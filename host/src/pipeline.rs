@@ -13,6 +13,7 @@ use crate::sources::aggregate::{Observation, PointTable};
 use crate::sources::decode::Decoding;
 use crate::topology::resolve::Resolver;
 use crate::topology::{Health, Topology, TopologyDoc, TopologySnapshot};
+use std::collections::BTreeMap;
 
 pub const MAX_BATCH: usize = 16_384;
 
@@ -36,8 +37,8 @@ impl Pipeline {
             let loaded = engine.load(&p.path, p.sha256.as_deref(), &p.settings.grants)?;
             plugins.push(PluginInstance::start(engine, loaded, p.settings.clone())?);
         }
-        let snapshot = convert::inventory(&inventory.with_openshift_sdn());
         for p in &mut plugins {
+            let snapshot = convert::inventory(&inventory, &p.description.objects);
             p.on_inventory(&snapshot);
         }
         Ok(Pipeline {
@@ -96,6 +97,34 @@ impl Pipeline {
     /// Continues from a checkpointed topology.
     pub fn restore(&mut self, snapshot: TopologySnapshot) {
         self.topology = Topology::restore(snapshot);
+    }
+
+    /// What each plugin carries to its next window (WIT `snapshot`), by name, for a
+    /// checkpoint. A plugin that failed to answer is left out (its fault is in its health).
+    pub fn plugin_states(&mut self) -> BTreeMap<String, Vec<u8>> {
+        let mut states = BTreeMap::new();
+        for p in &mut self.plugins {
+            if let Some(state) = p.snapshot() {
+                states.insert(p.name().to_string(), state);
+            }
+        }
+        states
+    }
+
+    /// Gives each plugin its checkpointed state back; returns the names of those that
+    /// refused it or were not given one (they start empty).
+    pub fn restore_plugin_states(&mut self, states: &BTreeMap<String, Vec<u8>>) -> Vec<String> {
+        let mut empty = Vec::new();
+        for p in &mut self.plugins {
+            let restored = match states.get(p.name()) {
+                Some(state) => p.restore(state),
+                None => false,
+            };
+            if !restored {
+                empty.push(p.name().to_string());
+            }
+        }
+        empty
     }
 
     pub fn doc(&self, mut health: Health) -> TopologyDoc {

@@ -1,6 +1,6 @@
 //! Builds the plugin's [`Description`] and its [`Decoding`] needs.
 
-use crate::{CaptureSpec, Decoding, Description, IfaceKind, OptionSpec, OptionType};
+use crate::{CaptureSpec, Decoding, Description, IfaceKind, ObjectKind, OptionSpec, OptionType};
 
 /// Fluent builder for [`Description`].
 pub struct DescriptionBuilder(Description);
@@ -13,7 +13,19 @@ impl DescriptionBuilder {
             cni_kinds: Vec::new(),
             capture: Vec::new(),
             options: Vec::new(),
+            objects: Vec::new(),
         })
+    }
+
+    /// Reads the CNI's own objects of this kind (`"crd.projectcalico.org/v1"`,
+    /// `"IPAMBlock"`): the host hands them over in `Inventory::objects`
+    /// ([`crate::inventory::objects_of`]).
+    pub fn object(mut self, api_version: &str, kind: &str) -> Self {
+        self.0.objects.push(ObjectKind {
+            api_version: api_version.to_string(),
+            kind: kind.to_string(),
+        });
+        self
     }
 
     pub fn cni(mut self, kind: &str) -> Self {

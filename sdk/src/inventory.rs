@@ -4,8 +4,6 @@ use crate::hash::FastMap;
 use crate::net::{Cidr, CidrSet};
 use crate::services::Services;
 use crate::{Inventory, Ip, NodeInfo, PodInfo};
-/// A pod's OpenShift-SDN NETID, set by the host from its namespace's NetNamespace object.
-pub use cniscope_common::NETID_ANNOTATION;
 
 /// Lookup over `list<tuple<string, string>>` annotations or labels.
 pub trait Annotations {
@@ -35,8 +33,35 @@ impl Default for Inventory {
             pods: Vec::new(),
             services: Vec::new(),
             endpoint_slices: Vec::new(),
+            objects: Vec::new(),
         }
     }
+}
+
+/// The objects of one kind, parsed: (namespace/name or name, the object). One that does not
+/// parse is a warning naming it, and is skipped.
+pub fn objects_of<'a>(
+    objects: &'a [crate::CniObject],
+    kind: &'a str,
+    warnings: &'a mut Vec<String>,
+) -> impl Iterator<Item = (String, serde_json::Value)> + 'a {
+    objects
+        .iter()
+        .filter(move |o| o.kind == kind)
+        .filter_map(move |o| {
+            let name = if o.namespace.is_empty() {
+                o.name.clone()
+            } else {
+                format!("{}/{}", o.namespace, o.name)
+            };
+            match serde_json::from_str(&o.json) {
+                Ok(v) => Some((name, v)),
+                Err(e) => {
+                    warnings.push(format!("{kind} {name}: {e}"));
+                    None
+                }
+            }
+        })
 }
 
 /// CNI-agnostic lookups every plugin needs: which node owns an address or a pod CIDR, and

@@ -52,6 +52,7 @@ pub mod inventory;
 pub mod net;
 pub mod options;
 pub mod services;
+pub mod state;
 pub mod stitch;
 pub mod testkit;
 
@@ -71,9 +72,9 @@ pub mod bindings {
 }
 
 pub use bindings::cniscope::plugin::types::{
-    CapturePoint, CaptureSpec, Decoding, Description, Direction, EndpointSliceInfo, FlowBatch,
-    GeneveOptions, IfaceKind, Inventory, Ip, NodeInfo, ObservationBatch, OptionSpec, OptionType,
-    PluginError, PodInfo, ServiceInfo, ServicePort,
+    CapturePoint, CaptureSpec, CniObject, Decoding, Description, Direction, EndpointSliceInfo,
+    FlowBatch, GeneveOptions, IfaceKind, Inventory, Ip, NodeInfo, ObjectKind, ObservationBatch,
+    OptionSpec, OptionType, PluginError, PodInfo, ServiceInfo, ServicePort,
 };
 pub use flow::{Endpoint, LogicalFlow, Role};
 
@@ -119,6 +120,27 @@ pub trait Plugin: Default + 'static {
     /// joins: [`stitch::Stitcher::counters`]), cumulative; the host shows them in its health.
     fn counters(&self) -> Vec<(String, u64)> {
         Vec::new()
+    }
+
+    /// What this plugin carries from one window to the next, for the cluster aggregator's
+    /// checkpoint (called after `flush`). A plugin built on [`stitch::Stitcher`] returns
+    /// [`stitch::Stitcher::snapshot`]; the default keeps nothing.
+    fn snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Takes back what [`Plugin::snapshot`] gave, in a new instance after a restart
+    /// (configured, with the inventory). The default accepts only an empty state.
+    fn restore(&mut self, state: &[u8]) -> Result<(), PluginError> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(error(
+                "state",
+                "",
+                "this plugin keeps no state across windows, but was given some",
+            ))
+        }
     }
 }
 
@@ -170,6 +192,12 @@ macro_rules! export_plugin {
                 fn counters() -> ::std::vec::Vec<(::std::string::String, u64)> {
                     __CNISCOPE_STATE.with(|s| $crate::Plugin::counters(&*s.borrow()))
                 }
+                fn snapshot() -> ::std::vec::Vec<u8> {
+                    __CNISCOPE_STATE.with(|s| $crate::Plugin::snapshot(&*s.borrow()))
+                }
+                fn restore(state: ::std::vec::Vec<u8>) -> Result<(), $crate::PluginError> {
+                    __CNISCOPE_STATE.with(|s| $crate::Plugin::restore(&mut *s.borrow_mut(), &state))
+                }
             }
 
     $crate::bindings::__export_world!(__CniscopeExport with_types_in $crate::bindings);
@@ -199,7 +227,8 @@ pub mod prelude {
     pub use crate::stitch::{Connection, PointInfo, Seen, Stitcher, is_uplink_name};
     pub use crate::testkit::BatchBuilder;
     pub use crate::{
-        CapturePoint, Decoding, Description, Direction, Endpoint, IfaceKind, Inventory, Ip,
-        LogicalFlow, ObservationBatch, OptionType, Plugin, PluginError, Role, error,
+        CapturePoint, CniObject, Decoding, Description, Direction, Endpoint, IfaceKind, Inventory,
+        Ip, LogicalFlow, ObjectKind, ObservationBatch, OptionType, Plugin, PluginError, Role,
+        error,
     };
 }

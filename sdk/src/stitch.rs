@@ -49,6 +49,17 @@ pub type TupleKey = (u8, (Ip, u16), (Ip, u16));
 /// Where a connection is counted: (interface id, 5-tuple). See [`Connection::counted_at`].
 pub type CountingPlace = (u32, TupleKey);
 
+/// A connection's client end in one of its 5-tuples: (address, port; 0 for ICMP).
+pub type ClientEnd = (Ip, u16);
+
+/// What a window remembers of a connection for the next, per 5-tuple it showed: where it was
+/// counted, and which end of that 5-tuple was the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Remembered {
+    pub place: CountingPlace,
+    pub client: ClientEnd,
+}
+
 /// The interface id of a [`CountingPlace`] for a connection whose packets in this window were
 /// all counted in the last one.
 pub const ALREADY_COUNTED: u32 = u32::MAX;
@@ -288,8 +299,9 @@ pub struct Stitcher {
     /// Observations in those windows: stitched before their window's end, so a later view of
     /// the same connection (a reply, its post-NAT twin) could not join them.
     pub evicted: u64,
-    /// Counting place by 5-tuple: this window's connections, then the previous window's.
-    counted_at: [FastMap<TupleKey, CountingPlace>; 2],
+    /// Counting place and client end by 5-tuple: this window's connections, then the
+    /// previous window's.
+    counted_at: [FastMap<TupleKey, Remembered>; 2],
     /// Addresses that replace a client's source (node gateways, node IPs): the only sources
     /// the time fallback joins from. Empty = no time fallback.
     pub nat_sources: FastSet<Ip>,
@@ -503,7 +515,17 @@ impl Stitcher {
                 .iter()
                 .map(|&(_, i)| slots[i].take().expect("each member once"))
                 .collect();
-            let forward = orient(&members);
+            // A connection the last window saw keeps its orientation: a window holding only
+            // its replies (a UDP exchange cut by the boundary) must not turn it around.
+            let remembered: Vec<Option<bool>> = members
+                .iter()
+                .map(|m| {
+                    self.counted_at[1]
+                        .get(&m.tuple_key())
+                        .map(|r| (m.src, m.flow_ports().0) == r.client)
+                })
+                .collect();
+            let forward = orient(&members, &remembered);
             let counted_at = self.counting_place(&members, &forward);
             conns.push(Connection {
                 joined_by_time: by_time.contains(&group[0].0),
@@ -528,7 +550,10 @@ impl Stitcher {
                 keys.push(k);
             }
         }
-        let remembered = keys.iter().find_map(|k| self.counted_at[1].get(k)).copied();
+        let remembered = keys
+            .iter()
+            .find_map(|k| self.counted_at[1].get(k))
+            .map(|r| r.place);
         if let Some(p) = remembered
             && !members.iter().any(|m| place(m) == p)
         {
@@ -564,7 +589,23 @@ impl Stitcher {
                 .map_or((0, keys[0]), |t| t.0)
         });
         for k in keys {
-            self.counted_at[0].insert(k, chosen);
+            // The client end in this 5-tuple, from a member that shows it.
+            let client = members
+                .iter()
+                .zip(forward)
+                .find(|(m, _)| m.tuple_key() == k)
+                .map(|(m, &f)| {
+                    let (sp, dp) = m.flow_ports();
+                    if f { (m.src, sp) } else { (m.dst, dp) }
+                })
+                .unwrap_or((Ip::NONE, 0));
+            self.counted_at[0].insert(
+                k,
+                Remembered {
+                    place: chosen,
+                    client,
+                },
+            );
         }
         chosen
     }
@@ -583,11 +624,45 @@ impl Stitcher {
         .collect()
     }
 
+    /// The counting places of the last window stitched, and a way to name an interface id
+    /// (for [`snapshot`](Self::snapshot)).
+    pub(crate) fn last_places(&self) -> (Vec<(TupleKey, Remembered)>, IfaceNames<'_>) {
+        let mut places: Vec<(TupleKey, Remembered)> =
+            self.counted_at[0].iter().map(|(k, p)| (*k, *p)).collect();
+        // A stable order, so equal states are equal bytes.
+        places.sort_unstable_by_key(|p| tuple_order(&p.0));
+        let mut names: Vec<(&str, &str)> = vec![("", ""); self.iface_ids.len()];
+        for ((node, iface), id) in &self.iface_ids {
+            names[*id as usize] = (node, iface);
+        }
+        (places, names)
+    }
+
+    /// The number of an interface, interned when new.
+    pub(crate) fn iface_id(&mut self, node: String, iface: String) -> u32 {
+        let next = self.iface_ids.len() as u32;
+        *self.iface_ids.entry((node, iface)).or_insert(next)
+    }
+
+    /// Makes `places` the last window's counting places (after a restore).
+    pub(crate) fn set_last_places(&mut self, places: Vec<(TupleKey, Remembered)>) {
+        self.counted_at[0] = places.into_iter().collect();
+        self.counted_at[1].clear();
+    }
+
     /// How many 5-tuples' counting places are remembered from the last two windows: what the
     /// stitcher holds beyond the window itself (at most twice [`max_held`](Self::max_held)).
     pub fn remembered(&self) -> usize {
         self.counted_at[0].len() + self.counted_at[1].len()
     }
+}
+
+/// (node, iface) by interface id.
+pub(crate) type IfaceNames<'a> = Vec<(&'a str, &'a str)>;
+
+/// A total order on 5-tuples (for stable snapshots).
+fn tuple_order(t: &TupleKey) -> (u8, u64, u64, u16, u64, u64, u16) {
+    (t.0, t.1.0.hi, t.1.0.lo, t.1.1, t.2.0.hi, t.2.0.lo, t.2.1)
 }
 
 impl Stitcher {
@@ -725,9 +800,16 @@ impl Candidate {
 /// Linear in the number of members: each tuple group and each fingerprint group is expanded
 /// once, from the first member of it that gets a direction. (A connection can be large: a
 /// ping flood, or every replica of a flow in a long window.)
-fn orient(members: &[Seen]) -> Vec<bool> {
+/// Marks each member client -> server (true) or not. A member's own direction (a handshake,
+/// an echo request) comes first, then `remembered` (what the last window knew of its
+/// 5-tuple), then what propagates from those; with nothing at all, who spoke first.
+fn orient(members: &[Seen], remembered: &[Option<bool>]) -> Vec<bool> {
     let n = members.len();
-    let mut dir: Vec<Option<bool>> = members.iter().map(Seen::own_direction).collect();
+    let mut dir: Vec<Option<bool>> = members
+        .iter()
+        .zip(remembered)
+        .map(|(m, r)| m.own_direction().or(*r))
+        .collect();
     let mut tuple_groups: FastMap<TupleKey, Vec<usize>> = FastMap::default();
     let mut fp_groups: FastMap<(u8, u8, u32), Vec<usize>> = FastMap::default();
     let mut tuple_of = Vec::with_capacity(n);
@@ -951,6 +1033,37 @@ mod tests {
                 .build(),
         );
         assert_eq!(s.drain().len(), 2);
+    }
+
+    /// A UDP exchange cut by a window boundary: the next window holds only replies, which
+    /// alone would make the server the one that spoke first. The last window's orientation
+    /// holds; a connection the last window did not see is oriented afresh.
+    #[test]
+    fn a_window_of_replies_only_keeps_the_orientation_the_last_window_found() {
+        let query = || Row::flow(17, "10.244.0.5", 50503, "10.244.1.7", 5353).counters(1, 60);
+        let reply = || Row::flow(17, "10.244.1.7", 5353, "10.244.0.5", 50503).counters(9, 900);
+        let window = |rows: Vec<Row>| {
+            let mut b =
+                BatchBuilder::new().point("a", "veth1", IfaceKind::PodVeth, Direction::Unknown);
+            for r in rows {
+                b = b.row(r);
+            }
+            b.build()
+        };
+        let mut s = Stitcher::default();
+        s.add_batch(&window(vec![query()]));
+        assert_eq!(s.drain()[0].forward, vec![true]);
+        s.add_batch(&window(vec![reply()]));
+        let next = s.drain();
+        assert_eq!(next[0].forward, vec![false], "the replies stay replies");
+
+        let mut fresh = Stitcher::default();
+        fresh.add_batch(&window(vec![reply()]));
+        assert_eq!(
+            fresh.drain()[0].forward,
+            vec![true],
+            "nothing known: who spoke first"
+        );
     }
 
     #[test]

@@ -123,8 +123,11 @@ up() {
     --pod "old-a3 node-a $reuse_ip client" \
     --pod "new-a4 node-a $reuse_ip client" \
     --pod "remote-b2 node-b 10.123.20.71 client" \
+    --ip-pool "$cluster_cidr 26" \
+    --ipam-block "${block[a]} node-a" --ipam-block "${block[b]} node-b" \
     "${svc_args[@]}" >"$dir/inventory.json"
-  agent_config "$id" "$dir" calico 'pools = ["10.123.0.0/16"]' "calico.sh, mode $mode"
+  # The pool and the blocks come from Calico's IPPool and IPAMBlock objects in the inventory.
+  agent_config "$id" "$dir" calico '' "calico.sh, mode $mode"
 }
 
 traffic() {

@@ -171,6 +171,8 @@ def main():
     ap.add_argument("--service-net", default="10.96.0")
     ap.add_argument("--host-subnet", action="append", default=[])
     ap.add_argument("--netnamespace", action="append", default=[])
+    ap.add_argument("--ip-pool", action="append", default=[])
+    ap.add_argument("--ipam-block", action="append", default=[])
     ap.add_argument("--lb-ip", default="")
     a = ap.parse_args()
     if a.cni == "calico":
@@ -195,6 +197,22 @@ def main():
         items.append({"apiVersion": "network.openshift.io/v1", "kind": "NetNamespace",
                       "metadata": {"name": name, "creationTimestamp": CREATED},
                       "netname": name, "netid": int(netid)})
+    for p in a.ip_pool:
+        # As `kubectl get ippools.crd.projectcalico.org -o json` prints Calico's IPPool.
+        cidr, block_size = p.split()
+        items.append({"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+                      "metadata": {"name": "default-ipv4-ippool", "creationTimestamp": CREATED},
+                      "spec": {"cidr": cidr, "blockSize": int(block_size), "ipipMode": "Never",
+                               "vxlanMode": "Never", "natOutgoing": True, "nodeSelector": "all()"}})
+    for b in a.ipam_block:
+        # As `kubectl get ipamblocks.crd.projectcalico.org -o json` prints an IPAMBlock.
+        cidr, node_name = b.split()
+        items.append({"apiVersion": "crd.projectcalico.org/v1", "kind": "IPAMBlock",
+                      "metadata": {"name": cidr.replace(".", "-").replace("/", "-"),
+                                   "creationTimestamp": CREATED},
+                      "spec": {"cidr": cidr, "affinity": "host:" + node_name, "deleted": False,
+                               "strictAffinity": False, "allocations": [], "unallocated": [],
+                               "attributes": []}})
     print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}}, indent=2))
 
 

@@ -141,10 +141,6 @@ pub fn payload_hash(block: &[u8; PAYLOAD_HASH_BYTES]) -> u32 {
 /// Most Geneve option classes a probe can be asked to keep (ProbeConfig::geneve_classes).
 pub const MAX_GENEVE_CLASSES: usize = 4;
 
-/// The pod annotation under which the host hands a pod's OpenShift-SDN NETID (from its
-/// namespace's NetNamespace object) to the plugins: the plugin contract has no field for it.
-pub const NETID_ANNOTATION: &str = "cniscope.io/netid";
-
 /// Size of the probe's `L3_IFACES` array: interfaces with a larger ifindex are read as Ethernet.
 pub const MAX_L3_IFINDEX: u32 = 4096;
 

@@ -1,6 +1,7 @@
 //! The benchmarks' workload: the shipped lab capture's real observations, replicated with
 //! distinct client ports into as many distinct connections as asked (each replica its own
-//! connection, with its own fingerprint).
+//! connection, with its own fingerprint). Server ports stay: many connections, few edges, as
+//! on a real cluster.
 
 use cniscope::sources::aggregate::{Observation, PointTable};
 use cniscope::sources::decode::Decoding;
@@ -34,9 +35,10 @@ pub fn replicated(n: usize) -> (PointTable, Vec<Observation>) {
     while out.len() < n {
         for o in &base {
             let mut o = o.clone();
+            // Clients' ephemeral ports (Linux's 32768..61000) move; servers' stay.
             let shift = |p: u16| {
-                if p > 1024 {
-                    1025 + ((p as u32 + i * 7) % 60000) as u16
+                if p >= 32768 {
+                    32768 + ((p as u32 + i * 7) % 28232) as u16
                 } else {
                     p
                 }

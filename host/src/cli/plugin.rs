@@ -56,6 +56,12 @@ pub fn inspect(file: &Path) -> Result<()> {
         };
         println!("  {:<16} {:?}, {default}: {}", o.name, o.type_, o.doc);
     }
+    if !d.objects.is_empty() {
+        println!("reads objects:");
+        for o in &d.objects {
+            println!("  {} {}", o.api_version, o.kind);
+        }
+    }
     let n = &p.decoding;
     println!("decodes (with default options):");
     println!("  vxlan ports            {:?}", n.vxlan_ports);

@@ -10,9 +10,9 @@
 
 use super::nats::{self, NatsError};
 use super::windows::{BatchId, NodeState, Placement, WindowCounters, Windows};
-use super::wire::NodeBatch;
+use super::wire::{NodeBatch, WireError};
 use super::{CONSUMER, TOPOLOGY_SUBJECT};
-use crate::config::{NatsSettings, Settings};
+use crate::config::{AggregateSettings, NatsSettings, Settings};
 use crate::health::{AggregateHealth, Health};
 use crate::modes::load_inventory;
 use crate::pipeline::Pipeline;
@@ -55,12 +55,21 @@ const CHECKPOINT_VERSION: u32 = 1;
 struct Checkpoint {
     version: u32,
     last_window: u64,
+    /// The batches of every window written since the previous checkpoint.
     batches: BTreeSet<BatchId>,
     topology: TopologySnapshot,
     nodes: BTreeMap<String, NodeState>,
     counters: WindowCounters,
     bad_messages: BTreeMap<String, u64>,
+    /// Each plugin's state across windows (WIT `snapshot`), base64, by plugin name. Absent
+    /// in checkpoints of earlier releases: the plugins then start empty.
+    #[serde(default)]
+    plugins: BTreeMap<String, String>,
 }
+
+/// Batches taken before the windows that may close are written, when more are already
+/// fetched (catching up on a backlog): bounds what is held, at most this many chunks.
+const MAX_HELD_BATCHES: usize = 64;
 
 /// Messages fetched per request, and how long a request waits for them.
 const FETCH_MAX: usize = 1000;
@@ -74,7 +83,7 @@ fn now_ns() -> u64 {
 }
 
 /// The aggregator's state between windows.
-struct Aggregator {
+pub struct Aggregator {
     pipeline: Pipeline,
     points: PointTable,
     windows: Windows<async_nats::jetstream::Message>,
@@ -84,11 +93,55 @@ struct Aggregator {
 }
 
 impl Aggregator {
-    fn checkpoint(&self) -> Result<(), AggregateError> {
+    /// An aggregator over `pipeline`, assembling windows as `settings` say, listening from now.
+    pub fn new(pipeline: Pipeline, settings: &AggregateSettings) -> Aggregator {
+        Aggregator {
+            pipeline,
+            points: PointTable::default(),
+            windows: Windows::new(
+                settings.interval.as_nanos() as u64,
+                settings.max_lateness.as_nanos() as u64,
+                now_ns(),
+            ),
+            bad_messages: BTreeMap::new(),
+            state_file: settings.state_file.clone(),
+            output_file: settings.output_file.clone(),
+        }
+    }
+
+    /// Knows these nodes from the start, instead of learning them for `max_lateness` (a
+    /// bench, or a fixed set of nodes).
+    pub fn expect(&mut self, nodes: &[&str]) {
+        self.windows.expect(
+            nodes
+                .iter()
+                .map(|n| (n.to_string(), NodeState::default()))
+                .collect(),
+        );
+    }
+
+    pub fn windows_written(&self) -> u64 {
+        self.windows.counters.windows_written
+    }
+
+    fn checkpoint(&mut self) -> Result<(), AggregateError> {
+        use base64::Engine;
+        let plugins = self
+            .pipeline
+            .plugin_states()
+            .into_iter()
+            .map(|(name, state)| {
+                (
+                    name,
+                    base64::engine::general_purpose::STANDARD.encode(state),
+                )
+            })
+            .collect();
         let Some((last_window, batches)) = self.windows.last_written() else {
             return Ok(());
         };
         let c = Checkpoint {
+            plugins,
             version: CHECKPOINT_VERSION,
             last_window,
             batches: batches.clone(),
@@ -108,7 +161,8 @@ impl Aggregator {
         }
     }
 
-    fn restore(&mut self) -> Result<(), AggregateError> {
+    /// Continues from the checkpoint in `state_file`, if there is one.
+    pub fn restore(&mut self) -> Result<(), AggregateError> {
         let bytes = match std::fs::read(&self.state_file) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -123,6 +177,21 @@ impl Aggregator {
             )));
         }
         tracing::info!(window = c.last_window, "resuming from the checkpoint");
+        let mut states = BTreeMap::new();
+        for (name, text) in &c.plugins {
+            use base64::Engine;
+            match base64::engine::general_purpose::STANDARD.decode(text) {
+                Ok(state) => {
+                    states.insert(name.clone(), state);
+                }
+                Err(e) => tracing::warn!(plugin = %name, "checkpointed state does not decode: {e}"),
+            }
+        }
+        for name in self.pipeline.restore_plugin_states(&states) {
+            // Counted where a plugin's refusal is (its health's errors); a connection that
+            // straddles this restart may then be counted at a second place.
+            tracing::warn!(plugin = %name, "the plugin starts without its state from the checkpoint");
+        }
         self.pipeline.restore(c.topology);
         self.windows.resume(c.last_window, c.batches, c.nodes);
         self.windows.counters = c.counters;
@@ -131,7 +200,7 @@ impl Aggregator {
     }
 
     /// The topology with the nodes' and the aggregator's health.
-    fn doc(&self, now: u64) -> TopologyDoc {
+    pub fn doc(&self, now: u64) -> TopologyDoc {
         let mut health = Health::default();
         for (node, state) in &self.windows.nodes {
             for (reason, n) in &state.health.drops {
@@ -162,15 +231,20 @@ impl Aggregator {
         self.pipeline.doc(health)
     }
 
-    /// Takes one message: a batch to assemble, or one to acknowledge at once.
-    async fn take(&mut self, msg: async_nats::jetstream::Message, now: u64) {
-        let batch = match NodeBatch::decode(&msg.payload) {
+    /// Takes one message, decoded: a batch to assemble, or one to acknowledge at once.
+    async fn take(
+        &mut self,
+        decoded: Result<NodeBatch, WireError>,
+        msg: async_nats::jetstream::Message,
+        now: u64,
+    ) {
+        let batch = match decoded {
             Ok(b) => b,
             Err(e) => {
                 let reason = match &e {
-                    super::wire::WireError::Magic => "not an observation batch",
-                    super::wire::WireError::Version { .. } => "another wire version",
-                    super::wire::WireError::Body(_) => "body does not decode",
+                    WireError::Magic => "not an observation batch",
+                    WireError::Version { .. } => "another wire version",
+                    WireError::Body(_) => "body does not decode",
                 };
                 let seen = self.bad_messages.entry(reason.into()).or_default();
                 *seen += 1;
@@ -192,40 +266,49 @@ impl Aggregator {
         }
     }
 
-    /// Writes every window that may close (all held ones when `force`).
+    /// Writes every window that may close (all held ones when `force`): each through the
+    /// plugins, then one checkpoint, one document and the acknowledgements for all of them.
+    /// Live, that is one window at a time; catching up on a backlog, several, so that the
+    /// checkpoint and the document (which grow with the topology) are not rewritten for every
+    /// window.
     async fn close_windows(
         &mut self,
         client: &async_nats::Client,
         force: bool,
     ) -> Result<(), AggregateError> {
         let now = now_ns();
+        let mut handles = Vec::new();
+        let mut written = 0;
         while let Some((k, batches, copies)) = self.windows.next_closed(now, force) {
             let mut observations = Vec::new();
-            let mut handles = Vec::with_capacity(batches.len());
             for (b, m) in batches {
                 observations.extend(b.into_observations(&mut self.points));
                 handles.push(m);
             }
+            handles.extend(copies);
             let end = self.windows.window_end_ns(k);
-            self.pipeline.window(&self.points, &observations, end);
-            self.checkpoint()?;
-            let doc = self.doc(now);
-            let json = render(&doc, Format::Json);
-            if let Some(path) = &self.output_file
-                && let Err(e) = replace_file(path, json.as_bytes())
-            {
-                tracing::warn!("writing {}: {e}", path.display());
-            }
-            if let Err(e) = client.publish(TOPOLOGY_SUBJECT, json.into()).await {
-                tracing::warn!("publishing the topology: {e}");
-            }
-            for m in handles {
-                ack(m).await;
-            }
-            for m in copies {
-                ack(m).await;
-            }
+            // The plugins run on this worker while the other fetches and decodes what
+            // comes next.
+            tokio::task::block_in_place(|| self.pipeline.window(&self.points, &observations, end));
+            written += 1;
         }
+        if written == 0 {
+            return Ok(());
+        }
+        self.checkpoint()?;
+        self.windows.checkpointed();
+        let doc = self.doc(now);
+        let json = render(&doc, Format::Json);
+        if let Some(path) = &self.output_file
+            && let Err(e) = replace_file(path, json.as_bytes())
+        {
+            tracing::warn!("writing {}: {e}", path.display());
+        }
+        if let Err(e) = client.publish(TOPOLOGY_SUBJECT, json.into()).await {
+            tracing::warn!("publishing the topology: {e}");
+        }
+        // Acknowledged together: one round trip, not one per batch.
+        futures::future::join_all(handles.into_iter().map(ack)).await;
         Ok(())
     }
 }
@@ -249,54 +332,23 @@ async fn ack(m: async_nats::jetstream::Message) {
     }
 }
 
-/// Runs until `stop`; then writes what is held and returns the topology.
-pub fn run(
-    settings: &Settings,
-    nats: &NatsSettings,
-    stop: &'static AtomicBool,
-) -> Result<TopologyDoc, AggregateError> {
-    let inventory = load_inventory(&settings.inventories)?;
-    let engine = PluginEngine::new(settings.cache_dir.clone())?;
-    let pipeline = Pipeline::new(&engine, &settings.plugins, inventory)?;
-    let a = &settings.aggregate;
-    let mut agg = Aggregator {
-        pipeline,
-        points: PointTable::default(),
-        windows: Windows::new(
-            a.interval.as_nanos() as u64,
-            a.max_lateness.as_nanos() as u64,
-            now_ns(),
-        ),
-        bad_messages: BTreeMap::new(),
-        state_file: a.state_file.clone(),
-        output_file: a.output_file.clone(),
-    };
-    agg.restore()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(AggregateError::Runtime)?;
-    runtime.block_on(async {
-        let client = nats::connect(nats, "cniscope-aggregate", stop).await?;
-        let js = async_nats::jetstream::new(client.clone());
-        let stream = nats::observation_stream(&js).await?;
-        // A batch waits for its window: the interval, the lateness allowed, and slack.
-        let ack_wait = a.interval + a.max_lateness + Duration::from_secs(60);
-        let consumer = stream
-            .get_or_create_consumer(
-                CONSUMER,
-                pull::Config {
-                    durable_name: Some(CONSUMER.into()),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait,
-                    max_ack_pending: 100_000,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| AggregateError::Consumer(e.to_string()))?;
-        let mut failed_fetches = 0u64;
-        while !stop.load(Ordering::Relaxed) {
+/// What the fetching task hands the assembling loop.
+enum Fetched {
+    /// A message and its body, decoded (boxed: a batch is large, a failure small).
+    Message(Box<(Result<NodeBatch, WireError>, async_nats::jetstream::Message)>),
+    /// A fetch failed (the broker is away).
+    Failed(String),
+}
+
+/// Fetches and decodes messages on its own task, so that the next batches are read while the
+/// plugins work on a window. The channel is bounded: a slow aggregator slows the fetching,
+/// and what is not fetched stays in the stream.
+fn spawn_fetcher(
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+    tx: tokio::sync::mpsc::Sender<Fetched>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
             match consumer
                 .fetch()
                 .max_messages(FETCH_MAX)
@@ -306,28 +358,126 @@ pub fn run(
             {
                 Ok(mut messages) => {
                     while let Some(m) = messages.next().await {
-                        match m {
-                            Ok(m) => {
-                                failed_fetches = 0;
-                                agg.take(m, now_ns()).await;
-                            }
-                            Err(e) => {
-                                fetch_failed(&mut failed_fetches, &e.to_string());
-                                break;
-                            }
+                        let (item, failed) = match m {
+                            Ok(m) => (
+                                Fetched::Message(Box::new((NodeBatch::decode(&m.payload), m))),
+                                false,
+                            ),
+                            Err(e) => (Fetched::Failed(e.to_string()), true),
+                        };
+                        if tx.send(item).await.is_err() {
+                            return;
+                        }
+                        if failed {
+                            break;
                         }
                     }
                 }
                 Err(e) => {
-                    fetch_failed(&mut failed_fetches, &e.to_string());
+                    if tx.send(Fetched::Failed(e.to_string())).await.is_err() {
+                        return;
+                    }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
-            agg.close_windows(&client, false).await?;
         }
-        agg.close_windows(&client, true).await?;
-        let _ = client.flush().await;
-        Ok::<(), AggregateError>(())
+    })
+}
+
+/// The durable consumer every aggregator instance shares, created when missing.
+pub async fn consumer(
+    js: &async_nats::jetstream::Context,
+    settings: &AggregateSettings,
+) -> Result<async_nats::jetstream::consumer::PullConsumer, AggregateError> {
+    let stream = nats::observation_stream(js).await?;
+    // A batch waits for its window: the interval, the lateness allowed, and slack.
+    let ack_wait = settings.interval + settings.max_lateness + Duration::from_secs(60);
+    stream
+        .get_or_create_consumer(
+            CONSUMER,
+            pull::Config {
+                durable_name: Some(CONSUMER.into()),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait,
+                max_ack_pending: 100_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| AggregateError::Consumer(e.to_string()))
+}
+
+/// Assembles what `consumer` delivers until `done` says so, writing every window that
+/// closes; then writes what is still held. Needs a multi-threaded runtime (the plugins run
+/// in `block_in_place`).
+pub async fn consume(
+    agg: &mut Aggregator,
+    client: &async_nats::Client,
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+    mut done: impl FnMut(&Aggregator) -> bool,
+) -> Result<(), AggregateError> {
+    // A few fetches' worth in flight: enough to overlap, bounded in memory.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let fetcher = spawn_fetcher(consumer, tx);
+    let mut failed_fetches = 0u64;
+    while !done(agg) {
+        match tokio::time::timeout(FETCH_WAIT, rx.recv()).await {
+            Ok(Some(Fetched::Message(message))) => {
+                failed_fetches = 0;
+                let (decoded, m) = *message;
+                agg.take(decoded, m, now_ns()).await;
+            }
+            Ok(Some(Fetched::Failed(e))) => fetch_failed(&mut failed_fetches, &e),
+            // The fetcher never ends while the channel is open; a tick lets windows close by
+            // wall time when nothing arrives.
+            Ok(None) | Err(_) => {}
+        }
+        // With more already fetched, take it first: the windows that close are then written
+        // together (see `close_windows`).
+        if rx.is_empty() || agg.windows.held_batches() >= MAX_HELD_BATCHES {
+            agg.close_windows(client, false).await?;
+        }
+    }
+    fetcher.abort();
+    // What was fetched already is assembled too (the rest stays unacknowledged in the
+    // stream, redelivered to the next instance).
+    rx.close();
+    while let Some(item) = rx.recv().await {
+        if let Fetched::Message(message) = item {
+            let (decoded, m) = *message;
+            agg.take(decoded, m, now_ns()).await;
+        }
+    }
+    agg.close_windows(client, true).await?;
+    let _ = client.flush().await;
+    Ok(())
+}
+
+/// Runs until `stop`; then writes what is held and returns the topology.
+pub fn run(
+    settings: &Settings,
+    nats: &NatsSettings,
+    stop: &'static AtomicBool,
+) -> Result<TopologyDoc, AggregateError> {
+    let inventory = load_inventory(&settings.inventories)?;
+    let engine = PluginEngine::new(settings.cache_dir.clone())?;
+    let pipeline = Pipeline::new(&engine, &settings.plugins, inventory)?;
+    let mut agg = Aggregator::new(pipeline, &settings.aggregate);
+    agg.restore()?;
+    // Two workers: one runs the plugins, the other fetches and decodes meanwhile.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(AggregateError::Runtime)?;
+    runtime.block_on(async {
+        let client = nats::connect(nats, "cniscope-aggregate", stop).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let consumer = consumer(&js, &settings.aggregate).await?;
+        consume(&mut agg, &client, consumer, |_| {
+            stop.load(Ordering::Relaxed)
+        })
+        .await
     })?;
     Ok(agg.doc(now_ns()))
 }

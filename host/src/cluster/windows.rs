@@ -79,8 +79,11 @@ pub struct WindowCounters {
 pub struct Windows<M> {
     interval_ns: u64,
     lateness_ns: u64,
-    /// The last window written, and the batches it held.
+    /// The last window written, and the batches of every window written since the last
+    /// checkpoint (a redelivery of any of them after a restart is recognised).
     last_written: Option<(u64, BTreeSet<BatchId>)>,
+    /// Windows were written since [`checkpointed`](Self::checkpointed) was last called.
+    unsaved: bool,
     held: BTreeMap<u64, Vec<(NodeBatch, M)>>,
     held_ids: BTreeMap<BatchId, u64>,
     /// Handles of copies of held batches, acknowledged with their window.
@@ -103,6 +106,7 @@ impl<M> Windows<M> {
             interval_ns: interval_ns.max(1),
             lateness_ns,
             last_written: None,
+            unsaved: false,
             held: BTreeMap::new(),
             held_ids: BTreeMap::new(),
             copies: BTreeMap::new(),
@@ -213,10 +217,23 @@ impl<M> Windows<M> {
         for id in &ids {
             self.held_ids.remove(id);
         }
-        self.last_written = Some((k, ids));
+        match (&mut self.last_written, self.unsaved) {
+            (Some((last, written)), true) => {
+                *last = k;
+                written.extend(ids);
+            }
+            _ => self.last_written = Some((k, ids)),
+        }
+        self.unsaved = true;
         self.counters.windows_written += 1;
         let copies = self.copies.remove(&k).unwrap_or_default();
         Some((k, batches, copies))
+    }
+
+    /// The windows written so far are in a checkpoint: the next one written starts a new
+    /// set of batches in [`last_written`](Self::last_written).
+    pub fn checkpointed(&mut self) {
+        self.unsaved = false;
     }
 
     /// Batches held, not yet written.
@@ -327,5 +344,42 @@ mod tests {
         assert_eq!(w.offer(batch("b", 0, 5), 4, now), Placement::Late(4));
         assert_eq!(w.counters.late_batches, 1);
         assert_eq!(w.counters.duplicate_batches, 1);
+    }
+
+    /// Windows written together (catching up) share one checkpoint: a redelivery of any of
+    /// their batches after a restart is recognised, not counted late; the next checkpoint's
+    /// set starts afresh.
+    #[test]
+    fn windows_written_together_are_all_recognised_after_a_restart() {
+        let known = || ["a"].map(|n| (n.to_string(), NodeState::default())).into();
+        let mut w: Windows<u32> = Windows::new(S, 10 * S, 0);
+        w.expect(known());
+        for (i, end) in [(0, 11), (1, 12), (2, 13)] {
+            assert_eq!(w.offer(batch("a", i, end), i as u32, S), Placement::Held);
+        }
+        assert_eq!(w.next_closed(S, false).map(|(k, _, _)| k), Some(10));
+        assert_eq!(w.next_closed(S, false).map(|(k, _, _)| k), Some(11));
+        let (last, ids) = w.last_written().unwrap();
+        assert_eq!(
+            (last, ids.len()),
+            (11, 2),
+            "both windows' batches, one checkpoint"
+        );
+
+        let mut restarted: Windows<u32> = Windows::new(S, 10 * S, 0);
+        restarted.resume(last, ids.clone(), known());
+        assert_eq!(
+            restarted.offer(batch("a", 0, 11), 7, S),
+            Placement::AlreadyWritten(7)
+        );
+        assert_eq!(restarted.counters.late_batches, 0);
+
+        w.checkpointed();
+        assert_eq!(w.next_closed(S, false).map(|(k, _, _)| k), Some(12));
+        assert_eq!(
+            w.last_written().unwrap().1.len(),
+            1,
+            "a new set after a checkpoint"
+        );
     }
 }

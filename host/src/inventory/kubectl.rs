@@ -2,7 +2,9 @@
 //! `NodeList`, `PodList`, ...) or a single object. Unknown kinds are skipped; every error names
 //! the file and the item.
 
-use super::{EndpointSlice, Inventory, Node, Pod, Service, ServicePort, protocol_number};
+use super::{
+    CniObject, EndpointSlice, Inventory, Node, Pod, Service, ServicePort, protocol_number,
+};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -64,41 +66,52 @@ pub fn from_value(value: &Value) -> Result<Inventory, (String, String)> {
             .and_then(Value::as_str)
             .unwrap_or_else(|| list_kind.trim_end_matches("List"));
         let label = format!("items[{i}] ({kind} {})", name_of(item));
+        // The core kinds the host reads, by API group too: another group's "Service"
+        // (Knative's) is a CNI-agnostic object like any other.
+        let api = item["apiVersion"].as_str().unwrap_or("");
+        let core = matches!(api, "" | "v1");
+        let discovery = matches!(api, "" | "discovery.k8s.io/v1" | "discovery.k8s.io/v1beta1");
         let r = match kind {
-            "Node" => node(item).map(|n| inv.nodes.push(n)),
-            "Pod" => pod(item).map(|p| inv.pods.push(p)),
-            "Service" => service(item).map(|s| inv.services.push(s)),
-            "EndpointSlice" => {
+            "Node" if core => node(item).map(|n| inv.nodes.push(n)),
+            "Pod" if core => pod(item).map(|p| inv.pods.push(p)),
+            "Service" if core => service(item).map(|s| inv.services.push(s)),
+            "EndpointSlice" if discovery => {
                 inv.endpoint_slices.push(slice(item));
                 Ok(())
             }
-            "HostSubnet" => host_subnet(item).map(|h| inv.openshift.host_subnets.push(h)),
-            "NetNamespace" => net_namespace(item).map(|n| inv.openshift.netnamespaces.push(n)),
-            _ => Ok(()),
+            _ => {
+                if let Some(o) = cni_object(item, kind) {
+                    inv.objects.push(o);
+                }
+                Ok(())
+            }
         };
         r.map_err(|detail| (label, detail))?;
     }
     Ok(inv)
 }
 
-/// OpenShift-SDN's HostSubnet: (node, subnet).
-fn host_subnet(v: &Value) -> Result<(String, String), String> {
-    let host = v["host"].as_str().ok_or("host: missing")?;
-    let subnet = v["subnet"].as_str().ok_or("subnet: missing")?;
-    Ok((host.to_string(), subnet.to_string()))
-}
-
-/// OpenShift-SDN's NetNamespace: (namespace, NETID).
-fn net_namespace(v: &Value) -> Result<(String, u32), String> {
-    let name = v["netname"]
-        .as_str()
-        .or_else(|| v["metadata"]["name"].as_str())
-        .ok_or("netname: missing")?;
-    let netid = v["netid"]
-        .as_u64()
-        .and_then(|n| u32::try_from(n).ok())
-        .ok_or("netid: missing or not a number")?;
-    Ok((name.to_string(), netid))
+/// An object of an API group (`group/version`: a CNI's custom resources, and any other
+/// group's kind the host does not read itself), kept whole for the plugins that ask for its
+/// kind. Core `v1` kinds (ConfigMaps, Secrets, ...) are never kept: no plugin reads them, and
+/// a dump may hold secrets.
+fn cni_object(item: &Value, kind: &str) -> Option<CniObject> {
+    let api_version = item["apiVersion"].as_str()?;
+    if !api_version.contains('/') || kind.is_empty() {
+        return None;
+    }
+    let mut whole = item.clone();
+    if let Some(m) = whole.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("managedFields");
+    }
+    let m = &item["metadata"];
+    Some(CniObject {
+        api_version: api_version.to_string(),
+        kind: kind.to_string(),
+        namespace: m["namespace"].as_str().unwrap_or("").to_string(),
+        name: m["name"].as_str().unwrap_or("").to_string(),
+        json: whole.to_string(),
+    })
 }
 
 fn name_of(v: &Value) -> String {
@@ -310,37 +323,46 @@ fn slice(v: &Value) -> EndpointSlice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::NETID_ANNOTATION;
 
     #[test]
-    fn openshift_sdn_objects_become_node_subnets_and_pod_netids() {
-        // As `oc get nodes,pods,hostsubnets,netnamespaces -A -o json` prints them.
+    fn objects_of_other_api_groups_are_kept_whole_and_core_ones_are_not() {
+        // As `oc get nodes,pods,hostsubnets,netnamespaces,configmaps -A -o json` prints them.
         let dump = serde_json::json!({"kind": "List", "items": [
-            {"kind": "Node", "metadata": {"name": "w1"},
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "w1"},
              "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.11"}]}},
-            {"kind": "Pod", "metadata": {"name": "web", "namespace": "shop"},
-             "spec": {"nodeName": "w1"}, "status": {"podIP": "10.128.2.5"}},
-            {"kind": "Pod", "metadata": {"name": "tool", "namespace": "ops"},
-             "spec": {"nodeName": "w1"}, "status": {"podIP": "10.128.2.6"}},
             {"apiVersion": "network.openshift.io/v1", "kind": "HostSubnet",
-             "metadata": {"name": "w1"}, "host": "w1", "hostIP": "10.0.0.11",
-             "subnet": "10.128.2.0/23"},
-            {"apiVersion": "network.openshift.io/v1", "kind": "NetNamespace",
-             "metadata": {"name": "shop"}, "netname": "shop", "netid": 4242}
+             "metadata": {"name": "w1", "managedFields": [{"manager": "sdn"}]},
+             "host": "w1", "hostIP": "10.0.0.11", "subnet": "10.128.2.0/23"},
+            {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPAMBlock",
+             "metadata": {"name": "10-70-5-0-26"},
+             "spec": {"cidr": "10.70.5.0/26", "affinity": "host:w1"}},
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "t", "namespace": "a"},
+             "data": {"token": "c2VjcmV0"}},
+            {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+             "metadata": {"name": "hello", "namespace": "apps"}, "spec": {"template": {}}}
         ]});
         let inv = from_value(&dump).unwrap();
-        let seen = inv.with_openshift_sdn();
-        assert_eq!(seen.nodes[0].pod_cidrs, vec!["10.128.2.0/23".to_string()]);
-        let netid = |i: usize| seen.pods[i].annotations.get(NETID_ANNOTATION).cloned();
-        assert_eq!(netid(0).as_deref(), Some("4242"));
-        assert_eq!(netid(1), None, "no NetNamespace for ops");
-        // A broken object names itself.
-        let bad = serde_json::json!({"kind": "NetNamespace", "metadata": {"name": "x"},
-                                     "netname": "x", "netid": "many"});
-        let (item, detail) = from_value(&bad).unwrap_err();
+        assert_eq!(inv.nodes.len(), 1);
         assert!(
-            item.contains("NetNamespace x") && detail.contains("netid"),
-            "{item}: {detail}"
+            inv.services.is_empty(),
+            "Knative's Service is not a core Service"
         );
+        let kinds: Vec<(&str, &str, &str)> = inv
+            .objects
+            .iter()
+            .map(|o| (o.api_version.as_str(), o.kind.as_str(), o.name.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("network.openshift.io/v1", "HostSubnet", "w1"),
+                ("crd.projectcalico.org/v1", "IPAMBlock", "10-70-5-0-26"),
+                ("serving.knative.dev/v1", "Service", "hello"),
+            ]
+        );
+        let host_subnet: Value = serde_json::from_str(&inv.objects[0].json).unwrap();
+        assert_eq!(host_subnet["subnet"], "10.128.2.0/23");
+        assert!(host_subnet["metadata"].get("managedFields").is_none());
+        assert_eq!(inv.objects[2].namespace, "apps");
     }
 }

@@ -131,8 +131,26 @@ fn ports(p: &[ServicePort]) -> Vec<wit::ServicePort> {
         .collect()
 }
 
-pub fn inventory(inv: &Inventory) -> wit::Inventory {
+/// The inventory as a plugin sees it: with the objects of the kinds it asked for (by API
+/// version and kind), and no others.
+pub fn inventory(inv: &Inventory, wanted: &[wit::ObjectKind]) -> wit::Inventory {
     wit::Inventory {
+        objects: inv
+            .objects
+            .iter()
+            .filter(|o| {
+                wanted
+                    .iter()
+                    .any(|w| w.api_version == o.api_version && w.kind == o.kind)
+            })
+            .map(|o| wit::CniObject {
+                api_version: o.api_version.clone(),
+                kind: o.kind.clone(),
+                namespace: o.namespace.clone(),
+                name: o.name.clone(),
+                json: o.json.clone(),
+            })
+            .collect(),
         nodes: inv
             .nodes
             .iter()

@@ -282,6 +282,19 @@ impl PluginInstance {
         Some(out)
     }
 
+    /// What the plugin carries to its next window, for a checkpoint; None when it failed
+    /// (logged and counted, as every fault).
+    pub fn snapshot(&mut self) -> Option<Vec<u8>> {
+        self.call("snapshot", 0, |p, s| p.call_snapshot(s).map(Ok))
+    }
+
+    /// Gives a new instance what [`snapshot`](Self::snapshot) took; false when the plugin
+    /// refused it or failed (said in the log, counted in its health's errors).
+    pub fn restore(&mut self, state: &[u8]) -> bool {
+        self.call("restore", 0, |p, s| p.call_restore(s, state))
+            .is_some()
+    }
+
     /// A call whose WIT error is handled here (logged and counted).
     fn call<R>(
         &mut self,
@@ -403,6 +416,7 @@ fn empty_description() -> wit::Description {
         cni_kinds: Vec::new(),
         capture: Vec::new(),
         options: Vec::new(),
+        objects: Vec::new(),
     }
 }
 

@@ -44,7 +44,7 @@ const CLOCKS: &[&str] = &["wasi:clocks/wall-clock", "wasi:clocks/monotonic-clock
 /// The plugin contract this host speaks: the version of the `cniscope:plugin` package in
 /// `wit/plugin.wit`. Every plugin imports its `types` interface at the version it was built
 /// against.
-pub const CONTRACT: &str = "cniscope:plugin@0.2.0";
+pub const CONTRACT: &str = "cniscope:plugin@0.3.0";
 
 /// Refuses a component built against another version of the contract, naming both: a field
 /// added to a record changes its layout, and wasmtime's own type error would not say why.
@@ -104,6 +104,8 @@ mod tests {
         );
         let err = check_contract(&["cniscope:plugin/types@0.1.0".into()]).unwrap_err();
         assert!(err.contains("cniscope:plugin@0.1.0"), "{err}");
+        let err = check_contract(&["cniscope:plugin/types@0.2.0".into()]).unwrap_err();
+        assert!(err.contains("cniscope:plugin@0.2.0"), "{err}");
         assert!(err.contains(CONTRACT), "{err}");
         // Other packages' versions are theirs.
         assert_eq!(check_contract(&["wasi:cli/exit@0.2.0".into()]), Ok(()));

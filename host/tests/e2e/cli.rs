@@ -18,12 +18,36 @@ fn plugin_inspect_prints_the_description() {
         "flannel.1",
         "vni",
         "sha256:",
-        "cniscope:plugin/types@0.2.0",
+        "cniscope:plugin/types@0.3.0",
         // Its decoding needs with default options: VXLAN on 8472, the udp backend's 8285.
         "vxlan ports            [8472]",
         "udp encap ports        [8285]",
     ] {
         assert!(stdout.contains(needle), "{needle:?} in\n{stdout}");
+    }
+    // The CNI objects a plugin reads, which the host hands over without knowing them.
+    for (name, kinds) in [
+        (
+            "ovn",
+            [
+                "network.openshift.io/v1 HostSubnet",
+                "network.openshift.io/v1 NetNamespace",
+            ],
+        ),
+        (
+            "calico",
+            [
+                "crd.projectcalico.org/v1 IPPool",
+                "crd.projectcalico.org/v1 IPAMBlock",
+            ],
+        ),
+    ] {
+        let out = cniscope(&["plugin", "inspect", plugin(name).to_str().unwrap()]);
+        let (stdout, _) = text(&out);
+        assert!(stdout.contains("reads objects:"), "{stdout}");
+        for kind in kinds {
+            assert!(stdout.contains(kind), "{kind} in\n{stdout}");
+        }
     }
     let out = cniscope(&["plugin", "inspect", plugin("fs-reader").to_str().unwrap()]);
     let (stdout, _) = text(&out);

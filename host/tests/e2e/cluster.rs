@@ -17,11 +17,17 @@ use std::time::{Duration, Instant};
 pub struct NatsServer {
     pub port: u16,
     store: tempfile::TempDir,
+    /// Options beside the port and the store (TLS, users).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl NatsServer {
     pub fn start() -> NatsServer {
+        NatsServer::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> NatsServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -30,6 +36,7 @@ impl NatsServer {
         let mut s = NatsServer {
             port,
             store: tempfile::tempdir().unwrap(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         s.run();
@@ -47,6 +54,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -433,14 +441,34 @@ fn shipped_batches() -> Vec<NodeBatch> {
     batches
 }
 
+/// The topology the shipped capture's replay gives: what the aggregator must give from the
+/// same observations published as batches.
+fn replay_topology() -> Value {
+    topology(&[
+        "replay",
+        "--config",
+        "examples/flannel-vxlan-demo.toml",
+        "--format",
+        "json",
+    ])
+}
+
 /// Publishes raw messages to the observation stream (creating it), each with its message ID.
 fn publish(url: &str, messages: Vec<(String, Option<String>, Vec<u8>)>) {
+    publish_with(async_nats::ConnectOptions::new(), url, messages)
+}
+
+fn publish_with(
+    options: async_nats::ConnectOptions,
+    url: &str,
+    messages: Vec<(String, Option<String>, Vec<u8>)>,
+) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let client = async_nats::connect(url).await.unwrap();
+        let client = options.connect(url).await.unwrap();
         let js = async_nats::jetstream::new(client);
         cniscope::cluster::nats::observation_stream(&js)
             .await
@@ -454,6 +482,58 @@ fn publish(url: &str, messages: Vec<(String, Option<String>, Vec<u8>)>) {
             js.send_publish(subject, m).await.unwrap().await.unwrap();
         }
     });
+}
+
+/// Everything published on a core NATS subject while it lives.
+struct Listener {
+    messages: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Listener {
+    /// Subscribed (confirmed by the server) when this returns.
+    fn start(url: &str, subject: &'static str) -> Listener {
+        use std::sync::atomic::Ordering;
+        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let (url, kept, stopped) = (url.to_string(), messages.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use futures::StreamExt;
+                let client = async_nats::connect(url).await.unwrap();
+                let mut sub = client.subscribe(subject).await.unwrap();
+                client.flush().await.unwrap();
+                ready_tx.send(()).unwrap();
+                while !stopped.load(Ordering::Relaxed) {
+                    if let Ok(Some(m)) =
+                        tokio::time::timeout(Duration::from_millis(100), sub.next()).await
+                    {
+                        kept.lock().unwrap().push(m.payload.to_vec());
+                    }
+                }
+            });
+        });
+        ready.recv_timeout(Duration::from_secs(10)).unwrap();
+        Listener {
+            messages,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> Vec<Vec<u8>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        std::mem::take(&mut *self.messages.lock().unwrap())
+    }
 }
 
 /// Without a lab: the shipped capture's two nodes as published batches, one re-sent under
@@ -498,19 +578,21 @@ fn resent_bad_and_good_batches_give_exactly_the_replays_topology() {
             ),
         ],
     );
+    let listener = Listener::start(&nats.url(), cniscope::cluster::TOPOLOGY_SUBJECT);
     let mut agg = Running::start(
         &["aggregate", "-c", config.to_str().unwrap(), "-f", "json"],
         work.path().join("aggregate.err"),
     );
     std::thread::sleep(Duration::from_secs(4));
     let doc: Value = serde_json::from_str(&agg.stop()).unwrap();
-    let replay = topology(&[
-        "replay",
-        "--config",
-        "examples/flannel-vxlan-demo.toml",
-        "--format",
-        "json",
-    ]);
+    // One window was written, and its topology published: the same edges, and the
+    // output contract's document.
+    let published = listener.stop();
+    assert_eq!(published.len(), 1, "one window, one topology message");
+    let message: Value = serde_json::from_slice(&published[0]).unwrap();
+    assert_eq!(edges(&message), edges(&doc));
+    assert_eq!(message["health"]["aggregate"]["windows_written"], 1);
+    let replay = replay_topology();
     assert_eq!(edges(&doc), edges(&replay));
     let h = &doc["health"]["aggregate"];
     assert_eq!(h["duplicate_batches"], 1, "{h:#}");
@@ -524,6 +606,172 @@ fn resent_bad_and_good_batches_give_exactly_the_replays_topology() {
         log.contains("observation batch version 99, this aggregator reads version 1"),
         "{log}"
     );
+
+    // The checkpoint holds the plugin's state across windows; a new instance takes it back
+    // in silence, and one that cannot read it says so and counts it in the plugin's health.
+    let state_file = work.path().join("state");
+    let mut checkpoint: Value =
+        serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    assert!(
+        checkpoint["plugins"]["flannel"]
+            .as_str()
+            .is_some_and(|s| s.len() > 8),
+        "{}",
+        checkpoint["plugins"]
+    );
+    let restart = |name: &str| {
+        let mut again = Running::start(
+            &["aggregate", "-c", config.to_str().unwrap(), "-f", "json"],
+            work.path().join(name),
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        let doc: Value = serde_json::from_str(&again.stop()).unwrap();
+        (doc, again.stderr())
+    };
+    let (again, log) = restart("again.err");
+    assert!(!log.contains("without its state"), "{log}");
+    assert_eq!(
+        edges(&again),
+        edges(&replay),
+        "restored, nothing counted again"
+    );
+    assert_eq!(again["health"]["plugins"]["flannel"]["errors"], 0);
+    // The state format's version byte (2) and nothing else: truncated.
+    checkpoint["plugins"]["flannel"] = "Ag==".into();
+    std::fs::write(&state_file, checkpoint.to_string()).unwrap();
+    let (broken, log) = restart("broken.err");
+    assert!(
+        log.contains("flannel") && log.contains("the plugin starts without its state"),
+        "{log}"
+    );
+    assert!(log.contains("the saved state is truncated"), "{log}");
+    assert_eq!(broken["health"]["plugins"]["flannel"]["errors"], 1);
+}
+
+/// A test CA, and a server and a client certificate it signed, as PEM files in `dir`.
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+impl Pki {
+    fn write(dir: &Path) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "cniscope test CA");
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let leaf = |names: Vec<String>, stem: &str| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(names)
+                .unwrap()
+                .signed_by(&key, &ca, &ca_key)
+                .unwrap();
+            let (c, k) = (
+                dir.join(format!("{stem}.pem")),
+                dir.join(format!("{stem}.key")),
+            );
+            std::fs::write(&c, cert.pem()).unwrap();
+            std::fs::write(&k, key.serialize_pem()).unwrap();
+            (c, k)
+        };
+        let (server_cert, server_key) =
+            leaf(vec!["127.0.0.1".into(), "localhost".into()], "server");
+        let (client_cert, client_key) = leaf(vec!["cniscope-aggregate".into()], "client");
+        let ca_path = dir.join("ca.pem");
+        std::fs::write(&ca_path, ca.pem()).unwrap();
+        Pki {
+            ca: ca_path,
+            server_cert,
+            server_key,
+            client_cert,
+            client_key,
+        }
+    }
+}
+
+/// A broker behind mutual TLS and a password is reached with the `[nats]` keys the `nats`
+/// CLI knows (tlsca, tlscert, tlskey, user, password), and the aggregated topology is the
+/// replay's; with a wrong password, the aggregator says so in one line and keeps trying.
+#[test]
+fn a_broker_behind_mutual_tls_and_a_password_is_reached_with_the_nats_cli_keys() {
+    plugin("flannel");
+    let work = tempfile::tempdir().unwrap();
+    let pki = Pki::write(work.path());
+    let p = |p: &PathBuf| p.to_str().unwrap().to_string();
+    let nats = NatsServer::start_with(&[
+        "--tls",
+        "--tlscert",
+        &p(&pki.server_cert),
+        "--tlskey",
+        &p(&pki.server_key),
+        "--tlsverify",
+        "--tlscacert",
+        &p(&pki.ca),
+        "--user",
+        "aggregator",
+        "--pass",
+        "s3cret",
+    ]);
+    let config = |password: &str, name: &str| {
+        let path = work.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[plugins]\ndir = \"{}\"\n[[plugin]]\nname = \"flannel\"\n[plugin.options]\nnetwork = \"10.244.0.0/16\"\n[inventory]\nfiles = [\"{}\"]\n[nats]\nurl = \"{}\"\ntlsca = \"{}\"\ntlscert = \"{}\"\ntlskey = \"{}\"\nuser = \"aggregator\"\npassword = \"{password}\"\n[aggregate]\ninterval_secs = 60\nmax_lateness_secs = 1\nstate_file = \"{name}.state\"\n",
+                root().join("dist/plugins").display(),
+                data("flannel-vxlan/inventory.json").display(),
+                nats.url(),
+                p(&pki.ca),
+                p(&pki.client_cert),
+                p(&pki.client_key),
+            ),
+        )
+        .unwrap();
+        path
+    };
+
+    // A wrong password: one line naming the broker and the refusal; it keeps trying.
+    let line = unreachable_said_once(&config("wrong", "wrong.toml"), work.path(), &nats.url());
+    assert!(
+        line.to_lowercase().contains("authorization"),
+        "the reason is named: {line}"
+    );
+
+    let options = async_nats::ConnectOptions::new()
+        .add_root_certificates(pki.ca.clone())
+        .add_client_certificate(pki.client_cert.clone(), pki.client_key.clone())
+        .require_tls(true)
+        .user_and_password("aggregator".into(), "s3cret".into());
+    let batches = shipped_batches();
+    publish_with(
+        options,
+        &nats.url(),
+        batches
+            .iter()
+            .map(|b| {
+                (
+                    cniscope::cluster::obs_subject(&b.node),
+                    Some(cniscope::cluster::message_id(b)),
+                    b.encode(),
+                )
+            })
+            .collect(),
+    );
+    let right = config("s3cret", "right.toml");
+    let mut agg = Running::start(
+        &["aggregate", "-c", right.to_str().unwrap(), "-f", "json"],
+        work.path().join("right.err"),
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let doc: Value = serde_json::from_str(&agg.stop()).unwrap();
+    let replay = replay_topology();
+    assert_eq!(edges(&doc), edges(&replay));
 }
 
 /// A broker that is not there: one clear line, and the process keeps trying.
@@ -541,9 +789,18 @@ fn an_unreachable_broker_is_said_in_one_line_and_retried() {
         format!("[nats]\nurl = \"nats://127.0.0.1:{port}\"\n[aggregate]\nstate_file = \"state\"\n"),
     )
     .unwrap();
+    unreachable_said_once(&config, work.path(), &format!("nats://127.0.0.1:{port}"));
+}
+
+/// Starts `aggregate -c config` against a broker it cannot use: after a few seconds it is
+/// still trying, having said why in exactly one line naming `url`; returns that line.
+fn unreachable_said_once(config: &Path, work: &Path, url: &str) -> String {
     let mut agg = Running::start(
         &["aggregate", "-c", config.to_str().unwrap()],
-        work.path().join("aggregate.err"),
+        work.join(format!(
+            "{}.err",
+            config.file_stem().unwrap().to_string_lossy()
+        )),
     );
     std::thread::sleep(Duration::from_secs(3));
     assert!(agg.alive(), "it retries: {}", agg.stderr());
@@ -553,9 +810,7 @@ fn an_unreachable_broker_is_said_in_one_line_and_retried() {
         .filter(|l| l.contains("cannot reach NATS"))
         .collect();
     assert_eq!(lines.len(), 1, "{log}");
-    assert!(
-        lines[0].contains(&format!("nats://127.0.0.1:{port}")),
-        "{log}"
-    );
+    assert!(lines[0].contains(url), "{log}");
     agg.kill();
+    lines[0].to_string()
 }

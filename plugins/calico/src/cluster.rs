@@ -4,6 +4,7 @@
 
 use crate::iface;
 use cniscope_sdk::hash::FastMap;
+use cniscope_sdk::inventory::objects_of;
 use cniscope_sdk::prelude::*;
 
 pub const IPV4_ADDRESS: &str = "projectcalico.org/IPv4Address";
@@ -50,6 +51,44 @@ pub struct Ipam {
     pub blocks: Vec<(Cidr, String)>,
     /// IPv4 block size for blocks inferred from pod IPs (IPPool `blockSize`, default 26).
     pub block_size: u8,
+}
+
+impl Ipam {
+    /// These settings plus Calico's own objects: an IPPool's `spec.cidr` is a pool, an
+    /// IPAMBlock's `spec.cidr` is affine to the node its `spec.affinity` names
+    /// (`host:<node>`; a block without one, or deleted, is no node's). The options come
+    /// first; a broken object is a warning naming it.
+    pub fn with_objects(&self, objects: &[CniObject], warnings: &mut Vec<String>) -> Ipam {
+        let mut ipam = self.clone();
+        let mut bad = Vec::new();
+        for (name, v) in objects_of(objects, "IPPool", warnings) {
+            match v["spec"]["cidr"].as_str().map(str::parse::<Cidr>) {
+                Some(Ok(cidr)) if !ipam.pools.contains(&cidr) => ipam.pools.push(cidr),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => bad.push(format!("IPPool {name}: spec.cidr: {e}")),
+                None => bad.push(format!("IPPool {name}: spec.cidr missing")),
+            }
+        }
+        for (name, v) in objects_of(objects, "IPAMBlock", warnings) {
+            let spec = &v["spec"];
+            let node = spec["affinity"]
+                .as_str()
+                .and_then(|a| a.strip_prefix("host:"));
+            match (spec["cidr"].as_str().map(str::parse::<Cidr>), node) {
+                (_, _) if spec["deleted"].as_bool() == Some(true) => {}
+                (Some(Ok(cidr)), Some(node)) => {
+                    if !ipam.blocks.iter().any(|(c, _)| *c == cidr) {
+                        ipam.blocks.push((cidr, node.to_string()));
+                    }
+                }
+                (Some(Ok(_)), None) => {}
+                (Some(Err(e)), _) => bad.push(format!("IPAMBlock {name}: spec.cidr: {e}")),
+                (None, _) => bad.push(format!("IPAMBlock {name}: spec.cidr missing")),
+            }
+        }
+        warnings.extend(bad);
+        ipam
+    }
 }
 
 fn strip_prefix_len(s: &str) -> &str {

@@ -45,9 +45,12 @@ impl Plugin for Calico {
                 .capture("vxlan.calico", IfaceKind::Tunnel)
                 .capture("eth*", IfaceKind::Uplink)
                 .capture("ens*", IfaceKind::Uplink)
-                .option("pools", OptionType::List, "[]", "IPPool CIDRs, e.g. [\"192.168.0.0/16\"]; addresses outside them, nodes and services are external")
+                // Calico's IPAM: pools, and blocks affine to nodes.
+                .object("crd.projectcalico.org/v1", "IPPool")
+                .object("crd.projectcalico.org/v1", "IPAMBlock")
+                .option("pools", OptionType::List, "[]", "IPPool CIDRs, e.g. [\"192.168.0.0/16\"], beside the IPPool objects of the inventory; addresses outside them, nodes and services are external")
                 .option("block_size", OptionType::Integer, "26", "IPv4 IPAM block size (IPPool blockSize), for blocks inferred from pod IPs")
-                .option("blocks", OptionType::List, "[]", "block affinities, [\"CIDR=node\", ...] (calicoctl ipam show --show-blocks); inferred from pod IPs otherwise")
+                .option("blocks", OptionType::List, "[]", "block affinities, [\"CIDR=node\", ...] (calicoctl ipam show --show-blocks), beside the IPAMBlock objects of the inventory; inferred from pod IPs otherwise")
                 .option("vxlan_vni", OptionType::Integer, "4096", "VXLAN VNI (FELIX_VXLANVNI)")
                 .option("vxlan_port", OptionType::Integer, "4789", "VXLAN UDP port (FELIX_VXLANPORT); the decoders decode it as VXLAN"),
         )
@@ -92,8 +95,13 @@ impl Plugin for Calico {
             .build()
     }
 
-    fn on_inventory(&mut self, inv: Inventory) -> Result<(), PluginError> {
-        let (cluster, warnings) = Cluster::new(inv, &self.ipam);
+    fn on_inventory(&mut self, mut inv: Inventory) -> Result<(), PluginError> {
+        let mut warnings = Vec::new();
+        let ipam = self
+            .ipam
+            .with_objects(&std::mem::take(&mut inv.objects), &mut warnings);
+        let (cluster, more) = Cluster::new(inv, &ipam);
+        warnings.extend(more);
         self.stitcher.learn(cluster.nat_sources(), &cluster.index);
         self.cluster = cluster;
         // Partial knowledge still names most things: report, keep what was read.
@@ -109,6 +117,14 @@ impl Plugin for Calico {
 
     fn counters(&self) -> Vec<(String, u64)> {
         self.stitcher.counters()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.stitcher.snapshot()
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), PluginError> {
+        self.stitcher.restore(state)
     }
 
     fn flush(&mut self, _now_ns: u64, out: &mut Flows) -> Result<(), PluginError> {

@@ -54,6 +54,7 @@ fn inventory() -> Inventory {
             external_traffic_policy: "Cluster".into(),
         }],
         endpoint_slices: vec![],
+        objects: vec![],
     }
 }
 
@@ -286,4 +287,68 @@ fn explicit_blocks_and_options_are_validated_by_name() {
         .err()
         .unwrap();
     assert!(e.message.contains("ghost"), "{}", e.message);
+}
+
+fn calico_object(kind: &str, name: &str, spec: &str) -> CniObject {
+    CniObject {
+        api_version: "crd.projectcalico.org/v1".into(),
+        kind: kind.into(),
+        namespace: String::new(),
+        name: name.into(),
+        json: format!(r#"{{"metadata": {{"name": "{name}"}}, "spec": {spec}}}"#),
+    }
+}
+
+/// Calico's IPPool and IPAMBlock objects, as the host hands them over, are the pools and the
+/// block affinities: a block without an affinity or deleted is no node's, a broken one is
+/// named, the options still come first.
+#[test]
+fn ippools_and_ipamblocks_from_the_inventory_are_the_ipam() {
+    let objects = vec![
+        calico_object(
+            "IPPool",
+            "default-ipv4-ippool",
+            r#"{"cidr": "10.80.0.0/16"}"#,
+        ),
+        calico_object(
+            "IPAMBlock",
+            "10-80-1-0-26",
+            r#"{"cidr": "10.80.1.0/26", "affinity": "host:n1"}"#,
+        ),
+        calico_object("IPAMBlock", "10-80-2-0-26", r#"{"cidr": "10.80.2.0/26"}"#),
+        calico_object(
+            "IPAMBlock",
+            "10-80-3-0-26",
+            r#"{"cidr": "10.80.3.0/26", "affinity": "host:n2", "deleted": true}"#,
+        ),
+        calico_object(
+            "IPAMBlock",
+            "bad",
+            r#"{"cidr": "10.80.4.0/99", "affinity": "host:n2"}"#,
+        ),
+    ];
+    let options = Ipam {
+        pools: vec!["10.70.0.0/16".parse().unwrap()],
+        blocks: vec![("10.80.1.0/26".parse().unwrap(), "n2".into())],
+        block_size: 26,
+    };
+    let mut warnings = Vec::new();
+    let ipam = options.with_objects(&objects, &mut warnings);
+    assert_eq!(
+        ipam.pools,
+        vec![
+            "10.70.0.0/16".parse().unwrap(),
+            "10.80.0.0/16".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        ipam.blocks,
+        vec![("10.80.1.0/26".parse().unwrap(), "n2".to_string())],
+        "the option's affinity stands; unaffine and deleted blocks are no node's"
+    );
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("IPAMBlock bad: spec.cidr"),
+        "{warnings:?}"
+    );
 }

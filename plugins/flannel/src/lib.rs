@@ -92,6 +92,14 @@ impl Plugin for Flannel {
         self.stitcher.counters()
     }
 
+    fn snapshot(&self) -> Vec<u8> {
+        self.stitcher.snapshot()
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), PluginError> {
+        self.stitcher.restore(state)
+    }
+
     fn flush(&mut self, _now_ns: u64, out: &mut Flows) -> Result<(), PluginError> {
         for conn in self.stitcher.drain() {
             rules::flow(&self.cluster, &self.backend, &conn, out);

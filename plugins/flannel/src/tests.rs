@@ -56,6 +56,7 @@ fn inventory() -> Inventory {
             external_traffic_policy: "Cluster".into(),
         }],
         endpoint_slices: vec![],
+        objects: vec![],
     }
 }
 

@@ -15,7 +15,7 @@ pub const HOST_CIDRS: &str = "k8s.ovn.org/host-cidrs";
 pub const GATEWAY_LRP_IFADDR: &str = "k8s.ovn.org/node-gateway-router-lrp-ifaddr";
 pub const GATEWAY_LRP_IFADDRS: &str = "k8s.ovn.org/node-gateway-router-lrp-ifaddrs";
 pub const TRANSIT_IFADDR: &str = "k8s.ovn.org/node-transit-switch-port-ifaddr";
-pub use cniscope_sdk::inventory::NETID_ANNOTATION;
+use cniscope_sdk::inventory::objects_of;
 
 #[derive(Clone, Debug)]
 pub struct OvnNode {
@@ -129,32 +129,54 @@ fn ifaddrs_of(v: &Value) -> Vec<&str> {
     out
 }
 
+/// OpenShift-SDN's own objects, added to what the options say: a HostSubnet (`host`,
+/// `subnet`) is a node's pod subnet, a NetNamespace (`netname`, `netid`) a project's NETID.
+fn sdn_objects(objects: &[CniObject], s: &mut Settings, warnings: &mut Vec<String>) {
+    let mut bad = Vec::new();
+    for (name, v) in objects_of(objects, "HostSubnet", warnings) {
+        match (
+            v["host"].as_str(),
+            v["subnet"].as_str().map(str::parse::<Cidr>),
+        ) {
+            (Some(host), Some(Ok(cidr))) => {
+                if !s.host_subnets.contains(&(cidr, host.to_string())) {
+                    s.host_subnets.push((cidr, host.to_string()));
+                }
+            }
+            (_, Some(Err(e))) => bad.push(format!("HostSubnet {name}: subnet: {e}")),
+            _ => bad.push(format!("HostSubnet {name}: host or subnet missing")),
+        }
+    }
+    for (name, v) in objects_of(objects, "NetNamespace", warnings) {
+        let project = v["netname"].as_str().unwrap_or(&name).to_string();
+        match v["netid"].as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(id) => {
+                if !s.netids.contains(&(id, project.clone())) {
+                    s.netids.push((id, project));
+                }
+            }
+            None => bad.push(format!(
+                "NetNamespace {name}: netid missing or not a number"
+            )),
+        }
+    }
+    warnings.extend(bad);
+}
+
 impl Cluster {
     /// Reads the inventory; unreadable annotations are returned as warnings and the rest used.
-    pub fn new(inv: Inventory, settings: Settings) -> (Cluster, Vec<String>) {
-        let (index, mut warnings) = InventoryIndex::new(inv);
+    pub fn new(mut inv: Inventory, mut settings: Settings) -> (Cluster, Vec<String>) {
+        let objects = std::mem::take(&mut inv.objects);
+        let mut warnings = Vec::new();
+        sdn_objects(&objects, &mut settings, &mut warnings);
+        let (index, index_warnings) = InventoryIndex::new(inv);
+        warnings.extend(index_warnings);
         let mut c = Cluster {
             settings,
             ..Cluster::default()
         };
-        // NETIDs from the options, and from NetNamespace objects (as the host hands them over).
-        let mut netids = c.settings.netids.clone();
-        for p in index.pods() {
-            match p
-                .annotations
-                .annotation(NETID_ANNOTATION)
-                .map(str::parse::<u32>)
-            {
-                Some(Ok(id)) if !netids.contains(&(id, p.namespace.clone())) => {
-                    netids.push((id, p.namespace.clone()))
-                }
-                Some(Err(e)) => warnings.push(format!(
-                    "pod {}/{}: {NETID_ANNOTATION}: {e}",
-                    p.namespace, p.name
-                )),
-                _ => {}
-            }
-        }
+        // NETIDs from the options and the NetNamespace objects.
+        let netids = c.settings.netids.clone();
         c.sdn = !netids.is_empty();
         for p in index.pods() {
             for &(netid, ref ns) in &netids {

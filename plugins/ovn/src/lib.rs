@@ -77,6 +77,9 @@ impl Plugin for Ovn {
                 .capture("br-ex", IfaceKind::Uplink)
                 .capture("eth*", IfaceKind::Uplink)
                 .capture("ens*", IfaceKind::Uplink)
+                // OpenShift-SDN's node subnets and project NETIDs.
+                .object("network.openshift.io/v1", "HostSubnet")
+                .object("network.openshift.io/v1", "NetNamespace")
                 .option("cluster_networks", OptionType::List, "[]", "clusterNetwork CIDRs, e.g. [\"10.128.0.0/14\"]; addresses outside them that are no node or service are external")
                 .option("host_subnets", OptionType::List, "[]", "node subnets [\"CIDR=node\", ...] (OpenShift-SDN HostSubnets); OVN's come from k8s.ovn.org/node-subnets")
                 .option("masquerade_subnet", OptionType::String, &format!("{MASQUERADE_SUBNET:?}"), "OVN's masquerade subnet: per-node addresses OVN SNATs to")
@@ -181,6 +184,14 @@ impl Plugin for Ovn {
 
     fn counters(&self) -> Vec<(String, u64)> {
         self.stitcher.counters()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.stitcher.snapshot()
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), PluginError> {
+        self.stitcher.restore(state)
     }
 
     fn flush(&mut self, _now_ns: u64, out: &mut Flows) -> Result<(), PluginError> {

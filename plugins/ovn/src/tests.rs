@@ -70,6 +70,7 @@ fn inventory() -> Inventory {
         ],
         services: vec![testkit::service("shop", "db", "172.30.0.9", 5432, 5432, 0)],
         endpoint_slices: vec![],
+        objects: vec![],
     }
 }
 
@@ -330,14 +331,35 @@ fn openshift_sdn_vxlan_names_pods_by_the_projects_netid() {
     let b = points(BatchBuilder::new()).row(vxlan(0)).build();
     assert_eq!(h.run(&b).unwrap()[0].server.name, "");
 
-    // The same from NetNamespace objects, which the host hands over as a pod annotation.
+    // The same from NetNamespace objects, as the host hands them over (and a HostSubnet
+    // naming a node's subnet); a broken one is a warning naming it, the rest still used.
     let mut inv = inventory();
     inv.pods.push(pod("billing", "ledger", "w2", "10.132.4.7"));
-    for p in &mut inv.pods {
-        let id = if p.namespace == "shop" { "4242" } else { "777" };
-        p.annotations
-            .push((cluster::NETID_ANNOTATION.into(), id.into()));
+    let object = |kind: &str, name: &str, json: String| CniObject {
+        api_version: "network.openshift.io/v1".into(),
+        kind: kind.into(),
+        namespace: String::new(),
+        name: name.into(),
+        json,
+    };
+    for (ns, id) in [("billing", "777"), ("shop", "4242")] {
+        inv.objects.push(object(
+            "NetNamespace",
+            ns,
+            format!(r#"{{"metadata": {{"name": "{ns}"}}, "netname": "{ns}", "netid": {id}}}"#),
+        ));
     }
+    inv.objects.push(object(
+        "NetNamespace",
+        "broken",
+        r#"{"netname": "broken", "netid": "many"}"#.into(),
+    ));
+    let e = Harness::<Ovn>::new().inventory(inv.clone()).err();
+    assert!(
+        e.is_some_and(|e| e.message.contains("NetNamespace broken: netid")),
+        "the broken object is named"
+    );
+    inv.objects.pop();
     let mut h = Harness::<Ovn>::new().inventory(inv).unwrap();
     let b = points(BatchBuilder::new()).row(vxlan(777)).build();
     let f = &h.run(&b).unwrap()[0];
