@@ -331,7 +331,10 @@ impl Agent {
         settings: &Settings,
         inventory: Inventory,
     ) -> Result<Agent, AgentError> {
-        let pipeline = Pipeline::new(engine, &settings.plugins, inventory)?;
+        let mut pipeline = Pipeline::new(engine, &settings.plugins, inventory)?;
+        if settings.watch_plugins {
+            pipeline.watch_plugins();
+        }
         let decoding = pipeline.decoding(&settings.decoding);
         let capture = Capture::new(settings, &pipeline.plugins, decoding)?;
         Ok(Agent { capture, pipeline })

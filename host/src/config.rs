@@ -240,6 +240,14 @@ pub struct PluginsSection {
     /// Faults after which a plugin is disabled instead of restarted.
     #[serde(default = "default_restarts")]
     pub max_restarts: Spanned<u32>,
+    /// Watch the plugins' files and load a new version at the next window boundary
+    /// (`run`, `aggregate`).
+    #[serde(default = "default_watch")]
+    pub watch: bool,
+}
+
+fn default_watch() -> bool {
+    true
 }
 
 fn default_dir() -> Spanned<String> {
@@ -263,6 +271,7 @@ impl Default for PluginsSection {
             memory_limit_mib: default_memory(),
             call_deadline_ms: default_deadline(),
             max_restarts: default_restarts(),
+            watch: default_watch(),
         }
     }
 }
@@ -433,6 +442,8 @@ pub struct PluginToLoad {
 pub struct Settings {
     pub plugins: Vec<PluginToLoad>,
     pub cache_dir: Option<PathBuf>,
+    /// `[plugins] watch`: load new versions of the plugins' files while running.
+    pub watch_plugins: bool,
     /// `[decode]`: what the decoders decode besides the plugins' needs.
     pub decoding: Decoding,
     pub window_ns: u64,
@@ -531,6 +542,7 @@ impl Settings {
         Settings {
             plugins,
             cache_dir: default_cache_dir(),
+            watch_plugins: true,
             decoding: Decoding::default(),
             window_ns: (default_window().into_inner() * 1e9) as u64,
             format: None,

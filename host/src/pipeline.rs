@@ -8,6 +8,7 @@
 use crate::config::PluginToLoad;
 use crate::inventory::Inventory;
 use crate::plugins::bindings::wit;
+use crate::plugins::watch::PluginWatch;
 use crate::plugins::{PluginEngine, PluginError, PluginInstance, convert};
 use crate::sources::aggregate::{Observation, PointTable};
 use crate::sources::decode::Decoding;
@@ -19,6 +20,11 @@ pub const MAX_BATCH: usize = 16_384;
 
 pub struct Pipeline {
     pub plugins: Vec<PluginInstance>,
+    /// Where each plugin came from, to load its new versions.
+    to_load: Vec<PluginToLoad>,
+    engine: PluginEngine,
+    /// Set by [`watch_plugins`](Self::watch_plugins): new versions swap in between windows.
+    watch: Option<PluginWatch>,
     resolver: Resolver,
     topology: Topology,
     windows: u64,
@@ -43,6 +49,9 @@ impl Pipeline {
         }
         Ok(Pipeline {
             plugins,
+            to_load: to_load.to_vec(),
+            engine: engine.clone(),
+            watch: None,
             resolver: Resolver::new(inventory),
             topology: Topology::default(),
             windows: 0,
@@ -65,8 +74,70 @@ impl Pipeline {
         all
     }
 
-    /// One window: process in bounded batches, then flush at the window's end.
+    /// Watches the plugins' files from now on: a new version is loaded before the next window
+    /// ([`reload`](Self::reload)). A folder that cannot be watched is said once; the
+    /// plugins run on as they are.
+    pub fn watch_plugins(&mut self) {
+        let files: Vec<_> = self.to_load.iter().map(|p| p.path.clone()).collect();
+        match PluginWatch::new(&files) {
+            Ok(w) => self.watch = Some(w),
+            Err(e) => {
+                tracing::warn!("watching the plugins' files: {e}; new versions need a restart")
+            }
+        }
+    }
+
+    /// Loads plugin `i` again from its file: pinned, compiled, its imports checked,
+    /// configured with its options, given the inventory and the running version's state
+    /// (`snapshot`/`restore`), then swapped in. Anything failing leaves the running version
+    /// in place and is the error.
+    pub fn reload(&mut self, i: usize) -> Result<(), PluginError> {
+        let p = &self.to_load[i];
+        let loaded = self
+            .engine
+            .load(&p.path, p.sha256.as_deref(), &p.settings.grants)?;
+        let mut fresh = PluginInstance::start(&self.engine, loaded, p.settings.clone())?;
+        fresh.on_inventory(&convert::inventory(
+            self.resolver.inventory(),
+            &fresh.description.objects,
+        ));
+        let old = &mut self.plugins[i];
+        let name = p.settings.name.clone();
+        if format!("{:?}{:?}", fresh.decoding, fresh.description.capture)
+            != format!("{:?}{:?}", old.decoding, old.description.capture)
+        {
+            // The decoders and the probes' interfaces were set up for the old version.
+            tracing::warn!(plugin = %name, "the new version decodes or captures differently: restart to apply that");
+        }
+        match old.snapshot() {
+            Some(state) if fresh.restore(&state) => {}
+            _ => {
+                tracing::warn!(plugin = %name, "the new version starts without the running one's state")
+            }
+        }
+        fresh.take_over(old.health());
+        *old = fresh;
+        tracing::info!(plugin = %name, sha256 = %old.sha256, "new version loaded");
+        Ok(())
+    }
+
+    /// Loads the new versions the watch saw (between windows).
+    fn reload_changed(&mut self) {
+        let Some(watch) = &mut self.watch else {
+            return;
+        };
+        for i in watch.changed() {
+            if let Err(e) = self.reload(i) {
+                tracing::error!(plugin = %self.plugins[i].name(), "new version refused, the running one goes on: {e}");
+                self.plugins[i].reload_refused(e.to_string());
+            }
+        }
+    }
+
+    /// One window: new plugin versions first (when watched), then process in bounded
+    /// batches, then flush at the window's end.
     pub fn window(&mut self, points: &PointTable, observations: &[Observation], end_ns: u64) {
+        self.reload_changed();
         self.windows += 1;
         let mut flows: Vec<wit::FlowBatch> = Vec::new();
         for chunk in observations.chunks(MAX_BATCH) {

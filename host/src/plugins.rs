@@ -10,6 +10,7 @@ pub mod convert;
 pub mod engine;
 pub mod instance;
 pub mod policy;
+pub mod watch;
 
 pub use engine::{PluginEngine, PluginError};
 pub use instance::{PluginHealth, PluginInstance, PluginSettings, PluginState};

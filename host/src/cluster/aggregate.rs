@@ -461,7 +461,10 @@ pub fn run(
 ) -> Result<TopologyDoc, AggregateError> {
     let inventory = load_inventory(&settings.inventories)?;
     let engine = PluginEngine::new(settings.cache_dir.clone())?;
-    let pipeline = Pipeline::new(&engine, &settings.plugins, inventory)?;
+    let mut pipeline = Pipeline::new(&engine, &settings.plugins, inventory)?;
+    if settings.watch_plugins {
+        pipeline.watch_plugins();
+    }
     let mut agg = Aggregator::new(pipeline, &settings.aggregate);
     agg.restore()?;
     // Two workers: one runs the plugins, the other fetches and decodes meanwhile.

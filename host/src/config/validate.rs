@@ -140,6 +140,7 @@ pub fn settings(s: Sections, base: &Path, p: &mut Problems) -> Settings {
             Some(d) => Some(base.join(d)),
             None => default_cache_dir(),
         },
+        watch_plugins: s.plugins.watch,
         decoding,
         window_ns,
         format: s.output.format,

@@ -53,12 +53,19 @@ pub enum PluginError {
     Engine(String),
 }
 
-/// The engine plus the epoch ticker thread; dropping it stops the ticker.
+/// The engine plus the epoch ticker thread. Clones share both (a pipeline keeps one to load
+/// new plugin versions); dropping the last stops the ticker.
+#[derive(Clone)]
 pub struct PluginEngine {
     pub engine: Engine,
     cache_dir: Option<PathBuf>,
+    _ticker: Arc<Ticker>,
+}
+
+/// The thread that advances the engine's epoch (the plugins' deadline clock).
+struct Ticker {
     stop: Arc<AtomicBool>,
-    ticker: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 /// A component ready to instantiate, with what we learned loading it.
@@ -100,8 +107,10 @@ impl PluginEngine {
         Ok(PluginEngine {
             engine,
             cache_dir,
-            stop,
-            ticker: Some(ticker),
+            _ticker: Arc::new(Ticker {
+                stop,
+                thread: Some(ticker),
+            }),
         })
     }
 
@@ -186,10 +195,10 @@ impl PluginEngine {
     }
 }
 
-impl Drop for PluginEngine {
+impl Drop for Ticker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.ticker.take() {
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }

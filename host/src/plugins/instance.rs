@@ -82,6 +82,11 @@ pub struct PluginHealth {
     pub busy_ms: f64,
     pub peak_memory_bytes: u64,
     pub last_fault: Option<String>,
+    /// New versions of the plugin's file swapped in while running.
+    pub reloads: u64,
+    /// Why the last new version was refused (the running version kept working); cleared by
+    /// a successful reload.
+    pub last_reload_error: Option<String>,
     /// The plugin's own counters (WIT `counters`), e.g. `stitch.evicted`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub counters: BTreeMap<String, u64>,
@@ -280,6 +285,25 @@ impl PluginInstance {
             self.health.counters = counters.into_iter().collect();
         }
         Some(out)
+    }
+
+    /// Takes over from `old`, the version it replaces: its cumulative counters, one more
+    /// reload, a fresh restart budget.
+    pub fn take_over(&mut self, old: &PluginHealth) {
+        self.health = PluginHealth {
+            state: PluginState::Ok,
+            restarts: 0,
+            reloads: old.reloads + 1,
+            last_reload_error: None,
+            last_fault: None,
+            peak_memory_bytes: self.health.peak_memory_bytes,
+            ..old.clone()
+        };
+    }
+
+    /// A new version of its file was refused: said in health, this version goes on.
+    pub fn reload_refused(&mut self, why: String) {
+        self.health.last_reload_error = Some(why);
     }
 
     /// What the plugin carries to its next window, for a checkpoint; None when it failed

@@ -43,6 +43,10 @@ mod calico_lab;
 #[cfg(feature = "live")]
 mod services;
 
+/// Plugins reloaded from their files mid-capture: garbage refused, a good build swapped in.
+#[cfg(feature = "live")]
+mod reload;
+
 /// The agent capturing live on the OVN-shaped labs (Geneve with OVN options, OpenShift-SDN
 /// VXLAN written from the lab's own traffic), and real Geneve captures through ovn.wasm.
 #[cfg(feature = "live")]

@@ -1,5 +1,6 @@
+use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 // Only the live-capture modules need root (feature `live`).
 #[cfg_attr(not(feature = "live"), allow(dead_code))]
@@ -226,4 +227,85 @@ pub fn rewrite_udp_port(src: &Path, dst: &Path, from: u16, to: u16) -> usize {
     }
     std::fs::write(dst, b).unwrap();
     changed
+}
+
+// The long-running processes below are used by the cluster and reload modules.
+pub fn terminate(c: &Child) {
+    // SAFETY: signalling a child we started.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+}
+
+/// A cniscope process whose stderr goes to a file (read when it fails).
+pub struct Running {
+    child: Option<Child>,
+    stderr: PathBuf,
+}
+
+impl Running {
+    pub fn start(args: &[&str], stderr: PathBuf) -> Running {
+        let child = Command::new(env!("CARGO_BIN_EXE_cniscope"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        Running {
+            child: Some(child),
+            stderr,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// SIGTERM, then its stdout (it must exit 0).
+    pub fn stop(&mut self) -> String {
+        let c = self.child.take().unwrap();
+        terminate(&c);
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", self.stderr());
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The comparable part of a topology's edges.
+pub fn edges(doc: &Value) -> Vec<String> {
+    let mut v: Vec<String> = doc["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} -> {} via {} {}/{} packets {}",
+                e["src"].as_str().unwrap(),
+                e["dst"].as_str().unwrap(),
+                e["service"].as_str().unwrap_or("-"),
+                e["protocol"].as_str().unwrap(),
+                e["port"],
+                e["packets"]
+            )
+        })
+        .collect();
+    v.sort();
+    v
 }
