@@ -54,9 +54,21 @@ pub fn load_file(path: &Path) -> Result<Inventory, InventoryError> {
 /// Parses a List or a single object; the error is (item, detail).
 pub fn from_value(value: &Value) -> Result<Inventory, (String, String)> {
     let mut inv = Inventory::default();
-    let items: Vec<&Value> = match value.get("items").and_then(Value::as_array) {
-        Some(items) => items.iter().collect(),
-        None => vec![value],
+    // A List (`kubectl get ... -o json`) or one object; anything else (null, an array, a
+    // number) is not an inventory, and reading it as an empty one would make every pod
+    // external without a word.
+    let not_kubernetes = || {
+        (
+            "the file".to_string(),
+            "not a Kubernetes List or object (kubectl get ... -o json)".to_string(),
+        )
+    };
+    let items: Vec<&Value> = match (value.as_object(), value.get("items")) {
+        (None, _) => return Err(not_kubernetes()),
+        (Some(_), Some(Value::Array(items))) => items.iter().collect(),
+        (Some(_), Some(_)) => return Err(("items".into(), "not a list".into())),
+        (Some(_), None) if value.get("kind").and_then(Value::as_str).is_some() => vec![value],
+        (Some(_), None) => return Err(not_kubernetes()),
     };
     let list_kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
     for (i, item) in items.into_iter().enumerate() {
@@ -65,6 +77,15 @@ pub fn from_value(value: &Value) -> Result<Inventory, (String, String)> {
             .get("kind")
             .and_then(Value::as_str)
             .unwrap_or_else(|| list_kind.trim_end_matches("List"));
+        if !item.is_object() {
+            return Err((format!("items[{i}]"), "not an object".into()));
+        }
+        if kind.is_empty() {
+            return Err((
+                format!("items[{i}] ({})", name_of(item)),
+                "kind: missing".into(),
+            ));
+        }
         let label = format!("items[{i}] ({kind} {})", name_of(item));
         // The core kinds the host reads, by API group too: another group's "Service"
         // (Knative's) is a CNI-agnostic object like any other.
@@ -214,7 +235,16 @@ fn workload(v: &Value) -> String {
     }
 }
 
+/// The item's `metadata.name`: without one, two objects would merge under one name.
+fn named(v: &Value) -> Result<(), String> {
+    if str_at(v, &["metadata", "name"]).is_empty() {
+        return Err("metadata.name is missing".into());
+    }
+    Ok(())
+}
+
 fn pod(v: &Value) -> Result<Pod, String> {
+    named(v)?;
     let status = &v["status"];
     let mut ips = Vec::new();
     for p in status["podIPs"].as_array().into_iter().flatten() {
@@ -258,6 +288,7 @@ fn ports(v: &Value) -> Vec<ServicePort> {
 }
 
 fn service(v: &Value) -> Result<Service, String> {
+    named(v)?;
     let spec = &v["spec"];
     let mut cluster_ips = Vec::new();
     let listed: Vec<&str> = spec["clusterIPs"]
@@ -364,5 +395,54 @@ mod tests {
         assert_eq!(host_subnet["subnet"], "10.128.2.0/23");
         assert!(host_subnet["metadata"].get("managedFields").is_none());
         assert_eq!(inv.objects[2].namespace, "apps");
+    }
+
+    /// Not an inventory at all, an item that is no object or has no kind, a pod without a
+    /// name: each refused, naming the item, instead of read as nothing (every pod external)
+    /// or merged with another.
+    #[test]
+    fn what_is_not_a_kubernetes_list_or_object_is_refused_naming_the_item() {
+        for (doc, item, detail) in [
+            (serde_json::json!(null), "the file", "not a Kubernetes List"),
+            (
+                serde_json::json!([1, 2, 3]),
+                "the file",
+                "not a Kubernetes List",
+            ),
+            (serde_json::json!({"items": 5}), "items", "not a list"),
+            (
+                serde_json::json!({"metadata": {}}),
+                "the file",
+                "not a Kubernetes List",
+            ),
+            (
+                serde_json::json!({"kind": "List", "items": [1]}),
+                "items[0]",
+                "not an object",
+            ),
+            (
+                serde_json::json!({"kind": "List", "items": [{"metadata": {"name": "x"}}]}),
+                "items[0] (x)",
+                "kind: missing",
+            ),
+            (
+                serde_json::json!({"kind": "List", "items": [
+                    {"kind": "Pod", "metadata": {"name": null, "namespace": "default"}}]}),
+                "items[0] (Pod",
+                "metadata.name is missing",
+            ),
+        ] {
+            let (got_item, got_detail) = from_value(&doc).unwrap_err();
+            assert!(
+                got_item.starts_with(item) && got_detail.contains(detail),
+                "{doc}: {got_item}: {got_detail}"
+            );
+        }
+        // A typed list's items may omit their kind; an empty List is an empty inventory.
+        let typed = serde_json::json!({"kind": "PodList", "items": [
+            {"metadata": {"name": "web", "namespace": "shop"}}]});
+        assert_eq!(from_value(&typed).unwrap().pods.len(), 1);
+        let empty = serde_json::json!({"kind": "List", "items": []});
+        assert_eq!(from_value(&empty).unwrap(), Inventory::default());
     }
 }
