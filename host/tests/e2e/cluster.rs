@@ -731,7 +731,10 @@ fn unreachable_said_once(config: &Path, work: &Path, url: &str) -> String {
         .collect();
     assert_eq!(lines.len(), 1, "{log}");
     assert!(lines[0].contains(url), "{log}");
-    assert!(!log.contains('\x1b'), "no colour codes in a log file: {log:?}");
+    assert!(
+        !log.contains('\x1b'),
+        "no colour codes in a log file: {log:?}"
+    );
     agg.kill();
     lines[0].to_string()
 }
