@@ -30,6 +30,19 @@ pub struct Pipeline {
     windows: u64,
 }
 
+/// Loads, starts and configures one plugin, and gives it the inventory (with the CNI objects
+/// of the kinds it asks for): at start, and for each new version of its file.
+fn start(
+    engine: &PluginEngine,
+    p: &PluginToLoad,
+    inventory: &Inventory,
+) -> Result<PluginInstance, PluginError> {
+    let loaded = engine.load(&p.path, p.sha256.as_deref(), &p.settings.grants)?;
+    let mut plugin = PluginInstance::start(engine, loaded, p.settings.clone())?;
+    plugin.on_inventory(&convert::inventory(inventory, &plugin.description.objects));
+    Ok(plugin)
+}
+
 impl Pipeline {
     /// Loads and starts every plugin; the first that cannot start is the error (its config
     /// or file is wrong, and the operator must fix it before we report anything).
@@ -38,15 +51,10 @@ impl Pipeline {
         to_load: &[PluginToLoad],
         inventory: Inventory,
     ) -> Result<Pipeline, PluginError> {
-        let mut plugins = Vec::new();
-        for p in to_load {
-            let loaded = engine.load(&p.path, p.sha256.as_deref(), &p.settings.grants)?;
-            plugins.push(PluginInstance::start(engine, loaded, p.settings.clone())?);
-        }
-        for p in &mut plugins {
-            let snapshot = convert::inventory(&inventory, &p.description.objects);
-            p.on_inventory(&snapshot);
-        }
+        let plugins = to_load
+            .iter()
+            .map(|p| start(engine, p, &inventory))
+            .collect::<Result<_, _>>()?;
         Ok(Pipeline {
             plugins,
             to_load: to_load.to_vec(),
@@ -93,14 +101,7 @@ impl Pipeline {
     /// in place and is the error.
     pub fn reload(&mut self, i: usize) -> Result<(), PluginError> {
         let p = &self.to_load[i];
-        let loaded = self
-            .engine
-            .load(&p.path, p.sha256.as_deref(), &p.settings.grants)?;
-        let mut fresh = PluginInstance::start(&self.engine, loaded, p.settings.clone())?;
-        fresh.on_inventory(&convert::inventory(
-            self.resolver.inventory(),
-            &fresh.description.objects,
-        ));
+        let mut fresh = start(&self.engine, p, self.resolver.inventory())?;
         let old = &mut self.plugins[i];
         let name = p.settings.name.clone();
         if format!("{:?}{:?}", fresh.decoding, fresh.description.capture)
