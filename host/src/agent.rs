@@ -29,6 +29,8 @@ pub enum AgentError {
     Plugin(#[from] PluginError),
     #[error(transparent)]
     Live(#[from] LiveError),
+    #[error(transparent)]
+    Inventory(#[from] crate::inventory::FollowError),
 }
 
 /// An interface pattern and the kind of device it names.
@@ -331,10 +333,11 @@ impl Agent {
         settings: &Settings,
         inventory: Inventory,
     ) -> Result<Agent, AgentError> {
-        let mut pipeline = Pipeline::new(engine, &settings.plugins, inventory)?;
+        let mut pipeline = Pipeline::new(engine, &settings.plugins, inventory.clone())?;
         if settings.watch_plugins {
             pipeline.watch_plugins();
         }
+        crate::modes::follow_kubernetes(settings, &mut pipeline, &inventory)?;
         let decoding = pipeline.decoding(&settings.decoding);
         let capture = Capture::new(settings, &pipeline.plugins, decoding)?;
         Ok(Agent { capture, pipeline })

@@ -304,13 +304,61 @@ fn yes() -> bool {
 }
 
 /// `[inventory]`: what names the cluster, for every mode.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InventorySection {
     /// kubectl JSON dumps (`kubectl get nodes,pods,services,endpointslices -A -o json`),
     /// relative to this file.
     #[serde(default)]
     pub files: Vec<Spanned<String>>,
+    /// Follow the Kubernetes API (list/watch) instead of, or besides, the files.
+    #[serde(default)]
+    pub kubernetes: Option<Spanned<bool>>,
+    /// A kubeconfig file, relative to this file; without it `$KUBECONFIG`, `~/.kube/config`
+    /// or the pod's service account (in-cluster).
+    pub kubeconfig: Option<Spanned<String>>,
+    /// A context of the kubeconfig other than its current one.
+    pub context: Option<String>,
+    /// How long a deleted pod still names its address (windows still being processed).
+    #[serde(default = "default_retain_deleted")]
+    pub retain_deleted_secs: Spanned<f64>,
+    /// How long the start waits for the first lists before going on without them.
+    #[serde(default = "default_sync_timeout")]
+    pub sync_timeout_secs: Spanned<f64>,
+}
+
+fn default_retain_deleted() -> Spanned<f64> {
+    Spanned::new(0..0, 600.0)
+}
+
+fn default_sync_timeout() -> Spanned<f64> {
+    Spanned::new(0..0, 30.0)
+}
+
+impl Default for InventorySection {
+    fn default() -> Self {
+        InventorySection {
+            files: Vec::new(),
+            kubernetes: None,
+            kubeconfig: None,
+            context: None,
+            retain_deleted_secs: default_retain_deleted(),
+            sync_timeout_secs: default_sync_timeout(),
+        }
+    }
+}
+
+/// Validated `[inventory]` keys of the inventory that follows the Kubernetes API.
+#[derive(Clone, Debug)]
+pub struct KubernetesSettings {
+    /// `kubeconfig`; `None`: `$KUBECONFIG`, `~/.kube/config`, or in-cluster.
+    pub kubeconfig: Option<PathBuf>,
+    /// `context`; `None`: the kubeconfig's current one.
+    pub context: Option<String>,
+    /// `retain_deleted_secs`.
+    pub retain_deleted: Duration,
+    /// `sync_timeout_secs`.
+    pub sync_timeout: Duration,
 }
 
 /// `[decode]`: tunnel ports the decoders (replay and the probes) decode besides those the
@@ -453,6 +501,8 @@ pub struct Settings {
     pub captures: Vec<CaptureSpec>,
     /// From `[inventory] files`.
     pub inventories: Vec<PathBuf>,
+    /// `[inventory] kubernetes = true`: the inventory follows the API.
+    pub kubernetes: Option<KubernetesSettings>,
     pub agent: AgentSettings,
     /// `[nats]`, when the file has a `url`.
     pub nats: Option<NatsSettings>,
@@ -549,6 +599,7 @@ impl Settings {
             plugin_dir,
             captures: Vec::new(),
             inventories: Vec::new(),
+            kubernetes: None,
             agent: AgentSettings::default(),
             nats: None,
             aggregate: AggregateSettings::default(),

@@ -20,6 +20,37 @@ pub struct Health {
     /// Cluster mode: the aggregator's windows and what it could not merge.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aggregate: Option<AggregateHealth>,
+    /// The inventory, when it follows the Kubernetes API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<InventoryHealth>,
+}
+
+/// `health.inventory` when the inventory follows the API.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct InventoryHealth {
+    pub source: String,
+    /// Every kind listed at least once.
+    pub synced: bool,
+    /// Per kind ("v1 Pod"): objects held, events, lists after the first, errors.
+    pub kinds: BTreeMap<String, KindHealth>,
+    /// Deleted pods kept to name their addresses a while longer.
+    pub pods_retained: u64,
+    /// Deleted pods forgotten after `retain_deleted_secs`.
+    pub pods_forgotten: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// One kind's watch in `health.inventory.kinds`.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct KindHealth {
+    pub objects: u64,
+    pub events: u64,
+    /// Lists after the first: an expired watch (410 Gone) or a failure to resume.
+    pub relists: u64,
+    pub errors: u64,
+    /// Objects the reader refused (a pod without a name, an address that is not one).
+    pub unreadable: u64,
 }
 
 /// The aggregator's view: windows written, batches that came too late or twice, messages it

@@ -1,8 +1,10 @@
 //! The inventory names things: nodes, pods, services and endpoint slices, from kubectl JSON
-//! dumps (the Kubernetes API comes later). The host stays CNI-agnostic: it keeps every
+//! dumps or followed from the Kubernetes API (feature `kubernetes`). The host stays CNI-agnostic: it keeps every
 //! annotation, and every object of another API group (a CNI's custom resources) whole, and
 //! hands them to the plugins, which read their own CNI's.
 
+#[cfg(feature = "kubernetes")]
+pub mod api;
 pub mod history;
 pub mod kubectl;
 
@@ -95,6 +97,22 @@ impl Inventory {
         self.objects.extend(other.objects);
     }
 }
+
+/// An inventory that changes while running (the Kubernetes API followed): the pipeline takes
+/// a snapshot between windows when the generation moved.
+pub trait InventorySource: Send {
+    /// Moves whenever the snapshot would differ.
+    fn generation(&self) -> u64;
+    /// What it holds now.
+    fn snapshot(&self) -> Inventory;
+    /// `health.inventory`.
+    fn health(&self) -> crate::health::InventoryHealth;
+}
+
+/// The inventory that follows the API could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("the Kubernetes API inventory: {0}")]
+pub struct FollowError(pub String);
 
 /// IP protocol number of a Kubernetes protocol name.
 pub fn protocol_number(name: &str) -> u8 {

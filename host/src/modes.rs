@@ -5,8 +5,8 @@
 
 use crate::config::Settings;
 use crate::health::{Health, HealthSource};
-use crate::inventory::Inventory;
 use crate::inventory::kubectl::{self, InventoryError};
+use crate::inventory::{FollowError, Inventory};
 use crate::pipeline::Pipeline;
 use crate::plugins::{PluginEngine, PluginError};
 use crate::sources::replay::{CaptureSpec, Replay, ReplayError, ReplayStats};
@@ -34,6 +34,34 @@ pub fn load_inventory(paths: &[PathBuf]) -> Result<Inventory, InventoryError> {
         inv.merge(kubectl::load_file(p)?);
     }
     Ok(inv)
+}
+
+/// With `[inventory] kubernetes = true`, the pipeline's inventory follows the API from now on
+/// (what `files` hold is added to it): the core kinds and the CNI objects the plugins ask for.
+pub fn follow_kubernetes(
+    settings: &Settings,
+    pipeline: &mut Pipeline,
+    files: &Inventory,
+) -> Result<(), FollowError> {
+    let Some(k8s) = &settings.kubernetes else {
+        return Ok(());
+    };
+    #[cfg(feature = "kubernetes")]
+    {
+        use crate::inventory::api::{ApiInventory, Kind, core_kinds};
+        let mut kinds = core_kinds();
+        kinds.extend(pipeline.object_kinds().iter().map(|(a, k)| Kind::new(a, k)));
+        let api = ApiInventory::start(k8s, &kinds).map_err(|e| FollowError(e.to_string()))?;
+        pipeline.follow(Box::new(api), files.clone());
+        Ok(())
+    }
+    #[cfg(not(feature = "kubernetes"))]
+    {
+        let _ = (k8s, pipeline, files);
+        Err(FollowError(
+            "this build has no Kubernetes API support (cargo feature `kubernetes`)".into(),
+        ))
+    }
 }
 
 /// Captures -> plugins -> topology document.

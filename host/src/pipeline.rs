@@ -6,7 +6,7 @@
 //! plugin's memory stays bounded whatever the window holds.
 
 use crate::config::PluginToLoad;
-use crate::inventory::Inventory;
+use crate::inventory::{Inventory, InventorySource};
 use crate::plugins::bindings::wit;
 use crate::plugins::watch::PluginWatch;
 use crate::plugins::{PluginEngine, PluginError, PluginInstance, convert};
@@ -26,8 +26,20 @@ pub struct Pipeline {
     /// Set by [`watch_plugins`](Self::watch_plugins): new versions swap in between windows.
     watch: Option<PluginWatch>,
     resolver: Resolver,
+    /// Set by [`follow`](Self::follow): the inventory that changes while running (the API).
+    following: Option<Following>,
     topology: Topology,
     windows: u64,
+}
+
+struct Following {
+    source: Box<dyn InventorySource>,
+    /// What the files hold, added to every snapshot.
+    files: Inventory,
+    /// The source's generation the resolver and the plugins were given.
+    generation: u64,
+    /// Snapshots taken (each a new resolver and `on-inventory` for every plugin).
+    refreshes: u64,
 }
 
 /// Loads, starts and configures one plugin, and gives it the inventory (with the CNI objects
@@ -61,6 +73,7 @@ impl Pipeline {
             engine: engine.clone(),
             watch: None,
             resolver: Resolver::new(inventory),
+            following: None,
             topology: Topology::default(),
             windows: 0,
         })
@@ -122,6 +135,55 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The kinds of CNI object the plugins ask for (`describe().objects`), to be watched.
+    pub fn object_kinds(&self) -> Vec<(String, String)> {
+        let mut kinds: Vec<(String, String)> = self
+            .plugins
+            .iter()
+            .flat_map(|p| &p.description.objects)
+            .map(|k| (k.api_version.clone(), k.kind.clone()))
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        kinds
+    }
+
+    /// From now on the inventory is `source`'s (plus `files`): a new snapshot goes to the
+    /// resolver and the plugins before any window after it changed.
+    pub fn follow(&mut self, source: Box<dyn InventorySource>, files: Inventory) {
+        self.following = Some(Following {
+            source,
+            files,
+            generation: u64::MAX,
+            refreshes: 0,
+        });
+        self.refresh_inventory();
+    }
+
+    /// Takes the followed inventory's snapshot when it changed.
+    fn refresh_inventory(&mut self) {
+        let Some(f) = &mut self.following else {
+            return;
+        };
+        let generation = f.source.generation();
+        if generation == f.generation {
+            return;
+        }
+        let mut inventory = f.source.snapshot();
+        inventory.merge(f.files.clone());
+        f.generation = generation;
+        f.refreshes += 1;
+        self.set_inventory(inventory);
+    }
+
+    /// A new inventory for the resolver and every plugin.
+    pub fn set_inventory(&mut self, inventory: Inventory) {
+        for p in &mut self.plugins {
+            p.on_inventory(&convert::inventory(&inventory, &p.description.objects));
+        }
+        self.resolver = Resolver::new(inventory);
+    }
+
     /// Loads the new versions the watch saw (between windows).
     fn reload_changed(&mut self) {
         let Some(watch) = &mut self.watch else {
@@ -135,10 +197,12 @@ impl Pipeline {
         }
     }
 
-    /// One window: new plugin versions first (when watched), then process in bounded
+    /// One window: new plugin versions first (when watched), the inventory's changes (when
+    /// followed), then process in bounded
     /// batches, then flush at the window's end.
     pub fn window(&mut self, points: &PointTable, observations: &[Observation], end_ns: u64) {
         self.reload_changed();
+        self.refresh_inventory();
         self.windows += 1;
         let mut flows: Vec<wit::FlowBatch> = Vec::new();
         for chunk in observations.chunks(MAX_BATCH) {
@@ -200,6 +264,9 @@ impl Pipeline {
     }
 
     pub fn doc(&self, mut health: Health) -> TopologyDoc {
+        if let Some(f) = &self.following {
+            health.inventory = Some(f.source.health());
+        }
         for p in &self.plugins {
             health
                 .plugins

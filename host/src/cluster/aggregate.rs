@@ -37,6 +37,8 @@ pub enum AggregateError {
     #[error(transparent)]
     Plugin(#[from] PluginError),
     #[error(transparent)]
+    Follow(#[from] crate::inventory::FollowError),
+    #[error(transparent)]
     Nats(#[from] NatsError),
     /// The checkpoint could not be read or written: going on would lose or repeat counts.
     #[error("checkpoint {path}: {detail}")]
@@ -468,10 +470,11 @@ pub fn run(
 ) -> Result<TopologyDoc, AggregateError> {
     let inventory = load_inventory(&settings.inventories)?;
     let engine = PluginEngine::new(settings.cache_dir.clone())?;
-    let mut pipeline = Pipeline::new(&engine, &settings.plugins, inventory)?;
+    let mut pipeline = Pipeline::new(&engine, &settings.plugins, inventory.clone())?;
     if settings.watch_plugins {
         pipeline.watch_plugins();
     }
+    crate::modes::follow_kubernetes(settings, &mut pipeline, &inventory)?;
     let mut agg = Aggregator::new(pipeline, &settings.aggregate);
     agg.restore()?;
     // Two workers: one runs the plugins, the other fetches and decodes meanwhile.

@@ -151,6 +151,33 @@ fn the_inventory_and_decode_sections_serve_every_mode() {
 }
 
 #[test]
+fn the_kubernetes_inventory_keys_are_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("kubeconfig"), "").unwrap();
+    let text = "[inventory]\nkubernetes = true\nkubeconfig = \"kubeconfig\"\ncontext = \"prod\"\nretain_deleted_secs = 120\n";
+    let s = parse(text, dir.path()).unwrap();
+    let k = s.kubernetes.expect("kubernetes = true");
+    assert_eq!(k.kubeconfig, Some(dir.path().join("kubeconfig")));
+    assert_eq!(k.context.as_deref(), Some("prod"));
+    assert_eq!(k.retain_deleted, Duration::from_secs(120));
+    assert_eq!(k.sync_timeout, Duration::from_secs(30));
+    assert!(parse("", dir.path()).unwrap().kubernetes.is_none());
+    // Each problem named by its key (a kubeconfig without kubernetes = true is one).
+    let text = "[inventory]\nkubeconfig = \"missing\"\nretain_deleted_secs = -1\nsync_timeout_secs = 1e9\n";
+    let p = parse(text, dir.path()).unwrap_err();
+    let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "inventory.kubeconfig",
+            "inventory.retain_deleted_secs",
+            "inventory.sync_timeout_secs",
+        ],
+        "{p:?}"
+    );
+}
+
+#[test]
 fn keys_that_moved_say_where_to() {
     let text = "[replay]\ninventory = [\"x.json\"]\nvxlan_ports = [4789]\n";
     let p = parse(text, Path::new(".")).unwrap_err();

@@ -128,6 +128,7 @@ pub fn settings(s: Sections, base: &Path, p: &mut Problems) -> Settings {
     plugins_section(&s.plugins, p);
     let plugins = plugin_entries(&s.plugin, &s.plugins, &plugin_dir, p);
     let inventories = inventory_section(&s.inventory, base, p);
+    let kubernetes = kubernetes_section(&s.inventory, base, p);
     let decoding = decode_section(&s.decode, p);
     let (window_ns, captures) = replay_section(&s.replay, base, p);
     let agent = agent_section(&s.agent, base, p);
@@ -147,6 +148,7 @@ pub fn settings(s: Sections, base: &Path, p: &mut Problems) -> Settings {
         plugin_dir,
         captures,
         inventories,
+        kubernetes,
         agent,
         nats,
         aggregate,
@@ -321,6 +323,55 @@ fn inventory_section(s: &InventorySection, base: &Path, p: &mut Problems) -> Vec
         .enumerate()
         .map(|(i, f)| p.file(base, f, &format!("inventory.files[{i}]")))
         .collect()
+}
+
+fn kubernetes_section(
+    s: &InventorySection,
+    base: &Path,
+    p: &mut Problems,
+) -> Option<KubernetesSettings> {
+    p.seconds(
+        &s.retain_deleted_secs,
+        "inventory.retain_deleted_secs",
+        86_400.0,
+        true,
+    );
+    p.seconds(
+        &s.sync_timeout_secs,
+        "inventory.sync_timeout_secs",
+        3600.0,
+        true,
+    );
+    let on = s.kubernetes.as_ref().is_some_and(|k| *k.get_ref());
+    if !on {
+        if let Some(f) = &s.kubeconfig {
+            p.at(
+                f.span(),
+                "inventory.kubeconfig",
+                "read only with kubernetes = true".into(),
+            );
+        }
+        return None;
+    }
+    if !cfg!(feature = "kubernetes") {
+        let k = s.kubernetes.as_ref().expect("on");
+        p.at(
+            k.span(),
+            "inventory.kubernetes",
+            "this build has no Kubernetes API support (cargo feature `kubernetes`)".into(),
+        );
+    }
+    let kubeconfig = s
+        .kubeconfig
+        .as_ref()
+        .map(|f| p.file(base, f, "inventory.kubeconfig"));
+    let secs = |v: &Spanned<f64>| Duration::try_from_secs_f64(*v.get_ref()).unwrap_or_default();
+    Some(KubernetesSettings {
+        kubeconfig,
+        context: s.context.clone(),
+        retain_deleted: secs(&s.retain_deleted_secs),
+        sync_timeout: secs(&s.sync_timeout_secs),
+    })
 }
 
 fn decode_section(s: &DecodeSection, p: &mut Problems) -> Decoding {

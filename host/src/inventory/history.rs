@@ -66,15 +66,17 @@ impl IpHistory {
     }
 
     /// The owner of `ip` at `at_ns`: of the tenures that had begun by then and not ended, the
-    /// one that began last. A flow seen before any known tenure began (clock skew, or a pod
-    /// created during the window) goes to the earliest tenure.
+    /// one that began last. A flow seen while no tenure held the address goes to the next
+    /// tenure to begin: an address is reported late, never early (the kubelet writes a pod's
+    /// IP into its status after the sandbox is up, and the watch event comes after that), so
+    /// the first packets of a new pod can precede its tenure, not follow its end.
     pub fn owner_at(&self, ip: IpAddr, at_ns: u64) -> Option<&Owner> {
         let tenures = self.by_ip.get(&ip)?;
         tenures
             .iter()
             .rev()
             .find(|t| t.from_ns <= at_ns && (t.until_ns == 0 || at_ns < t.until_ns))
-            .or_else(|| tenures.first().filter(|t| at_ns < t.from_ns))
+            .or_else(|| tenures.iter().find(|t| at_ns < t.from_ns))
             .map(|t| &t.owner)
     }
 }
@@ -103,7 +105,13 @@ mod tests {
         assert_eq!(h.owner_at(ip, 150), Some(&Owner::Pod(0)));
         assert_eq!(h.owner_at(ip, 300), Some(&Owner::Pod(1)));
         assert_eq!(h.owner_at(ip, 50), Some(&Owner::Pod(0)));
-        // Between the two lives nobody held it.
-        assert_eq!(h.owner_at(ip, 220), None);
+        // Between the two lives: the new pod's first packets, before its IP was reported.
+        assert_eq!(h.owner_at(ip, 220), Some(&Owner::Pod(1)));
+        // After the last life ended nobody holds it.
+        let ended = Inventory {
+            pods: vec![pod("old", 100, 200)],
+            ..Inventory::default()
+        };
+        assert_eq!(IpHistory::new(&ended).owner_at(ip, 220), None);
     }
 }

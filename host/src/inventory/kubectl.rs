@@ -87,29 +87,45 @@ pub fn from_value(value: &Value) -> Result<Inventory, (String, String)> {
             ));
         }
         let label = format!("items[{i}] ({kind} {})", name_of(item));
-        // The core kinds the host reads, by API group too: another group's "Service"
-        // (Knative's) is a CNI-agnostic object like any other.
-        let api = item["apiVersion"].as_str().unwrap_or("");
-        let core = matches!(api, "" | "v1");
-        let discovery = matches!(api, "" | "discovery.k8s.io/v1" | "discovery.k8s.io/v1beta1");
-        let r = match kind {
-            "Node" if core => node(item).map(|n| inv.nodes.push(n)),
-            "Pod" if core => pod(item).map(|p| inv.pods.push(p)),
-            "Service" if core => service(item).map(|s| inv.services.push(s)),
-            "EndpointSlice" if discovery => {
-                inv.endpoint_slices.push(slice(item));
-                Ok(())
-            }
-            _ => {
-                if let Some(o) = cni_object(item, kind) {
-                    inv.objects.push(o);
-                }
-                Ok(())
-            }
-        };
-        r.map_err(|detail| (label, detail))?;
+        match read_object(item, kind).map_err(|detail| (label, detail))? {
+            Object::Node(n) => inv.nodes.push(n),
+            Object::Pod(p) => inv.pods.push(p),
+            Object::Service(s) => inv.services.push(s),
+            Object::EndpointSlice(e) => inv.endpoint_slices.push(e),
+            Object::Cni(o) => inv.objects.push(o),
+            Object::Other => {}
+        }
     }
     Ok(inv)
+}
+
+/// One object of a dump or of an API watch, read.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Node(Node),
+    Pod(Pod),
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    Cni(CniObject),
+    /// A core kind the host does not read (a ConfigMap, a Namespace).
+    Other,
+}
+
+/// Reads one object of kind `kind` (the item's own, or its typed list's); the error is the
+/// field at fault. The same reader serves kubectl dumps and the API watch.
+pub fn read_object(item: &Value, kind: &str) -> Result<Object, String> {
+    // The core kinds the host reads, by API group too: another group's "Service"
+    // (Knative's) is a CNI-agnostic object like any other.
+    let api = item["apiVersion"].as_str().unwrap_or("");
+    let core = matches!(api, "" | "v1");
+    let discovery = matches!(api, "" | "discovery.k8s.io/v1" | "discovery.k8s.io/v1beta1");
+    Ok(match kind {
+        "Node" if core => Object::Node(node(item)?),
+        "Pod" if core => Object::Pod(pod(item)?),
+        "Service" if core => Object::Service(service(item)?),
+        "EndpointSlice" if discovery => Object::EndpointSlice(slice(item)),
+        _ => cni_object(item, kind).map_or(Object::Other, Object::Cni),
+    })
 }
 
 /// An object of an API group (`group/version`: a CNI's custom resources, and any other
@@ -148,10 +164,15 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> &'a str {
     path.iter().fold(v, |v, k| &v[*k]).as_str().unwrap_or("")
 }
 
+/// Annotations no plugin reads and that can be as large as the object itself (`kubectl
+/// apply`'s copy of the whole manifest): dropped so a 10 000-pod inventory stays small.
+const UNREAD_ANNOTATIONS: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration"];
+
 fn map_at(v: &Value) -> BTreeMap<String, String> {
     v.as_object()
         .map(|m| {
             m.iter()
+                .filter(|(k, _)| !UNREAD_ANNOTATIONS.contains(&k.as_str()))
                 .map(|(k, v)| {
                     (
                         k.clone(),

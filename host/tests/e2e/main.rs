@@ -51,3 +51,11 @@ mod reload;
 /// VXLAN written from the lab's own traffic), and real Geneve captures through ovn.wasm.
 #[cfg(feature = "live")]
 mod ovn_lab;
+
+/// A stand-in for the Kubernetes API server: list/watch, bookmarks, 410 Gone, cut watches.
+#[cfg(feature = "kubernetes")]
+mod kube_api;
+
+/// The inventory followed from the Kubernetes API: additions, deletions, reuse, expiry.
+#[cfg(feature = "kubernetes")]
+mod kubernetes;

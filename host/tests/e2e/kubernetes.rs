@@ -1,0 +1,261 @@
+//! The inventory that follows the Kubernetes API, against the list/watch stand-in of
+//! `kube_api` fed from the recorded Flannel lab dump: pods added and deleted while running,
+//! an address reused by a new pod, a watch cut (resumed, nothing listed again) and an expired
+//! one (410 Gone: listed again, nothing lost, what was deleted meanwhile ended).
+
+use crate::kube_api::FakeApi;
+use crate::support::*;
+use cniscope::config::KubernetesSettings;
+use cniscope::inventory::api::{ApiInventory, Kind, core_kinds};
+use cniscope::inventory::history::{IpHistory, Owner};
+use cniscope::inventory::{Inventory, InventorySource};
+use serde_json::{Value, json};
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn pod(name: &str, uid: &str, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "uid": uid,
+                     "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"nodeName": "node-a"},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
+}
+
+/// Who held `ip` at `at_ns`, by pod name.
+fn holder(inv: &Inventory, ip: &str, at_ns: u64) -> Option<String> {
+    let ip: IpAddr = ip.parse().unwrap();
+    match IpHistory::new(inv).owner_at(ip, at_ns)? {
+        Owner::Pod(i) => Some(inv.pods[*i].name.clone()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+/// Waits until the inventory's snapshot satisfies `ready`.
+fn until(api: &ApiInventory, what: &str, ready: impl Fn(&Inventory) -> bool) -> Inventory {
+    let t = std::time::Instant::now();
+    loop {
+        let inv = api.snapshot();
+        if ready(&inv) {
+            return inv;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "waiting for {what}: {:#?}",
+            api.health()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn names(inv: &Inventory) -> Vec<String> {
+    let mut v: Vec<String> = inv
+        .pods
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}",
+                p.name,
+                if p.deleted_ns == 0 { "alive" } else { "ended" }
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn the_inventory_follows_pods_through_additions_deletions_reuse_and_watch_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = FakeApi::start(&[&root().join("tests/data/flannel-vxlan/inventory.json")]);
+    let settings = KubernetesSettings {
+        kubeconfig: Some(api.kubeconfig(dir.path())),
+        context: None,
+        retain_deleted: Duration::from_secs(600),
+        sync_timeout: Duration::from_secs(20),
+    };
+    let mut kinds = core_kinds();
+    kinds.push(Kind::new("crd.projectcalico.org/v1", "IPAMBlock"));
+    let inventory = ApiInventory::start(&settings, &kinds).unwrap();
+    let health = inventory.health();
+    assert!(health.synced, "{health:#?}");
+    let inv = inventory.snapshot();
+    assert_eq!(
+        (
+            inv.nodes.len(),
+            inv.pods.len(),
+            inv.services.len(),
+            inv.endpoint_slices.len()
+        ),
+        (2, 3, 1, 1)
+    );
+    assert_eq!(inv.services[0].cluster_ips[0].to_string(), "10.96.0.10");
+    assert_eq!(inv.endpoint_slices[0].service, "echo");
+
+    // A pod added while running: its address is its own from its first report.
+    let before = now_ns();
+    api.apply(pod("late", "uid-late", "10.244.0.9"));
+    let inv = until(&inventory, "the late pod", |i| {
+        i.pods.iter().any(|p| p.name == "late")
+    });
+    let late = inv.pods.iter().find(|p| p.name == "late").unwrap();
+    assert!(
+        late.created_ns >= before,
+        "its tenure begins when it was reported"
+    );
+    assert_eq!(
+        holder(&inv, "10.244.0.9", now_ns()).as_deref(),
+        Some("late")
+    );
+    // Its first packets, just before the API said so: its own too.
+    assert_eq!(
+        holder(&inv, "10.244.0.9", before - 1_000_000).as_deref(),
+        Some("late")
+    );
+
+    // client-a1 deleted, its address reused by another pod.
+    let during_old = now_ns();
+    std::thread::sleep(Duration::from_millis(20));
+    api.delete("v1", "Pod", "default", "client-a1");
+    let inv = until(&inventory, "client-a1 deleted", |i| {
+        i.pods
+            .iter()
+            .any(|p| p.name == "client-a1" && p.deleted_ns != 0)
+    });
+    let deleted_at = inv
+        .pods
+        .iter()
+        .find(|p| p.name == "client-a1")
+        .unwrap()
+        .deleted_ns;
+    std::thread::sleep(Duration::from_millis(20));
+    api.apply(pod("client-a1-v2", "uid-v2", "10.244.0.2"));
+    let inv = until(&inventory, "the address reused", |i| {
+        i.pods.iter().any(|p| p.name == "client-a1-v2")
+    });
+    assert_eq!(
+        holder(&inv, "10.244.0.2", during_old).as_deref(),
+        Some("client-a1"),
+        "before the deletion: the old pod"
+    );
+    assert_eq!(
+        holder(&inv, "10.244.0.2", now_ns()).as_deref(),
+        Some("client-a1-v2"),
+        "after the reuse: the new pod"
+    );
+    assert!(deleted_at > during_old);
+
+    // The watch cut: resumed from its resourceVersion, the change made meanwhile arrives,
+    // nothing is listed again.
+    let lists = api.lists("v1", "Pod");
+    api.drop_watches();
+    api.apply(pod("while-cut", "uid-cut", "10.244.0.10"));
+    until(&inventory, "the change made while cut", |i| {
+        i.pods.iter().any(|p| p.name == "while-cut")
+    });
+    assert_eq!(
+        api.lists("v1", "Pod"),
+        lists,
+        "a cut watch resumes, no list"
+    );
+
+    // The watch expired (410 Gone) while peer-a2 was deleted and gap-pod created: listed
+    // again, peer-a2 ended, gap-pod there, every other pod kept with its tenure.
+    let tenure = |inv: &Inventory, name: &str| {
+        inv.pods
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.created_ns)
+    };
+    let server_since = tenure(&inventory.snapshot(), "server-b1");
+    api.expire();
+    let gap = now_ns();
+    {
+        // Both while nobody watches: only a new list can tell.
+        api.delete("v1", "Pod", "default", "peer-a2");
+        api.apply(pod("gap-pod", "uid-gap", "10.244.0.11"));
+    }
+    let inv = until(&inventory, "the relist", |i| {
+        i.pods.iter().any(|p| p.name == "gap-pod")
+    });
+    assert_eq!(
+        names(&inv),
+        [
+            "client-a1 ended",
+            "client-a1-v2 alive",
+            "gap-pod alive",
+            "late alive",
+            "peer-a2 ended",
+            "server-b1 alive",
+            "while-cut alive"
+        ]
+    );
+    assert!(api.lists("v1", "Pod") > lists, "410 made it list again");
+    assert_eq!(
+        tenure(&inv, "server-b1"),
+        server_since,
+        "kept, not re-added"
+    );
+    let peer = inv.pods.iter().find(|p| p.name == "peer-a2").unwrap();
+    assert!(peer.deleted_ns >= gap, "ended when the list lacked it");
+    let health = inventory.health();
+    let last = health.last_error.as_deref().unwrap_or("");
+    assert!(last.contains("too old resource version"), "{health:#?}");
+    // Every kind's watch expired once (one 410, one list again); bookmarks and the cut
+    // watch were no errors.
+    for h in health.kinds.values() {
+        assert_eq!((h.errors, h.relists), (1, 1), "{health:#?}");
+    }
+    assert_eq!(health.pods_retained, 2, "{health:#?}");
+}
+
+/// A plugin's CNI objects come through the same watch, whole, with no host code that knows
+/// them: an IPAMBlock created while running reaches the snapshot as JSON.
+#[test]
+fn cni_objects_are_watched_generically_by_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = FakeApi::start(&[&root().join("tests/data/flannel-vxlan/inventory.json")]);
+    let settings = KubernetesSettings {
+        kubeconfig: Some(api.kubeconfig(dir.path())),
+        context: None,
+        retain_deleted: Duration::from_secs(600),
+        sync_timeout: Duration::from_secs(20),
+    };
+    let mut kinds = core_kinds();
+    kinds.push(Kind::new("crd.projectcalico.org/v1", "IPAMBlock"));
+    kinds.push(Kind::new("network.openshift.io/v1", "HostSubnet"));
+    let inventory = ApiInventory::start(&settings, &kinds).unwrap();
+    api.apply(
+        json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "IPAMBlock",
+        "metadata": {"name": "10-70-5-0-26", "managedFields": [{"manager": "calico"}]},
+        "spec": {"cidr": "10.70.5.0/26", "affinity": "host:node-a"}}),
+    );
+    api.apply(
+        json!({"apiVersion": "network.openshift.io/v1", "kind": "HostSubnet",
+        "metadata": {"name": "node-b"}, "host": "node-b", "hostIP": "10.0.0.12",
+        "subnet": "10.128.2.0/23"}),
+    );
+    let inv = until(&inventory, "the CNI objects", |i| i.objects.len() == 2);
+    let kinds: Vec<(&str, &str)> = inv
+        .objects
+        .iter()
+        .map(|o| (o.kind.as_str(), o.name.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [("IPAMBlock", "10-70-5-0-26"), ("HostSubnet", "node-b")]
+    );
+    let block: Value = serde_json::from_str(&inv.objects[0].json).unwrap();
+    assert_eq!(block["spec"]["cidr"], "10.70.5.0/26");
+    assert!(block["metadata"].get("managedFields").is_none());
+    api.delete("crd.projectcalico.org/v1", "IPAMBlock", "", "10-70-5-0-26");
+    until(&inventory, "the IPAMBlock deleted", |i| {
+        i.objects.len() == 1
+    });
+}
