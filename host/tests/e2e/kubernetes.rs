@@ -204,6 +204,10 @@ fn the_inventory_follows_pods_through_additions_deletions_reuse_and_watch_expiry
     );
     let peer = inv.pods.iter().find(|p| p.name == "peer-a2").unwrap();
     assert!(peer.deleted_ns >= gap, "ended when the list lacked it");
+    // The other kinds' watches expired too; each lists again after its backoff.
+    inventory.wait_for(Duration::from_secs(30), |h| {
+        h.kinds.values().all(|k| k.relists == 1)
+    });
     let health = inventory.health();
     let last = health.last_error.as_deref().unwrap_or("");
     assert!(last.contains("too old resource version"), "{health:#?}");
@@ -258,4 +262,98 @@ fn cni_objects_are_watched_generically_by_kind() {
     until(&inventory, "the IPAMBlock deleted", |i| {
         i.objects.len() == 1
     });
+}
+
+/// `cniscope run` on the Flannel VXLAN lab with its inventory from the API stand-in. The
+/// client pod is unknown to the API when the capture starts; it is added just before it sends
+/// (named from its first packet), then deleted and its address taken by a new pod that sends
+/// the same traffic: each round's edges name the pod that held the address then, with every
+/// packet of the round.
+#[cfg(feature = "live")]
+#[test]
+fn a_live_capture_names_a_pod_added_mid_capture_and_the_new_holder_of_a_reused_address() {
+    use crate::lab::Lab;
+    if !root_or_skip("the lab and the probes need root") {
+        return;
+    }
+    const INTERVAL: u64 = 6;
+    plugin("flannel");
+    let lab = Lab::build("flannel.sh", "k8", "vxlan");
+    let api = FakeApi::start(&[&lab.dir().join("inventory.json")]);
+    let dump: Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.dir().join("inventory.json")).unwrap())
+            .unwrap();
+    let client = dump["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "Pod" && i["metadata"]["name"] == "client-a1")
+        .unwrap()
+        .clone();
+    api.delete("v1", "Pod", "default", "client-a1");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(lab.config())
+        .unwrap()
+        .replace(
+            "interval_secs = 1\n",
+            &format!("interval_secs = {INTERVAL}\n"),
+        )
+        .replace(
+            "files = [\"inventory.json\"]",
+            &format!(
+                "kubernetes = true\nkubeconfig = \"{}\"",
+                api.kubeconfig(dir.path()).display()
+            ),
+        );
+    assert!(config.contains("kubernetes = true"), "{config}");
+    let path = lab.dir().join("k8s.toml");
+    std::fs::write(&path, &config).unwrap();
+    let output = lab.dir().join("topology.json");
+    let mut run = Running::start(
+        &["run", "-c", path.to_str().unwrap(), "--format", "json"],
+        dir.path().join("run.err"),
+    );
+    wait_output(&output, "the first window", |d| {
+        d["health"]["inventory"]["synced"] == true
+    });
+
+    at_window_start(INTERVAL);
+    let mut first = client.clone();
+    first["metadata"]["uid"] = json!("uid-client-1");
+    api.apply(first);
+    lab.script(&["traffic", &lab.id]);
+
+    at_window_start(INTERVAL);
+    api.delete("v1", "Pod", "default", "client-a1");
+    let mut second = client.clone();
+    second["metadata"]["name"] = json!("client-a1-v2");
+    second["metadata"]["uid"] = json!("uid-client-2");
+    api.apply(second);
+    lab.script(&["traffic", &lab.id]);
+    at_window_start(INTERVAL);
+    std::thread::sleep(Duration::from_secs(1));
+
+    let doc: Value = serde_json::from_str(&run.stop()).unwrap();
+    let all = edges(&doc);
+    let from = |pod: &str| -> Vec<String> {
+        let prefix = format!("pod/default/{pod} -> ");
+        all.iter()
+            .filter_map(|e| e.strip_prefix(&prefix))
+            .map(str::to_string)
+            .collect()
+    };
+    let (old, new) = (from("client-a1"), from("client-a1-v2"));
+    assert!(!old.is_empty(), "{all:#?}\n{}", run.stderr());
+    assert_eq!(
+        old, new,
+        "each round's edges, all its packets, named by its pod: {all:#?}"
+    );
+    assert!(
+        !all.iter().any(|e| e.contains("10.244.0.2")),
+        "no edge left to the bare address: {all:#?}"
+    );
+    let inventory = &doc["health"]["inventory"];
+    assert_eq!(inventory["kinds"]["v1 Pod"]["errors"], 0, "{inventory:#}");
+    assert_eq!(inventory["pods_retained"], 1, "{inventory:#}");
 }

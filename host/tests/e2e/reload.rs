@@ -10,7 +10,7 @@ use crate::lab::Lab;
 use crate::support::*;
 use serde_json::Value;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The lab's config with another plugins folder and `[plugins] watch`, and absolute inventory
 /// and output paths, written into `dir`.
@@ -44,40 +44,6 @@ fn config_in(lab: &Lab, dir: &Path, plugins: &Path, watch: bool) -> std::path::P
 
 /// Both processes' window, in seconds: longer than one round of the lab's traffic.
 const INTERVAL: u64 = 8;
-
-/// Waits until the current window has just begun (0.3 to 1 s into it).
-fn at_window_start() {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
-    let into = now % INTERVAL as f64;
-    let wait = if (0.3..1.0).contains(&into) {
-        0.0
-    } else if into < 0.3 {
-        0.3 - into
-    } else {
-        INTERVAL as f64 - into + 0.3
-    };
-    std::thread::sleep(Duration::from_secs_f64(wait));
-}
-
-/// Waits until the running process's output file says `ready`.
-fn wait_output(path: &Path, what: &str, mut ready: impl FnMut(&Value) -> bool) -> Value {
-    let t = Instant::now();
-    loop {
-        let doc = std::fs::read_to_string(path)
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok());
-        if let Some(doc) = doc
-            && ready(&doc)
-        {
-            return doc;
-        }
-        assert!(t.elapsed() < Duration::from_secs(90), "waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 /// Puts `bytes` in place of `file` the way an operator should: written beside, moved in.
 fn replace(file: &Path, bytes: &[u8]) {
@@ -118,24 +84,24 @@ fn a_plugin_replaced_by_garbage_then_by_a_good_build_mid_capture_loses_and_repea
         wait_output(out, "the first window", |_| true);
     }
 
-    at_window_start();
+    at_window_start(INTERVAL);
     lab.script(&["traffic", &lab.id]);
     replace(&wasm, b"\0asm garbage, not a component");
     let refused = wait_output(&output, "the garbage refused", |d| {
         health(d)["last_reload_error"].is_string()
     });
     assert_eq!(health(&refused)["reloads"], 0, "{:#}", health(&refused));
-    at_window_start();
+    at_window_start(INTERVAL);
     lab.script(&["traffic", &lab.id]);
     replace(&wasm, &good);
     let reloaded = wait_output(&output, "the good build reloaded", |d| {
         health(d)["reloads"] == 1
     });
     assert!(health(&reloaded)["last_reload_error"].is_null());
-    at_window_start();
+    at_window_start(INTERVAL);
     lab.script(&["traffic", &lab.id]);
     // That window ends, and both processes drain it.
-    at_window_start();
+    at_window_start(INTERVAL);
     std::thread::sleep(Duration::from_secs(1));
 
     let log = runs[0].0.stderr();

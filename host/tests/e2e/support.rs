@@ -1,6 +1,7 @@
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 // Only the live-capture modules need root (feature `live`).
 #[cfg_attr(not(feature = "live"), allow(dead_code))]
@@ -308,4 +309,39 @@ pub fn edges(doc: &Value) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// Waits until the current window of `interval_secs` has just begun (0.3 to 1 s into it):
+/// processes cut windows at the same wall-clock instants, so traffic sent now falls in one.
+pub fn at_window_start(interval_secs: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let into = now % interval_secs as f64;
+    let wait = if (0.3..1.0).contains(&into) {
+        0.0
+    } else if into < 0.3 {
+        0.3 - into
+    } else {
+        interval_secs as f64 - into + 0.3
+    };
+    std::thread::sleep(Duration::from_secs_f64(wait));
+}
+
+/// Waits until the running process's output file says `ready`.
+pub fn wait_output(path: &Path, what: &str, mut ready: impl FnMut(&Value) -> bool) -> Value {
+    let t = Instant::now();
+    loop {
+        let doc = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+        if let Some(doc) = doc
+            && ready(&doc)
+        {
+            return doc;
+        }
+        assert!(t.elapsed() < Duration::from_secs(90), "waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
