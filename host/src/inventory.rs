@@ -10,6 +10,7 @@ pub mod kubectl;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Node {
@@ -29,8 +30,10 @@ pub struct Pod {
     pub host_network: bool,
     /// "deployment/web", "statefulset/db", "" when the pod has no owner.
     pub workload: String,
-    pub annotations: BTreeMap<String, String>,
-    pub labels: BTreeMap<String, String>,
+    /// Sorted by key; shared between the API inventory's store and its snapshots (a
+    /// 10 000-pod cluster's annotations are most of its inventory). A pod's labels are not
+    /// kept: nothing reads them (its workload comes from its owner).
+    pub annotations: Arc<[(String, String)]>,
     /// ns since the epoch; 0 = unknown.
     pub created_ns: u64,
     /// ns since the epoch; 0 = still alive.

@@ -89,9 +89,10 @@ fn now_ns() -> u64 {
 }
 
 /// What the watches have built. Keys are `namespace/name` (pods: their uid, so a pod
-/// recreated under the same name is another pod).
+/// recreated under the same name is another pod). Public for the inventory bench, which feeds
+/// it as the watches do.
 #[derive(Default)]
-struct Store {
+pub struct Store {
     objects: HashMap<Kind, BTreeMap<String, Object>>,
     /// Deleted pods, oldest first, with when they are forgotten.
     retired: VecDeque<(u64, Pod)>,
@@ -106,6 +107,19 @@ struct Store {
 }
 
 impl Store {
+    /// An empty store for `wanted` kinds that keeps deleted pods `retain_ns`.
+    pub fn new(wanted: usize, retain_ns: u64) -> Store {
+        Store {
+            retain_ns,
+            wanted,
+            health: InventoryHealth {
+                source: "kubernetes".into(),
+                ..InventoryHealth::default()
+            },
+            ..Store::default()
+        }
+    }
+
     fn kind_health(&mut self, kind: &Kind) -> &mut KindHealth {
         self.health.kinds.entry(kind.label()).or_default()
     }
@@ -124,7 +138,7 @@ impl Store {
     }
 
     /// An object listed or applied at `now`.
-    fn apply(&mut self, kind: &Kind, v: &Value, now: u64) {
+    pub fn apply(&mut self, kind: &Kind, v: &Value, now: u64) {
         let listing = self.listing.contains_key(kind);
         self.kind_health(kind).events += 1;
         let object = match read_object(v, &kind.kind) {
@@ -201,7 +215,7 @@ impl Store {
             .push_back((pod.deleted_ns.saturating_add(self.retain_ns), pod));
     }
 
-    fn delete(&mut self, kind: &Kind, v: &Value, now: u64) {
+    pub fn delete(&mut self, kind: &Kind, v: &Value, now: u64) {
         self.kind_health(kind).events += 1;
         let key = Self::key(v, kind);
         self.remove(kind, &key, now);
@@ -220,7 +234,7 @@ impl Store {
         }
     }
 
-    fn list_begins(&mut self, kind: &Kind) {
+    pub fn list_begins(&mut self, kind: &Kind) {
         if self.listed.contains(kind) {
             self.kind_health(kind).relists += 1;
         }
@@ -228,7 +242,7 @@ impl Store {
     }
 
     /// The list is complete: what it did not hold was deleted while we were not watching.
-    fn list_done(&mut self, kind: &Kind, now: u64) {
+    pub fn list_done(&mut self, kind: &Kind, now: u64) {
         let seen = self.listing.remove(kind).unwrap_or_default();
         let gone: Vec<String> = self
             .objects
@@ -257,7 +271,7 @@ impl Store {
     }
 
     /// Forgets the deleted pods whose time is up.
-    fn forget(&mut self, now: u64) {
+    pub fn forget(&mut self, now: u64) {
         while let Some((until, _)) = self.retired.front() {
             if *until > now {
                 break;
@@ -268,7 +282,7 @@ impl Store {
         }
     }
 
-    fn inventory(&self) -> Inventory {
+    pub fn inventory(&self) -> Inventory {
         let mut inv = Inventory::default();
         let mut kinds: Vec<&Kind> = self.objects.keys().collect();
         kinds.sort();
@@ -322,15 +336,10 @@ impl ApiInventory {
         kinds.sort();
         kinds.dedup();
         let shared = Arc::new(Shared {
-            store: Mutex::new(Store {
-                retain_ns: settings.retain_deleted.as_nanos() as u64,
-                wanted: kinds.len(),
-                health: InventoryHealth {
-                    source: "kubernetes".into(),
-                    ..InventoryHealth::default()
-                },
-                ..Store::default()
-            }),
+            store: Mutex::new(Store::new(
+                kinds.len(),
+                settings.retain_deleted.as_nanos() as u64,
+            )),
             changed: Condvar::new(),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -504,11 +513,7 @@ mod tests {
 
     fn store() -> (Store, Kind) {
         let kind = Kind::new("v1", "Pod");
-        let store = Store {
-            retain_ns: 1_000,
-            wanted: 1,
-            ..Store::default()
-        };
+        let store = Store::new(1, 1_000);
         (store, kind)
     }
 

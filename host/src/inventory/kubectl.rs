@@ -281,8 +281,7 @@ fn pod(v: &Value) -> Result<Pod, String> {
         ips,
         host_network: v["spec"]["hostNetwork"].as_bool().unwrap_or(false),
         workload: workload(v),
-        annotations: map_at(&v["metadata"]["annotations"]),
-        labels: map_at(&v["metadata"]["labels"]),
+        annotations: map_at(&v["metadata"]["annotations"]).into_iter().collect(),
         created_ns: time_ns(
             &v["metadata"]["creationTimestamp"],
             "metadata.creationTimestamp",

@@ -172,7 +172,7 @@ pub fn inventory(inv: &Inventory, wanted: &[wit::ObjectKind]) -> wit::Inventory 
                 ips: p.ips.iter().copied().map(ip).collect(),
                 host_network: p.host_network,
                 workload: p.workload.clone(),
-                annotations: pairs(&p.annotations),
+                annotations: p.annotations.to_vec(),
                 created_ns: p.created_ns,
                 deleted_ns: p.deleted_ns,
             })
