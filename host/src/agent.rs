@@ -50,7 +50,14 @@ fn kind_of(k: wit::IfaceKind) -> IfaceKind {
     }
 }
 
-fn hostname() -> String {
+/// The node an agent without `[[agent.node]]` captures: `$NODE_NAME` (a DaemonSet sets it
+/// from `spec.nodeName`: a node's name need not be its hostname), else the hostname.
+fn this_node() -> String {
+    if let Ok(name) = std::env::var("NODE_NAME")
+        && !name.trim().is_empty()
+    {
+        return name.trim().to_string();
+    }
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
@@ -135,7 +142,7 @@ impl Capture {
             .collect();
         let node_list = if settings.agent.nodes.is_empty() {
             vec![NodeToWatch {
-                name: hostname(),
+                name: this_node(),
                 netns: None,
                 ifaces: Vec::new(),
             }]

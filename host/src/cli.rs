@@ -138,6 +138,25 @@ enum PluginCommand {
     /// Run a built plugin on recorded captures and compare its edges with an expected
     /// topology (`--bless` writes the expected file instead).
     Test(PluginTestArgs),
+    /// Put plugins into a plugins folder safely: each is loaded and checked (a component of
+    /// this contract, allowed imports) before it is moved in whole, so a running cniscope
+    /// that watches the folder never sees a half-written or unusable file. SOURCE is a .wasm
+    /// file, a folder (every .wasm in it), or `-` for standard input with --name (for
+    /// `kubectl exec -i ... < flannel.wasm` into an image without a shell).
+    Install {
+        /// The plugins folder to install into.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The file name to install standard input as (`flannel.wasm`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Leave a plugin that is already in the folder as it is (an image's defaults
+        /// installed under an operator's newer drop-ins).
+        #[arg(long)]
+        keep_existing: bool,
+        #[arg(required = true)]
+        sources: Vec<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -224,6 +243,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin(PluginCommand::List { dir }) => plugin::list(&dir),
         Command::Plugin(PluginCommand::Inspect { file }) => plugin::inspect(&file),
         Command::Plugin(PluginCommand::Test(args)) => plugin_test::run(args),
+        Command::Plugin(PluginCommand::Install {
+            dir,
+            name,
+            keep_existing,
+            sources,
+        }) => plugin::install(&dir, name.as_deref(), keep_existing, &sources),
         Command::Config(ConfigCommand::Check { file }) => config_check::run(&file),
     }
 }

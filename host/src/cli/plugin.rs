@@ -1,10 +1,12 @@
-//! `cniscope plugin list` and `plugin inspect`: what a plugin file is, and whether it loads.
+//! `cniscope plugin list`, `plugin inspect` and `plugin install`: what a plugin file is,
+//! whether it loads, and putting it safely where a running cniscope watches.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use cniscope::config;
 use cniscope::plugins::engine::sha256_file;
 use cniscope::plugins::policy::Grants;
 use cniscope::plugins::{PluginEngine, PluginError, PluginInstance, PluginSettings};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 fn stem(file: &Path) -> String {
@@ -115,4 +117,106 @@ pub fn list(dir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `cniscope plugin install`: every source checked, then written beside its place and renamed
+/// into it (a watcher sees the whole file at once). Any refused source fails the command;
+/// the others are still installed.
+pub fn install(
+    dir: &Path,
+    name: Option<&str>,
+    keep_existing: bool,
+    sources: &[PathBuf],
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for src in sources {
+        if src.as_os_str() == "-" {
+            let Some(name) = name else {
+                bail!("installing from standard input needs --name (e.g. --name flannel.wasm)");
+            };
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .context("reading standard input")?;
+            files.push((name.to_string(), bytes));
+        } else if src.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(src)
+                .with_context(|| format!("reading {}", src.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+                .collect();
+            found.sort();
+            for f in found {
+                files.push((file_name(&f)?, read(&f)?));
+            }
+        } else {
+            files.push((
+                name.map(str::to_string).unwrap_or(file_name(src)?),
+                read(src)?,
+            ));
+        }
+    }
+    let engine = PluginEngine::new(config::default_cache_dir())?;
+    let mut refused = 0;
+    for (name, bytes) in files {
+        if !name.ends_with(".wasm") || name.contains('/') || name.starts_with('.') {
+            eprintln!("{name}: refused: a plugin's file name is NAME.wasm");
+            refused += 1;
+            continue;
+        }
+        let target = dir.join(&name);
+        if keep_existing && target.exists() {
+            println!("{name}: kept (already in {})", dir.display());
+            continue;
+        }
+        // Staged under a name no watcher or `[[plugin]]` reads, checked there, then renamed.
+        let staged = dir.join(format!(".{name}.installing"));
+        std::fs::write(&staged, &bytes).with_context(|| format!("writing {}", staged.display()))?;
+        // What a config can grant (clocks) is allowed; what no config can (files, sockets)
+        // is not.
+        let grantable = Grants { clocks: true };
+        let checked = engine
+            .load(&staged, None, &grantable)
+            .map_err(anyhow::Error::from)
+            .and_then(|l| {
+                let sha = l.sha256.clone();
+                let p = PluginInstance::start(&engine, l, PluginSettings::new(&stem(&target)))?;
+                Ok((
+                    sha,
+                    p.description.name.clone(),
+                    p.description.version.clone(),
+                ))
+            });
+        match checked {
+            Ok((sha, plugin, version)) => {
+                std::fs::rename(&staged, &target)
+                    .with_context(|| format!("moving into {}", target.display()))?;
+                println!("{name}: installed {plugin} {version} (sha256 {sha})");
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&staged);
+                eprintln!(
+                    "{name}: refused, {} left as it was: {e:#}",
+                    target.display()
+                );
+                refused += 1;
+            }
+        }
+    }
+    if refused > 0 {
+        bail!("{refused} plugin(s) refused");
+    }
+    Ok(())
+}
+
+fn file_name(p: &Path) -> Result<String> {
+    p.file_name()
+        .and_then(|s| s.to_str())
+        .map(str::to_string)
+        .with_context(|| format!("{}: no file name", p.display()))
+}
+
+fn read(p: &Path) -> Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
 }

@@ -191,3 +191,91 @@ fn plugin_test_compares_a_built_plugin_with_an_expected_topology() {
     );
     assert!(stderr.contains("1 edges missing, 1 unexpected"), "{stderr}");
 }
+
+/// `plugin install`: the shipped plugins from a folder, one from standard input under a name,
+/// garbage refused (nothing of it left in the folder, the installed version untouched), and
+/// `--keep-existing` leaving an operator's file alone.
+#[test]
+fn plugin_install_checks_each_plugin_before_moving_it_in_whole() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    let d = plugins.to_str().unwrap();
+    // The shipped plugins and one that reads files, which no config can grant.
+    let shipped = dir.path().join("shipped");
+    std::fs::create_dir(&shipped).unwrap();
+    for name in ["flannel", "calico", "ovn", "fs-reader"] {
+        std::fs::copy(plugin(name), shipped.join(format!("{name}.wasm"))).unwrap();
+    }
+    let out = cniscope(&["plugin", "install", "--dir", d, shipped.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "fs-reader is refused");
+    assert!(
+        stderr.contains("fs-reader.wasm: refused") && stderr.contains("no filesystem access"),
+        "{stderr}"
+    );
+    assert!(!plugins.join("fs-reader.wasm").exists());
+    for name in ["flannel", "calico", "ovn"] {
+        assert!(
+            stdout.contains(&format!("{name}.wasm: installed ")),
+            "{stdout}"
+        );
+        assert_eq!(
+            std::fs::read(plugins.join(format!("{name}.wasm"))).unwrap(),
+            std::fs::read(plugin(name)).unwrap()
+        );
+    }
+
+    // Garbage under a plugin's name: refused, the installed flannel.wasm as it was.
+    let garbage = dir.path().join("flannel.wasm");
+    std::fs::write(&garbage, b"\0asm not a component").unwrap();
+    let out = cniscope(&["plugin", "install", "--dir", d, garbage.to_str().unwrap()]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("flannel.wasm: refused"), "{stderr}");
+    assert_eq!(
+        std::fs::read(plugins.join("flannel.wasm")).unwrap(),
+        std::fs::read(plugin("flannel")).unwrap()
+    );
+    let left: Vec<_> = std::fs::read_dir(&plugins)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "staged files left: {left:?}");
+
+    // From standard input, as `kubectl exec -i` gives it.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cniscope"))
+        .args(["plugin", "install", "--dir", d, "--name", "mine.wasm", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&std::fs::read(plugin("ovn")).unwrap())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(plugins.join("mine.wasm").is_file());
+
+    // An operator's file kept under the image's defaults.
+    std::fs::copy(plugin("ovn"), plugins.join("flannel.wasm")).unwrap();
+    let out = cniscope(&[
+        "plugin",
+        "install",
+        "--dir",
+        d,
+        "--keep-existing",
+        plugin("flannel").to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    assert!(text(&out).0.contains("flannel.wasm: kept"));
+    assert_eq!(
+        std::fs::read(plugins.join("flannel.wasm")).unwrap(),
+        std::fs::read(plugin("ovn")).unwrap()
+    );
+}
