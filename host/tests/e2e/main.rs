@@ -59,3 +59,7 @@ mod kube_api;
 /// The inventory followed from the Kubernetes API: additions, deletions, reuse, expiry.
 #[cfg(feature = "kubernetes")]
 mod kubernetes;
+
+/// deploy/kubernetes: the manifests agree with each other, RBAC covers what is watched, the
+/// ConfigMap's TOML passes config check.
+mod deploy;
