@@ -345,6 +345,7 @@ impl Agent {
             pipeline.watch_plugins();
         }
         crate::modes::follow_kubernetes(settings, &mut pipeline, &inventory)?;
+        pipeline.watch_config(settings);
         let decoding = pipeline.decoding(&settings.decoding);
         let capture = Capture::new(settings, &pipeline.plugins, decoding)?;
         Ok(Agent { capture, pipeline })

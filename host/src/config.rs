@@ -13,6 +13,7 @@
 //! - `[output]`: the output format.
 
 mod locate;
+pub mod reload;
 mod validate;
 
 use crate::plugins::PluginSettings;
@@ -488,6 +489,8 @@ pub struct PluginToLoad {
 /// The validated, ready-to-use configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The file it was read from ([`load`]); None for settings made without one.
+    pub source: Option<PathBuf>,
     pub plugins: Vec<PluginToLoad>,
     pub cache_dir: Option<PathBuf>,
     /// `[plugins] watch`: load new versions of the plugins' files while running.
@@ -590,6 +593,7 @@ impl Settings {
     /// Settings without a config file: these plugins, every other setting at its default.
     pub fn for_plugins(plugins: Vec<PluginToLoad>, plugin_dir: PathBuf) -> Settings {
         Settings {
+            source: None,
             plugins,
             cache_dir: default_cache_dir(),
             watch_plugins: true,
@@ -615,10 +619,12 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         source,
     })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    parse(&text, &base).map_err(|problems| ConfigError::Invalid {
+    let mut settings = parse(&text, &base).map_err(|problems| ConfigError::Invalid {
         path: shown,
         problems,
-    })
+    })?;
+    settings.source = Some(path.to_path_buf());
+    Ok(settings)
 }
 
 /// Parses and validates config text; relative paths are resolved against `base`.

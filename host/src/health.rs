@@ -23,6 +23,22 @@ pub struct Health {
     /// The inventory, when it follows the Kubernetes API.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inventory: Option<InventoryHealth>,
+    /// The config file, when it is re-read while running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigHealth>,
+}
+
+/// `health.config`: the config file re-read while running (SIGHUP, or its changes).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct ConfigHealth {
+    pub file: String,
+    /// New versions applied.
+    pub reloads: u64,
+    /// New versions refused (a problem in the file, or a plugin that did not start): the
+    /// running config went on.
+    pub refused: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// `health.inventory` when the inventory follows the API.

@@ -5,7 +5,9 @@
 //! CNI, so normally one plugin is active). Batches are cut at [`MAX_BATCH`] observations so a
 //! plugin's memory stays bounded whatever the window holds.
 
-use crate::config::PluginToLoad;
+use crate::config::reload::ConfigWatch;
+use crate::config::{PluginToLoad, Settings};
+use crate::health::ConfigHealth;
 use crate::inventory::{Inventory, InventorySource};
 use crate::plugins::bindings::wit;
 use crate::plugins::watch::PluginWatch;
@@ -28,8 +30,17 @@ pub struct Pipeline {
     resolver: Resolver,
     /// Set by [`follow`](Self::follow): the inventory that changes while running (the API).
     following: Option<Following>,
+    /// Set by [`watch_config`](Self::watch_config): the config re-read while running.
+    config: Option<ConfigState>,
     topology: Topology,
     windows: u64,
+}
+
+struct ConfigState {
+    watch: ConfigWatch,
+    /// The settings running now.
+    running: Settings,
+    health: ConfigHealth,
 }
 
 struct Following {
@@ -74,6 +85,7 @@ impl Pipeline {
             watch: None,
             resolver: Resolver::new(inventory),
             following: None,
+            config: None,
             topology: Topology::default(),
             windows: 0,
         })
@@ -184,6 +196,134 @@ impl Pipeline {
         self.resolver = Resolver::new(inventory);
     }
 
+    /// Re-reads the config file the settings came from on SIGHUP, and when it changes if
+    /// `[plugins] watch` is on; applied between windows ([`reload_config`](Self::reload_config)).
+    pub fn watch_config(&mut self, settings: &Settings) {
+        let Some(path) = &settings.source else {
+            return;
+        };
+        self.config = Some(ConfigState {
+            watch: ConfigWatch::new(path, settings.watch_plugins),
+            running: settings.clone(),
+            health: ConfigHealth {
+                file: path.display().to_string(),
+                ..ConfigHealth::default()
+            },
+        });
+    }
+
+    /// Applies a changed config, all or nothing: the file read and validated, its inventory
+    /// files loaded, every plugin of it started (configured, given the inventory, each
+    /// running plugin's state handed to its namesake); then all swapped in at once. Any
+    /// failure is one log line and `health.config`; the running config goes on.
+    fn reload_config(&mut self) {
+        let Some(c) = &mut self.config else {
+            return;
+        };
+        if !c.watch.due() {
+            return;
+        }
+        let path = c.watch.path().to_path_buf();
+        let applied = crate::config::load(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|new| self.apply(&new).map(|()| new));
+        let c = self.config.as_mut().expect("watched");
+        match applied {
+            Ok(new) => {
+                let old = std::mem::replace(&mut c.running, new);
+                let new = &c.running;
+                for (what, before, after) in [
+                    (
+                        "[agent]",
+                        format!("{:?}", old.agent),
+                        format!("{:?}", new.agent),
+                    ),
+                    (
+                        "[nats]",
+                        format!("{:?}", old.nats),
+                        format!("{:?}", new.nats),
+                    ),
+                    (
+                        "[aggregate]",
+                        format!("{:?}", old.aggregate),
+                        format!("{:?}", new.aggregate),
+                    ),
+                    (
+                        "[decode]",
+                        format!("{:?}", old.decoding),
+                        format!("{:?}", new.decoding),
+                    ),
+                    (
+                        "[inventory] kubernetes",
+                        format!("{:?}", old.kubernetes),
+                        format!("{:?}", new.kubernetes),
+                    ),
+                ] {
+                    if before != after {
+                        tracing::warn!(
+                            "{}: {what} changed: it applies at the next restart",
+                            path.display()
+                        );
+                    }
+                }
+                c.health.reloads += 1;
+                c.health.last_error = None;
+                tracing::info!("{}: new config applied", path.display());
+            }
+            Err(e) => {
+                tracing::error!(
+                    "{}: new config refused, the running one goes on: {e}",
+                    path.display()
+                );
+                c.health.refused += 1;
+                c.health.last_error = Some(e);
+            }
+        }
+    }
+
+    /// Swaps in `new`'s plugins and inventory files, or changes nothing.
+    fn apply(&mut self, new: &Settings) -> Result<(), String> {
+        let files = crate::modes::load_inventory(&new.inventories).map_err(|e| e.to_string())?;
+        let inventory = match &self.following {
+            Some(f) => {
+                let mut inv = f.source.snapshot();
+                inv.merge(files.clone());
+                inv
+            }
+            None => files.clone(),
+        };
+        let mut fresh = new
+            .plugins
+            .iter()
+            .map(|p| {
+                start(&self.engine, p, &inventory)
+                    .map_err(|e| format!("plugin {}: {e}", p.settings.name))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for f in &mut fresh {
+            if let Some(old) = self.plugins.iter_mut().find(|o| o.name() == f.name()) {
+                if let Some(state) = old.snapshot() {
+                    f.restore(&state);
+                }
+                f.take_over(old.health());
+            }
+        }
+        let watched = self.watch.is_some();
+        self.plugins = fresh;
+        self.to_load = new.plugins.clone();
+        if watched {
+            self.watch_plugins();
+        }
+        match &mut self.following {
+            Some(f) => {
+                f.files = files;
+                f.generation = u64::MAX;
+            }
+            None => self.resolver = Resolver::new(inventory),
+        }
+        Ok(())
+    }
+
     /// Loads the new versions the watch saw (between windows).
     fn reload_changed(&mut self) {
         let Some(watch) = &mut self.watch else {
@@ -197,10 +337,11 @@ impl Pipeline {
         }
     }
 
-    /// One window: new plugin versions first (when watched), the inventory's changes (when
-    /// followed), then process in bounded
+    /// One window: a changed config and new plugin versions first (when watched), the
+    /// inventory's changes (when followed), then process in bounded
     /// batches, then flush at the window's end.
     pub fn window(&mut self, points: &PointTable, observations: &[Observation], end_ns: u64) {
+        self.reload_config();
         self.reload_changed();
         self.refresh_inventory();
         self.windows += 1;
@@ -266,6 +407,9 @@ impl Pipeline {
     pub fn doc(&self, mut health: Health) -> TopologyDoc {
         if let Some(f) = &self.following {
             health.inventory = Some(f.source.health());
+        }
+        if let Some(c) = &self.config {
+            health.config = Some(c.health.clone());
         }
         for p in &self.plugins {
             health

@@ -475,6 +475,7 @@ pub fn run(
         pipeline.watch_plugins();
     }
     crate::modes::follow_kubernetes(settings, &mut pipeline, &inventory)?;
+    pipeline.watch_config(settings);
     let mut agg = Aggregator::new(pipeline, &settings.aggregate);
     agg.restore()?;
     // Two workers: one runs the plugins, the other fetches and decodes meanwhile.

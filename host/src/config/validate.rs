@@ -135,6 +135,7 @@ pub fn settings(s: Sections, base: &Path, p: &mut Problems) -> Settings {
     let nats = nats_section(&s.nats, base, p);
     let aggregate = aggregate_section(&s.aggregate, base, p);
     Settings {
+        source: None,
         plugins,
         cache_dir: match s.plugins.cache_dir.as_deref() {
             Some("") => None,

@@ -17,7 +17,9 @@ pub const SETTLE: Duration = Duration::from_millis(300);
 
 pub struct PluginWatch {
     _watcher: notify::RecommendedWatcher,
-    events: mpsc::Receiver<PathBuf>,
+    /// Paths written, with when (a change settles from its last write, not from when the
+    /// window boundary looks).
+    events: mpsc::Receiver<(PathBuf, Instant)>,
     /// Each configured plugin's file: (its folder, canonical; its name).
     files: Vec<(PathBuf, OsString)>,
     /// Plugins whose file changed, and when it last did.
@@ -32,8 +34,9 @@ impl PluginWatch {
             if let Ok(e) = e
                 && matches!(e.kind, EventKind::Create(_) | EventKind::Modify(_))
             {
+                let at = Instant::now();
                 for p in e.paths {
-                    let _ = tx.send(p);
+                    let _ = tx.send((p, at));
                 }
             }
         })?;
@@ -60,12 +63,12 @@ impl PluginWatch {
     /// The configured plugins (by index) whose file changed and has settled since.
     pub fn changed(&mut self) -> Vec<usize> {
         let now = Instant::now();
-        while let Ok(path) = self.events.try_recv() {
+        while let Ok((path, at)) = self.events.try_recv() {
             for (i, (dir, name)) in self.files.iter().enumerate() {
                 if path.file_name() == Some(name.as_os_str())
                     && path.parent().is_some_and(|p| p == dir)
                 {
-                    self.pending.insert(i, now);
+                    self.pending.insert(i, at);
                 }
             }
         }

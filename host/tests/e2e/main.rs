@@ -63,3 +63,7 @@ mod kubernetes;
 /// deploy/kubernetes: the manifests agree with each other, RBAC covers what is watched, the
 /// ConfigMap's TOML passes config check.
 mod deploy;
+
+/// The config re-read while running: refused whole when anything is wrong, applied between
+/// windows when right.
+mod config_reload;

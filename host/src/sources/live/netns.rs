@@ -164,8 +164,10 @@ pub fn is_l3_device(iface: &str) -> io::Result<bool> {
     {
         *d = s as libc::c_char;
     }
-    // SAFETY: SIOCGIFHWADDR fills ifr_hwaddr of the ifreq we own.
-    let r = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    // SAFETY: SIOCGIFHWADDR fills ifr_hwaddr of the ifreq we own. (The request's type is
+    // c_ulong in glibc and c_int in musl: `as _` builds with both, for the static image.)
+    #[allow(clippy::unnecessary_cast)]
+    let r = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR as _, &mut req) };
     let err = io::Error::last_os_error();
     // SAFETY: closing the socket we opened.
     unsafe { libc::close(fd) };
