@@ -36,6 +36,8 @@ struct ApiState {
     lists: HashMap<String, u64>,
     /// Resource path -> (apiVersion, kind), for bookmarks.
     kinds: HashMap<String, (String, String)>,
+    /// Lists still to answer with a 500 (an API server in trouble).
+    failing_lists: u64,
 }
 
 struct Watcher {
@@ -203,6 +205,11 @@ impl FakeApi {
         s.watchers.clear();
     }
 
+    /// Answers the next `n` lists (of any kind) with 500 Internal Server Error.
+    pub fn fail_lists(&self, n: u64) {
+        self.lock().failing_lists = n;
+    }
+
     /// Lists served so far for this kind.
     pub fn lists(&self, api_version: &str, kind: &str) -> u64 {
         self.lock()
@@ -221,6 +228,17 @@ async fn serve(
     let path = uri.path().to_string();
     let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
     let mut s = state.lock().unwrap();
+    if !watch && s.failing_lists > 0 {
+        s.failing_lists -= 1;
+        let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": "etcdserver: request timed out",
+            "reason": "InternalError", "code": 500});
+        return axum::response::Response::builder()
+            .status(500)
+            .header("content-type", "application/json")
+            .body(Body::from(status.to_string()))
+            .unwrap();
+    }
     if !watch {
         *s.lists.entry(path.clone()).or_default() += 1;
         let items: Vec<Value> = s

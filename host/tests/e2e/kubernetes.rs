@@ -219,6 +219,35 @@ fn the_inventory_follows_pods_through_additions_deletions_reuse_and_watch_expiry
     assert_eq!(health.pods_retained, 2, "{health:#?}");
 }
 
+/// An API server that fails its first lists (500): each failure counted and said, the watch
+/// retries with backoff and the inventory syncs once the server answers.
+#[test]
+fn an_api_that_fails_its_first_lists_is_retried_until_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = FakeApi::start(&[&root().join("tests/data/flannel-vxlan/inventory.json")]);
+    api.fail_lists(3);
+    let settings = KubernetesSettings {
+        kubeconfig: Some(api.kubeconfig(dir.path())),
+        context: None,
+        retain_deleted: Duration::from_secs(600),
+        sync_timeout: Duration::from_secs(30),
+    };
+    let inventory = ApiInventory::start(&settings, &core_kinds()).unwrap();
+    let health = inventory.health();
+    assert!(health.synced, "{health:#?}");
+    let errors: u64 = health.kinds.values().map(|k| k.errors).sum();
+    assert_eq!(errors, 3, "{health:#?}");
+    assert!(
+        health
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("request timed out"),
+        "{health:#?}"
+    );
+    assert_eq!(inventory.snapshot().pods.len(), 3);
+}
+
 /// A plugin's CNI objects come through the same watch, whole, with no host code that knows
 /// them: an IPAMBlock created while running reaches the snapshot as JSON.
 #[test]
