@@ -568,6 +568,53 @@ fn resent_bad_and_good_batches_give_exactly_the_replays_topology() {
     assert_eq!(broken["health"]["plugins"]["flannel"]["errors"], 1);
 }
 
+/// The aggregator with its inventory from the Kubernetes API (the list/watch stand-in fed
+/// from the lab's dump) instead of the dump itself: the same topology as the replay's, and
+/// `health.inventory` says the watches are synced.
+#[cfg(feature = "kubernetes")]
+#[test]
+fn an_aggregator_following_the_api_names_what_its_dump_names() {
+    plugin("flannel");
+    let nats = NatsServer::start();
+    let api = crate::kube_api::FakeApi::start(&[&data("flannel-vxlan/inventory.json")]);
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("aggregate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[plugins]\ndir = \"{}\"\n[[plugin]]\nname = \"flannel\"\n[plugin.options]\nnetwork = \"10.244.0.0/16\"\n[inventory]\nkubernetes = true\nkubeconfig = \"{}\"\n[nats]\nurl = \"{}\"\n[aggregate]\ninterval_secs = 60\nmax_lateness_secs = 1\nstate_file = \"state\"\n",
+            root().join("dist/plugins").display(),
+            api.kubeconfig(work.path()).display(),
+            nats.url()
+        ),
+    )
+    .unwrap();
+    let batches = shipped_batches();
+    publish(
+        &nats.url(),
+        batches
+            .iter()
+            .map(|b| {
+                (
+                    cniscope::cluster::obs_subject(&b.node),
+                    Some(cniscope::cluster::message_id(b)),
+                    b.encode(),
+                )
+            })
+            .collect(),
+    );
+    let mut agg = Running::start(
+        &["aggregate", "-c", config.to_str().unwrap(), "-f", "json"],
+        work.path().join("aggregate.err"),
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let doc: Value = serde_json::from_str(&agg.stop()).unwrap();
+    assert_eq!(edges(&doc), edges(&replay_topology()), "{}", agg.stderr());
+    let inventory = &doc["health"]["inventory"];
+    assert_eq!(inventory["synced"], true, "{inventory:#}");
+    assert_eq!(inventory["kinds"]["v1 Pod"]["objects"], 3, "{inventory:#}");
+}
+
 /// A test CA, and a server and a client certificate it signed, as PEM files in `dir`.
 struct Pki {
     ca: PathBuf,
