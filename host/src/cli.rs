@@ -123,6 +123,10 @@ struct ReplayArgs {
     /// Overrides the window length (seconds of capture time).
     #[arg(long)]
     window_secs: Option<f64>,
+    /// Exit 0 even when the output is known incomplete (observations lost by a plugin, a
+    /// plugin disabled, a capture not read to its end); it is printed either way.
+    #[arg(long)]
+    allow_partial: bool,
 }
 
 #[derive(Subcommand)]
@@ -257,6 +261,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
 pub fn exit_code(e: &anyhow::Error) -> i32 {
     if e.downcast_ref::<ConfigError>().is_some() {
         EXIT_CONFIG
+    } else if e.downcast_ref::<replay::Incomplete>().is_some() {
+        replay::EXIT_INCOMPLETE
     } else {
         1
     }

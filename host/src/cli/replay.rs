@@ -5,7 +5,36 @@ use super::output;
 use anyhow::{Result, bail};
 use cniscope::config::{self, PluginToLoad, Settings};
 use cniscope::plugins::PluginSettings;
+use cniscope::plugins::PluginState;
 use cniscope::sinks::{Format, render};
+use cniscope::topology::TopologyDoc;
+
+/// The exit code of a replay whose output is known incomplete (printed all the same).
+pub const EXIT_INCOMPLETE: i32 = 3;
+
+/// What made a replay's output incomplete, one reason per line.
+#[derive(Debug, thiserror::Error)]
+#[error("the output is incomplete (--allow-partial to exit 0 anyway):\n{0}")]
+pub struct Incomplete(String);
+
+/// Why the document is known to miss something: observations a plugin lost, a plugin
+/// disabled, a capture not read to its end.
+fn incomplete(doc: &TopologyDoc) -> Vec<String> {
+    let mut why = Vec::new();
+    for (name, p) in &doc.health.plugins {
+        if p.observations_lost > 0 {
+            why.push(format!(
+                "plugin {name} lost {} observations",
+                p.observations_lost
+            ));
+        }
+        if p.state == PluginState::Disabled {
+            why.push(format!("plugin {name} was disabled after repeated faults"));
+        }
+    }
+    why.extend(doc.health.errors.iter().cloned());
+    why
+}
 
 pub fn run(args: ReplayArgs) -> Result<()> {
     let settings = load_settings(&args)?;
@@ -28,9 +57,14 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     let format = args.format.or(settings.format).unwrap_or(Format::Table);
     let text = render(&doc, format);
     match &args.output {
-        Some(path) => output::replace_file(path, &text),
-        None => output::print(&text),
+        Some(path) => output::replace_file(path, &text)?,
+        None => output::print(&text)?,
     }
+    let why = incomplete(&doc);
+    if !why.is_empty() && !args.allow_partial {
+        return Err(Incomplete(why.join("\n")).into());
+    }
+    Ok(())
 }
 
 /// The config file's settings, or (without one) the named plugins with their defaults.

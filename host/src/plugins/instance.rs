@@ -155,8 +155,16 @@ pub struct PluginInstance {
     live: Option<Live>,
     /// Kept to re-send after a restart.
     inventory: Option<wit::Inventory>,
+    /// Observations the live instance holds (its `stitch.held` counter, read after each
+    /// call that feeds or drains it): what it loses if it dies, counted in
+    /// `observations_lost`.
+    held: u64,
     health: PluginHealth,
 }
+
+/// The counter through which a plugin says how many observations it holds (the SDK's
+/// stitcher reports it); a plugin without it is taken to hold none between calls.
+pub const HELD_COUNTER: &str = "stitch.held";
 
 type CallResult<R> = wasmtime::Result<Result<R, wit::PluginError>>;
 
@@ -189,6 +197,7 @@ impl PluginInstance {
             pre,
             live: None,
             inventory: None,
+            held: 0,
             health: PluginHealth::default(),
         };
         let live = me.instantiate().map_err(|e| start_err(format!("{e:#}")))?;
@@ -273,6 +282,7 @@ impl PluginInstance {
         self.health.observations_in += n;
         let out = self.call("process", n, |p, s| p.call_process(s, batch))?;
         self.health.flows_out += out.protocol.len() as u64;
+        self.read_counters();
         Some(out)
     }
 
@@ -280,11 +290,17 @@ impl PluginInstance {
     pub fn flush(&mut self, now_ns: u64) -> Option<wit::FlowBatch> {
         let out = self.call("flush", 0, |p, s| p.call_flush(s, now_ns))?;
         self.health.flows_out += out.protocol.len() as u64;
+        self.read_counters();
+        Some(out)
+    }
+
+    /// The plugin's counters into its health, and how many observations it holds.
+    fn read_counters(&mut self) {
         if let Some(Ok(counters)) = self.call_raw("counters", 0, |p, s| p.call_counters(s).map(Ok))
         {
             self.health.counters = counters.into_iter().collect();
+            self.held = self.health.counters.get(HELD_COUNTER).copied().unwrap_or(0);
         }
-        Some(out)
     }
 
     /// Takes over from `old`, the version it replaces: its cumulative counters, one more
@@ -390,6 +406,8 @@ impl PluginInstance {
 
     fn fault(&mut self, what: &str, lost: u64, detail: String, stderr: Option<String>) {
         self.live = None;
+        // What the instance held dies with it, besides the call's own observations.
+        let lost = lost + std::mem::take(&mut self.held);
         self.health.observations_lost += lost;
         let disabled = self.health.restarts >= self.settings.max_restarts as u64;
         self.health.state = if disabled {

@@ -107,7 +107,14 @@ fn a_truncated_capture_is_reported_and_the_rest_still_replays() {
     ]);
     let out = cniscope(&args);
     let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stderr}");
+    // Printed whole, and the exit code says it is incomplete, naming why.
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("the output is incomplete") && stderr.contains("cut.pcap: truncated"),
+        "{stderr}"
+    );
+    args.push("--allow-partial");
+    assert!(cniscope(&args).status.success(), "--allow-partial exits 0");
     let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let errors = doc["health"]["errors"].to_string();
     assert!(errors.contains("cut.pcap: truncated"), "{errors}");

@@ -132,6 +132,37 @@ fn a_faulted_plugin_restarts_with_its_options_and_goes_on() {
     assert_eq!(p.health().observations_lost, obs.len() as u64);
 }
 
+/// A plugin killed at the end of a window, holding every observation of it (as flannel is
+/// when a window's flows outgrow its deadline): everything it held is counted lost, not
+/// dropped in silence; it restarts empty and the next window is counted again.
+#[test]
+fn a_plugin_killed_holding_a_window_counts_all_it_held_as_lost() {
+    let engine = PluginEngine::new(None).unwrap();
+    let (points, obs) = lab_observations();
+    let batch = convert::batch(points.all(), &obs);
+    let mut settings = PluginSettings::new("holder");
+    settings.options_json = r#"{"mode": "hold"}"#.into();
+    settings.max_restarts = 5;
+    let loaded = engine
+        .load(&plugin("misbehave"), None, &Grants::default())
+        .unwrap();
+    let mut p = PluginInstance::start(&engine, loaded, settings).unwrap();
+    let n = obs.len() as u64;
+    for _ in 0..3 {
+        assert!(p.process(&batch).is_some());
+    }
+    assert_eq!(p.health().counters["stitch.held"], 3 * n);
+    assert!(p.flush(1).is_none(), "it dies at the window's end");
+    let h = p.health();
+    assert_eq!(h.observations_lost, 3 * n, "all it held: {h:?}");
+    assert_eq!(h.traps, 1);
+    // Restarted empty: the next window's observations are its own.
+    assert!(p.process(&batch).is_some());
+    assert!(p.flush(2).is_none());
+    assert_eq!(p.health().observations_lost, 4 * n);
+    assert_eq!(p.health().observations_in, 4 * n);
+}
+
 #[test]
 fn a_plugin_that_imports_the_filesystem_is_refused_at_load() {
     let engine = PluginEngine::new(None).unwrap();

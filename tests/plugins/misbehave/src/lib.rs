@@ -3,7 +3,9 @@
 //! Option `mode`: "noop" (returns nothing: the boundary benchmark), "count" (one flow per
 //! batch whose packet count is the number of rows: proves the batch arrived whole), "flows"
 //! (one flow per row with flannel-like evidence and points: the cost of returning flows), "trap"
-//! (panics), "loop" (never returns), "alloc" (grows memory without bound).
+//! (panics), "loop" (never returns), "alloc" (grows memory without bound), "hold" (holds every
+//! observation until the window's end, saying so in its `stitch.held` counter, then panics in
+//! `flush`: what a plugin killed at the end of a big window loses).
 //! Option `after`: behave for this many `process` calls first.
 
 use cniscope_sdk::prelude::*;
@@ -13,6 +15,7 @@ pub struct Misbehave {
     mode: String,
     after: i64,
     calls: i64,
+    held: u64,
 }
 
 impl Plugin for Misbehave {
@@ -24,7 +27,7 @@ impl Plugin for Misbehave {
                 "mode",
                 OptionType::String,
                 "\"noop\"",
-                "noop, count, trap, loop or alloc",
+                "noop, count, flows, trap, loop, alloc or hold",
             )
             .option(
                 "after",
@@ -40,7 +43,7 @@ impl Plugin for Misbehave {
         self.mode = options.string("mode", "noop")?;
         self.after = options.integer("after", 0)?;
         match self.mode.as_str() {
-            "noop" | "count" | "flows" | "trap" | "loop" | "alloc" => Ok(()),
+            "noop" | "count" | "flows" | "trap" | "loop" | "alloc" | "hold" => Ok(()),
             other => Err(error(
                 "bad-option",
                 "mode",
@@ -58,6 +61,10 @@ impl Plugin for Misbehave {
         };
         match mode {
             "trap" => panic!("misbehave: trapping on purpose"),
+            "hold" => {
+                self.held += batch.point.len() as u64;
+                Ok(())
+            }
             "loop" => {
                 let mut x: u64 = 0;
                 loop {
@@ -117,6 +124,20 @@ impl Plugin for Misbehave {
             }
             _ => Ok(()),
         }
+    }
+
+    fn flush(&mut self, _now_ns: u64, _out: &mut Flows) -> Result<(), PluginError> {
+        if self.mode == "hold" && self.held > 0 {
+            panic!(
+                "misbehave: dying at the window's end with {} held",
+                self.held
+            );
+        }
+        Ok(())
+    }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        vec![("stitch.held".to_string(), self.held)]
     }
 }
 
