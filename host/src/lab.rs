@@ -87,6 +87,11 @@ pub enum LabError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A lab of this id is running: building over it would tear it down on failure.
+    #[error(
+        "lab {0} is already up (network namespaces {0}-*): pick another --id, or `cniscope lab down --id {0}` first"
+    )]
+    InUse(String),
     #[error("lab script `{script} {args}` failed ({status}): {stderr}")]
     Script {
         script: String,
@@ -94,6 +99,17 @@ pub enum LabError {
         status: String,
         stderr: String,
     },
+}
+
+/// Whether network namespaces of lab `id` exist (`ip netns` keeps them in /run/netns).
+pub fn lab_is_up(id: &str) -> bool {
+    let prefix = format!("{id}-");
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        })
+        .unwrap_or(false)
 }
 
 /// A scenario's script and mode.
@@ -190,6 +206,9 @@ impl Scripts {
     /// Builds `scenario` as lab `id`, writing its inventory and agent config into `dir`.
     pub fn up(&self, scenario_name: &str, id: &str, dir: &Path) -> Result<(), LabError> {
         let (script, mode) = scenario(scenario_name)?;
+        if lab_is_up(id) {
+            return Err(LabError::InUse(id.to_string()));
+        }
         self.run(script, &["up", id, &dir.to_string_lossy(), mode])?;
         Ok(())
     }

@@ -22,9 +22,14 @@ pub fn run(cmd: LabCommand) -> Result<()> {
         } => {
             let scripts = Scripts::write(Some(&plugins))?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            if let Err(e) = scripts.up(&scenario, &id, &dir) {
-                let _ = scripts.down(&id);
-                return Err(e.into());
+            match scripts.up(&scenario, &id, &dir) {
+                Ok(()) => {}
+                // Someone else's lab: left as it is.
+                Err(e @ cniscope::lab::LabError::InUse(_)) => return Err(e.into()),
+                Err(e) => {
+                    let _ = scripts.down(&id);
+                    return Err(e.into());
+                }
             }
             println!(
                 "lab {id} ({scenario}) is up: namespaces {id}-*\n  capture: cniscope run -c {}\n  traffic: cniscope lab traffic {scenario} --id {id}\n  down:    cniscope lab down --id {id}",

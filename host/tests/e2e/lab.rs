@@ -477,6 +477,16 @@ fn cniscope_lab_up_and_down_leave_nothing_behind() {
     );
     let config = std::fs::read_to_string(dir.path().join("cniscope.toml")).unwrap();
     assert!(config.contains("name = \"ovn\"") && config.contains("port_bindings"));
+    // The same id again: refused, and the running lab left up.
+    let before = namespaces_of(&id);
+    let out = cniscope(&["lab", "up", "flannel-vxlan", "--id", &id, "--dir", d]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already up"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(namespaces_of(&id), before, "the running lab is untouched");
     ok(&["lab", "down", "--id", &id]);
     assert_eq!(namespaces_of(&id), 0);
     // An unknown scenario names the known ones.
