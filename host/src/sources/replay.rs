@@ -110,6 +110,23 @@ struct CaptureFile {
 
 const MAX_BLOCK: usize = 64 << 20;
 
+/// A reader error in one short line: the parser's own errors carry the unparsed input (up to
+/// a whole buffer), which is no message for a person.
+fn describe<I>(e: &PcapError<I>) -> String {
+    match e {
+        PcapError::Eof => "end of file".into(),
+        PcapError::BufferTooSmall => "a block larger than the read buffer".into(),
+        PcapError::UnexpectedEof | PcapError::Incomplete(_) => {
+            "the file ends inside a block".into()
+        }
+        PcapError::ReadError => "read error".into(),
+        PcapError::HeaderNotRecognized => "neither a pcap nor a pcapng file".into(),
+        PcapError::NomError(_, kind) | PcapError::OwnedNomError(_, kind) => {
+            format!("a block that does not parse ({kind:?})")
+        }
+    }
+}
+
 impl CaptureFile {
     fn open(spec: CaptureSpec) -> Result<CaptureFile, ReplayError> {
         let path = spec.path.display().to_string();
@@ -119,7 +136,7 @@ impl CaptureFile {
         })?;
         let reader = create_reader(1 << 16, file).map_err(|e| ReplayError::Format {
             path: path.clone(),
-            detail: format!("{e:?}"),
+            detail: describe(&e),
         })?;
         Ok(CaptureFile {
             reader,
@@ -170,8 +187,11 @@ impl CaptureFile {
                     }
                 }
                 Err(e) => {
-                    let why = format!("corrupt: {e:?}");
-                    let why = format!("{why} (at byte {})", self.reader.consumed());
+                    let why = format!(
+                        "corrupt: {} (at byte {})",
+                        describe(&e),
+                        self.reader.consumed()
+                    );
                     self.fail(stats, &why);
                 }
             }

@@ -91,10 +91,21 @@ fn a_truncated_capture_is_reported_and_the_rest_still_replays() {
     let mut bytes = full[..24].to_vec(); // a valid pcap header, then noise records
     bytes.extend((0..4000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8));
     std::fs::write(&garbage, &bytes).unwrap();
+    // A pcapng section header, then noise: the parser's error carries the noise itself.
+    let garbage_ng = dir.path().join("garbage.pcapng");
+    let mut ng = vec![
+        0x0a, 0x0d, 0x0d, 0x0a, 28, 0, 0, 0, 0x4d, 0x3c, 0x2b, 0x1a, 1, 0, 0, 0,
+    ];
+    ng.extend([0xff; 8]);
+    ng.extend([28, 0, 0, 0]);
+    ng.extend([1, 0, 0, 0, 0x40, 0, 0, 0]);
+    ng.extend((0..200_000u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8));
+    std::fs::write(&garbage_ng, &ng).unwrap();
     let inv = data("flannel-vxlan/inventory.json");
     let cut_spec = format!("node-a/vethclienta1={}", cut.display());
     let garbage_spec = format!("node-a/eth9={}", garbage.display());
-    let mut args = vec!["replay", &cut_spec, &garbage_spec];
+    let garbage_ng_spec = format!("node-a/eth8={}", garbage_ng.display());
+    let mut args = vec!["replay", &cut_spec, &garbage_spec, &garbage_ng_spec];
     let rest = lab_captures();
     args.extend(rest[1..].iter().map(String::as_str));
     args.extend([
@@ -119,6 +130,15 @@ fn a_truncated_capture_is_reported_and_the_rest_still_replays() {
     let errors = doc["health"]["errors"].to_string();
     assert!(errors.contains("cut.pcap: truncated"), "{errors}");
     assert!(errors.contains("garbage.pcap"), "{errors}");
+    assert!(errors.contains("garbage.pcapng"), "{errors}");
+    for e in doc["health"]["errors"].as_array().unwrap() {
+        let e = e.as_str().unwrap();
+        assert!(
+            e.len() < 300,
+            "one short line per file, not the parser's input: {e}"
+        );
+    }
+    assert!(stderr.len() < 2_000, "{}", stderr.len());
     // The other files still name the cross-node flow from the server side and the uplinks.
     assert!(
         doc["edges"]
