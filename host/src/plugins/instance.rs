@@ -398,7 +398,14 @@ impl PluginInstance {
                 let stderr = String::from_utf8_lossy(&live.store.data().stderr.contents())
                     .trim()
                     .to_string();
-                self.fault(what, lost, format!("{kind}: {err:#}"), Some(stderr));
+                // One line: the trap, not wasmtime's backtrace (at debug level, for the
+                // plugin's author).
+                let summary = match err.downcast_ref::<Trap>() {
+                    Some(trap) => trap.to_string(),
+                    None => err.root_cause().to_string(),
+                };
+                tracing::debug!(plugin = %self.settings.name, call = what, "fault: {err:?}");
+                self.fault(what, lost, format!("{kind}: {summary}"), Some(stderr));
                 None
             }
         }

@@ -97,6 +97,11 @@ fn looping_hoarding_and_trapping_plugins_are_contained_and_flannel_still_answers
             "{name}: faulted past max_restarts: {p:?}"
         );
         assert_eq!(p.restarts, 1, "{name}");
+        let fault = p.last_fault.as_deref().unwrap_or("");
+        assert!(
+            !fault.is_empty() && !fault.contains('\n') && fault.len() < 500,
+            "{name}: one line, not a backtrace: {fault}"
+        );
         assert_eq!(
             p.observations_lost, p.observations_in,
             "{name}: every observation it could not handle is counted"
