@@ -16,7 +16,24 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = cli::dispatch(cli::Cli::parse()) {
-        eprintln!("cniscope: {e:#}");
+        eprintln!("cniscope: {}", said_once(&e));
         std::process::exit(cli::exit_code(&e));
     }
+}
+
+/// The error and its causes, each said once: an error that already names its cause in its
+/// own message (`path: No such file or directory`) is not followed by that cause again.
+fn said_once(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

@@ -306,3 +306,25 @@ fn plugin_install_checks_each_plugin_before_moving_it_in_whole() {
         std::fs::read(plugin("ovn")).unwrap()
     );
 }
+
+/// An error names its cause once (the OS error was printed twice, by the error and again as
+/// its source).
+#[test]
+fn an_error_says_its_cause_once() {
+    let out = cniscope(&[
+        "replay",
+        "n/e=/nonexistent/cap.pcap",
+        "-p",
+        "flannel",
+        "--plugin-dir",
+        plugin("flannel").parent().unwrap().to_str().unwrap(),
+    ]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("/nonexistent/cap.pcap"), "{stderr}");
+}
