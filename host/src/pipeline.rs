@@ -43,6 +43,15 @@ struct ConfigState {
     health: ConfigHealth,
 }
 
+impl Following {
+    /// The source's snapshot with the files' objects added.
+    fn current(&self) -> Inventory {
+        let mut inventory = self.source.snapshot();
+        inventory.merge(self.files.clone());
+        inventory
+    }
+}
+
 struct Following {
     source: Box<dyn InventorySource>,
     /// What the files hold, added to every snapshot.
@@ -181,8 +190,7 @@ impl Pipeline {
         if generation == f.generation {
             return;
         }
-        let mut inventory = f.source.snapshot();
-        inventory.merge(f.files.clone());
+        let inventory = f.current();
         f.generation = generation;
         f.refreshes += 1;
         self.set_inventory(inventory);
@@ -231,34 +239,16 @@ impl Pipeline {
         match applied {
             Ok(new) => {
                 let old = std::mem::replace(&mut c.running, new);
-                let new = &c.running;
-                for (what, before, after) in [
-                    (
-                        "[agent]",
-                        format!("{:?}", old.agent),
-                        format!("{:?}", new.agent),
-                    ),
-                    (
-                        "[nats]",
-                        format!("{:?}", old.nats),
-                        format!("{:?}", new.nats),
-                    ),
-                    (
-                        "[aggregate]",
-                        format!("{:?}", old.aggregate),
-                        format!("{:?}", new.aggregate),
-                    ),
-                    (
-                        "[decode]",
-                        format!("{:?}", old.decoding),
-                        format!("{:?}", new.decoding),
-                    ),
-                    (
-                        "[inventory] kubernetes",
-                        format!("{:?}", old.kubernetes),
-                        format!("{:?}", new.kubernetes),
-                    ),
-                ] {
+                let debug = |s: &Settings| {
+                    [
+                        ("[agent]", format!("{:?}", s.agent)),
+                        ("[nats]", format!("{:?}", s.nats)),
+                        ("[aggregate]", format!("{:?}", s.aggregate)),
+                        ("[decode]", format!("{:?}", s.decoding)),
+                        ("[inventory] kubernetes", format!("{:?}", s.kubernetes)),
+                    ]
+                };
+                for ((what, before), (_, after)) in debug(&old).into_iter().zip(debug(&c.running)) {
                     if before != after {
                         tracing::warn!(
                             "{}: {what} changed: it applies at the next restart",

@@ -368,31 +368,20 @@ impl ApiInventory {
     }
 
     fn wait_synced(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let mut store = self.shared.lock();
-        while !store.health.synced {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                let missing: Vec<String> = store
-                    .health
-                    .kinds
-                    .iter()
-                    .filter(|(_, h)| h.errors > 0)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                tracing::warn!(
-                    "the Kubernetes API has not listed everything after {timeout:?} (failing: {missing:?}, last error: {}); going on, names follow when it does",
-                    store.health.last_error.as_deref().unwrap_or("none")
-                );
-                return;
-            }
-            store = self
-                .shared
-                .changed
-                .wait_timeout(store, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        if self.wait_for(timeout, |h| h.synced) {
+            return;
         }
+        let health = self.health();
+        let failing: Vec<&String> = health
+            .kinds
+            .iter()
+            .filter(|(_, h)| h.errors > 0)
+            .map(|(k, _)| k)
+            .collect();
+        tracing::warn!(
+            "the Kubernetes API has not listed everything after {timeout:?} (failing: {failing:?}, last error: {}); going on, names follow when it does",
+            health.last_error.as_deref().unwrap_or("none")
+        );
     }
 
     /// Waits until `ready` holds for the store's health, or `timeout`; for tests and tools.
@@ -427,8 +416,13 @@ impl InventorySource for ApiInventory {
         store.forget(now_ns());
         let inv = store.inventory();
         store.health.pods_retained = store.retired.len() as u64;
-        for (kind, objects) in &store.objects.clone() {
-            store.kind_health(kind).objects = objects.len() as u64;
+        let held: Vec<(Kind, u64)> = store
+            .objects
+            .iter()
+            .map(|(k, m)| (k.clone(), m.len() as u64))
+            .collect();
+        for (kind, n) in held {
+            store.kind_health(&kind).objects = n;
         }
         inv
     }

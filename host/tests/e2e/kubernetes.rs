@@ -37,6 +37,16 @@ fn holder(inv: &Inventory, ip: &str, at_ns: u64) -> Option<String> {
     }
 }
 
+/// The inventory's settings pointing at `api`, waiting up to `sync_secs` for the first lists.
+fn settings_for(api: &FakeApi, dir: &std::path::Path, sync_secs: u64) -> KubernetesSettings {
+    KubernetesSettings {
+        kubeconfig: Some(api.kubeconfig(dir)),
+        context: None,
+        retain_deleted: Duration::from_secs(600),
+        sync_timeout: Duration::from_secs(sync_secs),
+    }
+}
+
 /// Waits until the inventory's snapshot satisfies `ready`.
 fn until(api: &ApiInventory, what: &str, ready: impl Fn(&Inventory) -> bool) -> Inventory {
     let t = std::time::Instant::now();
@@ -74,12 +84,7 @@ fn names(inv: &Inventory) -> Vec<String> {
 fn the_inventory_follows_pods_through_additions_deletions_reuse_and_watch_expiry() {
     let dir = tempfile::tempdir().unwrap();
     let api = FakeApi::start(&[&root().join("tests/data/flannel-vxlan/inventory.json")]);
-    let settings = KubernetesSettings {
-        kubeconfig: Some(api.kubeconfig(dir.path())),
-        context: None,
-        retain_deleted: Duration::from_secs(600),
-        sync_timeout: Duration::from_secs(20),
-    };
+    let settings = settings_for(&api, dir.path(), 20);
     let mut kinds = core_kinds();
     kinds.push(Kind::new("crd.projectcalico.org/v1", "IPAMBlock"));
     let inventory = ApiInventory::start(&settings, &kinds).unwrap();
@@ -226,12 +231,7 @@ fn an_api_that_fails_its_first_lists_is_retried_until_it_answers() {
     let dir = tempfile::tempdir().unwrap();
     let api = FakeApi::start(&[&root().join("tests/data/flannel-vxlan/inventory.json")]);
     api.fail_lists(3);
-    let settings = KubernetesSettings {
-        kubeconfig: Some(api.kubeconfig(dir.path())),
-        context: None,
-        retain_deleted: Duration::from_secs(600),
-        sync_timeout: Duration::from_secs(30),
-    };
+    let settings = settings_for(&api, dir.path(), 30);
     let inventory = ApiInventory::start(&settings, &core_kinds()).unwrap();
     let health = inventory.health();
     assert!(health.synced, "{health:#?}");
@@ -254,12 +254,7 @@ fn an_api_that_fails_its_first_lists_is_retried_until_it_answers() {
 fn cni_objects_are_watched_generically_by_kind() {
     let dir = tempfile::tempdir().unwrap();
     let api = FakeApi::start(&[&root().join("tests/data/flannel-vxlan/inventory.json")]);
-    let settings = KubernetesSettings {
-        kubeconfig: Some(api.kubeconfig(dir.path())),
-        context: None,
-        retain_deleted: Duration::from_secs(600),
-        sync_timeout: Duration::from_secs(20),
-    };
+    let settings = settings_for(&api, dir.path(), 20);
     let mut kinds = core_kinds();
     kinds.push(Kind::new("crd.projectcalico.org/v1", "IPAMBlock"));
     kinds.push(Kind::new("network.openshift.io/v1", "HostSubnet"));
