@@ -8,6 +8,8 @@ mod config_check;
 mod lab;
 #[cfg(feature = "live")]
 mod live;
+#[cfg(feature = "server")]
+mod observe;
 mod output;
 mod plugin;
 mod plugin_test;
@@ -85,6 +87,10 @@ enum Command {
         #[arg(long, short = 'f')]
         format: Option<Format>,
     },
+    /// Follow the topology of a running `cniscope run` or `aggregate` (`[server] listen`):
+    /// one line per edge that changed in a window.
+    #[cfg(feature = "server")]
+    Observe(observe::ObserveArgs),
     /// Lab clusters in network namespaces (root): up, traffic, down, list.
     #[cfg(feature = "lab")]
     #[command(subcommand)]
@@ -242,6 +248,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             plugins,
             format,
         } => live::demo(&scenario, &plugins, format),
+        #[cfg(feature = "server")]
+        Command::Observe(args) => observe::run(args),
         #[cfg(feature = "lab")]
         Command::Lab(cmd) => lab::run(cmd),
         Command::Plugin(PluginCommand::List { dir }) => plugin::list(&dir),

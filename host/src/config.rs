@@ -10,6 +10,7 @@
 //! - `[agent]`: live capture (`cniscope run`, `cniscope agent`).
 //! - `[nats]`: the broker of cluster mode (`cniscope agent`, `cniscope aggregate`).
 //! - `[aggregate]`: the aggregator's windows and output (`cniscope aggregate`).
+//! - `[server]`: the topology API, metrics and web map of `run` and `aggregate`.
 //! - `[output]`: the output format.
 
 mod locate;
@@ -44,6 +45,7 @@ pub struct Sections {
     pub agent: AgentSection,
     pub nats: NatsSection,
     pub aggregate: AggregateSection,
+    pub server: ServerSection,
 }
 
 /// The top-level sections a config may have.
@@ -57,6 +59,7 @@ const SECTIONS: &[&str] = &[
     "agent",
     "nats",
     "aggregate",
+    "server",
 ];
 
 /// `[nats]`: how agents and the aggregator reach NATS JetStream. Key names follow the `nats`
@@ -445,6 +448,52 @@ impl Default for ReplaySection {
     }
 }
 
+/// `[server]`: the read-only HTTP server of `run` and `aggregate` (topology API, event
+/// stream, Prometheus metrics, web map). Off unless `listen` is given.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// `host:port`; `127.0.0.1:9464` keeps it on this machine (any other address is the
+    /// operator's explicit choice).
+    pub listen: Option<Spanned<String>>,
+    /// A file holding a bearer token every request must carry (`Authorization: Bearer`, or
+    /// `?access_token=` for the browser's event stream), relative to this file.
+    pub token_file: Option<Spanned<String>>,
+    /// Edges exported as metric series; what the cap leaves out is counted.
+    #[serde(default = "default_max_metric_edges")]
+    pub max_metric_edges: Spanned<u64>,
+    /// Windows kept in memory for `/api/topology?window=N`.
+    #[serde(default = "default_keep_windows")]
+    pub keep_windows: Spanned<u64>,
+    /// Event-stream clients served at once; more are refused (503) and counted.
+    #[serde(default = "default_max_stream_clients")]
+    pub max_stream_clients: Spanned<u64>,
+}
+
+fn default_max_metric_edges() -> Spanned<u64> {
+    spanned(5000)
+}
+
+fn default_keep_windows() -> Spanned<u64> {
+    spanned(60)
+}
+
+fn default_max_stream_clients() -> Spanned<u64> {
+    spanned(1000)
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: None,
+            token_file: None,
+            max_metric_edges: default_max_metric_edges(),
+            keep_windows: default_keep_windows(),
+            max_stream_clients: default_max_stream_clients(),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSection {
@@ -510,6 +559,18 @@ pub struct Settings {
     /// `[nats]`, when the file has a `url`.
     pub nats: Option<NatsSettings>,
     pub aggregate: AggregateSettings,
+    /// `[server]`, when the file has a `listen` address.
+    pub server: Option<ServerSettings>,
+}
+
+/// Validated `[server]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    pub listen: std::net::SocketAddr,
+    pub token_file: Option<PathBuf>,
+    pub max_metric_edges: usize,
+    pub keep_windows: usize,
+    pub max_stream_clients: usize,
 }
 
 /// Validated `[nats]`.
@@ -607,6 +668,7 @@ impl Settings {
             agent: AgentSettings::default(),
             nats: None,
             aggregate: AggregateSettings::default(),
+            server: None,
         }
     }
 }
@@ -679,6 +741,7 @@ fn read_sections(text: &str, problems: &mut validate::Problems) -> Sections {
             "agent" => sections.agent = read(value, problems),
             "nats" => sections.nats = read(value, problems),
             "aggregate" => sections.aggregate = read(value, problems),
+            "server" => sections.server = read(value, problems),
             other => problems.at(
                 span,
                 other,

@@ -84,6 +84,8 @@ pub struct AggregateHealth {
     pub bad_messages: BTreeMap<String, u64>,
     /// Nodes not heard from for longer than `max_lateness_secs`.
     pub stale_nodes: Vec<String>,
+    /// Seconds since each node's last batch.
+    pub silent_secs: BTreeMap<String, f64>,
     /// Batches waiting for their window.
     pub held_batches: u64,
 }

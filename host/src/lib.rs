@@ -11,6 +11,8 @@ pub mod lab;
 pub mod modes;
 pub mod pipeline;
 pub mod plugins;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod sinks;
 pub mod sources;
 pub mod topology;

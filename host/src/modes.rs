@@ -64,6 +64,18 @@ pub fn follow_kubernetes(
     }
 }
 
+/// `[server] listen`: the server of the topology, metrics and map, started (None without).
+#[cfg(feature = "server")]
+pub fn serve(
+    settings: &Settings,
+) -> Result<Option<crate::server::Server>, crate::server::ServerError> {
+    settings
+        .server
+        .as_ref()
+        .map(crate::server::Server::start)
+        .transpose()
+}
+
 /// Captures -> plugins -> topology document.
 pub fn replay(
     settings: &Settings,

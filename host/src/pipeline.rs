@@ -246,6 +246,7 @@ impl Pipeline {
                         ("[aggregate]", format!("{:?}", s.aggregate)),
                         ("[decode]", format!("{:?}", s.decoding)),
                         ("[inventory] kubernetes", format!("{:?}", s.kubernetes)),
+                        ("[server]", format!("{:?}", s.server)),
                     ]
                 };
                 for ((what, before), (_, after)) in debug(&old).into_iter().zip(debug(&c.running)) {

@@ -31,7 +31,13 @@ pub fn run(
         .context("starting the agent (it needs root, and a kernel with BTF and TCX)")?;
     let format = format.or(settings.format).unwrap_or(Format::Table);
     let output_file = settings.agent.output_file.clone();
+    #[cfg(feature = "server")]
+    let server = cniscope::modes::serve(&settings)?;
     let doc = agent.run(&STOP, |doc| {
+        #[cfg(feature = "server")]
+        if let Some(server) = &server {
+            server.publish(doc);
+        }
         if let Some(path) = &output_file
             && let Err(e) = output::replace_file(path, &render(doc, Format::Json))
         {

@@ -47,6 +47,9 @@ pub enum AggregateError {
     Consumer(String),
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[cfg(feature = "server")]
+    #[error(transparent)]
+    Server(#[from] crate::server::ServerError),
 }
 
 /// Bumped when the checkpoint's shape changes.
@@ -121,6 +124,9 @@ pub struct Aggregator {
     bad_messages: BTreeMap<String, u64>,
     state_file: PathBuf,
     output_file: Option<PathBuf>,
+    /// `[server]`: each window's document is also served.
+    #[cfg(feature = "server")]
+    server: Option<crate::server::Server>,
 }
 
 impl Aggregator {
@@ -137,7 +143,15 @@ impl Aggregator {
             bad_messages: BTreeMap::new(),
             state_file: settings.state_file.clone(),
             output_file: settings.output_file.clone(),
+            #[cfg(feature = "server")]
+            server: None,
         }
+    }
+
+    /// Serves every window's document from now on.
+    #[cfg(feature = "server")]
+    pub fn serve(&mut self, server: crate::server::Server) {
+        self.server = Some(server);
     }
 
     /// Knows these nodes from the start, instead of learning them for `max_lateness` (a
@@ -235,6 +249,7 @@ impl Aggregator {
             duplicate_batches: self.windows.counters.duplicate_batches,
             bad_messages: self.bad_messages.clone(),
             stale_nodes: stale,
+            silent_secs: self.windows.silence(now),
             held_batches: self.windows.held_batches() as u64,
         });
         self.pipeline.doc(health)
@@ -307,6 +322,10 @@ impl Aggregator {
         self.checkpoint()?;
         self.windows.checkpointed();
         let doc = self.doc(now);
+        #[cfg(feature = "server")]
+        if let Some(server) = &self.server {
+            server.publish(&doc);
+        }
         let json = render(&doc, Format::Json);
         if let Some(path) = &self.output_file
             && let Err(e) = replace_file(path, json.as_bytes())
@@ -478,6 +497,10 @@ pub fn run(
     pipeline.watch_config(settings);
     let mut agg = Aggregator::new(pipeline, &settings.aggregate);
     agg.restore()?;
+    #[cfg(feature = "server")]
+    if let Some(server) = crate::modes::serve(settings)? {
+        agg.serve(server);
+    }
     // Two workers: one runs the plugins, the other fetches and decodes meanwhile.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -180,6 +180,14 @@ impl<M> Windows<M> {
         Placement::Held
     }
 
+    /// Seconds since each node's last batch, at `now_ns`.
+    pub fn silence(&self, now_ns: u64) -> BTreeMap<String, f64> {
+        self.nodes
+            .iter()
+            .map(|(name, n)| (name.clone(), now_ns.saturating_sub(n.heard_ns) as f64 / 1e9))
+            .collect()
+    }
+
     /// Nodes not heard from for `max_lateness` at `now_ns`.
     pub fn stale(&self, now_ns: u64) -> Vec<String> {
         self.nodes

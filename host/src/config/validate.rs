@@ -134,6 +134,7 @@ pub fn settings(s: Sections, base: &Path, p: &mut Problems) -> Settings {
     let agent = agent_section(&s.agent, base, p);
     let nats = nats_section(&s.nats, base, p);
     let aggregate = aggregate_section(&s.aggregate, base, p);
+    let server = server_section(&s.server, base, p);
     Settings {
         source: None,
         plugins,
@@ -153,7 +154,57 @@ pub fn settings(s: Sections, base: &Path, p: &mut Problems) -> Settings {
         agent,
         nats,
         aggregate,
+        server,
     }
+}
+
+fn server_section(s: &ServerSection, base: &Path, p: &mut Problems) -> Option<ServerSettings> {
+    p.within(
+        &s.max_metric_edges,
+        "server.max_metric_edges",
+        0..=1_000_000,
+        "",
+    );
+    p.within(&s.keep_windows, "server.keep_windows", 1..=10_000, "");
+    p.within(
+        &s.max_stream_clients,
+        "server.max_stream_clients",
+        1..=100_000,
+        "",
+    );
+    let token_file = s
+        .token_file
+        .as_ref()
+        .map(|f| p.file(base, f, "server.token_file"));
+    let listen = s.listen.as_ref()?;
+    if cfg!(not(feature = "server")) {
+        p.at(
+            listen.span(),
+            "server.listen",
+            "this build has no server (cargo feature `server`)".into(),
+        );
+    }
+    let addr = match listen.get_ref().parse::<std::net::SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            p.at(
+                listen.span(),
+                "server.listen",
+                format!(
+                    "{:?} is not an address and port: use e.g. \"127.0.0.1:9464\"",
+                    listen.get_ref()
+                ),
+            );
+            return None;
+        }
+    };
+    Some(ServerSettings {
+        listen: addr,
+        token_file,
+        max_metric_edges: *s.max_metric_edges.get_ref() as usize,
+        keep_windows: *s.keep_windows.get_ref() as usize,
+        max_stream_clients: *s.max_stream_clients.get_ref() as usize,
+    })
 }
 
 fn nats_section(s: &NatsSection, base: &Path, p: &mut Problems) -> Option<NatsSettings> {
