@@ -67,3 +67,11 @@ mod deploy;
 /// The config re-read while running: refused whole when anything is wrong, applied between
 /// windows when right.
 mod config_reload;
+
+/// Headless Chromium over its DevTools protocol, for the map's tests.
+#[cfg(feature = "server")]
+mod browser;
+
+/// `[server]` on the live Flannel lab: API, stream, metrics, observe, the map in Chromium.
+#[cfg(all(feature = "live", feature = "server"))]
+mod server;

@@ -345,3 +345,114 @@ pub fn wait_output(path: &Path, what: &str, mut ready: impl FnMut(&Value) -> boo
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A port on loopback nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on a loopback port, with extra header lines: the status and the body.
+pub fn http_get(port: u16, path: &str, headers: &[&str]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{extra}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
+}
+
+/// The events of a server-sent event stream (`/api/edges/stream`), read on a thread until
+/// dropped: (event name, data).
+pub struct EventStream {
+    pub events: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EventStream {
+    /// Connects and waits for the response's headers (the client is counted from then).
+    pub fn open(port: u16, path: &str) -> EventStream {
+        use std::io::{BufRead, Write};
+        use std::sync::atomic::Ordering;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // HTTP/1.0: the body is the events as they are, not cut into chunks.
+        write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut reader = std::io::BufReader::new(s);
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        assert!(status.contains(" 200 "), "{path}: {status}");
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ev, st) = (events.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let (mut name, mut data) = (String::new(), String::new());
+            let mut line = String::new();
+            while !st.load(Ordering::Relaxed) {
+                match reader.read_line(&mut line) {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        let l = line.trim_end_matches(['\r', '\n']);
+                        if let Some(v) = l.strip_prefix("event: ") {
+                            name = v.to_string();
+                        } else if let Some(v) = l.strip_prefix("data: ") {
+                            data.push_str(v);
+                        } else if l.is_empty() && !data.is_empty() {
+                            ev.lock()
+                                .unwrap()
+                                .push((std::mem::take(&mut name), std::mem::take(&mut data)));
+                        }
+                        line.clear();
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        EventStream {
+            events,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The `window` events' documents so far.
+    pub fn windows(&self) -> Vec<Value> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| n == "window")
+            .map(|(_, d)| serde_json::from_str(d).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -113,9 +113,9 @@ function elements() {
     if (ns && s.namespace !== ns && d.namespace !== ns) return false;
     return true;
   });
+  // Endpoints at an end of an edge; a service through which pods talk is on its edges.
   const shown = new Map();
   for (const e of edges) for (const id of [e.src, e.dst]) shown.set(id, byId.get(id));
-  if (!ns && !proto) for (const n of doc.nodes) if (visible(n)) shown.set(n.id, n);
   if (!state.autoCollapsed && shown.size > COLLAPSE_ABOVE) {
     state.autoCollapsed = true;
     for (const n of shown.values()) state.collapsed.add(groupOf(n, mode).key);
@@ -174,8 +174,8 @@ const cy = cytoscape({
   container: $("cy"),
   wheelSensitivity: 0.3,
   style: [
-    { selector: "node", style: { label: "data(label)", "font-size": 10, "text-valign": "bottom", "text-margin-y": 3,
-      "background-color": "#4b9e6b", width: 22, height: 22 } },
+    { selector: "node", style: { label: "data(label)", "font-size": 12, "text-valign": "bottom", "text-margin-y": 4,
+      "background-color": "#4b9e6b", width: 30, height: 30 } },
     { selector: "node.pod", style: { shape: "round-rectangle" } },
     { selector: "node.service", style: { shape: "ellipse", "background-color": "#8a4fd1" } },
     { selector: "node.node", style: { shape: "hexagon", "background-color": "#3d5a80" } },
@@ -186,7 +186,8 @@ const cy = cytoscape({
       "border-width": 2, width: 60, height: 34, "text-valign": "center", "font-weight": "bold" } },
     { selector: "edge", style: { width: "mapData(weight, 1, 9, 1.5, 9)", "line-color": "data(colour)",
       "target-arrow-color": "data(colour)", "target-arrow-shape": "triangle", "curve-style": "bezier",
-      label: "data(label)", "font-size": 8, "text-rotation": "autorotate", color: "#59636e" } },
+      label: "data(label)", "font-size": 9, "text-rotation": "autorotate", color: "#3b444d",
+      "text-background-color": "#ffffff", "text-background-opacity": 0.8, "text-background-padding": 1 } },
     { selector: ":selected", style: { "overlay-color": "#f5c542", "overlay-opacity": 0.35 } },
     { selector: ".dim", style: { opacity: 0.15 } },
   ],
@@ -200,8 +201,9 @@ function draw() {
     state.shape = shape;
     cy.elements().remove();
     cy.add(els);
-    cy.layout({ name: "cose", animate: false, nodeDimensionsIncludeLabels: true, randomize: false,
-      idealEdgeLength: 90, nodeRepulsion: 9000, numIter: els.length > 800 ? 300 : 1000 }).run();
+    cy.layout({ name: "cose", animate: false, nodeDimensionsIncludeLabels: true, randomize: true,
+      idealEdgeLength: 140, nodeRepulsion: 40000, nodeOverlap: 40, componentSpacing: 120,
+      nestingFactor: 1.2, gravity: 0.4, padding: 40, numIter: els.length > 800 ? 400 : 1500 }).run();
   } else {
     for (const e of els) cy.getElementById(e.data.id).data(e.data);
   }
@@ -285,10 +287,12 @@ function show(sel) {
     const members = edgeMembers.get(sel.edge) || [];
     const h = document.createElement("h3");
     h.textContent = members.length === 1 ? "Edge" : `${members.length} edges between the boxes`;
-    box.replaceChildren(h, dl);
+    box.replaceChildren(h);
     members.forEach((e, i) => {
-      if (i) { const sep = document.createElement("hr"); dl.append(sep, document.createElement("span")); }
-      showEdge(e, dl);
+      const one = i ? document.createElement("dl") : dl;
+      if (i) box.append(document.createElement("hr"));
+      box.append(one);
+      showEdge(e, one);
     });
   } else if (sel.node) {
     const n = state.doc.nodes.find((x) => x.id === sel.node);
