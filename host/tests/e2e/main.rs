@@ -75,3 +75,8 @@ mod browser;
 /// `[server]` on the live Flannel lab: API, stream, metrics, observe, the map in Chromium.
 #[cfg(all(feature = "live", feature = "server"))]
 mod server;
+
+/// The server in this process: 200 stream clients, one leaving mid-stream, the token, the
+/// map at 500 pods.
+#[cfg(feature = "server")]
+mod serve;
