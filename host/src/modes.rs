@@ -9,7 +9,7 @@ use crate::inventory::kubectl::{self, InventoryError};
 use crate::inventory::{FollowError, Inventory};
 use crate::pipeline::Pipeline;
 use crate::plugins::{PluginEngine, PluginError};
-use crate::sources::replay::{CaptureSpec, Replay, ReplayError, ReplayStats};
+use crate::sources::replay::{CaptureSpec, Progress, Replay, ReplayError, ReplayStats};
 use crate::topology::TopologyDoc;
 use std::path::PathBuf;
 use thiserror::Error;
@@ -82,12 +82,25 @@ pub fn replay(
     captures: &[CaptureSpec],
     inventories: &[PathBuf],
 ) -> Result<TopologyDoc, RunError> {
+    replay_reporting(settings, captures, inventories, |_| {})
+}
+
+/// [`replay`], telling `on_progress` how far it is (a progress bar).
+pub fn replay_reporting(
+    settings: &Settings,
+    captures: &[CaptureSpec],
+    inventories: &[PathBuf],
+    on_progress: impl FnMut(Progress),
+) -> Result<TopologyDoc, RunError> {
     let inventory = load_inventory(inventories)?;
     let engine = PluginEngine::new(settings.cache_dir.clone())?;
     let mut pipeline = Pipeline::new(&engine, &settings.plugins, inventory)?;
     let decoding = pipeline.decoding(&settings.decoding);
     let mut replay = Replay::open(captures, decoding, settings.window_ns)?;
-    replay.run(|points, obs, end| pipeline.window(points, &obs, end));
+    replay.run_reporting(
+        |points, obs, end| pipeline.window(points, &obs, end),
+        on_progress,
+    );
     let mut health = Health::default();
     replay.stats.report(&mut health);
     Ok(pipeline.doc(health))

@@ -53,7 +53,23 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         .chain(&args.inventories)
         .cloned()
         .collect();
-    let doc = cniscope::modes::replay(&settings, &captures, &inventories)?;
+    let bar = progress_bar();
+    let doc = cniscope::modes::replay_reporting(&settings, &captures, &inventories, |p| {
+        if let Some((bar, started)) = &bar {
+            bar.set_length(p.bytes_total);
+            bar.set_position(p.bytes_read);
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            bar.set_message(format!(
+                "{} packets, {:.0} packets/s",
+                p.packets,
+                p.packets as f64 / secs
+            ));
+        }
+    });
+    if let Some((bar, _)) = bar {
+        bar.finish_and_clear();
+    }
+    let doc = doc?;
     let format = args.format.or(settings.format).unwrap_or(Format::Table);
     let text = render(&doc, format);
     match &args.output {
@@ -65,6 +81,24 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         return Err(Incomplete(why.join("\n")).into());
     }
     Ok(())
+}
+
+/// A progress bar of the captures' bytes read, on a terminal only (nothing in a pipe or a
+/// file, where it would be noise).
+fn progress_bar() -> Option<(indicatif::ProgressBar, std::time::Instant)> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {bytes}/{total_bytes} [{bar:30}] {eta} {msg}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    Some((bar, std::time::Instant::now()))
 }
 
 /// The config file's settings, or (without one) the named plugins with their defaults.

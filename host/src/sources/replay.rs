@@ -320,6 +320,17 @@ fn handle_block(
     })
 }
 
+/// How far a replay is: bytes of the captures read (of how many), packets read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub bytes_read: u64,
+    pub bytes_total: u64,
+    pub packets: u64,
+}
+
+/// Packets between two progress reports.
+const PROGRESS_EVERY: u64 = 16_384;
+
 /// Replays capture files, merged by time, and hands over the observations of every window
 /// of `window_ns` capture time (aligned on the first packet), then of the last partial window.
 pub struct Replay {
@@ -328,6 +339,7 @@ pub struct Replay {
     pub points: PointTable,
     pub stats: ReplayStats,
     window_ns: u64,
+    bytes_total: u64,
 }
 
 impl Replay {
@@ -342,7 +354,13 @@ impl Replay {
             .iter()
             .map(|s| CaptureFile::open(s.clone()).map(|f| (f, None)))
             .collect::<Result<_, _>>()?;
+        let bytes_total = specs
+            .iter()
+            .filter_map(|s| std::fs::metadata(&s.path).ok())
+            .map(|m| m.len())
+            .sum();
         Ok(Replay {
+            bytes_total,
             files,
             ports,
             points: PointTable::default(),
@@ -352,8 +370,32 @@ impl Replay {
     }
 
     /// Runs to the end; `on_window(observations, window_end_ns)` is called once per window.
-    pub fn run(&mut self, mut on_window: impl FnMut(&PointTable, Vec<Observation>, u64)) {
+    pub fn run(&mut self, on_window: impl FnMut(&PointTable, Vec<Observation>, u64)) {
+        self.run_reporting(on_window, |_| {});
+    }
+
+    /// How far it is.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            bytes_read: self
+                .files
+                .iter()
+                .map(|(f, _)| f.reader.consumed() as u64)
+                .sum(),
+            bytes_total: self.bytes_total,
+            packets: self.stats.observed + self.stats.not_ip,
+        }
+    }
+
+    /// [`run`](Self::run), telling `on_progress` how far it is every few thousand packets
+    /// and at the end.
+    pub fn run_reporting(
+        &mut self,
+        mut on_window: impl FnMut(&PointTable, Vec<Observation>, u64),
+        mut on_progress: impl FnMut(Progress),
+    ) {
         let mut agg = Aggregator::default();
+        let mut read = 0u64;
         let mut window_end: Option<u64> = None;
         for i in 0..self.files.len() {
             self.refill(i);
@@ -361,6 +403,10 @@ impl Replay {
         while let Some(i) = self.earliest() {
             let packet = self.files[i].1.take().expect("earliest has a packet");
             self.refill(i);
+            read += 1;
+            if read.is_multiple_of(PROGRESS_EVERY) {
+                on_progress(self.progress());
+            }
             let end = *window_end.get_or_insert(packet.ts_ns.saturating_add(self.window_ns));
             if packet.ts_ns >= end {
                 on_window(&self.points, agg.drain(), end);
@@ -380,6 +426,7 @@ impl Replay {
         if !agg.is_empty() || window_end.is_some() {
             on_window(&self.points, agg.drain(), window_end.unwrap_or(0));
         }
+        on_progress(self.progress());
     }
 
     fn refill(&mut self, i: usize) {

@@ -328,3 +328,49 @@ fn an_error_says_its_cause_once() {
     );
     assert!(stderr.contains("/nonexistent/cap.pcap"), "{stderr}");
 }
+
+/// A long replay shows its progress on a terminal (a pseudo-terminal from `script`), and
+/// nothing when stderr is a pipe.
+#[test]
+fn replay_progress_only_on_a_terminal() {
+    plugin("flannel");
+    let dir = tempfile::tempdir().unwrap();
+    let cap = dir.path().join("many.pcap");
+    let frames: Vec<Vec<u8>> = (0..40_000u32)
+        .map(|i| {
+            let ip = ipv4_tcp(
+                [10, 244, 0, 2],
+                [10, 244, 1, 2],
+                (10_000 + (i % 5000) as u16, 8080),
+                i,
+                "A",
+                b"",
+            );
+            ethernet([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], &ip)
+        })
+        .collect();
+    write_pcap(&cap, 1_700_000_000_000, &frames);
+    let replay = format!(
+        "{} replay node-a/eth0={} --plugin flannel --plugin-dir {} --allow-partial -o {}",
+        env!("CARGO_BIN_EXE_cniscope"),
+        cap.display(),
+        plugin("flannel").parent().unwrap().display(),
+        dir.path().join("out.txt").display()
+    );
+    let piped = std::process::Command::new("bash")
+        .args(["-c", &replay])
+        .output()
+        .unwrap();
+    assert!(piped.status.success(), "{piped:?}");
+    assert!(
+        !String::from_utf8_lossy(&piped.stderr).contains("packets/s"),
+        "{piped:?}"
+    );
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &replay, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(tty.status.success(), "{tty:?}");
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(shown.contains("packets/s"), "{shown}");
+}

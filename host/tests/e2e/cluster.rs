@@ -466,10 +466,11 @@ fn resent_bad_and_good_batches_give_exactly_the_replays_topology() {
     let nats = NatsServer::start();
     let work = tempfile::tempdir().unwrap();
     let config = work.path().join("aggregate.toml");
+    let port = free_port();
     std::fs::write(
         &config,
         format!(
-            "[plugins]\ndir = \"{}\"\n[[plugin]]\nname = \"flannel\"\n[plugin.options]\nnetwork = \"10.244.0.0/16\"\n[inventory]\nfiles = [\"{}\"]\n[nats]\nurl = \"{}\"\n[aggregate]\ninterval_secs = 60\nmax_lateness_secs = 1\nstate_file = \"state\"\n",
+            "[plugins]\ndir = \"{}\"\n[[plugin]]\nname = \"flannel\"\n[plugin.options]\nnetwork = \"10.244.0.0/16\"\n[inventory]\nfiles = [\"{}\"]\n[nats]\nurl = \"{}\"\n[aggregate]\ninterval_secs = 60\nmax_lateness_secs = 1\nstate_file = \"state\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n",
             root().join("dist/plugins").display(),
             data("flannel-vxlan/inventory.json").display(),
             nats.url()
@@ -504,7 +505,21 @@ fn resent_bad_and_good_batches_give_exactly_the_replays_topology() {
         work.path().join("aggregate.err"),
     );
     std::thread::sleep(Duration::from_secs(4));
+    // The aggregator serves what it writes, and each node's silence.
+    let (status, served) = http_get(port, "/api/topology", &[]);
+    assert_eq!(status, 200, "{served}");
+    let served: Value = serde_json::from_str(&served).unwrap();
+    let (_, metrics) = http_get(port, "/metrics", &[]);
+    assert!(
+        metrics.contains("cniscope_node_stale{node=\"node-a\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("cniscope_node_silent_seconds{node=\"node-b\"}"),
+        "{metrics}"
+    );
     let doc: Value = serde_json::from_str(&agg.stop()).unwrap();
+    assert_eq!(edges(&served), edges(&doc));
     // One window was written, and its topology published: the same edges, and the
     // output contract's document.
     let published = listener.stop();
