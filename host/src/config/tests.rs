@@ -240,3 +240,33 @@ fn the_cluster_sections_are_checked() {
     );
     assert!(parse("", Path::new(".")).unwrap().nats.is_none());
 }
+
+#[test]
+fn server_keys_are_checked_together() {
+    let text = "[server]\nlisten = \"localhost\"\ntoken_file = \"nope\"\nmax_metric_edges = 2000000\nkeep_windows = 0\nmax_stream_clients = 0\n";
+    let keys = problems(text);
+    for (line, key) in [
+        (2, "server.listen"),
+        (3, "server.token_file"),
+        (4, "server.max_metric_edges"),
+        (5, "server.keep_windows"),
+        (6, "server.max_stream_clients"),
+    ] {
+        assert!(keys.contains(&(line, key.to_string())), "{key}: {keys:?}");
+    }
+    let s = parse(
+        "[server]\nlisten = \"127.0.0.1:0\"\n",
+        Path::new("/nonexistent"),
+    )
+    .unwrap();
+    let server = s.server.unwrap();
+    assert_eq!(server.listen.to_string(), "127.0.0.1:0");
+    assert_eq!((server.max_metric_edges, server.keep_windows), (5000, 60));
+    // No `listen`, no server.
+    assert!(
+        parse("[server]\nkeep_windows = 5\n", Path::new("/x"))
+            .unwrap()
+            .server
+            .is_none()
+    );
+}

@@ -51,13 +51,13 @@ struct Asked {
     filter: Filter,
 }
 
-/// Reads the query: only `allowed` parameters (and the token), each well formed.
-fn asked(query: &[(String, String)], allowed: &[&str], keep: usize) -> Result<Asked, Response> {
+/// Reads the query: only `allowed` parameters (and the token), each well formed; else why
+/// not (answered 400).
+fn asked(query: &[(String, String)], allowed: &[&str], keep: usize) -> Result<Asked, String> {
     let mut out = Asked {
         window: None,
         filter: Filter::default(),
     };
-    let refuse = |m: String| Err(bad(StatusCode::BAD_REQUEST, m));
     for (key, value) in query {
         if key == TOKEN_PARAM {
             continue;
@@ -68,7 +68,7 @@ fn asked(query: &[(String, String)], allowed: &[&str], keep: usize) -> Result<As
             } else {
                 allowed.join(", ")
             };
-            return refuse(format!("unknown parameter `{key}`: this takes {takes}"));
+            return Err(format!("unknown parameter `{key}`: this takes {takes}"));
         }
         let checked = match key.as_str() {
             "namespace" => out.filter.add_namespace(value),
@@ -85,9 +85,7 @@ fn asked(query: &[(String, String)], allowed: &[&str], keep: usize) -> Result<As
             },
             _ => unreachable!("allowed"),
         };
-        if let Err(m) = checked {
-            return refuse(m);
-        }
+        checked?;
     }
     Ok(out)
 }
@@ -103,7 +101,7 @@ async fn topology(State(s): State<Arc<Shared>>, Query(q): Params) -> Response {
     let history = s.history.read().unwrap_or_else(|e| e.into_inner());
     let a = match asked(&q, &["window", "namespace", "pod"], history.keep()) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(m) => return bad(StatusCode::BAD_REQUEST, m),
     };
     let doc = match a.window {
         Some(n) => a.filter.apply(&history.last(n)),
@@ -130,7 +128,7 @@ impl Drop for Client {
 async fn stream(State(s): State<Arc<Shared>>, Query(q): Params) -> Response {
     let a = match asked(&q, &["namespace", "pod"], 1) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(m) => return bad(StatusCode::BAD_REQUEST, m),
     };
     let n = s.stream_clients.fetch_add(1, Ordering::Relaxed);
     let client = Client(s.clone());
@@ -176,8 +174,8 @@ async fn stream(State(s): State<Arc<Shared>>, Query(q): Params) -> Response {
 
 /// `GET /metrics`: the Prometheus (OpenMetrics) text.
 async fn metrics(State(s): State<Arc<Shared>>, Query(q): Params) -> Response {
-    if let Err(r) = asked(&q, &[], 1) {
-        return r;
+    if let Err(m) = asked(&q, &[], 1) {
+        return bad(StatusCode::BAD_REQUEST, m);
     }
     let text = s.metrics.lock().unwrap_or_else(|e| e.into_inner()).encode();
     (
@@ -205,8 +203,8 @@ async fn healthz(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn index(Query(q): Params) -> Response {
-    if let Err(r) = asked(&q, &[], 1) {
-        return r;
+    if let Err(m) = asked(&q, &[], 1) {
+        return bad(StatusCode::BAD_REQUEST, m);
     }
     asset_response("index.html")
 }
