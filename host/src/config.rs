@@ -527,6 +527,32 @@ pub enum ConfigError {
     },
 }
 
+/// Where a `[[plugin]]` entry is: its index among the entries and the line and column of its
+/// `name`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryAt {
+    pub index: usize,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Settings {
+    /// A plugin that could not be loaded or started, as a problem at its `[[plugin]]` entry
+    /// (`file:line:column: plugin[i]: ...`, exit 78), when it comes from this file.
+    pub fn plugin_problem(&self, plugin: usize, message: String) -> Option<ConfigError> {
+        let at = self.plugin_at.get(plugin)?;
+        Some(ConfigError::Invalid {
+            path: self.source.as_ref()?.display().to_string(),
+            problems: vec![ConfigProblem {
+                line: at.line,
+                column: at.column,
+                key: format!("plugin[{}]", at.index),
+                message,
+            }],
+        })
+    }
+}
+
 /// A plugin to load, resolved from the config.
 #[derive(Debug, Clone)]
 pub struct PluginToLoad {
@@ -541,6 +567,8 @@ pub struct Settings {
     /// The file it was read from ([`load`]); None for settings made without one.
     pub source: Option<PathBuf>,
     pub plugins: Vec<PluginToLoad>,
+    /// Where each of `plugins` is written in the file (same order; empty without a file).
+    pub plugin_at: Vec<EntryAt>,
     pub cache_dir: Option<PathBuf>,
     /// `[plugins] watch`: load new versions of the plugins' files while running.
     pub watch_plugins: bool,
@@ -656,6 +684,7 @@ impl Settings {
         Settings {
             source: None,
             plugins,
+            plugin_at: Vec::new(),
             cache_dir: default_cache_dir(),
             watch_plugins: true,
             decoding: Decoding::default(),

@@ -27,6 +27,82 @@ pub enum RunError {
     Replay(#[from] ReplayError),
 }
 
+/// Which of `settings.plugins` a plugin error is about (by its file or its name).
+fn failed_plugin(settings: &Settings, e: &PluginError) -> Option<usize> {
+    settings.plugins.iter().position(|p| match e {
+        PluginError::Read { path, .. }
+        | PluginError::Pin { path, .. }
+        | PluginError::Compile { path, .. }
+        | PluginError::Refused { path, .. } => p.path.display().to_string() == *path,
+        PluginError::Start { name, .. } | PluginError::Rejected { name, .. } => {
+            p.settings.name == *name
+        }
+        PluginError::Engine(_) => false,
+    })
+}
+
+/// A plugin that did not load or start, said at its `[[plugin]]` entry of the config file
+/// (exit 78) when it has one; else the error as it is.
+pub fn at_plugin_entry(settings: &Settings, e: PluginError) -> anyhow::Error {
+    failed_plugin(settings, &e)
+        .and_then(|i| settings.plugin_problem(i, e.to_string()))
+        .map(anyhow::Error::from)
+        .unwrap_or_else(|| e.into())
+}
+
+/// Loads, starts and configures every plugin of the config with its options and an empty
+/// inventory, as `replay`, `run` and `aggregate` would: a pin that does not match, a file
+/// that is no plugin, an import plugins may not have, options the plugin refuses. Every
+/// problem at its `[[plugin]]` entry.
+pub fn check_plugins(settings: &Settings) -> Result<(), crate::config::ConfigError> {
+    let engine = match PluginEngine::new(settings.cache_dir.clone()) {
+        Ok(e) => e,
+        Err(e) => return Err(no_entry(settings, e.to_string())),
+    };
+    let mut problems = Vec::new();
+    for (i, p) in settings.plugins.iter().enumerate() {
+        let started = engine
+            .load(&p.path, p.sha256.as_deref(), &p.settings.grants)
+            .and_then(|loaded| {
+                crate::plugins::PluginInstance::start(&engine, loaded, p.settings.clone())
+            });
+        if let Err(e) = started
+            && let Some(crate::config::ConfigError::Invalid {
+                problems: mut at, ..
+            }) = settings.plugin_problem(i, e.to_string())
+        {
+            problems.append(&mut at);
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(crate::config::ConfigError::Invalid {
+        path: source_of(settings),
+        problems,
+    })
+}
+
+fn source_of(settings: &Settings) -> String {
+    settings
+        .source
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+fn no_entry(settings: &Settings, message: String) -> crate::config::ConfigError {
+    crate::config::ConfigError::Invalid {
+        path: source_of(settings),
+        problems: vec![crate::config::ConfigProblem {
+            line: 1,
+            column: 1,
+            key: "plugins".into(),
+            message,
+        }],
+    }
+}
+
 /// Every kubectl dump, merged in order.
 pub fn load_inventory(paths: &[PathBuf]) -> Result<Inventory, InventoryError> {
     let mut inv = Inventory::default();

@@ -45,7 +45,12 @@ pub fn aggregate(config_path: &Path, extra: &[PathBuf], format: Option<Format>) 
     let nats = nats_of(&settings, config_path, "aggregate")?;
     settings.inventories.extend(extra.iter().cloned());
     stop_on_signals();
-    let doc = cniscope::cluster::aggregate::run(&settings, &nats, &STOP)?;
+    let doc = match cniscope::cluster::aggregate::run(&settings, &nats, &STOP) {
+        Err(cniscope::cluster::aggregate::AggregateError::Plugin(e)) => {
+            return Err(cniscope::modes::at_plugin_entry(&settings, e));
+        }
+        other => other?,
+    };
     output::print(&render(
         &doc,
         format.or(settings.format).unwrap_or(Format::Table),

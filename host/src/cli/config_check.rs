@@ -1,4 +1,5 @@
-//! `cniscope config check`: the config validated as every command reads it.
+//! `cniscope config check`: the config validated as every command reads it, and every plugin
+//! it names loaded, started and configured with its options.
 
 use anyhow::Result;
 use cniscope::config;
@@ -6,6 +7,7 @@ use std::path::Path;
 
 pub fn run(file: &Path) -> Result<()> {
     let s = config::load(file)?;
+    cniscope::modes::check_plugins(&s)?;
     let names: Vec<&str> = s.plugins.iter().map(|p| p.settings.name.as_str()).collect();
     println!(
         "{}: ok ({} plugins: {})",

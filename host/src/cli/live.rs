@@ -27,8 +27,14 @@ pub fn run(
     let inventory = load_inventory(&inventories).context("loading the inventory")?;
     stop_on_signals();
     let engine = PluginEngine::new(settings.cache_dir.clone())?;
-    let mut agent = Agent::new(&engine, &settings, inventory)
-        .context("starting the agent (it needs root, and a kernel with BTF and TCX)")?;
+    let mut agent = match Agent::new(&engine, &settings, inventory) {
+        Err(cniscope::agent::AgentError::Plugin(e)) => {
+            return Err(cniscope::modes::at_plugin_entry(&settings, e));
+        }
+        other => {
+            other.context("starting the agent (it needs root, and a kernel with BTF and TCX)")?
+        }
+    };
     let format = format.or(settings.format).unwrap_or(Format::Table);
     let output_file = settings.agent.output_file.clone();
     #[cfg(feature = "server")]

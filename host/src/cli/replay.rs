@@ -69,7 +69,12 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     if let Some((bar, _)) = bar {
         bar.finish_and_clear();
     }
-    let doc = doc?;
+    let doc = match doc {
+        Err(cniscope::modes::RunError::Plugin(e)) => {
+            return Err(cniscope::modes::at_plugin_entry(&settings, e));
+        }
+        other => other?,
+    };
     let format = args.format.or(settings.format).unwrap_or(Format::Table);
     let text = render(&doc, format);
     match &args.output {

@@ -20,6 +20,11 @@ impl<'t> Problems<'t> {
         }
     }
 
+    /// The line and column of `span`'s start.
+    pub fn locate(&self, span: Range<usize>) -> (usize, usize) {
+        line_col(self.text, span.start)
+    }
+
     /// A problem at `span`, under `key`.
     pub fn at(&mut self, span: Range<usize>, key: &str, message: String) {
         let (line, column) = line_col(self.text, span.start);
@@ -126,7 +131,7 @@ const MAX_DURATION_SECS: f64 = 366.0 * 86_400.0;
 pub fn settings(s: Sections, base: &Path, p: &mut Problems) -> Settings {
     let plugin_dir = base.join(s.plugins.dir.get_ref());
     plugins_section(&s.plugins, p);
-    let plugins = plugin_entries(&s.plugin, &s.plugins, &plugin_dir, p);
+    let (plugins, plugin_at) = plugin_entries(&s.plugin, &s.plugins, &plugin_dir, p);
     let inventories = inventory_section(&s.inventory, base, p);
     let kubernetes = kubernetes_section(&s.inventory, base, p);
     let decoding = decode_section(&s.decode, p);
@@ -138,6 +143,7 @@ pub fn settings(s: Sections, base: &Path, p: &mut Problems) -> Settings {
     Settings {
         source: None,
         plugins,
+        plugin_at,
         cache_dir: match s.plugins.cache_dir.as_deref() {
             Some("") => None,
             Some(d) => Some(base.join(d)),
@@ -294,8 +300,9 @@ fn plugin_entries(
     defaults: &PluginsSection,
     dir: &Path,
     p: &mut Problems,
-) -> Vec<PluginToLoad> {
+) -> (Vec<PluginToLoad>, Vec<EntryAt>) {
     let mut plugins = Vec::new();
+    let mut at = Vec::new();
     let mut seen = HashSet::new();
     for (i, e) in entries {
         let key = |k: &str| format!("plugin[{i}].{k}");
@@ -353,6 +360,12 @@ fn plugin_entries(
                 &key("name"),
             ),
         };
+        let (line, column) = p.locate(e.name.span());
+        at.push(EntryAt {
+            index: *i,
+            line,
+            column,
+        });
         plugins.push(PluginToLoad {
             path,
             sha256: e.sha256.as_ref().map(|s| s.get_ref().to_lowercase()),
@@ -366,7 +379,7 @@ fn plugin_entries(
             },
         });
     }
-    plugins
+    (plugins, at)
 }
 
 fn inventory_section(s: &InventorySection, base: &Path, p: &mut Problems) -> Vec<PathBuf> {

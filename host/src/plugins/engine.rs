@@ -140,7 +140,8 @@ impl PluginEngine {
             .compile(&bytes, &sha256)
             .map_err(|detail| PluginError::Compile {
                 path: shown.clone(),
-                detail,
+                // One line: wasmtime prints byte arrays one per line.
+                detail: detail.split_whitespace().collect::<Vec<_>>().join(" "),
             })?;
         let imports: Vec<String> = component
             .component_type()

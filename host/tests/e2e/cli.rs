@@ -374,3 +374,75 @@ fn replay_progress_only_on_a_terminal() {
     let shown = String::from_utf8_lossy(&tty.stdout);
     assert!(shown.contains("packets/s"), "{shown}");
 }
+
+/// `config check` loads, starts and configures every plugin: a pin that does not match, a
+/// plugin importing the filesystem, garbage, a core module and options the plugin refuses
+/// are each reported at their `[[plugin]]` line, with exit 78; `replay -c` says the same.
+#[test]
+fn config_check_loads_every_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("p");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(plugin("flannel"), plugins.join("flannel.wasm")).unwrap();
+    std::fs::copy(plugin("fs-reader"), plugins.join("fs-reader.wasm")).unwrap();
+    std::fs::write(plugins.join("garbage.wasm"), "garbage").unwrap();
+    std::fs::write(plugins.join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[plugins]\ndir = \"p\"\n\n[[plugin]]\nname = \"flannel\"\nsha256 = \"{}\"\n\n[[plugin]]\nname = \"fs-reader\"\n\n[[plugin]]\nname = \"garbage\"\n\n[[plugin]]\nname = \"core\"\n\n[[plugin]]\nname = \"picky\"\nfile = \"flannel.wasm\"\n[plugin.options]\nnetwork = \"not-a-cidr\"\n",
+            "0".repeat(64)
+        ),
+    )
+    .unwrap();
+    let out = cniscope(&["config", "check", config.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{stdout}{stderr}");
+    let c = config.display();
+    for (line, says) in [
+        (5, "plugin[0]: plugin "),
+        (5, "but the config pins 0000"),
+        (9, "plugin[1]: plugin "),
+        (9, "plugins get no filesystem access"),
+        (12, "plugin[2]: plugin "),
+        (12, "not a loadable Wasm component"),
+        (15, "plugin[3]: plugin "),
+        (15, "a wasm module with a component parser"),
+        (18, "plugin[4]: plugin picky: bad-option network"),
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&format!("{c}:{line}:")) && l.contains(says)),
+            "{line}: {says} in\n{stderr}"
+        );
+    }
+    assert_eq!(stderr.lines().count(), 5, "one line each:\n{stderr}");
+    // A good config still says ok.
+    std::fs::write(
+        &config,
+        "[plugins]\ndir = \"p\"\n[[plugin]]\nname = \"flannel\"\n",
+    )
+    .unwrap();
+    let out = cniscope(&["config", "check", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    // replay -c with options the plugin refuses: the same line, the same exit code.
+    std::fs::write(
+        &config,
+        "[plugins]\ndir = \"p\"\n[[plugin]]\nname = \"flannel\"\n[plugin.options]\nnetwork = \"x\"\n",
+    )
+    .unwrap();
+    let out = cniscope(&[
+        "replay",
+        "-c",
+        config.to_str().unwrap(),
+        data("flannel-vxlan/node-a.eth0.pcap").to_str().unwrap(),
+    ]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{c}:4:8: plugin[0]: plugin flannel")),
+        "{stderr}"
+    );
+}
