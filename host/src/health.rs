@@ -14,6 +14,9 @@ pub struct Health {
     pub drops: BTreeMap<String, u64>,
     /// Per-file or per-source problems, in words.
     pub errors: Vec<String>,
+    /// What is ambiguous without being lost (two pods holding one address at once), in words.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Live capture: each node's probe counters.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub probes: BTreeMap<String, ProbeCounters>,

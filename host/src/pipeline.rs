@@ -396,6 +396,9 @@ impl Pipeline {
     }
 
     pub fn doc(&self, mut health: Health) -> TopologyDoc {
+        health
+            .warnings
+            .extend(self.resolver.warnings.iter().cloned());
         if let Some(f) = &self.following {
             health.inventory = Some(f.source.health());
         }

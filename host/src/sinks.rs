@@ -131,5 +131,8 @@ fn table(doc: &TopologyDoc) -> String {
     for e in &doc.health.errors {
         let _ = writeln!(out, "error: {e}");
     }
+    for w in &doc.health.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
     out
 }

@@ -57,6 +57,30 @@ impl IpHistory {
         h
     }
 
+    /// Addresses two pods held at the same time (overlapping tenures), with the two pods: an
+    /// inventory that cannot say whose a packet was by its address alone.
+    pub fn shared_by_pods(&self) -> Vec<(IpAddr, usize, usize)> {
+        let mut out = Vec::new();
+        for (ip, tenures) in &self.by_ip {
+            let pods: Vec<(&Tenure, usize)> = tenures
+                .iter()
+                .filter_map(|t| match t.owner {
+                    Owner::Pod(i) => Some((t, i)),
+                    _ => None,
+                })
+                .collect();
+            // Sorted by start: a tenure overlaps the next when it had not ended by then.
+            for pair in pods.windows(2) {
+                let ((a, ia), (b, ib)) = (pair[0], pair[1]);
+                if a.until_ns == 0 || a.until_ns > b.from_ns {
+                    out.push((*ip, ia, ib));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
     fn add(&mut self, ip: IpAddr, from_ns: u64, until_ns: u64, owner: Owner) {
         self.by_ip.entry(ip).or_default().push(Tenure {
             from_ns,
@@ -113,5 +137,15 @@ mod tests {
             ..Inventory::default()
         };
         assert_eq!(IpHistory::new(&ended).owner_at(ip, 220), None);
+        // One after the other is no sharing; at the same time it is.
+        assert_eq!(h.shared_by_pods(), vec![]);
+        let both = Inventory {
+            pods: vec![pod("a", 100, 0), pod("b", 150, 0), pod("c", 300, 400)],
+            ..Inventory::default()
+        };
+        assert_eq!(
+            IpHistory::new(&both).shared_by_pods(),
+            vec![(ip, 0, 1), (ip, 1, 2)]
+        );
     }
 }

@@ -274,6 +274,24 @@ fn pod(v: &Value) -> Result<Pod, String> {
     if ips.is_empty() && !str_at(status, &["podIP"]).is_empty() {
         ips.push(ip(str_at(status, &["podIP"]), "status.podIP")?);
     }
+    let mut deleted_ns = time_ns(
+        &v["metadata"]["deletionTimestamp"],
+        "metadata.deletionTimestamp",
+    )?;
+    // A pod that finished (a Job's) gave its address back when its last container ended: a
+    // dump holding it and the address's next pod must not make them share it.
+    if matches!(status["phase"].as_str(), Some("Succeeded" | "Failed")) {
+        let mut finished = 0;
+        for c in status["containerStatuses"].as_array().into_iter().flatten() {
+            finished = finished.max(time_ns(
+                &c["state"]["terminated"]["finishedAt"],
+                "status.containerStatuses[].state.terminated.finishedAt",
+            )?);
+        }
+        if finished != 0 && (deleted_ns == 0 || finished < deleted_ns) {
+            deleted_ns = finished;
+        }
+    }
     Ok(Pod {
         namespace: str_at(v, &["metadata", "namespace"]).to_string(),
         name: str_at(v, &["metadata", "name"]).to_string(),
@@ -286,10 +304,7 @@ fn pod(v: &Value) -> Result<Pod, String> {
             &v["metadata"]["creationTimestamp"],
             "metadata.creationTimestamp",
         )?,
-        deleted_ns: time_ns(
-            &v["metadata"]["deletionTimestamp"],
-            "metadata.deletionTimestamp",
-        )?,
+        deleted_ns,
     })
 }
 
@@ -464,5 +479,52 @@ mod tests {
         assert_eq!(from_value(&typed).unwrap().pods.len(), 1);
         let empty = serde_json::json!({"kind": "List", "items": []});
         assert_eq!(from_value(&empty).unwrap(), Inventory::default());
+    }
+}
+
+#[cfg(test)]
+mod finished_pods {
+    use super::*;
+    use crate::inventory::history::{IpHistory, Owner};
+
+    /// A finished Job pod and the pod its address went to next, in one dump: the address is
+    /// the Job's until its container finished, the new pod's after; nobody shares it.
+    #[test]
+    fn a_finished_pod_holds_its_address_until_its_containers_ended() {
+        let pod = |name: &str, created: &str, phase: &str, finished: Option<&str>| {
+            let mut p = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "ci", "creationTimestamp": created},
+                "spec": {"nodeName": "w1"},
+                "status": {"phase": phase, "podIP": "10.1.0.9"}});
+            if let Some(f) = finished {
+                p["status"]["containerStatuses"] = serde_json::json!([
+                    {"state": {"terminated": {"finishedAt": f}}}]);
+            }
+            p
+        };
+        let dump = serde_json::json!({"kind": "List", "items": [
+            pod("job-x", "2026-01-01T00:00:00Z", "Succeeded", Some("2026-01-01T00:05:00Z")),
+            pod("web", "2026-01-01T00:10:00Z", "Running", None),
+        ]});
+        let inv = from_value(&dump).unwrap();
+        let h = IpHistory::new(&inv);
+        assert_eq!(h.shared_by_pods(), vec![]);
+        let at = |t: &str| time_ns(&serde_json::json!(t), "t").unwrap();
+        let ip = "10.1.0.9".parse().unwrap();
+        assert_eq!(
+            h.owner_at(ip, at("2026-01-01T00:01:00Z")),
+            Some(&Owner::Pod(0))
+        );
+        assert_eq!(
+            h.owner_at(ip, at("2026-01-01T00:11:00Z")),
+            Some(&Owner::Pod(1))
+        );
+        // Two running pods claiming it are said.
+        let both = serde_json::json!({"kind": "List", "items": [
+            pod("a", "2026-01-01T00:00:00Z", "Running", None),
+            pod("b", "2026-01-01T00:10:00Z", "Running", None),
+        ]});
+        let shared = IpHistory::new(&from_value(&both).unwrap()).shared_by_pods();
+        assert_eq!(shared, vec![(ip, 0, 1)]);
     }
 }

@@ -18,7 +18,12 @@ pub struct Resolver {
     history: IpHistory,
     /// "namespace/name" -> index into `inv.pods`, for plugins that name pods.
     pods_by_name: HashMap<String, usize>,
+    /// What the inventory leaves ambiguous, in words (addresses two pods held at once).
+    pub warnings: Vec<String>,
 }
+
+/// Ambiguities said one by one; past this many, counted in one more line.
+const MAX_WARNINGS: usize = 20;
 
 impl Resolver {
     pub fn new(inv: Inventory) -> Resolver {
@@ -29,10 +34,33 @@ impl Resolver {
             .enumerate()
             .map(|(i, p)| (format!("{}/{}", p.namespace, p.name), i))
             .collect();
+        let shared = history.shared_by_pods();
+        let mut warnings: Vec<String> = shared
+            .iter()
+            .take(MAX_WARNINGS)
+            .map(|(ip, a, b)| {
+                let name = |i: &usize| format!("{}/{}", inv.pods[*i].namespace, inv.pods[*i].name);
+                format!(
+                    "inventory: pods {} and {} hold {ip} at the same time: its flows go to the later one unless the plugin names the pod",
+                    name(a),
+                    name(b)
+                )
+            })
+            .collect();
+        if shared.len() > MAX_WARNINGS {
+            warnings.push(format!(
+                "inventory: {} more addresses held by two pods at the same time",
+                shared.len() - MAX_WARNINGS
+            ));
+        }
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
         Resolver {
             inv,
             history,
             pods_by_name,
+            warnings,
         }
     }
 
@@ -177,5 +205,8 @@ mod tests {
             "pod/default/new-a4"
         );
         assert_eq!(r.resolve(ROLE_POD, wip, "default/gone", 5).id, by_ip);
+        // The inventory's ambiguity is said.
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(r.warnings[0].contains("10.123.10.9"), "{:?}", r.warnings);
     }
 }
