@@ -90,7 +90,9 @@ pub struct Capture {
     clock_offset: i64,
     interval: Duration,
     duration: Option<Duration>,
-    attach_errors: Vec<String>,
+    /// Interfaces that could not be attached, by error, with the attempts (each rescan tries
+    /// again): said once per kind of failure, counted in `health.drops`.
+    attach_errors: std::collections::BTreeMap<String, u64>,
     /// Keeps the kernel's per-program run statistics on while held.
     _bpf_stats: Option<std::os::fd::OwnedFd>,
 }
@@ -111,7 +113,13 @@ impl HealthSource for Capture {
         for n in &self.nodes {
             n.report(health);
         }
-        health.errors.extend(self.attach_errors.iter().cloned());
+        for (e, n) in &self.attach_errors {
+            health.errors.push(format!("{e} ({n} attempts)"));
+        }
+        health.drop(
+            "interface attach failures (its packets not recorded)",
+            self.attach_errors.values().sum(),
+        );
     }
 }
 
@@ -177,7 +185,7 @@ impl Capture {
             clock_offset: clock_offset_ns(),
             interval: settings.agent.interval,
             duration: settings.agent.duration,
-            attach_errors: Vec::new(),
+            attach_errors: Default::default(),
         })
     }
 
@@ -229,8 +237,11 @@ impl Capture {
                     Err(e) => {
                         // Interfaces come and go (a pod deleted between listing and attaching):
                         // report and go on.
-                        tracing::warn!("{e}");
-                        self.attach_errors.push(e.to_string());
+                        let n = self.attach_errors.entry(e.to_string()).or_default();
+                        if *n == 0 {
+                            tracing::warn!("{e}");
+                        }
+                        *n += 1;
                     }
                 }
             }

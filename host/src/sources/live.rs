@@ -14,7 +14,7 @@ use super::decode::{Decoding, GeneveOpt};
 pub use crate::health::ProbeCounters;
 use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::LinkOrder;
-use aya::programs::tc::{SchedClassifier, TcAttachOptions, TcAttachType};
+use aya::programs::tc::{SchedClassifier, SchedClassifierLinkId, TcAttachOptions, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use cniscope_common::{
     CacheSlot, FlowKey as WireKey, FlowStats, ProbeConfig, counter, direction, fp,
@@ -101,6 +101,11 @@ impl Default for ProbeSettings {
 struct Attached {
     name: String,
     kind: IfaceKind,
+    /// The probes' TCX links on it (program name, link): detached and closed when the
+    /// interface goes, or each deleted veth would keep two file descriptors and two kernel
+    /// link objects for the agent's lifetime.
+    links: Vec<(&'static str, SchedClassifierLinkId)>,
+    l3: bool,
 }
 
 pub struct NodeProbe {
@@ -276,6 +281,7 @@ impl NodeProbe {
         let netns_path = self.netns.clone();
         let ebpf = &mut self.ebpf;
         let programs = self.programs;
+        let mut links = Vec::new();
         let result: Result<(), String> = netns::run_in(netns_path.as_deref(), || {
             for (name, attach_type) in programs {
                 let prog: &mut SchedClassifier = ebpf
@@ -283,30 +289,42 @@ impl NodeProbe {
                     .expect("loaded")
                     .try_into()
                     .expect("a classifier");
-                prog.attach_with_options(
-                    iface,
-                    attach_type,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-                .map_err(|e| format!("{name}: {e:#}"))?;
+                let link = prog
+                    .attach_with_options(
+                        iface,
+                        attach_type,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(|e| format!("{name}: {e:#}"))?;
+                links.push((name, link));
             }
             Ok(())
         })
         .map_err(|e| e.to_string())
         .and_then(|r| r);
-        result.map_err(attach_err)?;
+        if let Err(e) = result {
+            let err = attach_err(e);
+            // Half attached (the ingress probe, not the egress one): nothing stays behind.
+            self.detach(ifindex, iface, l3, links);
+            return Err(err);
+        }
         self.attached.insert(
             ifindex,
             Attached {
                 name: iface.to_string(),
                 kind,
+                links,
+                l3,
             },
         );
         tracing::info!(node = %self.node, iface, ifindex, "probes attached");
         Ok(true)
     }
 
-    /// Forgets interfaces that are gone (their TCX links went with them).
+    /// Forgets interfaces that are gone: their links are detached and closed (the kernel
+    /// already took the programs off the deleted device, but the link objects and our file
+    /// descriptors live until closed), and their names kept a little for the flows they
+    /// recorded.
     pub fn forget_missing(&mut self, present: &[(u32, String)]) {
         let gone: Vec<u32> = self
             .attached
@@ -315,10 +333,46 @@ impl NodeProbe {
             .map(|(i, _)| *i)
             .collect();
         for ifindex in gone {
-            if let Some(a) = self.attached.remove(&ifindex) {
+            if let Some(mut a) = self.attached.remove(&ifindex) {
+                let links = std::mem::take(&mut a.links);
+                self.detach(ifindex, &a.name, a.l3, links);
                 self.departed.insert(ifindex, (a, 2));
             }
         }
+    }
+
+    /// Closes an interface's links and clears its layer-3 mark (the ifindex may come back as
+    /// another kind of device).
+    fn detach(
+        &mut self,
+        ifindex: u32,
+        iface: &str,
+        l3: bool,
+        links: Vec<(&'static str, SchedClassifierLinkId)>,
+    ) {
+        for (name, link) in links {
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .expect("loaded")
+                .try_into()
+                .expect("a classifier");
+            // A link whose device is gone is already off it; detaching closes our end.
+            if let Err(e) = prog.detach(link) {
+                tracing::debug!(node = %self.node, iface, "detaching {name}: {e}");
+            }
+        }
+        if l3
+            && let Some(map) = self.ebpf.map_mut("L3_IFACES")
+            && let Ok(mut l3) = Array::<&mut MapData, u8>::try_from(map)
+        {
+            let _ = l3.set(ifindex, 0, 0);
+        }
+    }
+
+    /// TCX links held open (two per attached interface).
+    pub fn links_open(&self) -> usize {
+        self.attached.values().map(|a| a.links.len()).sum()
     }
 
     pub fn attached(&self) -> impl Iterator<Item = (&u32, &str)> {

@@ -370,6 +370,75 @@ fn probe_links() -> usize {
         .count()
 }
 
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Pods come and go: each deleted veth's links are detached and closed (they used to stay
+/// open, two descriptors and two kernel links per deleted veth, until the agent ran out of
+/// descriptors and stopped attaching new ones).
+#[test]
+fn deleted_veths_leave_no_link_or_descriptor_behind() {
+    if !root_or_skip("the lab and the probes need root") {
+        return;
+    }
+    plugin("flannel");
+    let lab = Lab::up("churn", "vxlan");
+    lab.agent_settings(1, "duration_secs = 120");
+    let agent = lab.start_agent();
+    std::thread::sleep(Duration::from_secs(1));
+    let (links, fds) = (probe_links(), open_fds(agent.id()));
+    let ns = format!("{}-na", lab.id);
+    let ip = |args: &[&str]| {
+        let ok = Command::new("ip")
+            .args(["-n", &ns])
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip {args:?}");
+    };
+    let wait_links = |want: usize, what: &str| {
+        let t = Instant::now();
+        while probe_links() != want {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{what}: {} probe links, want {want}",
+                probe_links()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    for i in 0..25 {
+        let veth = format!("vethchurn{i}");
+        ip(&[
+            "link",
+            "add",
+            &veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("churnp{i}"),
+        ]);
+        ip(&["link", "set", &veth, "up"]);
+        wait_links(links + 2, "attached to the new veth");
+        ip(&["link", "del", &veth]);
+        wait_links(links, "the deleted veth's links closed");
+    }
+    assert!(
+        open_fds(agent.id()) <= fds + 2,
+        "descriptors: {fds} before, {} after 25 veths",
+        open_fds(agent.id())
+    );
+    terminate(&agent);
+    let doc = finish(agent);
+    assert_eq!(doc["health"]["errors"], serde_json::json!([]), "{doc:#}");
+    lab_down(lab);
+}
+
 #[test]
 fn sigterm_stops_cleanly_and_sigkill_leaves_no_attachment_behind() {
     if !root_or_skip("the lab and the probes need root") {
