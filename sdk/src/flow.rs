@@ -352,6 +352,14 @@ impl Flows {
     pub fn into_batch(self) -> FlowBatch {
         self.batch
     }
+
+    /// The batch as it will cross the boundary, to change by hand. Only for testing the
+    /// host's checks of what plugins return (a plugin that writes columns itself can break
+    /// the batch's rules, and the host then refuses the whole batch).
+    #[doc(hidden)]
+    pub fn raw_mut(&mut self) -> &mut FlowBatch {
+        &mut self.batch
+    }
 }
 
 /// Reads a [`FlowBatch`] back into owned flows (for tests and tools).

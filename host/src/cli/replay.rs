@@ -28,6 +28,12 @@ fn incomplete(doc: &TopologyDoc) -> Vec<String> {
                 p.observations_lost
             ));
         }
+        if p.flows_refused > 0 {
+            why.push(format!(
+                "plugin {name} returned {} malformed batches ({} flows refused)",
+                p.batches_refused, p.flows_refused
+            ));
+        }
         if p.state == PluginState::Disabled {
             why.push(format!("plugin {name} was disabled after repeated faults"));
         }

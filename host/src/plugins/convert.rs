@@ -202,3 +202,93 @@ pub fn inventory(inv: &Inventory, wanted: &[wit::ObjectKind]) -> wit::Inventory 
             .collect(),
     }
 }
+
+/// Flows in one batch a plugin may return: more is a runaway plugin, not a window's traffic
+/// (a window of 16 384 observations per call cannot make more flows than that per call, and
+/// a flush returns what it held).
+pub const MAX_FLOWS: usize = 1 << 22;
+
+/// Checks a plugin's flow batch against the contract's rules before anything reads it: every
+/// per-flow column as long as the others, string indexes within `strings`, the evidence and
+/// point counts adding up to their lists, confidences within 0..=1, times in order. A batch
+/// that breaks one is refused whole (the caller counts it): a plugin's output is never
+/// trusted.
+pub fn check_flows(b: &wit::FlowBatch) -> Result<(), String> {
+    let n = b.protocol.len();
+    if n > MAX_FLOWS {
+        return Err(format!("{n} flows in one batch, more than {MAX_FLOWS}"));
+    }
+    let columns = [
+        ("client-role", b.client_role.len()),
+        ("client-ip-hi", b.client_ip_hi.len()),
+        ("client-ip-lo", b.client_ip_lo.len()),
+        ("client-name", b.client_name.len()),
+        ("server-role", b.server_role.len()),
+        ("server-ip-hi", b.server_ip_hi.len()),
+        ("server-ip-lo", b.server_ip_lo.len()),
+        ("server-name", b.server_name.len()),
+        ("service-role", b.service_role.len()),
+        ("service-ip-hi", b.service_ip_hi.len()),
+        ("service-ip-lo", b.service_ip_lo.len()),
+        ("service-name", b.service_name.len()),
+        ("server-port", b.server_port.len()),
+        ("packets", b.packets.len()),
+        ("bytes", b.bytes.len()),
+        ("first-ns", b.first_ns.len()),
+        ("last-ns", b.last_ns.len()),
+        ("confidence", b.confidence.len()),
+        ("evidence-count", b.evidence_count.len()),
+        ("observed-count", b.observed_count.len()),
+    ];
+    if let Some((name, len)) = columns.iter().find(|(_, len)| *len != n) {
+        return Err(format!("column {name} has {len} values for {n} flows"));
+    }
+    let strings = b.strings.len();
+    let indexes = [
+        ("client-name", &b.client_name),
+        ("server-name", &b.server_name),
+        ("service-name", &b.service_name),
+        ("evidence", &b.evidence),
+        ("observed-at", &b.observed_at),
+    ];
+    for (name, column) in indexes {
+        if let Some((i, s)) = column
+            .iter()
+            .enumerate()
+            .find(|(_, s)| **s as usize >= strings)
+        {
+            return Err(format!(
+                "{name}[{i}] is string {s}, past the {strings} strings"
+            ));
+        }
+    }
+    let evidence: usize = b.evidence_count.iter().map(|&c| c as usize).sum();
+    if evidence != b.evidence.len() {
+        return Err(format!(
+            "evidence counts add up to {evidence}, the evidence list has {}",
+            b.evidence.len()
+        ));
+    }
+    let observed: usize = b.observed_count.iter().map(|&c| c as usize).sum();
+    if observed != b.observed_at.len() {
+        return Err(format!(
+            "observed counts add up to {observed}, the observed-at list has {}",
+            b.observed_at.len()
+        ));
+    }
+    if let Some((i, c)) = b
+        .confidence
+        .iter()
+        .enumerate()
+        .find(|(_, c)| !(0.0..=1.0).contains(*c))
+    {
+        return Err(format!("confidence[{i}] is {c}, not within 0 to 1"));
+    }
+    if let Some(i) = (0..n).find(|&i| b.first_ns[i] > b.last_ns[i]) {
+        return Err(format!(
+            "flow {i} ends ({}) before it begins ({})",
+            b.last_ns[i], b.first_ns[i]
+        ));
+    }
+    Ok(())
+}

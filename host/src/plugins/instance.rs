@@ -79,6 +79,13 @@ pub struct PluginHealth {
     /// Observations in batches the plugin faulted on or was disabled for.
     pub observations_lost: u64,
     pub flows_out: u64,
+    /// Batches that broke the contract's rules (a string index past the strings, columns
+    /// of different lengths, a confidence that is no number ...), refused whole, and the
+    /// flows they held.
+    pub batches_refused: u64,
+    pub flows_refused: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_refused: Option<String>,
     pub busy_ms: f64,
     pub peak_memory_bytes: u64,
     pub last_fault: Option<String>,
@@ -281,17 +288,37 @@ impl PluginInstance {
         let n = batch.point.len() as u64;
         self.health.observations_in += n;
         let out = self.call("process", n, |p, s| p.call_process(s, batch))?;
-        self.health.flows_out += out.protocol.len() as u64;
         self.read_counters();
-        Some(out)
+        self.checked("process", out)
     }
 
     /// Ends a window; then reads the plugin's counters into its health.
     pub fn flush(&mut self, now_ns: u64) -> Option<wit::FlowBatch> {
         let out = self.call("flush", 0, |p, s| p.call_flush(s, now_ns))?;
-        self.health.flows_out += out.protocol.len() as u64;
         self.read_counters();
-        Some(out)
+        self.checked("flush", out)
+    }
+
+    /// The batch if it keeps the contract's rules ([`convert::check_flows`]); else refused
+    /// whole, counted (`batches_refused`, `flows_refused`) and said once per kind of fault.
+    fn checked(&mut self, call: &str, out: wit::FlowBatch) -> Option<wit::FlowBatch> {
+        let flows = out.protocol.len() as u64;
+        match super::convert::check_flows(&out) {
+            Ok(()) => {
+                self.health.flows_out += flows;
+                Some(out)
+            }
+            Err(why) => {
+                let said = format!("{call} returned a malformed flow batch: {why}");
+                if self.health.last_refused.as_deref() != Some(said.as_str()) {
+                    tracing::warn!(plugin = %self.settings.name, "{said}; refused");
+                }
+                self.health.batches_refused += 1;
+                self.health.flows_refused += flows;
+                self.health.last_refused = Some(said);
+                None
+            }
+        }
     }
 
     /// The plugin's counters into its health, and how many observations it holds.

@@ -62,7 +62,7 @@ pub struct Metrics {
     /// Edges of the document left out by the cap, at the last update.
     left_out: u64,
     edges_dropped: Counter,
-    plugin: [(&'static str, PluginCounter); 7],
+    plugin: [(&'static str, PluginCounter); 8],
     plugin_running: Family<PluginLabels, Gauge>,
     drops: Family<ReasonLabels, Counter>,
     probe_packets: Family<NodeLabels, Counter>,
@@ -98,6 +98,10 @@ impl Metrics {
                 "Observations the plugin could not handle",
             ),
             ("reloads", "New versions of the plugin swapped in"),
+            (
+                "flows_refused",
+                "Flows in batches that broke the contract's rules",
+            ),
         ]
         .map(|(name, help)| {
             let f = PluginCounter::default();
@@ -229,6 +233,7 @@ impl Metrics {
                 p.restarts,
                 p.observations_lost,
                 p.reloads,
+                p.flows_refused,
             ];
             for ((_, family), v) in self.plugin.iter().zip(values) {
                 raise(&family.get_or_create(&labels), v);

@@ -168,6 +168,67 @@ fn a_plugin_killed_holding_a_window_counts_all_it_held_as_lost() {
     assert_eq!(p.health().observations_in, 4 * n);
 }
 
+/// A plugin whose flow batch breaks the contract's rules has the batch refused whole and
+/// counted, never read: string indexes past the strings, columns of different lengths, a
+/// NaN confidence, evidence counts past the list. The plugin itself goes on.
+#[test]
+fn malformed_flow_batches_are_refused_and_counted() {
+    let engine = PluginEngine::new(None).unwrap();
+    let (points, obs) = lab_observations();
+    let batch = convert::batch(points.all(), &obs);
+    for (mode, says) in [
+        ("bad-index", "client-name[0] is string 9999"),
+        ("bad-columns", "column packets has 2 values for 1 flows"),
+        ("bad-confidence", "confidence[0] is NaN"),
+        ("bad-counts", "evidence counts add up to 200"),
+    ] {
+        let mut settings = PluginSettings::new(mode);
+        settings.options_json = format!(r#"{{"mode": "{mode}"}}"#);
+        let loaded = engine
+            .load(&plugin("misbehave"), None, &Grants::default())
+            .unwrap();
+        let mut p = PluginInstance::start(&engine, loaded, settings).unwrap();
+        assert!(p.process(&batch).is_none(), "{mode}: refused");
+        assert!(p.process(&batch).is_none(), "{mode}: refused again");
+        let h = p.health();
+        assert_eq!(
+            (h.batches_refused, h.flows_refused),
+            (2, 2),
+            "{mode}: {h:?}"
+        );
+        assert!(
+            h.last_refused.as_deref().is_some_and(|l| l.contains(says)),
+            "{mode}: {:?}",
+            h.last_refused
+        );
+        assert_eq!((h.traps, h.flows_out), (0, 0), "{mode}");
+        assert_eq!(h.state, cniscope::plugins::PluginState::Ok);
+    }
+    // Through a whole replay: no edge from the refused flows, and the output is known
+    // incomplete (exit 3) with the reason.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[plugins]\ndir = \"{}\"\n[[plugin]]\nname = \"misbehave\"\n[plugin.options]\nmode = \"bad-index\"\n",
+            plugin("misbehave").parent().unwrap().display()
+        ),
+    )
+    .unwrap();
+    let mut args = vec![
+        "replay".to_string(),
+        "-c".into(),
+        config.display().to_string(),
+    ];
+    args.extend(lab_captures());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = cniscope(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("malformed batches"), "{stderr}");
+}
+
 #[test]
 fn a_plugin_that_imports_the_filesystem_is_refused_at_load() {
     let engine = PluginEngine::new(None).unwrap();

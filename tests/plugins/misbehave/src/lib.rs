@@ -6,6 +6,9 @@
 //! (panics), "loop" (never returns), "alloc" (grows memory without bound), "hold" (holds every
 //! observation until the window's end, saying so in its `stitch.held` counter, then panics in
 //! `flush`: what a plugin killed at the end of a big window loses).
+//! "bad-index", "bad-columns", "bad-confidence", "bad-counts" (one flow per batch whose
+//! columns break the batch's rules: a string index past the strings, columns of different
+//! lengths, a NaN confidence, evidence counts past the evidence list).
 //! Option `after`: behave for this many `process` calls first.
 
 use cniscope_sdk::prelude::*;
@@ -43,7 +46,8 @@ impl Plugin for Misbehave {
         self.mode = options.string("mode", "noop")?;
         self.after = options.integer("after", 0)?;
         match self.mode.as_str() {
-            "noop" | "count" | "flows" | "trap" | "loop" | "alloc" | "hold" => Ok(()),
+            "noop" | "count" | "flows" | "trap" | "loop" | "alloc" | "hold" | "bad-index"
+            | "bad-columns" | "bad-confidence" | "bad-counts" => Ok(()),
             other => Err(error(
                 "bad-option",
                 "mode",
@@ -77,6 +81,22 @@ impl Plugin for Misbehave {
                     hoard.push(vec![1u8; 1 << 20]);
                     std::hint::black_box(&hoard);
                 }
+            }
+            bad if bad.starts_with("bad-") => {
+                let ip = Ip::v4(192, 0, 2, 1);
+                let flow = FlowBuilder::new(Endpoint::unknown(ip), Endpoint::unknown(ip), 6, 80)
+                    .counters(batch.point.len() as u64, 0, 0, 0)
+                    .evidence("misbehave:bad")
+                    .build();
+                out.push(&flow);
+                let raw = out.raw_mut();
+                match bad {
+                    "bad-index" => raw.client_name[0] = 9999,
+                    "bad-columns" => raw.packets.push(7),
+                    "bad-confidence" => raw.confidence[0] = f32::NAN,
+                    _ => raw.evidence_count[0] = 200,
+                }
+                Ok(())
             }
             "count" => {
                 let n = batch.point.len() as u64;
