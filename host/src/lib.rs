@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod config;
+pub mod fuzzing;
 pub mod health;
 pub mod inventory;
 #[cfg(feature = "lab")]

@@ -134,7 +134,16 @@ impl CaptureFile {
             path: path.clone(),
             source,
         })?;
-        let reader = create_reader(1 << 16, file).map_err(|e| ReplayError::Format {
+        CaptureFile::from_reader(spec, file)
+    }
+
+    /// A capture read from `source` (a file, or bytes in memory), named by `spec`.
+    fn from_reader(
+        spec: CaptureSpec,
+        source: impl std::io::Read + Send + 'static,
+    ) -> Result<CaptureFile, ReplayError> {
+        let path = spec.path.display().to_string();
+        let reader = create_reader(1 << 16, source).map_err(|e| ReplayError::Format {
             path: path.clone(),
             detail: describe(&e),
         })?;
@@ -359,6 +368,29 @@ impl Replay {
             .filter_map(|s| std::fs::metadata(&s.path).ok())
             .map(|m| m.len())
             .sum();
+        Ok(Replay {
+            bytes_total,
+            files,
+            ports,
+            points: PointTable::default(),
+            stats: ReplayStats::default(),
+            window_ns: window_ns.max(1),
+        })
+    }
+
+    /// Replays captures held in memory (the fuzzer's, tests'): each with the spec naming it.
+    pub fn from_bytes(
+        captures: Vec<(CaptureSpec, Vec<u8>)>,
+        ports: Decoding,
+        window_ns: u64,
+    ) -> Result<Replay, ReplayError> {
+        let bytes_total = captures.iter().map(|(_, b)| b.len() as u64).sum();
+        let files = captures
+            .into_iter()
+            .map(|(spec, bytes)| {
+                CaptureFile::from_reader(spec, std::io::Cursor::new(bytes)).map(|f| (f, None))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Replay {
             bytes_total,
             files,

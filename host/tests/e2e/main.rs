@@ -80,3 +80,6 @@ mod server;
 /// map at 500 pods.
 #[cfg(feature = "server")]
 mod serve;
+
+/// The fuzz targets' code on their seeds and on every input the fuzzers found.
+mod fuzzed;
