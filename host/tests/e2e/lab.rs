@@ -439,6 +439,29 @@ fn deleted_veths_leave_no_link_or_descriptor_behind() {
     lab_down(lab);
 }
 
+/// The soak script (`./x soak`) for 20 seconds: pods created and deleted every second under
+/// steady traffic; the agent's descriptors, links and memory stay flat.
+#[test]
+fn a_short_soak_stays_flat() {
+    if !root_or_skip("the lab and the probes need root") {
+        return;
+    }
+    plugin("flannel");
+    let _serial = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new("bash")
+        .arg(root().join("tests/lab/soak.sh"))
+        .args(["20", env!("CARGO_BIN_EXE_cniscope")])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("flat"), "{stdout}");
+    assert!(stdout.contains("dropped 0"), "{stdout}");
+}
+
 #[test]
 fn sigterm_stops_cleanly_and_sigkill_leaves_no_attachment_behind() {
     if !root_or_skip("the lab and the probes need root") {
