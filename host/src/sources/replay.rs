@@ -62,6 +62,47 @@ pub enum ReplayError {
     /// Not a pcap or pcapng file.
     #[error("{path}: not a pcap or pcapng file ({detail})")]
     Format { path: String, detail: String },
+    /// More captures than this process may have files open.
+    #[error(
+        "{captures} captures, but this process may open only {limit} files at once (`ulimit -n`): they are merged by time, so all are open together; raise the limit or merge captures first (mergecap)"
+    )]
+    TooMany { captures: usize, limit: u64 },
+}
+
+/// Descriptors kept for everything else the process opens (plugins, the cache, stdout).
+const SPARE_FDS: u64 = 64;
+
+/// Makes room for `files` open files: the soft limit raised towards the hard one (the soft
+/// default, 1024, is far below what a kernel allows a process); an error when even the hard
+/// limit is too small.
+fn room_for(files: usize) -> Result<(), ReplayError> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Ok(()); // unknown: try, and let an open say what went wrong
+    }
+    let want = files as u64 + SPARE_FDS;
+    if want <= lim.rlim_cur {
+        return Ok(());
+    }
+    if want <= lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass; raising the soft limit up to the hard
+        // one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok(());
+        }
+    }
+    Err(ReplayError::TooMany {
+        captures: files,
+        limit: lim.rlim_max.saturating_sub(SPARE_FDS),
+    })
 }
 
 /// What the replay read, and what it could not.
@@ -359,6 +400,7 @@ impl Replay {
         ports: Decoding,
         window_ns: u64,
     ) -> Result<Replay, ReplayError> {
+        room_for(specs.len())?;
         let files = specs
             .iter()
             .map(|s| CaptureFile::open(s.clone()).map(|f| (f, None)))

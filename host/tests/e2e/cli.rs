@@ -446,3 +446,52 @@ fn config_check_loads_every_plugin() {
         "{stderr}"
     );
 }
+
+/// Captures are merged by time, so all are open at once: a replay of more captures than the
+/// soft limit of open files raises it (up to the hard limit), and past the hard limit says
+/// so in one line instead of failing on "Too many open files".
+#[test]
+fn many_captures_raise_the_open_file_limit_or_say_it_is_too_low() {
+    plugin("flannel");
+    let dir = tempfile::tempdir().unwrap();
+    let one = data("flannel-vxlan/node-a.peer-veth.pcap");
+    let mut specs = Vec::new();
+    for i in 0..600 {
+        let p = dir.path().join(format!("c{i}.pcap"));
+        std::fs::copy(&one, &p).unwrap();
+        specs.push(format!("node-a/veth{i}={}", p.display()));
+    }
+    let list = dir.path().join("captures");
+    std::fs::write(&list, specs.join("\n")).unwrap();
+    let replay = |limit: &str| {
+        std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "ulimit {limit} && xargs -a {} {} replay --plugin flannel --plugin-dir {} -f json",
+                list.display(),
+                env!("CARGO_BIN_EXE_cniscope"),
+                plugin("flannel").parent().unwrap().display()
+            ))
+            .output()
+            .unwrap()
+    };
+    // Soft limit 256, hard as it is: raised.
+    let out = replay("-Sn 256");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!doc["edges"].as_array().unwrap().is_empty());
+    // Hard limit 300: too low, said once.
+    let out = replay("-n 300");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // xargs says 123 for the command's failure.
+    assert_eq!(out.status.code(), Some(123), "{stderr}");
+    assert!(
+        stderr.contains("600 captures, but this process may open only 236 files"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
