@@ -21,7 +21,7 @@ fn regressions(target: &str, f: fn(&[u8])) -> usize {
     let mut found = Vec::new();
     files_under(
         &root().join("fuzz/regressions").join(target),
-        &|p| !p.file_name().is_some_and(|n| n == ".keep"),
+        &|p| p.file_name().is_none_or(|n| n != ".keep"),
         &mut found,
     );
     for p in &found {
