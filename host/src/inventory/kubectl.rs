@@ -34,69 +34,209 @@ pub enum InventoryError {
     },
 }
 
+/// Reads a kubectl dump as a stream: each item of a List is read and dropped before the next
+/// (a dump of 100 000 pods is ~50 MB of JSON, and ten times that as one JSON tree).
 pub fn load_file(path: &Path) -> Result<Inventory, InventoryError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
+    let file = std::fs::File::open(path).map_err(|source| InventoryError::Read {
         path: shown.clone(),
         source,
     })?;
-    let value: Value = serde_json::from_str(&text).map_err(|source| InventoryError::Json {
-        path: shown.clone(),
-        source,
+    let mut reader = ListReader::default();
+    let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::new(file));
+    let streamed =
+        serde::Deserializer::deserialize_any(&mut de, Dump(&mut reader)).and_then(|()| de.end());
+    if let Some((item, detail)) = reader.failed.take() {
+        return Err(InventoryError::Field {
+            path: shown,
+            item,
+            detail,
+        });
+    }
+    streamed.map_err(|source| {
+        if source.is_data() {
+            // Valid JSON of the wrong shape: `null`, an array, `items` that is no list.
+            InventoryError::Field {
+                path: shown.clone(),
+                item: "the file".into(),
+                detail: source.to_string(),
+            }
+        } else {
+            InventoryError::Json {
+                path: shown.clone(),
+                source,
+            }
+        }
     })?;
-    from_value(&value).map_err(|(item, detail)| InventoryError::Field {
-        path: shown,
-        item,
-        detail,
-    })
+    reader
+        .finish()
+        .map_err(|(item, detail)| InventoryError::Field {
+            path: shown,
+            item,
+            detail,
+        })
 }
 
 /// Parses a List or a single object; the error is (item, detail).
 pub fn from_value(value: &Value) -> Result<Inventory, (String, String)> {
-    let mut inv = Inventory::default();
     // A List (`kubectl get ... -o json`) or one object; anything else (null, an array, a
     // number) is not an inventory, and reading it as an empty one would make every pod
     // external without a word.
-    let not_kubernetes = || {
-        (
-            "the file".to_string(),
-            "not a Kubernetes List or object (kubectl get ... -o json)".to_string(),
-        )
-    };
-    let items: Vec<&Value> = match (value.as_object(), value.get("items")) {
+    let mut reader = ListReader::default();
+    match (value.as_object(), value.get("items")) {
         (None, _) => return Err(not_kubernetes()),
-        (Some(_), Some(Value::Array(items))) => items.iter().collect(),
+        (Some(_), Some(Value::Array(items))) => {
+            for (i, item) in items.iter().enumerate() {
+                reader.item(i, item.clone())?;
+            }
+        }
         (Some(_), Some(_)) => return Err(("items".into(), "not a list".into())),
-        (Some(_), None) if value.get("kind").and_then(Value::as_str).is_some() => vec![value],
+        (Some(_), None) if value.get("kind").and_then(Value::as_str).is_some() => {
+            reader.item(0, value.clone())?
+        }
         (Some(_), None) => return Err(not_kubernetes()),
-    };
-    let list_kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
-    for (i, item) in items.into_iter().enumerate() {
-        // Items of a typed list (PodList) may omit their own kind.
-        let kind = item
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| list_kind.trim_end_matches("List"));
+    }
+    reader.list_kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    reader.finish()
+}
+
+fn not_kubernetes() -> (String, String) {
+    (
+        "the file".to_string(),
+        "not a Kubernetes List or object (kubectl get ... -o json)".to_string(),
+    )
+}
+
+/// A dump's items read one at a time into an inventory.
+#[derive(Default)]
+struct ListReader {
+    inv: Inventory,
+    /// The List's own kind (`PodList`): it names items that omit theirs. kubectl writes it
+    /// after the items, so those items wait for it.
+    list_kind: String,
+    kindless: Vec<(usize, Value)>,
+    /// The first item that could not be read, when streaming (serde's error cannot carry it).
+    failed: Option<(String, String)>,
+}
+
+impl ListReader {
+    fn item(&mut self, i: usize, item: Value) -> Result<(), (String, String)> {
         if !item.is_object() {
             return Err((format!("items[{i}]"), "not an object".into()));
         }
-        if kind.is_empty() {
-            return Err((
-                format!("items[{i}] ({})", name_of(item)),
-                "kind: missing".into(),
-            ));
-        }
-        let label = format!("items[{i}] ({kind} {})", name_of(item));
-        match read_object(item, kind).map_err(|detail| (label, detail))? {
-            Object::Node(n) => inv.nodes.push(n),
-            Object::Pod(p) => inv.pods.push(p),
-            Object::Service(s) => inv.services.push(s),
-            Object::EndpointSlice(e) => inv.endpoint_slices.push(e),
-            Object::Cni(o) => inv.objects.push(o),
-            Object::Other => {}
+        match item.get("kind").and_then(Value::as_str) {
+            Some(kind) if !kind.is_empty() => {
+                let kind = kind.to_string();
+                self.read(i, &item, &kind)
+            }
+            _ => {
+                self.kindless.push((i, item));
+                Ok(())
+            }
         }
     }
-    Ok(inv)
+
+    fn read(&mut self, i: usize, item: &Value, kind: &str) -> Result<(), (String, String)> {
+        let label = format!("items[{i}] ({kind} {})", name_of(item));
+        match read_object(item, kind).map_err(|detail| (label, detail))? {
+            Object::Node(n) => self.inv.nodes.push(n),
+            Object::Pod(p) => self.inv.pods.push(p),
+            Object::Service(s) => self.inv.services.push(s),
+            Object::EndpointSlice(e) => self.inv.endpoint_slices.push(e),
+            Object::Cni(o) => self.inv.objects.push(o),
+            Object::Other => {}
+        }
+        Ok(())
+    }
+
+    /// The items that waited for the List's kind, then the inventory.
+    fn finish(mut self) -> Result<Inventory, (String, String)> {
+        let kind = self.list_kind.trim_end_matches("List").to_string();
+        for (i, item) in std::mem::take(&mut self.kindless) {
+            if kind.is_empty() {
+                return Err((
+                    format!("items[{i}] ({})", name_of(&item)),
+                    "kind: missing".into(),
+                ));
+            }
+            self.read(i, &item, &kind)?;
+        }
+        Ok(self.inv)
+    }
+}
+
+/// The top of a dump: a List, whose `items` are streamed into the reader, or one object.
+struct Dump<'r>(&'r mut ListReader);
+
+impl<'de> serde::de::Visitor<'de> for Dump<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a Kubernetes List or object (kubectl get ... -o json)")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut rest = serde_json::Map::new();
+        let mut listed = false;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "items" {
+                map.next_value_seed(Items(self.0))?;
+                listed = true;
+            } else {
+                rest.insert(key, map.next_value()?);
+            }
+        }
+        let kind = rest.get("kind").and_then(Value::as_str).unwrap_or("");
+        if listed {
+            self.0.list_kind = kind.to_string();
+            return Ok(());
+        }
+        // One object (`kubectl get pod x -o json`).
+        let outcome = if kind.is_empty() {
+            Err(not_kubernetes())
+        } else {
+            self.0.item(0, Value::Object(rest))
+        };
+        outcome.map_err(|e| {
+            self.0.failed = Some(e);
+            serde::de::Error::custom("an item could not be read")
+        })
+    }
+}
+
+/// A List's `items`, read one by one.
+struct Items<'r>(&'r mut ListReader);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Items<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Items<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("items: a list")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0;
+        while let Some(item) = seq.next_element::<Value>()? {
+            if let Err(e) = self.0.item(i, item) {
+                self.0.failed = Some(e);
+                return Err(serde::de::Error::custom("an item could not be read"));
+            }
+            i += 1;
+        }
+        Ok(())
+    }
 }
 
 /// One object of a dump or of an API watch, read.
@@ -526,5 +666,50 @@ mod finished_pods {
         ]});
         let shared = IpHistory::new(&from_value(&both).unwrap()).shared_by_pods();
         assert_eq!(shared, vec![(ip, 0, 1)]);
+    }
+}
+
+#[cfg(test)]
+mod streamed {
+    use super::*;
+
+    fn load(text: &str) -> Result<Inventory, InventoryError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("dump.json");
+        std::fs::write(&p, text).unwrap();
+        load_file(&p)
+    }
+
+    /// A file is read as a stream and gives what `from_value` gives: a typed List's items
+    /// without a kind take the List's, written after them as kubectl writes it; one object;
+    /// the same refusals, naming the item.
+    #[test]
+    fn a_streamed_dump_reads_as_the_whole_one() {
+        let text = r#"{"apiVersion": "v1", "items": [
+            {"metadata": {"name": "a", "namespace": "x"}, "status": {"podIP": "10.0.0.1"}},
+            {"kind": "Node", "metadata": {"name": "n1"}}
+        ], "kind": "PodList", "metadata": {}}"#;
+        let inv = load(text).unwrap();
+        let whole = from_value(&serde_json::from_str(text).unwrap()).unwrap();
+        assert_eq!(inv.pods, whole.pods);
+        assert_eq!((inv.pods.len(), inv.nodes.len()), (1, 1));
+        let one =
+            load(r#"{"kind": "Pod", "metadata": {"name": "solo", "namespace": "x"}}"#).unwrap();
+        assert_eq!(one.pods[0].name, "solo");
+        for (text, says) in [
+            ("null", "expected a Kubernetes List or object"),
+            ("[1, 2]", "expected a Kubernetes List or object"),
+            (r#"{"items": 5}"#, "expected items: a list"),
+            (r#"{"items": [3]}"#, "items[0]: not an object"),
+            (
+                r#"{"items": [{"metadata": {"name": "k"}}]}"#,
+                "items[0] (k): kind: missing",
+            ),
+            (r#"{"metadata": {}}"#, "not a Kubernetes List or object"),
+            (r#"{"items": [{"kind": "Pod""#, "not JSON"),
+        ] {
+            let e = load(text).unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
     }
 }
