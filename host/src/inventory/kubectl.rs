@@ -87,12 +87,12 @@ pub fn from_value(value: &Value) -> Result<Inventory, (String, String)> {
         (None, _) => return Err(not_kubernetes()),
         (Some(_), Some(Value::Array(items))) => {
             for (i, item) in items.iter().enumerate() {
-                reader.item(i, item.clone())?;
+                reader.item(i, item)?;
             }
         }
         (Some(_), Some(_)) => return Err(("items".into(), "not a list".into())),
         (Some(_), None) if value.get("kind").and_then(Value::as_str).is_some() => {
-            reader.item(0, value.clone())?
+            reader.item(0, value)?
         }
         (Some(_), None) => return Err(not_kubernetes()),
     }
@@ -124,17 +124,14 @@ struct ListReader {
 }
 
 impl ListReader {
-    fn item(&mut self, i: usize, item: Value) -> Result<(), (String, String)> {
+    fn item(&mut self, i: usize, item: &Value) -> Result<(), (String, String)> {
         if !item.is_object() {
             return Err((format!("items[{i}]"), "not an object".into()));
         }
         match item.get("kind").and_then(Value::as_str) {
-            Some(kind) if !kind.is_empty() => {
-                let kind = kind.to_string();
-                self.read(i, &item, &kind)
-            }
+            Some(kind) if !kind.is_empty() => self.read(i, item, kind),
             _ => {
-                self.kindless.push((i, item));
+                self.kindless.push((i, item.clone()));
                 Ok(())
             }
         }
@@ -199,7 +196,7 @@ impl<'de> serde::de::Visitor<'de> for Dump<'_> {
         let outcome = if kind.is_empty() {
             Err(not_kubernetes())
         } else {
-            self.0.item(0, Value::Object(rest))
+            self.0.item(0, &Value::Object(rest))
         };
         outcome.map_err(|e| {
             self.0.failed = Some(e);
@@ -229,7 +226,7 @@ impl<'de> serde::de::Visitor<'de> for Items<'_> {
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut i = 0;
         while let Some(item) = seq.next_element::<Value>()? {
-            if let Err(e) = self.0.item(i, item) {
+            if let Err(e) = self.0.item(i, &item) {
                 self.0.failed = Some(e);
                 return Err(serde::de::Error::custom("an item could not be read"));
             }

@@ -410,14 +410,23 @@ impl Replay {
             .filter_map(|s| std::fs::metadata(&s.path).ok())
             .map(|m| m.len())
             .sum();
-        Ok(Replay {
+        Ok(Replay::of(files, bytes_total, ports, window_ns))
+    }
+
+    fn of(
+        files: Vec<(CaptureFile, Option<Packet>)>,
+        bytes_total: u64,
+        ports: Decoding,
+        window_ns: u64,
+    ) -> Replay {
+        Replay {
             bytes_total,
             files,
             ports,
             points: PointTable::default(),
             stats: ReplayStats::default(),
             window_ns: window_ns.max(1),
-        })
+        }
     }
 
     /// Replays captures held in memory (the fuzzer's, tests'): each with the spec naming it.
@@ -433,14 +442,7 @@ impl Replay {
                 CaptureFile::from_reader(spec, std::io::Cursor::new(bytes)).map(|f| (f, None))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Replay {
-            bytes_total,
-            files,
-            ports,
-            points: PointTable::default(),
-            stats: ReplayStats::default(),
-            window_ns: window_ns.max(1),
-        })
+        Ok(Replay::of(files, bytes_total, ports, window_ns))
     }
 
     /// Runs to the end; `on_window(observations, window_end_ns)` is called once per window.
