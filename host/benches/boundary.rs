@@ -145,44 +145,39 @@ fn main() {
     });
 
     let native_batch = sdk_batch(&batch);
+    let mut flannel = start(&engine, "flannel", "flannel.wasm", "{}");
+    let wit_inventory = convert::inventory(&inventory, &flannel.description);
     let sdk_inventory = {
         // The SDK's inventory type is field-for-field the host's WIT type.
-        let w = convert::inventory(&inventory, &[]);
+        let w = wit_inventory.clone();
+        let ip = |i: cniscope::plugins::bindings::wit::Ip| cniscope_sdk::Ip { hi: i.hi, lo: i.lo };
         cniscope_sdk::Inventory {
             nodes: w
                 .nodes
                 .into_iter()
                 .map(|n| cniscope_sdk::NodeInfo {
                     name: n.name,
-                    addresses: n
-                        .addresses
-                        .into_iter()
-                        .map(|i| cniscope_sdk::Ip { hi: i.hi, lo: i.lo })
-                        .collect(),
+                    addresses: n.addresses.into_iter().map(ip).collect(),
                     pod_cidrs: n.pod_cidrs,
                     annotations: n.annotations,
                     labels: n.labels,
                 })
                 .collect(),
-            pods: w
-                .pods
-                .into_iter()
-                .map(|p| cniscope_sdk::PodInfo {
-                    namespace: p.namespace,
-                    name: p.name,
-                    node: p.node,
-                    ips: p
-                        .ips
-                        .into_iter()
-                        .map(|i| cniscope_sdk::Ip { hi: i.hi, lo: i.lo })
-                        .collect(),
-                    host_network: p.host_network,
-                    workload: p.workload,
-                    annotations: p.annotations,
-                    created_ns: p.created_ns,
-                    deleted_ns: p.deleted_ns,
-                })
-                .collect(),
+            pods: cniscope_sdk::PodTable {
+                strings: w.pods.strings,
+                namespace: w.pods.namespace,
+                name: w.pods.name,
+                node: w.pods.node,
+                workload: w.pods.workload,
+                host_network: w.pods.host_network,
+                created_ns: w.pods.created_ns,
+                deleted_ns: w.pods.deleted_ns,
+                ip_end: w.pods.ip_end,
+                ips: w.pods.ips.into_iter().map(ip).collect(),
+                annotation_end: w.pods.annotation_end,
+                annotation_key: w.pods.annotation_key,
+                annotation_value: w.pods.annotation_value,
+            },
             services: Vec::new(),
             endpoint_slices: Vec::new(),
             objects: Vec::new(),
@@ -192,8 +187,7 @@ fn main() {
         .inventory(sdk_inventory)
         .unwrap();
 
-    let mut flannel = start(&engine, "flannel", "flannel.wasm", "{}");
-    flannel.on_inventory(&convert::inventory(&inventory, &[]));
+    flannel.on_inventory(&wit_inventory);
     // The native run ends where the Wasm one does: with the columnar flow batch built.
     let (wasm_rate, native_rate) = best_rates_interleaved(
         BATCH,

@@ -71,7 +71,7 @@ fn start(
 ) -> Result<PluginInstance, PluginError> {
     let loaded = engine.load(&p.path, p.sha256.as_deref(), &p.settings.grants)?;
     let mut plugin = PluginInstance::start(engine, loaded, p.settings.clone())?;
-    plugin.on_inventory(&convert::inventory(inventory, &plugin.description.objects));
+    plugin.on_inventory(&convert::inventory(inventory, &plugin.description));
     Ok(plugin)
 }
 
@@ -199,7 +199,7 @@ impl Pipeline {
     /// A new inventory for the resolver and every plugin.
     pub fn set_inventory(&mut self, inventory: Inventory) {
         for p in &mut self.plugins {
-            p.on_inventory(&convert::inventory(&inventory, &p.description.objects));
+            p.on_inventory(&convert::inventory(&inventory, &p.description));
         }
         self.resolver = Resolver::new(inventory);
     }

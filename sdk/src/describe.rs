@@ -14,7 +14,15 @@ impl DescriptionBuilder {
             capture: Vec::new(),
             options: Vec::new(),
             objects: Vec::new(),
+            pod_annotations: Vec::new(),
         })
+    }
+
+    /// Reads the pod annotation `key` (`Pod::annotation`): the host hands over only the
+    /// annotations plugins ask for, since a cluster's pods carry many and plugins read few.
+    pub fn pod_annotation(mut self, key: &str) -> Self {
+        self.0.pod_annotations.push(key.to_string());
+        self
     }
 
     /// Reads the CNI's own objects of this kind (`"crd.projectcalico.org/v1"`,

@@ -2,8 +2,9 @@
 
 use crate::hash::FastMap;
 use crate::net::{Cidr, CidrSet};
+use crate::pods::Pod;
 use crate::services::Services;
-use crate::{Inventory, Ip, NodeInfo, PodInfo};
+use crate::{Inventory, Ip, NodeInfo, PodTable};
 
 /// Lookup over `list<tuple<string, string>>` annotations or labels.
 pub trait Annotations {
@@ -30,7 +31,7 @@ impl Default for Inventory {
     fn default() -> Self {
         Inventory {
             nodes: Vec::new(),
-            pods: Vec::new(),
+            pods: PodTable::default(),
             services: Vec::new(),
             endpoint_slices: Vec::new(),
             objects: Vec::new(),
@@ -72,9 +73,13 @@ pub struct InventoryIndex {
     node_by_ip: FastMap<Ip, usize>,
     /// Node index by its pod CIDRs (`spec.podCIDRs`).
     node_by_pod_cidr: CidrSet<usize>,
-    /// Pods (possibly several over time) by IP; host-network pods are left out (their IP is
-    /// the node's).
-    pods_by_ip: FastMap<Ip, Vec<usize>>,
+    /// The first pod (index into the pod table) that carried an IP; host-network pods are
+    /// left out (their IP is the node's). A few words per pod: a cluster has hundreds of
+    /// thousands.
+    pods_by_ip: FastMap<Ip, u32>,
+    /// The next pod that carried the same IP (IPs are reused), `u32::MAX` after the last:
+    /// one entry per pod, for the pod's first address with each reuse.
+    next_with_ip: FastMap<(u32, Ip), u32>,
     /// Services by their front doors (ClusterIPs, external IPs, NodePorts, headless slices).
     pub services: Services,
     /// The inventory the maps index into.
@@ -97,12 +102,22 @@ impl InventoryIndex {
                 }
             }
         }
-        for (i, pod) in inv.pods.iter().enumerate() {
+        // Chains of pods by address, built back to front so each chain lists its pods in
+        // table order.
+        for i in (0..inv.pods.len()).rev() {
+            let Some(pod) = inv.pods.get(i) else { continue };
             if pod.host_network {
                 continue;
             }
-            for ip in &pod.ips {
-                idx.pods_by_ip.entry(*ip).or_default().push(i);
+            for ip in pod.ips {
+                // (A pod listing one address twice must not chain to itself.)
+                if let Some(next) = idx
+                    .pods_by_ip
+                    .insert(*ip, i as u32)
+                    .filter(|&n| n != i as u32)
+                {
+                    idx.next_with_ip.insert((i as u32, *ip), next);
+                }
             }
         }
         idx.services = Services::new(&inv.services, &inv.endpoint_slices);
@@ -114,7 +129,7 @@ impl InventoryIndex {
         &self.inventory.nodes
     }
 
-    pub fn pods(&self) -> &[PodInfo] {
+    pub fn pods(&self) -> &PodTable {
         &self.inventory.pods
     }
 
@@ -133,13 +148,12 @@ impl InventoryIndex {
             .map(|(c, &i)| (c, &self.inventory.nodes[i]))
     }
 
-    /// Pods that carried `ip` at some time (more than one when the IP was reused).
-    pub fn pods_by_ip(&self, ip: Ip) -> impl Iterator<Item = &PodInfo> {
-        self.pods_by_ip
-            .get(&ip)
-            .into_iter()
-            .flatten()
-            .map(|&i| &self.inventory.pods[i])
+    /// Pods that carried `ip` at some time (more than one when the IP was reused), in the
+    /// table's order.
+    pub fn pods_by_ip(&self, ip: Ip) -> impl Iterator<Item = Pod<'_>> {
+        let first = self.pods_by_ip.get(&ip).copied();
+        std::iter::successors(first, move |&i| self.next_with_ip.get(&(i, ip)).copied())
+            .filter_map(|i| self.inventory.pods.get(i as usize))
     }
 
     pub fn is_pod_ip(&self, ip: Ip) -> bool {
@@ -162,5 +176,50 @@ pub fn warnings_to_result(warnings: &[String]) -> Result<(), crate::PluginError>
             format!("{w} ({} problems)", warnings.len()),
         )),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::pod;
+
+    #[test]
+    fn pods_by_ip_lists_every_pod_that_held_the_address_in_table_order() {
+        let mut hostnet = pod("kube-system", "proxy", "n1", "10.0.0.1");
+        hostnet.host_network = true;
+        let mut twice = pod("apps", "twice", "n1", "10.0.0.9");
+        twice.ips.push("10.0.0.9".parse().unwrap());
+        let inv = Inventory {
+            pods: [
+                pod("apps", "old", "n1", "10.0.0.1"),
+                hostnet,
+                pod("apps", "other", "n1", "10.0.0.2"),
+                pod("apps", "new", "n1", "10.0.0.1"),
+                twice,
+            ]
+            .into_iter()
+            .collect(),
+            ..Inventory::default()
+        };
+        let (idx, warnings) = InventoryIndex::new(inv);
+        assert!(warnings.is_empty());
+        let names = |ip: &str| -> Vec<&str> {
+            idx.pods_by_ip(ip.parse().unwrap())
+                .map(|p| p.name)
+                .collect()
+        };
+        assert_eq!(
+            names("10.0.0.1"),
+            ["old", "new"],
+            "host-network pods are left out"
+        );
+        assert_eq!(names("10.0.0.2"), ["other"]);
+        assert_eq!(
+            names("10.0.0.9"),
+            ["twice"],
+            "an address listed twice is one pod"
+        );
+        assert!(names("10.0.0.3").is_empty() && !idx.is_pod_ip("10.0.0.3".parse().unwrap()));
     }
 }

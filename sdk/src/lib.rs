@@ -51,6 +51,7 @@ pub mod hash;
 pub mod inventory;
 pub mod net;
 pub mod options;
+pub mod pods;
 pub mod services;
 pub mod state;
 pub mod stitch;
@@ -74,9 +75,10 @@ pub mod bindings {
 pub use bindings::cniscope::plugin::types::{
     CapturePoint, CaptureSpec, CniObject, Decoding, Description, Direction, EndpointSliceInfo,
     FlowBatch, GeneveOptions, IfaceKind, Inventory, Ip, NodeInfo, ObjectKind, ObservationBatch,
-    OptionSpec, OptionType, PluginError, PodInfo, ServiceInfo, ServicePort,
+    OptionSpec, OptionType, PluginError, PodTable, ServiceInfo, ServicePort,
 };
 pub use flow::{Endpoint, LogicalFlow, Role};
+pub use pods::{NewPod, Pod};
 
 /// What a CNI plugin implements. The SDK keeps one instance per Wasm instance and calls it
 /// from the exported WIT functions.
@@ -223,6 +225,7 @@ pub mod prelude {
     pub use crate::inventory::{Annotations, InventoryIndex, warnings_to_result};
     pub use crate::net::{Cidr, CidrSet, Mac, ip_from_std, ip_to_std};
     pub use crate::options::Options;
+    pub use crate::pods::{NewPod, Pod};
     pub use crate::services::{Door, Services};
     pub use crate::stitch::{Connection, PointInfo, Seen, Stitcher, is_uplink_name};
     pub use crate::testkit::BatchBuilder;

@@ -294,18 +294,15 @@ impl<P: Plugin> Harness<P> {
     }
 }
 
-/// A running pod `namespace/name` on `node` with one IP, for test inventories.
-pub fn pod(namespace: &str, name: &str, node: &str, ip: &str) -> crate::PodInfo {
-    crate::PodInfo {
+/// A running pod `namespace/name` on `node` with one IP, for test inventories: collect
+/// them into the inventory's table (`pods: [pod(..), pod(..)].into_iter().collect()`).
+pub fn pod(namespace: &str, name: &str, node: &str, ip: &str) -> crate::NewPod {
+    crate::NewPod {
         namespace: namespace.into(),
         name: name.into(),
         node: node.into(),
         ips: vec![parse(ip)],
-        host_network: false,
-        workload: String::new(),
-        annotations: vec![],
-        created_ns: 0,
-        deleted_ns: 0,
+        ..crate::NewPod::default()
     }
 }
 

@@ -64,6 +64,12 @@ pub fn inspect(file: &Path) -> Result<()> {
             println!("  {} {}", o.api_version, o.kind);
         }
     }
+    if !d.pod_annotations.is_empty() {
+        println!("reads pod annotations:");
+        for key in &d.pod_annotations {
+            println!("  {key}");
+        }
+    }
     let n = &p.decoding;
     println!("decodes (with default options):");
     println!("  vxlan ports            {:?}", n.vxlan_ports);

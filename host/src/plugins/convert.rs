@@ -1,8 +1,9 @@
 //! Host types -> WIT types: observations become one columnar batch, the inventory a snapshot.
 
 use super::bindings::wit;
-use crate::inventory::{Inventory, ServicePort};
+use crate::inventory::{Inventory, Pod, ServicePort};
 use crate::sources::aggregate::{CapturePoint, Direction, IfaceKind, Observation};
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 pub fn ip(addr: IpAddr) -> wit::Ip {
@@ -132,8 +133,9 @@ fn ports(p: &[ServicePort]) -> Vec<wit::ServicePort> {
 }
 
 /// The inventory as a plugin sees it: with the objects of the kinds it asked for (by API
-/// version and kind), and no others.
-pub fn inventory(inv: &Inventory, wanted: &[wit::ObjectKind]) -> wit::Inventory {
+/// version and kind) and the pod annotations it asked for (by key), and no others.
+pub fn inventory(inv: &Inventory, wants: &wit::Description) -> wit::Inventory {
+    let wanted = &wants.objects;
     wit::Inventory {
         objects: inv
             .objects
@@ -162,21 +164,7 @@ pub fn inventory(inv: &Inventory, wanted: &[wit::ObjectKind]) -> wit::Inventory 
                 labels: pairs(&n.labels),
             })
             .collect(),
-        pods: inv
-            .pods
-            .iter()
-            .map(|p| wit::PodInfo {
-                namespace: p.namespace.clone(),
-                name: p.name.clone(),
-                node: p.node.clone(),
-                ips: p.ips.iter().copied().map(ip).collect(),
-                host_network: p.host_network,
-                workload: p.workload.clone(),
-                annotations: p.annotations.to_vec(),
-                created_ns: p.created_ns,
-                deleted_ns: p.deleted_ns,
-            })
-            .collect(),
+        pods: pod_table(&inv.pods, &wants.pod_annotations),
         services: inv
             .services
             .iter()
@@ -200,6 +188,74 @@ pub fn inventory(inv: &Inventory, wanted: &[wit::ObjectKind]) -> wit::Inventory 
                 ports: ports(&e.ports),
             })
             .collect(),
+    }
+}
+
+/// The pods as columns, each text once (namespaces, nodes and workloads repeat across
+/// thousands of pods), with only the annotations whose keys are in `annotations`.
+pub fn pod_table(pods: &[Pod], annotations: &[String]) -> wit::PodTable {
+    let mut strings = Strings::default();
+    let n = pods.len();
+    let mut t = wit::PodTable {
+        strings: Vec::new(),
+        namespace: Vec::with_capacity(n),
+        name: Vec::with_capacity(n),
+        node: Vec::with_capacity(n),
+        workload: Vec::with_capacity(n),
+        host_network: Vec::with_capacity(n),
+        created_ns: Vec::with_capacity(n),
+        deleted_ns: Vec::with_capacity(n),
+        ip_end: Vec::with_capacity(n),
+        ips: Vec::with_capacity(n),
+        annotation_end: Vec::with_capacity(n),
+        annotation_key: Vec::new(),
+        annotation_value: Vec::new(),
+    };
+    for p in pods {
+        t.namespace.push(strings.at(&p.namespace));
+        t.name.push(strings.at(&p.name));
+        t.node.push(strings.at(&p.node));
+        t.workload.push(strings.at(&p.workload));
+        t.host_network.push(p.host_network);
+        t.created_ns.push(p.created_ns);
+        t.deleted_ns.push(p.deleted_ns);
+        t.ips.extend(p.ips.iter().copied().map(ip));
+        t.ip_end.push(t.ips.len() as u32);
+        for (k, v) in p
+            .annotations
+            .iter()
+            .filter(|(k, _)| annotations.contains(k))
+        {
+            t.annotation_key.push(strings.at(k));
+            t.annotation_value.push(strings.at(v));
+        }
+        t.annotation_end.push(t.annotation_key.len() as u32);
+    }
+    t.strings = strings.list;
+    t
+}
+
+/// A string table under construction: index 0 is "".
+struct Strings<'a> {
+    list: Vec<String>,
+    index: HashMap<&'a str, u32>,
+}
+
+impl Default for Strings<'_> {
+    fn default() -> Self {
+        Strings {
+            list: vec![String::new()],
+            index: HashMap::from([("", 0)]),
+        }
+    }
+}
+
+impl<'a> Strings<'a> {
+    fn at(&mut self, s: &'a str) -> u32 {
+        *self.index.entry(s).or_insert_with(|| {
+            self.list.push(s.to_string());
+            (self.list.len() - 1) as u32
+        })
     }
 }
 

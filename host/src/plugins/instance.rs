@@ -397,7 +397,8 @@ impl PluginInstance {
         if self.live.is_none()
             && let Err(e) = self.restart()
         {
-            self.fault(what, lost, format!("restart failed: {e:#}"), None);
+            tracing::debug!(plugin = %self.settings.name, call = what, "restart failed: {e:?}");
+            self.fault(what, lost, format!("restart failed: {}", summary(&e)), None);
             return None;
         }
         let ticks = self.deadline_ticks();
@@ -425,14 +426,13 @@ impl PluginInstance {
                 let stderr = String::from_utf8_lossy(&live.store.data().stderr.contents())
                     .trim()
                     .to_string();
-                // One line: the trap, not wasmtime's backtrace (at debug level, for the
-                // plugin's author).
-                let summary = match err.downcast_ref::<Trap>() {
-                    Some(trap) => trap.to_string(),
-                    None => err.root_cause().to_string(),
-                };
                 tracing::debug!(plugin = %self.settings.name, call = what, "fault: {err:?}");
-                self.fault(what, lost, format!("{kind}: {summary}"), Some(stderr));
+                self.fault(
+                    what,
+                    lost,
+                    format!("{kind}: {}", summary(&err)),
+                    Some(stderr),
+                );
                 None
             }
         }
@@ -485,6 +485,16 @@ impl PluginInstance {
     }
 }
 
+/// A fault in one line: the trap, not wasmtime's backtrace (logged at debug level, for the
+/// plugin's author).
+fn summary(err: &wasmtime::Error) -> String {
+    let text = match err.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => err.root_cause().to_string(),
+    };
+    text.lines().next().unwrap_or("").to_string()
+}
+
 fn empty_description() -> wit::Description {
     wit::Description {
         name: String::new(),
@@ -493,6 +503,7 @@ fn empty_description() -> wit::Description {
         capture: Vec::new(),
         options: Vec::new(),
         objects: Vec::new(),
+        pod_annotations: Vec::new(),
     }
 }
 

@@ -285,3 +285,75 @@ fn sha256_pins_and_the_compile_cache() {
         Err(PluginError::Pin { .. })
     ));
 }
+
+/// 200 000 pods (and each with a large annotation no plugin reads) before the lab's own: every
+/// shipped plugin takes the inventory within its default 64 MiB and flannel still finds the
+/// lab's pods at the end of the table (#21, item 7: it was killed past ~145 000 pods).
+#[test]
+fn every_shipped_plugin_takes_two_hundred_thousand_pods_in_its_default_memory() {
+    use cniscope::inventory::Pod;
+    use std::sync::Arc;
+    let engine = PluginEngine::new(None).unwrap();
+    let lab = kubectl::load_file(&data("flannel-vxlan/inventory.json")).unwrap();
+    let mut inventory = lab.clone();
+    let unread: Arc<[(String, String)]> = Arc::from(vec![(
+        "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+        "x".repeat(1500),
+    )]);
+    inventory.pods = (0..200_000u32)
+        .map(|i| Pod {
+            namespace: format!("ns-{}", i % 100),
+            name: format!("pod-{i}"),
+            node: lab.nodes[0].name.clone(),
+            ips: vec![std::net::Ipv4Addr::from(0x0a64_0000 + i).into()],
+            workload: format!("replicaset/rs-{}", i % 50),
+            annotations: unread.clone(),
+            ..Pod::default()
+        })
+        .chain(lab.pods.iter().cloned())
+        .collect();
+
+    for name in ["flannel", "calico", "ovn"] {
+        let load = |settings| PluginToLoad {
+            path: plugin(name),
+            sha256: None,
+            settings,
+        };
+        let mut pipeline = Pipeline::new(
+            &engine,
+            &[load(PluginSettings::new(name))],
+            inventory.clone(),
+        )
+        .unwrap();
+        let mut replay = lab_replay();
+        let mut windows = Vec::new();
+        replay.run(|points, obs, end| windows.push((points.clone(), obs, end)));
+        for (points, obs, end) in &windows {
+            pipeline.window(points, obs, *end);
+        }
+        let doc = pipeline.doc(Health::default());
+        let h = &doc.health.plugins[name];
+        assert_eq!(h.state, PluginState::Ok, "{name}: {h:?}");
+        assert_eq!(
+            (h.memory_kills, h.observations_lost),
+            (0, 0),
+            "{name}: {h:?}"
+        );
+        assert!(
+            h.peak_memory_bytes < 48 << 20,
+            "{name}: {} MiB for 200 000 pods",
+            h.peak_memory_bytes >> 20
+        );
+        if name == "flannel" {
+            // The same edges as with the lab's inventory alone.
+            let mut small =
+                Pipeline::new(&engine, &[load(PluginSettings::new(name))], lab.clone()).unwrap();
+            for (points, obs, end) in &windows {
+                small.window(points, obs, *end);
+            }
+            let want = small.doc(Health::default()).edges;
+            assert_eq!(doc.edges.len(), 5, "{:#?}", doc.edges);
+            assert_eq!(doc.edges, want);
+        }
+    }
+}

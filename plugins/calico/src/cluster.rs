@@ -3,7 +3,7 @@
 //! and each pod's host-side veth name.
 
 use crate::iface;
-use cniscope_sdk::hash::FastMap;
+use cniscope_sdk::hash::{FastMap, FastSet};
 use cniscope_sdk::inventory::objects_of;
 use cniscope_sdk::prelude::*;
 
@@ -22,12 +22,14 @@ pub struct CalicoNode {
     pub tunnel_ips: Vec<Ip>,
 }
 
-/// The pod at the other end of a host-side veth.
-#[derive(Clone, Debug)]
+/// The pod at the other end of a host-side veth: a few words, since a cluster has hundreds
+/// of thousands of pods and the plugin's memory is capped.
+#[derive(Clone, Copy, Debug)]
 struct VethPod {
-    /// "namespace/pod", as endpoints name pods.
-    name: String,
-    ips: Vec<Ip>,
+    /// Where "namespace/pod" (as endpoints name pods) is in `Cluster::veth_pod_names`.
+    name: (u32, u32),
+    /// The pod in the inventory's table (its addresses).
+    pod: u32,
 }
 
 #[derive(Default, Debug)]
@@ -38,8 +40,9 @@ pub struct Cluster {
     /// IPAM blocks (from options, else inferred from pod IPs) -> node.
     blocks: CidrSet<usize>,
     pools: Vec<Cidr>,
-    /// Host-side veth name -> its pod.
-    veths: FastMap<String, VethPod>,
+    /// Host-side veth (by `iface::veth_key`) -> its pod.
+    veths: FastMap<u64, VethPod>,
+    veth_pod_names: String,
     pub index: InventoryIndex,
 }
 
@@ -151,16 +154,19 @@ impl Cluster {
         // Blocks are affine to nodes: a pod's address names its node's block. Tunnel
         // addresses come out of the node's block too.
         let mut inferred: Vec<(Cidr, usize)> = Vec::new();
-        for p in index.pods() {
+        let mut seen: FastSet<Cidr> = FastSet::default();
+        for p in index.pods().iter() {
             if p.host_network {
                 continue;
             }
-            let Some(n) = node_named(&p.node) else {
+            let Some(n) = node_named(p.node) else {
                 continue;
             };
-            for ip in &p.ips {
-                if ip.is_v4() && blocks.get(*ip).is_none() {
-                    inferred.push((Cidr::new(*ip, ipam.block_size), n));
+            for ip in p.ips {
+                // One entry per block, not per pod: the first pod found in a block names it.
+                let block = Cidr::new(*ip, ipam.block_size);
+                if ip.is_v4() && blocks.get(*ip).is_none() && seen.insert(block) {
+                    inferred.push((block, n));
                 }
             }
         }
@@ -177,12 +183,25 @@ impl Cluster {
             }
         }
         c.blocks = blocks;
-        for p in index.pods().iter().filter(|p| !p.host_network) {
-            let pod = VethPod {
-                name: format!("{}/{}", p.namespace, p.name),
-                ips: p.ips.clone(),
+        for (i, p) in index.pods().iter().enumerate() {
+            if p.host_network {
+                continue;
+            }
+            let Some(key) = iface::veth_key(&iface::veth_name(p.namespace, p.name)) else {
+                continue;
             };
-            c.veths.insert(iface::veth_name(&p.namespace, &p.name), pod);
+            let from = c.veth_pod_names.len() as u32;
+            c.veth_pod_names.push_str(p.namespace);
+            c.veth_pod_names.push('/');
+            c.veth_pod_names.push_str(p.name);
+            let name = (from, c.veth_pod_names.len() as u32);
+            c.veths.insert(
+                key,
+                VethPod {
+                    name,
+                    pod: i as u32,
+                },
+            );
         }
         c.index = index;
         (c, warnings)
@@ -211,9 +230,15 @@ impl Cluster {
     /// (the node, a hostNetwork pod, or a natOutgoing source); a pod by IP or block; in a pool
     /// but in no block (unknown); or external.
     pub fn class(&self, iface: &str, ip: Ip) -> Class<'_> {
-        if let Some(p) = self.veths.get(iface).filter(|p| p.ips.contains(&ip)) {
+        if let Some(p) = iface::veth_key(iface)
+            .and_then(|k| self.veths.get(&k))
+            .filter(|p| {
+                let pod = self.index.pods().get(p.pod as usize);
+                pod.is_some_and(|pod| pod.ips.contains(&ip))
+            })
+        {
             return Class::Pod {
-                name: &p.name,
+                name: &self.veth_pod_names[p.name.0 as usize..p.name.1 as usize],
                 note: Some("calico:veth-name"),
             };
         }

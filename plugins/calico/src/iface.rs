@@ -27,9 +27,35 @@ pub fn veth_name(namespace: &str, name: &str) -> String {
     out
 }
 
+/// A `cali` veth name as a number (its 11 hex characters), to key maps without a string per
+/// pod; `None` for any other name.
+pub fn veth_key(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix(PREFIX)?;
+    if hex.len() != 11 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn veth_keys_tell_names_apart_and_refuse_others() {
+        let a = veth_key(&veth_name("default", "a")).unwrap();
+        let b = veth_key(&veth_name("default", "b")).unwrap();
+        assert_ne!(a, b);
+        for other in [
+            "eth0",
+            "cali",
+            "calixyz",
+            "cali0123456789a0",
+            "cali0123456789g",
+        ] {
+            assert_eq!(veth_key(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn matches_sha1_of_namespace_dot_name() {

@@ -3,7 +3,7 @@
 use super::*;
 use cniscope_sdk::batch::fp;
 use cniscope_sdk::testkit::{self, Harness, Row};
-use cniscope_sdk::{NodeInfo, PodInfo, ServiceInfo, ServicePort};
+use cniscope_sdk::{NewPod, NodeInfo, ServiceInfo, ServicePort};
 
 fn ip(s: &str) -> Ip {
     s.parse().unwrap()
@@ -23,7 +23,7 @@ fn node(name: &str, addr: &str, ipip: &str, vxlan: &str) -> NodeInfo {
     }
 }
 
-fn pod(ns: &str, name: &str, node: &str, addr: &str) -> PodInfo {
+fn pod(ns: &str, name: &str, node: &str, addr: &str) -> NewPod {
     testkit::pod(ns, name, node, addr)
 }
 
@@ -34,10 +34,12 @@ fn inventory() -> Inventory {
             node("n1", "172.30.0.11", "10.70.5.1", "10.70.5.2"),
             node("n2", "172.30.0.12", "10.70.9.65", "10.70.9.66"),
         ],
-        pods: vec![
+        pods: [
             pod("shop", "web", "n1", "10.70.5.10"),
             pod("shop", "db", "n2", "10.70.9.80"),
-        ],
+        ]
+        .into_iter()
+        .collect(),
         services: vec![ServiceInfo {
             namespace: "shop".into(),
             name: "db".into(),

@@ -3,7 +3,7 @@
 use super::*;
 use cniscope_sdk::batch::fp;
 use cniscope_sdk::testkit::{self, Harness, Row};
-use cniscope_sdk::{NodeInfo, PodInfo, ServiceInfo, ServicePort};
+use cniscope_sdk::{NewPod, NodeInfo, ServiceInfo, ServicePort};
 
 fn ip(s: &str) -> Ip {
     s.parse().unwrap()
@@ -26,7 +26,7 @@ fn node(name: &str, addr: &str, cidr: &str, mac: &str) -> NodeInfo {
     }
 }
 
-fn pod(name: &str, node: &str, addr: &str) -> PodInfo {
+fn pod(name: &str, node: &str, addr: &str) -> NewPod {
     testkit::pod("default", name, node, addr)
 }
 
@@ -36,10 +36,12 @@ fn inventory() -> Inventory {
             node("n1", "172.31.0.11", "10.50.1.0/24", "0a:00:00:00:00:01"),
             node("n2", "172.31.0.12", "10.50.2.0/24", "0a:00:00:00:00:02"),
         ],
-        pods: vec![
+        pods: [
             pod("client", "n1", "10.50.1.4"),
             pod("server", "n2", "10.50.2.9"),
-        ],
+        ]
+        .into_iter()
+        .collect(),
         services: vec![ServiceInfo {
             namespace: "default".into(),
             name: "api".into(),

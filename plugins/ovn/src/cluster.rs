@@ -178,12 +178,12 @@ impl Cluster {
         // NETIDs from the options and the NetNamespace objects.
         let netids = c.settings.netids.clone();
         c.sdn = !netids.is_empty();
-        for p in index.pods() {
+        for p in index.pods().iter() {
             for &(netid, ref ns) in &netids {
                 if netid == 0 || *ns != p.namespace {
                     continue;
                 }
-                for ip in &p.ips {
+                for ip in p.ips {
                     let name = format!("{}/{}", p.namespace, p.name);
                     c.netid_pods
                         .entry((netid, *ip))

@@ -4,7 +4,7 @@
 use super::*;
 use cniscope_sdk::batch::fp;
 use cniscope_sdk::testkit::{self, Harness, Row};
-use cniscope_sdk::{NodeInfo, PodInfo};
+use cniscope_sdk::{NewPod, NodeInfo};
 
 fn ip(s: &str) -> Ip {
     s.parse().unwrap()
@@ -38,7 +38,7 @@ fn node(name: &str, addr: &str, subnet: &str, join: &str, transit: &str) -> Node
     }
 }
 
-fn pod(ns: &str, name: &str, node: &str, addr: &str) -> PodInfo {
+fn pod(ns: &str, name: &str, node: &str, addr: &str) -> NewPod {
     testkit::pod(ns, name, node, addr)
 }
 
@@ -64,10 +64,12 @@ fn inventory() -> Inventory {
             ),
             w2,
         ],
-        pods: vec![
+        pods: [
             pod("shop", "web", "w1", "10.132.2.46"),
             pod("shop", "db", "w2", "10.132.4.7"),
-        ],
+        ]
+        .into_iter()
+        .collect(),
         services: vec![testkit::service("shop", "db", "172.30.0.9", 5432, 5432, 0)],
         endpoint_slices: vec![],
         objects: vec![],
