@@ -313,6 +313,12 @@ pub struct Stitcher {
     pub time_join_ns: u64,
     /// Connections the fallback joined.
     pub time_joins: u64,
+    /// How close in time the first sightings of two views sharing a fingerprint must be to
+    /// be one packet's views (1 s: the path's latency plus the capture clocks' skew).
+    pub fingerprint_join_ns: u64,
+    /// Views sharing a fingerprint kept apart (seen at one point, too far apart in time, or
+    /// equally near two others): another connection's fingerprint by chance.
+    pub fingerprint_collisions: u64,
     /// The Geneve option (class, type) whose data each [`Seen`] keeps in `tunnel_option`.
     pub geneve_option: Option<(u16, u8)>,
 }
@@ -332,6 +338,8 @@ impl Default for Stitcher {
             dnat_fronts: FastSet::default(),
             time_join_ns: 500_000_000,
             time_joins: 0,
+            fingerprint_join_ns: 1_000_000_000,
+            fingerprint_collisions: 0,
             geneve_option: None,
         }
     }
@@ -487,19 +495,11 @@ impl Stitcher {
         let held = std::mem::take(&mut self.held);
         let mut uf = UnionFind((0..held.len()).collect());
         let mut by_tuple = FastMap::default();
-        let mut by_fp = FastMap::default();
         for (i, s) in held.iter().enumerate() {
             let j = *by_tuple.entry(s.tuple_key()).or_insert(i);
             uf.union(i, j);
-            if let Some(k) = s.join_fingerprint() {
-                match by_fp.get(&k) {
-                    Some(&j) => uf.union(i, j),
-                    None => {
-                        by_fp.insert(k, i);
-                    }
-                }
-            }
         }
+        self.join_by_fingerprint(&held, &mut uf);
         let by_time = self.join_by_time(&held, &mut uf);
         // Group by sorting (root, index): one allocation, members in arrival order.
         let mut order: Vec<(usize, usize)> = (0..held.len()).map(|i| (uf.find(i), i)).collect();
@@ -617,6 +617,7 @@ impl Stitcher {
             ("stitch.early_drains", self.early_drains),
             ("stitch.evicted", self.evicted),
             ("stitch.time_joins", self.time_joins),
+            ("stitch.fingerprint_collisions", self.fingerprint_collisions),
             ("stitch.held", self.held.len() as u64),
         ]
         .into_iter()
@@ -665,7 +666,115 @@ fn tuple_order(t: &TupleKey) -> (u8, u64, u64, u16, u64, u64, u16) {
     (t.0, t.1.0.hi, t.1.0.lo, t.1.1, t.2.0.hi, t.2.0.lo, t.2.1)
 }
 
+/// Views of one fingerprint that belong to one 5-tuple group: where they were seen and when
+/// the first was.
+struct FpGroup {
+    root: usize,
+    first_ns: u64,
+    points: Vec<u32>,
+    /// One of its views bearing the fingerprint.
+    view: usize,
+}
+
+/// More 5-tuple groups than this sharing one fingerprint is no fingerprint at all (a stack
+/// that sends every datagram with one IPv4 ID): nothing is joined by it, and it is counted.
+const MAX_FP_GROUPS: usize = 64;
+
 impl Stitcher {
+    /// Joins the 5-tuple groups that share a fingerprint: the views of one packet before and
+    /// after NAT. A fingerprint is 32 bits at best (an ISN) and 16 at worst (an IPv4 ID with
+    /// the payload's length), so among tens of thousands of connections two share one by
+    /// chance; two groups are only joined when they can be one packet's views:
+    /// - one packet crosses a capture point (one interface, one direction) once, so two
+    ///   groups seen at the same point are two connections;
+    /// - its views are first seen within `fingerprint_join_ns` of each other.
+    ///
+    /// Groups of one fingerprint are taken in time order and each joins the nearest earlier
+    /// cluster it can belong to; a group with two equally near is joined to none, and
+    /// every group kept apart from a cluster of its fingerprint is counted
+    /// (`stitch.fingerprint_collisions`).
+    fn join_by_fingerprint(&mut self, held: &[Seen], uf: &mut UnionFind) {
+        let mut keyed: Vec<((u8, u8, u32), usize)> = held
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.join_fingerprint().map(|k| (k, i)))
+            .collect();
+        keyed.sort_unstable();
+        let mut groups: Vec<FpGroup> = Vec::new();
+        for chunk in keyed.chunk_by(|a, b| a.0 == b.0) {
+            if chunk.len() < 2 {
+                continue;
+            }
+            groups.clear();
+            for &(_, i) in chunk {
+                let (root, s) = (uf.find(i), &held[i]);
+                match groups.iter_mut().find(|g| g.root == root) {
+                    Some(g) => {
+                        g.first_ns = g.first_ns.min(s.first_ns);
+                        g.points.push(s.point);
+                    }
+                    None => groups.push(FpGroup {
+                        root,
+                        first_ns: s.first_ns,
+                        points: vec![s.point],
+                        view: i,
+                    }),
+                }
+                if groups.len() > MAX_FP_GROUPS {
+                    break;
+                }
+            }
+            if groups.len() > MAX_FP_GROUPS {
+                self.fingerprint_collisions += chunk.len() as u64;
+                continue;
+            }
+            if groups.len() < 2 {
+                continue;
+            }
+            groups.sort_unstable_by_key(|g| g.first_ns);
+            // Clusters: (index of the group that started it, its points, its latest time).
+            let mut clusters: Vec<(usize, Vec<u32>, u64)> = Vec::new();
+            for (gi, g) in groups.iter().enumerate() {
+                let fits = |c: &(usize, Vec<u32>, u64)| {
+                    g.first_ns.abs_diff(c.2) <= self.fingerprint_join_ns
+                        && !g.points.iter().any(|p| c.1.contains(p))
+                        && self.nat_can_relate(&held[g.view], &held[groups[c.0].view])
+                };
+                let mut near = clusters
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| fits(c))
+                    .map(|(ci, c)| (g.first_ns.abs_diff(c.2), ci));
+                let best = near.clone().min();
+                let tied = best.is_some_and(|(d, ci)| near.any(|(e, cj)| e == d && cj != ci));
+                match best {
+                    Some((_, ci)) if !tied => {
+                        let c = &mut clusters[ci];
+                        uf.union(groups[c.0].root, g.root);
+                        c.1.extend_from_slice(&g.points);
+                        c.2 = c.2.max(g.first_ns);
+                    }
+                    _ => clusters.push((gi, g.points.clone(), g.first_ns)),
+                }
+            }
+            self.fingerprint_collisions += (clusters.len() - 1) as u64;
+        }
+    }
+
+    /// Whether `a` and `b` can be one packet before and after NAT: each end is the same
+    /// socket in both, or one of its two addresses is one NAT puts there (a node's gateway or
+    /// address, a service's door). A pod's reply and another pod's request never are. Without
+    /// learned NAT addresses ([`Stitcher::learn`]) anything can.
+    fn nat_can_relate(&self, a: &Seen, b: &Seen) -> bool {
+        if self.nat_sources.is_empty() && self.dnat_fronts.is_empty() {
+            return true;
+        }
+        let nat = |x: &Ip| self.nat_sources.contains(x) || self.dnat_fronts.contains(x);
+        let (pa, pb) = (a.flow_ports(), b.flow_ports());
+        let end = |(x, xp): (Ip, u16), (y, yp): (Ip, u16)| (x, xp) == (y, yp) || nat(&x) || nat(&y);
+        end((a.src, pa.0), (b.src, pb.0)) && end((a.dst, pa.1), (b.dst, pb.1))
+    }
+
     /// The time fallbacks (module docs); returns the roots of the groups they joined.
     fn join_by_time(&mut self, held: &[Seen], uf: &mut UnionFind) -> FastSet<usize> {
         let mut joined = FastSet::default();
@@ -926,6 +1035,126 @@ mod tests {
         // Counted at a's veth (both directions), not a second time on b.
         assert_eq!(tcp.counters().0, 9);
         assert_eq!(s.held(), 0);
+    }
+
+    /// 4 000 DNS-like queries (same payload length) from one pod through a ClusterIP, each
+    /// seen before DNAT on the client's veth and after it on the server's node, with IPv4 IDs
+    /// drawn from 256 values: every ID is shared by ~16 connections, as 16-bit IDs are among
+    /// tens of thousands. Each connection must come out once, with its own two views.
+    #[test]
+    fn connections_sharing_a_fingerprint_by_chance_are_never_merged() {
+        let mut b = BatchBuilder::new()
+            .point("a", "veth1", IfaceKind::PodVeth, Direction::Ingress)
+            .point("b", "veth9", IfaceKind::PodVeth, Direction::Egress);
+        let mut seed = 0x2545_f491_u32;
+        let n = 4_000u32;
+        for i in 0..n {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            let id = 1 + (seed & 0xff);
+            let port = 20_000 + i as u16;
+            let at = 1_000 + u64::from(i) * 1_000_000; // one query per ms
+            let mut pre = Row::flow(17, "10.244.0.5", port, "10.96.0.10", 53)
+                .at(0)
+                .fingerprint(fp::IPV4_ID, id << 16 | 40);
+            pre.first_ns = at;
+            pre.last_ns = at;
+            // 40-90 us later, after DNAT, on the server's node.
+            let mut post = Row::flow(17, "10.244.0.5", port, "10.244.1.7", 53)
+                .at(1)
+                .fingerprint(fp::IPV4_ID, id << 16 | 40);
+            post.first_ns = at + 40_000 + u64::from(seed % 50_000);
+            post.last_ns = post.first_ns;
+            b = b.row(pre).row(post);
+        }
+        let mut s = Stitcher::default();
+        assert!(s.add_batch(&b.build()).is_empty());
+        let conns = s.drain();
+        assert_eq!(conns.len(), n as usize);
+        for c in &conns {
+            let ports: Vec<u16> = c.members.iter().map(|m| m.src_port).collect();
+            assert_eq!(c.members.len(), 2, "{ports:?}");
+            assert_eq!(ports[0], ports[1], "two views of one query");
+        }
+        // Every connection beyond the first of its ID was kept apart, and said so.
+        let collisions = s
+            .counters()
+            .into_iter()
+            .find(|(k, _)| k == "stitch.fingerprint_collisions");
+        assert!(
+            collisions
+                .as_ref()
+                .is_some_and(|(_, v)| *v >= u64::from(n) - 256),
+            "{collisions:?}"
+        );
+    }
+
+    #[test]
+    fn a_fingerprint_joins_only_views_that_nat_can_relate() {
+        let b = BatchBuilder::new()
+            .point("a", "veth1", IfaceKind::PodVeth, Direction::Ingress)
+            .point("b", "veth9", IfaceKind::PodVeth, Direction::Egress)
+            .point("b", "veth8", IfaceKind::PodVeth, Direction::Ingress)
+            // client -> ClusterIP, then after DNAT and the gateway's SNAT: one packet
+            .row(
+                Row::flow(17, "10.244.0.5", 40000, "10.96.0.10", 53)
+                    .at(0)
+                    .fingerprint(fp::IPV4_ID, 9 << 16 | 40),
+            )
+            .row(
+                Row::flow(17, "10.244.0.0", 40000, "10.244.1.7", 53)
+                    .at(1)
+                    .fingerprint(fp::IPV4_ID, 9 << 16 | 40),
+            )
+            // another pod's reply with the same IPv4 ID and length, by chance
+            .row(
+                Row::flow(17, "10.244.1.9", 53, "10.244.0.8", 3333)
+                    .at(2)
+                    .fingerprint(fp::IPV4_ID, 9 << 16 | 40),
+            )
+            .build();
+        let mut s = Stitcher {
+            nat_sources: ["10.244.0.0".parse().unwrap()].into_iter().collect(),
+            dnat_fronts: ["10.96.0.10".parse().unwrap()].into_iter().collect(),
+            ..Stitcher::default()
+        };
+        s.add_batch(&b);
+        let mut sizes: Vec<usize> = s.drain().iter().map(|c| c.members.len()).collect();
+        sizes.sort();
+        assert_eq!(sizes, [1, 2]);
+        assert_eq!(s.fingerprint_collisions, 1);
+    }
+
+    #[test]
+    fn views_of_one_fingerprint_equally_near_two_others_join_neither() {
+        // Two connections' pre-DNAT views at the same instant, one post-DNAT view between:
+        // which one it continues cannot be known.
+        let mut b = BatchBuilder::new()
+            .point("a", "veth1", IfaceKind::PodVeth, Direction::Ingress)
+            .point("a", "veth2", IfaceKind::PodVeth, Direction::Ingress)
+            .point("b", "veth9", IfaceKind::PodVeth, Direction::Egress);
+        for (src, point, at) in [
+            ("10.244.0.5", 0, 1_000),
+            ("10.244.0.6", 0, 1_000),
+            ("10.244.0.6", 2, 2_000),
+        ] {
+            let dst = if point == 2 {
+                "10.244.1.7"
+            } else {
+                "10.96.0.10"
+            };
+            let mut r = Row::flow(17, src, 5000, dst, 53)
+                .at(point)
+                .fingerprint(fp::IPV4_ID, 7 << 16 | 40);
+            r.first_ns = at;
+            b = b.row(r);
+        }
+        let mut s = Stitcher::default();
+        s.add_batch(&b.build());
+        let conns = s.drain();
+        assert_eq!(conns.len(), 3, "{conns:#?}");
+        assert_eq!(s.fingerprint_collisions, 2);
     }
 
     #[test]

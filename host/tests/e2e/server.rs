@@ -258,6 +258,11 @@ fn map_api_metrics_and_stream_on_the_flannel_lab() {
         icmp["dst"].as_str().unwrap(),
         icmp["port"]
     );
+    // (A window may arrive between two steps: wait for the edge rather than assume it.)
+    page.wait_for(
+        &format!("cniscope.cy.getElementById({id:?}).length === 1"),
+        "the node's ICMP edge drawn",
+    );
     let at = page.eval(&format!(
         "(() => {{ const p = cniscope.cy.getElementById({id:?}).renderedMidpoint();
                    const r = document.getElementById('cy').getBoundingClientRect();
