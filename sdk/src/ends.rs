@@ -135,10 +135,20 @@ impl Connection {
         inv: &'a InventoryIndex,
         classify: impl Fn(&Seen, Side) -> Class<'a>,
     ) -> Option<Decision<'a>> {
-        let first = self.members.first()?;
-        if first.is_link_control() {
+        if self.members.first()?.is_link_control() {
             return None;
         }
+        // The client -> server views. A window can hold only the replies of a connection
+        // whose requests the last window counted (the stitcher kept its orientation): decide
+        // on them turned around, or the server would come out as the client.
+        let mirrored: Vec<Seen>;
+        let forward: Vec<&Seen> = if self.forward.contains(&true) {
+            self.forward_members().collect()
+        } else {
+            mirrored = self.members.iter().map(Seen::turned_around).collect();
+            mirrored.iter().collect()
+        };
+        let first = forward[0];
         // Services first: a ClusterIP is no pod or node whatever the CNI's ranges say; a node
         // address on a NodePort is the service's door.
         let class = |m: &Seen, side: Side| -> Class<'a> {
@@ -161,8 +171,8 @@ impl Connection {
         let mut evidence: Vec<&'static str> = Vec::with_capacity(6);
         let mut confidence = 1.0f32;
 
-        let sources: Vec<(Ip, Class<'a>)> = self
-            .forward_members()
+        let sources: Vec<(Ip, Class<'a>)> = forward
+            .iter()
             .map(|m| (m.src, class(m, Side::Source)))
             .collect();
         let behind_node = sources.iter().any(|(_, c)| matches!(c, Class::Node { .. }));
@@ -201,8 +211,8 @@ impl Connection {
             _ => endpoint(Role::Unknown, first.src, ""),
         };
 
-        let dests: Vec<(Ip, u16, u8, Class<'a>)> = self
-            .forward_members()
+        let dests: Vec<(Ip, u16, u8, Class<'a>)> = forward
+            .iter()
             .map(|m| (m.dst, m.dst_port, m.protocol, class(m, Side::Destination)))
             .collect();
         let mut service = dests.iter().find_map(|&(_, _, _, c)| match c {

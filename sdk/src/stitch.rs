@@ -117,6 +117,18 @@ impl Seen {
         }
     }
 
+    /// The same view as the other direction would show it: ends and ports swapped (a reply
+    /// read as its request).
+    pub fn turned_around(&self) -> Seen {
+        Seen {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            ..self.clone()
+        }
+    }
+
     /// Control traffic: link-level (IGMP, MLD and neighbour discovery to multicast groups, or
     /// from the unspecified address) and ICMP errors and neighbour discovery (a host saying
     /// "unreachable" about some other flow). Not a workload talking, not an edge.

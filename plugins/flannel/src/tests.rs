@@ -486,3 +486,47 @@ fn time_fallback_refuses_far_apart_or_ambiguous_candidates() {
         .build();
     assert_eq!(h.run(&b).unwrap().len(), 2);
 }
+
+/// A UDP exchange cut by the window's end: the next window holds only its last reply, at
+/// every point. It stays client -> server:5353, counted once (it was reversed, with the
+/// client's ephemeral port as the server's: #20).
+#[test]
+fn a_window_holding_only_the_last_reply_keeps_the_client_and_the_port() {
+    let pts = |b: BatchBuilder| {
+        b.point("n1", "veth11", IfaceKind::PodVeth, Direction::Unknown)
+            .point("n1", "eth0", IfaceKind::Uplink, Direction::Unknown)
+            .point("n2", "eth0", IfaceKind::Uplink, Direction::Unknown)
+            .point("n2", "veth22", IfaceKind::PodVeth, Direction::Unknown)
+    };
+    let query = |at: usize| {
+        Row::flow(17, "10.50.1.4", 19679, "10.50.2.9", 5353)
+            .at(at)
+            .fingerprint(fp::IPV4_ID, 5 << 16 | 7)
+            .counters(5, 175)
+    };
+    let reply = |at: usize, id: u32| {
+        Row::flow(17, "10.50.2.9", 5353, "10.50.1.4", 19679)
+            .at(at)
+            .fingerprint(fp::IPV4_ID, id << 16 | 7)
+    };
+    let mut h = harness();
+    let mut b = pts(BatchBuilder::new());
+    for at in 0..4 {
+        b = b.row(query(at)).row(reply(at, 9).counters(4, 140));
+    }
+    let first = h.run(&b.build()).unwrap();
+    let mut b = pts(BatchBuilder::new());
+    for at in 0..4 {
+        b = b.row(reply(at, 11).counters(1, 35));
+    }
+    let second = h.run(&b.build()).unwrap();
+    for (flows, packets) in [(first, 9), (second, 1)] {
+        assert_eq!(flows.len(), 1, "{flows:?}");
+        let f = &flows[0];
+        assert_eq!(
+            (f.client.ip, f.server.ip, f.server_port, f.packets),
+            (ip("10.50.1.4"), ip("10.50.2.9"), 5353, packets),
+            "{f:?}"
+        );
+    }
+}
