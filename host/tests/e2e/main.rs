@@ -16,6 +16,9 @@ mod real_captures;
 /// Plugins that loop, hoard memory, trap or ask for files are contained; the others' output survives.
 mod sandbox;
 
+/// Tens of thousands of connections per window: each counted once, nothing lost.
+mod scale;
+
 /// The command line: inspect, config check, bad inputs.
 mod cli;
 
