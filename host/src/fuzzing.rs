@@ -122,6 +122,7 @@ pub fn flows(data: &[u8]) {
         evidence: c.list(|c| c.byte() as u32),
         observed_count: c.list(|c| u16::from(c.byte() % 4)),
         observed_at: c.list(|c| c.byte() as u32),
+        continued: c.list(|c| c.byte() & 1 == 1),
     };
     if convert::check_flows(&b).is_ok() {
         let mut topology = Topology::default();

@@ -218,6 +218,7 @@ impl Topology {
                 b.first_ns[i],
                 b.last_ns[i],
                 b.confidence[i],
+                b.continued[i],
             );
             self.add(
                 src,
@@ -237,7 +238,7 @@ impl Topology {
         dst: NodeEntry,
         service: Option<NodeEntry>,
         (protocol, port): (u8, u16),
-        (packets, bytes, first_ns, last_ns, confidence): (u64, u64, u64, u64, f32),
+        (packets, bytes, first_ns, last_ns, confidence, continued): (u64, u64, u64, u64, f32, bool),
         evidence: impl Iterator<Item = &'a str>,
         observed: impl Iterator<Item = &'a str>,
     ) {
@@ -273,7 +274,11 @@ impl Topology {
         acc.evidence.extend(evidence.map(str::to_string));
         acc.observed_at.extend(observed.map(str::to_string));
         acc.confidence = acc.confidence.min(confidence);
-        acc.flows += 1;
+        // A connection going on from an earlier window is already one of the edge's flows
+        // (unless its earlier part was named otherwise: an edge has at least one).
+        if !continued || acc.flows == 0 {
+            acc.flows += 1;
+        }
     }
 
     /// Widens the window to cover `[start_ns, end_ns]`.

@@ -305,6 +305,7 @@ impl Connection {
             confidence: ends.confidence,
             evidence: &evidence,
             observed_at: &points,
+            continued: self.continued,
         });
     }
 }

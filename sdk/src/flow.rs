@@ -47,6 +47,8 @@ pub struct LogicalFlow {
     pub evidence: Vec<String>,
     pub observed_at: Vec<String>,
     pub confidence: f32,
+    /// Already a flow in an earlier window: adds packets, not a connection.
+    pub continued: bool,
 }
 
 impl Endpoint {
@@ -106,6 +108,7 @@ impl FlowBuilder {
             evidence: Vec::new(),
             observed_at: Vec::new(),
             confidence: 1.0,
+            continued: false,
         })
     }
 
@@ -192,6 +195,7 @@ pub struct FlowRef<'a> {
     pub confidence: f32,
     pub evidence: &'a [&'a str],
     pub observed_at: &'a [&'a str],
+    pub continued: bool,
 }
 
 pub fn role_code(r: Role) -> u8 {
@@ -249,6 +253,7 @@ impl Default for Flows {
                 evidence: Vec::new(),
                 observed_count: Vec::new(),
                 observed_at: Vec::new(),
+                continued: Vec::new(),
             },
             index: FastMap::default(),
         }
@@ -307,6 +312,7 @@ impl Flows {
         b.first_ns.push(f.first_ns);
         b.last_ns.push(f.last_ns);
         b.confidence.push(f.confidence);
+        b.continued.push(f.continued);
         let n_ev = f.evidence.len().min(u8::MAX as usize);
         self.batch.evidence_count.push(n_ev as u8);
         for e in &f.evidence[..n_ev] {
@@ -338,6 +344,7 @@ impl Flows {
             confidence: f.confidence,
             evidence: &evidence,
             observed_at: &observed,
+            continued: f.continued,
         });
     }
 
@@ -408,6 +415,7 @@ pub fn flows_from_batch(b: &FlowBatch) -> Vec<LogicalFlow> {
                 evidence,
                 observed_at,
                 confidence: b.confidence[i],
+                continued: b.continued.get(i).copied().unwrap_or(false),
             }
         })
         .collect()

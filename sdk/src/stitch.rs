@@ -236,6 +236,9 @@ pub struct Connection {
     /// windows (each node's views split differently at the boundary, and two places would sum
     /// to more than was sent).
     pub counted_at: CountingPlace,
+    /// The last window held this connection (one of its 5-tuples, and no new handshake now):
+    /// it goes on across the window's end and is one connection, not two.
+    pub continued: bool,
     points: Rc<Vec<PointInfo>>,
 }
 
@@ -546,6 +549,8 @@ impl Stitcher {
                         .map(|r| (m.src, m.flow_ports().0) == r.client)
                 })
                 .collect();
+            let continued = remembered.iter().any(Option::is_some)
+                && !members.iter().any(|m| m.fp_kind == fp::TCP_SYN_ISN);
             let forward = orient(&members, &remembered);
             let counted_at = self.counting_place(&members, &forward);
             conns.push(Connection {
@@ -553,6 +558,7 @@ impl Stitcher {
                 members,
                 forward,
                 counted_at,
+                continued,
                 points: points.clone(),
             });
         }
@@ -1121,6 +1127,41 @@ mod tests {
                 .as_ref()
                 .is_some_and(|(_, v)| *v >= u64::from(n) - 256),
             "{collisions:?}"
+        );
+    }
+
+    #[test]
+    fn a_connection_the_last_window_held_is_continued_unless_it_shakes_hands_again() {
+        let window = |rows: Vec<Row>| {
+            let mut b =
+                BatchBuilder::new().point("a", "veth1", IfaceKind::PodVeth, Direction::Unknown);
+            for r in rows {
+                b = b.row(r);
+            }
+            b.build()
+        };
+        let udp = || Row::flow(17, "10.244.0.5", 50503, "10.244.1.7", 5353);
+        let syn =
+            || Row::flow(6, "10.244.0.5", 40000, "10.244.1.7", 80).fingerprint(fp::TCP_SYN_ISN, 1);
+        let mut s = Stitcher::default();
+        s.add_batch(&window(vec![udp(), syn()]));
+        assert!(
+            s.drain().iter().all(|c| !c.continued),
+            "new in the first window"
+        );
+        s.add_batch(&window(vec![udp(), syn().fingerprint(fp::TCP_SYN_ISN, 2)]));
+        let second = s.drain();
+        let continued = |p: u8| {
+            second
+                .iter()
+                .find(|c| c.members[0].protocol == p)
+                .unwrap()
+                .continued
+        };
+        assert!(continued(17), "the UDP exchange goes on");
+        assert!(
+            !continued(6),
+            "a new handshake on the same ports is a new connection"
         );
     }
 

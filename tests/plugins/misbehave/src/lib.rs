@@ -138,6 +138,7 @@ impl Plugin for Misbehave {
                         confidence: 1.0,
                         evidence: &["flannel:vxlan", "service:dnat"],
                         observed_at: &points,
+                        continued: false,
                     });
                 }
                 Ok(())
