@@ -1130,16 +1130,17 @@ mod tests {
         );
     }
 
+    /// A batch of `rows`, all seen at one pod veth.
+    fn window(rows: Vec<Row>) -> ObservationBatch {
+        let mut b = BatchBuilder::new().point("a", "veth1", IfaceKind::PodVeth, Direction::Unknown);
+        for r in rows {
+            b = b.row(r);
+        }
+        b.build()
+    }
+
     #[test]
     fn a_connection_the_last_window_held_is_continued_unless_it_shakes_hands_again() {
-        let window = |rows: Vec<Row>| {
-            let mut b =
-                BatchBuilder::new().point("a", "veth1", IfaceKind::PodVeth, Direction::Unknown);
-            for r in rows {
-                b = b.row(r);
-            }
-            b.build()
-        };
         let udp = || Row::flow(17, "10.244.0.5", 50503, "10.244.1.7", 5353);
         let syn =
             || Row::flow(6, "10.244.0.5", 40000, "10.244.1.7", 80).fingerprint(fp::TCP_SYN_ISN, 1);
@@ -1364,14 +1365,6 @@ mod tests {
     fn a_window_of_replies_only_keeps_the_orientation_the_last_window_found() {
         let query = || Row::flow(17, "10.244.0.5", 50503, "10.244.1.7", 5353).counters(1, 60);
         let reply = || Row::flow(17, "10.244.1.7", 5353, "10.244.0.5", 50503).counters(9, 900);
-        let window = |rows: Vec<Row>| {
-            let mut b =
-                BatchBuilder::new().point("a", "veth1", IfaceKind::PodVeth, Direction::Unknown);
-            for r in rows {
-                b = b.row(r);
-            }
-            b.build()
-        };
         let mut s = Stitcher::default();
         s.add_batch(&window(vec![query()]));
         assert_eq!(s.drain()[0].forward, vec![true]);
