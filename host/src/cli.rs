@@ -16,6 +16,7 @@ mod plugin_test;
 mod replay;
 #[cfg(any(feature = "live", feature = "cluster"))]
 mod signals;
+mod synth;
 
 use clap::{Parser, Subcommand};
 use cniscope::config::{ConfigError, EXIT_CONFIG};
@@ -101,6 +102,10 @@ enum Command {
     /// Check configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Synthetic captures of a CNI's shape with their exact expected topology, and the score
+    /// of a replay against it.
+    #[command(subcommand)]
+    Synth(synth::SynthCommand),
 }
 
 #[derive(clap::Args)]
@@ -262,6 +267,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             sources,
         }) => plugin::install(&dir, name.as_deref(), keep_existing, &sources),
         Command::Config(ConfigCommand::Check { file }) => config_check::run(&file),
+        Command::Synth(cmd) => synth::run(cmd),
     }
 }
 

@@ -16,4 +16,5 @@ pub mod plugins;
 pub mod server;
 pub mod sinks;
 pub mod sources;
+pub mod synth;
 pub mod topology;

@@ -141,3 +141,112 @@ fn forty_thousand_connections_sharing_fingerprints_are_each_counted_once() {
         );
     }
 }
+
+/// Synthetic clusters of each CNI shape (`cniscope synth write`), with churn, connections open
+/// before the capture, pooled connections cut by windows and one DNS payload from every
+/// client, replayed through the shipped plugins: every edge found, nothing else, each with
+/// exactly its connections and packets (`cniscope synth score`). Addresses other than the
+/// defaults, so no rule can lean on them.
+#[test]
+fn synthetic_clusters_of_every_shape_replay_to_their_exact_topology() {
+    let shapes = [
+        (
+            "flannel-vxlan",
+            "10.42.0.0/16",
+            "172.21.0.0/16",
+            "10.0.7.0/24",
+        ),
+        (
+            "flannel-host-gw",
+            "172.30.0.0/16",
+            "10.100.0.0/16",
+            "192.168.122.0/24",
+        ),
+        (
+            "calico-ipip",
+            "192.168.0.0/16",
+            "10.43.0.0/16",
+            "10.10.0.0/24",
+        ),
+        (
+            "calico-vxlan",
+            "10.128.0.0/14",
+            "172.30.0.0/16",
+            "10.0.0.0/24",
+        ),
+        (
+            "calico-bgp",
+            "10.50.0.0/16",
+            "10.96.0.0/12",
+            "172.16.5.0/24",
+        ),
+    ];
+    let plugins = root().join("dist/plugins");
+    for (k, (shape, pods, services, nodes)) in shapes.into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("captures");
+        let seed = (7 + k).to_string();
+        let args = [
+            "synth",
+            "write",
+            shape,
+            "-o",
+            out.to_str().unwrap(),
+            "-n",
+            "3000",
+            "--pods-per-node",
+            "24",
+            "--secs",
+            "12",
+            "--window-secs",
+            "3",
+            "--seed",
+            &seed,
+            "--pod-cidr",
+            pods,
+            "--service-cidr",
+            services,
+            "--node-cidr",
+            nodes,
+            "--churn",
+            "0.25",
+            "--plugins",
+            plugins.to_str().unwrap(),
+        ];
+        let written = cniscope(&args);
+        assert!(
+            written.status.success(),
+            "{shape}: {}",
+            String::from_utf8_lossy(&written.stderr)
+        );
+        let found = dir.path().join("found.json");
+        let config = out.join("cniscope.toml");
+        let replay = cniscope(&[
+            "replay",
+            "-c",
+            config.to_str().unwrap(),
+            "-f",
+            "json",
+            "-o",
+            found.to_str().unwrap(),
+        ]);
+        assert!(
+            replay.status.success(),
+            "{shape}: {}",
+            String::from_utf8_lossy(&replay.stderr)
+        );
+        let expected = out.join("expected.json");
+        let score = cniscope(&[
+            "synth",
+            "score",
+            expected.to_str().unwrap(),
+            found.to_str().unwrap(),
+        ]);
+        assert!(
+            score.status.success(),
+            "{shape}: {}{}",
+            String::from_utf8_lossy(&score.stdout),
+            String::from_utf8_lossy(&score.stderr)
+        );
+    }
+}
