@@ -5,24 +5,22 @@
 //!
 //! Layout (little-endian): version `u8`, the stitcher's counters (early drains, evicted, time
 //! joins: `u64` each), the interfaces named by the places (`u32` count, then node and iface as
-//! `u32` length + UTF-8), and the places (`u32` count, then a 5-tuple, the interface's index,
-//! the counted 5-tuple, and the client end of the 5-tuple: address and port). Interfaces
-//! travel by name: their numbers are an instance's own.
+//! `u32` length + UTF-8), and the places (`u32` count, then a 5-tuple's digest `u64`, the
+//! counting interface's index `u32` (`u32::MAX`: none), the counted 5-tuple's digest `u64`,
+//! whether the client is the 5-tuple's lower end `u8`, and the client's SYN: `u8` present,
+//! `u32` ISN). Interfaces travel by name: their numbers are an instance's own.
 
-use crate::stitch::{Remembered, Stitcher, TupleKey};
-use crate::{Ip, PluginError, error};
+use crate::stitch::{ALREADY_COUNTED, Remembered, Stitcher, TupleDigest};
+use crate::{PluginError, error};
 
-/// 2: with each place's client end.
-const VERSION: u8 = 2;
+/// 2: with each place's client end. 3: 5-tuples by digest, with the client's SYN.
+const VERSION: u8 = 3;
 
 struct Writer(Vec<u8>);
 
 impl Writer {
     fn u8(&mut self, v: u8) {
         self.0.push(v);
-    }
-    fn u16(&mut self, v: u16) {
-        self.0.extend_from_slice(&v.to_le_bytes());
     }
     fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_le_bytes());
@@ -33,16 +31,6 @@ impl Writer {
     fn str(&mut self, s: &str) {
         self.u32(s.len() as u32);
         self.0.extend_from_slice(s.as_bytes());
-    }
-    fn end(&mut self, (ip, port): (Ip, u16)) {
-        self.u64(ip.hi);
-        self.u64(ip.lo);
-        self.u16(port);
-    }
-    fn tuple(&mut self, t: &TupleKey) {
-        self.u8(t.0);
-        self.end(t.1);
-        self.end(t.2);
     }
 }
 
@@ -64,11 +52,6 @@ impl<'a> Reader<'a> {
     fn u8(&mut self) -> Result<u8, PluginError> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Result<u16, PluginError> {
-        Ok(u16::from_le_bytes(
-            self.take(2)?.try_into().unwrap_or_default(),
-        ))
-    }
     fn u32(&mut self) -> Result<u32, PluginError> {
         Ok(u32::from_le_bytes(
             self.take(4)?.try_into().unwrap_or_default(),
@@ -89,26 +72,23 @@ impl<'a> Reader<'a> {
             )
         })
     }
-    fn end(&mut self) -> Result<(Ip, u16), PluginError> {
-        let (hi, lo) = (self.u64()?, self.u64()?);
-        Ok((Ip { hi, lo }, self.u16()?))
-    }
-    fn tuple(&mut self) -> Result<TupleKey, PluginError> {
-        Ok((self.u8()?, self.end()?, self.end()?))
-    }
 }
 
 impl Stitcher {
     /// The state to carry to a new instance: see the module docs.
     pub fn snapshot(&self) -> Vec<u8> {
         let (places, names) = self.last_places();
-        let mut w = Writer(Vec::with_capacity(64 + places.len() * 80));
+        let mut w = Writer(Vec::with_capacity(64 + places.len() * 32));
         w.u8(VERSION);
         for c in [self.early_drains, self.evicted, self.time_joins] {
             w.u64(c);
         }
         // The interfaces the places name, each once, numbered in order of appearance.
-        let mut used: Vec<u32> = places.iter().map(|(_, r)| r.place.0).collect();
+        let mut used: Vec<u32> = places
+            .iter()
+            .map(|(_, r)| r.place.0)
+            .filter(|&id| id != ALREADY_COUNTED)
+            .collect();
         used.sort_unstable();
         used.dedup();
         w.u32(used.len() as u32);
@@ -119,10 +99,15 @@ impl Stitcher {
         }
         w.u32(places.len() as u32);
         for (key, r) in &places {
-            w.tuple(key);
-            w.u32(used.binary_search(&r.place.0).unwrap_or(0) as u32);
-            w.tuple(&r.place.1);
-            w.end(r.client);
+            w.u64(*key);
+            w.u32(match r.place.0 {
+                ALREADY_COUNTED => u32::MAX,
+                id => used.binary_search(&id).unwrap_or(0) as u32,
+            });
+            w.u64(r.place.1);
+            w.u8(u8::from(r.client_lower));
+            w.u8(u8::from(r.syn.is_some()));
+            w.u32(r.syn.unwrap_or(0));
         }
         w.0
     }
@@ -147,18 +132,21 @@ impl Stitcher {
         for _ in 0..r.u32()? {
             ifaces.push((r.str()?, r.str()?));
         }
-        let mut places: Vec<(TupleKey, usize, TupleKey, (Ip, u16))> = Vec::new();
+        type Place = (TupleDigest, usize, TupleDigest, bool, Option<u32>);
+        let mut places: Vec<Place> = Vec::new();
         for _ in 0..r.u32()? {
-            let key = r.tuple()?;
+            let key = r.u64()?;
             let iface = r.u32()? as usize;
-            if iface >= ifaces.len() {
+            if iface >= ifaces.len() && iface != u32::MAX as usize {
                 return Err(error(
                     "state",
                     "",
                     "the saved state names no such interface",
                 ));
             }
-            places.push((key, iface, r.tuple()?, r.end()?));
+            let (counted, client_lower) = (r.u64()?, r.u8()? != 0);
+            let syn = (r.u8()? != 0, r.u32()?);
+            places.push((key, iface, counted, client_lower, syn.0.then_some(syn.1)));
         }
         if !r.0.is_empty() {
             return Err(error("state", "", "the saved state has bytes past its end"));
@@ -168,14 +156,16 @@ impl Stitcher {
             .into_iter()
             .map(|(node, iface)| self.iface_id(node, iface))
             .collect();
-        let restored: Vec<(TupleKey, Remembered)> = places
+        let restored: Vec<(TupleDigest, Remembered)> = places
             .into_iter()
-            .map(|(key, i, counted, client)| {
+            .map(|(key, i, counted, client_lower, syn)| {
+                let id = ids.get(i).copied().unwrap_or(ALREADY_COUNTED);
                 (
                     key,
                     Remembered {
-                        place: (ids[i], counted),
-                        client,
+                        place: (id, counted),
+                        client_lower,
+                        syn,
                     },
                 )
             })

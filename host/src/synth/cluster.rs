@@ -186,7 +186,7 @@ impl Cluster {
                 let veth = if calico {
                     calico_veth(namespace, &name)
                 } else {
-                    format!("veth{:08x}", rng.next() as u32)
+                    format!("veth{:08x}", rng.word() as u32)
                 };
                 pods.push(Pod {
                     namespace,
@@ -219,7 +219,7 @@ impl Cluster {
             let veth = if calico {
                 calico_veth("default", &name)
             } else {
-                format!("veth{:08x}", rng.next() as u32)
+                format!("veth{:08x}", rng.word() as u32)
             };
             let old = &pods[p];
             pods.push(Pod {
@@ -335,7 +335,7 @@ impl Cluster {
                 let mut parts = p.workload.splitn(3, '/');
                 (parts.next(), parts.next(), parts.next().unwrap_or(""))
             };
-            let hash = p.name.rsplitn(3, '-').nth(1).unwrap_or("");
+            let hash = p.name.rsplit('-').nth(1).unwrap_or("");
             let mut metadata = json!({
                 "name": p.name, "namespace": namespace,
                 "creationTimestamp": p.created_s.map_or(created.clone(), |s| self.time(s as i64)),

@@ -394,13 +394,13 @@ pub fn write(
         shape: spec.shape,
         caps,
         points,
-        carrier_id: (0..nodes).map(|_| rng.next() as u16).collect(),
+        carrier_id: (0..nodes).map(|_| rng.word() as u16).collect(),
         epoch_us: c.epoch * 1_000_000,
     };
     let mut next_port: Vec<u16> = (0..c.pods.len())
         .map(|_| 32768 + rng.below(20000) as u16)
         .collect();
-    let mut next_ping: Vec<u16> = (0..nodes).map(|_| rng.next() as u16).collect();
+    let mut next_ping: Vec<u16> = (0..nodes).map(|_| rng.word() as u16).collect();
     let mut masqueraded: HashSet<(usize, u16, Ip)> = HashSet::new();
     let query = dns_query();
     let answer = dns_answer(&query);
@@ -537,7 +537,7 @@ pub fn write(
             wire::ICMP => {
                 let payload = [0x5a_u8; 56];
                 let mut t = plan.start_us;
-                let id = rng.next() as u16;
+                let id = rng.word() as u16;
                 for seq in 1..=2u16 {
                     let req = Transport::Echo { reply: false, seq };
                     w.send(&ends, t, true, id.wrapping_add(seq), req, &payload);
@@ -556,7 +556,7 @@ pub fn write(
             }
             wire::UDP => {
                 let queries = 1 + rng.below(3);
-                let (mut cid, mut sid) = (rng.next() as u16, rng.next() as u16);
+                let (mut cid, mut sid) = (rng.word() as u16, rng.word() as u16);
                 let mut t = plan.start_us;
                 for _ in 0..queries {
                     w.send(&ends, t, true, cid, Transport::Udp, &query);
@@ -581,8 +581,8 @@ pub fn write(
 /// A TCP connection: handshake (unless it was open before the capture), request/response
 /// rounds, and a close (a pooled connection may still be open at the end). Returns its packets.
 fn tcp(w: &mut Writer, rng: &mut Rng, e: &Ends, plan: &Plan, span_us: u64) -> u64 {
-    let (mut cs, mut ss) = (rng.next() as u32, rng.next() as u32);
-    let (mut cid, mut sid) = (rng.next() as u16, rng.next() as u16);
+    let (mut cs, mut ss) = (rng.word() as u32, rng.word() as u32);
+    let (mut cid, mut sid) = (rng.word() as u16, rng.word() as u16);
     let mut t = plan.start_us;
     let mut n = 0u64;
     let mut send =

@@ -571,8 +571,8 @@ fn resent_bad_and_good_batches_give_exactly_the_replays_topology() {
         "restored, nothing counted again"
     );
     assert_eq!(again["health"]["plugins"]["flannel"]["errors"], 0);
-    // The state format's version byte (2) and nothing else: truncated.
-    checkpoint["plugins"]["flannel"] = "Ag==".into();
+    // The state format's version byte (3) and nothing else: truncated.
+    checkpoint["plugins"]["flannel"] = "Aw==".into();
     std::fs::write(&state_file, checkpoint.to_string()).unwrap();
     let (broken, log) = restart("broken.err");
     assert!(
