@@ -213,7 +213,14 @@ impl Connection {
 
         let dests: Vec<(Ip, u16, u8, Class<'a>)> = forward
             .iter()
-            .map(|m| (m.dst, m.dst_port, m.protocol, class(m, Side::Destination)))
+            .map(|m| {
+                (
+                    m.dst,
+                    m.server_port(),
+                    m.protocol,
+                    class(m, Side::Destination),
+                )
+            })
             .collect();
         let mut service = dests.iter().find_map(|&(_, _, _, c)| match c {
             Class::Service { name, door } => Some((name, door)),
@@ -254,7 +261,7 @@ impl Connection {
                 (server, port)
             }
             None => {
-                let (ip, port) = door_ip.unwrap_or((first.dst, first.dst_port));
+                let (ip, port) = door_ip.unwrap_or((first.dst, first.server_port()));
                 evidence.push("no-backend-seen");
                 (
                     endpoint(Role::Service, ip, service.map_or("", |s| s.0)),

@@ -138,13 +138,27 @@ impl Seen {
     }
 
     /// The same view as the other direction would show it: ends and ports swapped (a reply
-    /// read as its request).
+    /// read as its request). ICMP keeps its columns (type; code or echo identifier), an echo
+    /// reply becoming its request.
     pub fn turned_around(&self) -> Seen {
+        let (src_port, dst_port) = match self.protocol {
+            ipproto::ICMP | ipproto::ICMPV6 => {
+                let ty = match (self.protocol, self.src_port) {
+                    (ipproto::ICMP, 0) => 8,
+                    (ipproto::ICMP, 8) => 0,
+                    (ipproto::ICMPV6, 129) => 128,
+                    (ipproto::ICMPV6, 128) => 129,
+                    (_, other) => other,
+                };
+                (ty, self.dst_port)
+            }
+            _ => (self.dst_port, self.src_port),
+        };
         Seen {
             src: self.dst,
             dst: self.src,
-            src_port: self.dst_port,
-            dst_port: self.src_port,
+            src_port,
+            dst_port,
             ..self.clone()
         }
     }
@@ -173,15 +187,31 @@ impl Seen {
         multicast(self.dst) || self.src.is_none() || (!self.src.is_v4() && self.src.bits() == 0)
     }
 
-    /// ICMP or ICMPv6: no ports (its type and code sit in the port columns).
+    /// ICMP or ICMPv6: no ports (its type sits in the source port column, its code or an
+    /// echo's identifier in the destination port column).
     pub fn is_icmp(&self) -> bool {
         self.protocol == ipproto::ICMP || self.protocol == ipproto::ICMPV6
     }
 
-    /// Ports as they identify a flow: ICMP's type/code differ between request and reply.
+    /// The destination port as an edge shows it: ICMP's code (an echo's is 0; its column
+    /// holds the echo's identifier), else the port.
+    pub fn server_port(&self) -> u16 {
+        if self.is_icmp() && cniscope_common::icmp_echo(self.protocol, self.src_port as u8) {
+            0
+        } else {
+            self.dst_port
+        }
+    }
+
+    /// Ports as they identify a flow. ICMP's type differs between request and reply: an
+    /// echo's identifier names its ping session on both sides; other ICMP has none.
     fn flow_ports(&self) -> (u16, u16) {
         if self.is_icmp() {
-            (0, 0)
+            if cniscope_common::icmp_echo(self.protocol, self.src_port as u8) {
+                (self.dst_port, self.dst_port)
+            } else {
+                (0, 0)
+            }
         } else {
             (self.src_port, self.dst_port)
         }
@@ -1291,6 +1321,43 @@ mod tests {
         );
         assert_eq!(s.early_drains, 3);
         assert_eq!(s.forgotten, 0);
+    }
+
+    /// Ping sessions are told apart by their echo identifier (the destination port column),
+    /// as conntrack tells them: two `ping` runs between the same ends in one window are two
+    /// connections, each request joined with its replies; an edge shows ICMP's code, 0.
+    #[test]
+    fn echo_identifiers_tell_ping_sessions_apart() {
+        let ping = |ty: u8, id: u16, forward: bool| {
+            let (a, b) = ("10.244.0.0", "10.244.1.7");
+            let (src, dst) = if forward { (a, b) } else { (b, a) };
+            Row::flow(1, src, u16::from(ty), dst, id)
+        };
+        let mut s = Stitcher::default();
+        s.add_batch(&window(vec![
+            ping(8, 700, true),
+            ping(0, 700, false),
+            ping(8, 701, true),
+            ping(0, 701, false),
+        ]));
+        let conns = s.drain();
+        assert_eq!(conns.len(), 2, "{conns:#?}");
+        for c in &conns {
+            assert_eq!(c.members.len(), 2);
+            assert_eq!(c.members[0].dst_port, c.members[1].dst_port);
+            assert_eq!(c.forward, [true, false]);
+            assert_eq!(c.members[0].server_port(), 0);
+        }
+        let reply = Seen::from_obs(
+            &batch_rows(&window(vec![ping(0, 9, false)])).next().unwrap(),
+            0,
+        );
+        let turned = reply.turned_around();
+        assert_eq!(
+            (turned.src_port, turned.dst_port),
+            (8, 9),
+            "a reply read as its request"
+        );
     }
 
     #[test]

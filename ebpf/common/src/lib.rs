@@ -49,6 +49,18 @@ pub mod ipproto {
     pub const ICMPV6: u8 = 58;
 }
 
+/// An ICMP echo request or reply (ICMP 8/0, ICMPv6 128/129): its identifier names the ping
+/// session, as conntrack keys it, so observations carry it in the destination port column
+/// where other ICMP messages carry their code (the type is always in the source port column).
+#[inline(always)]
+pub fn icmp_echo(protocol: u8, icmp_type: u8) -> bool {
+    match protocol {
+        ipproto::ICMP => icmp_type == 8 || icmp_type == 0,
+        ipproto::ICMPV6 => icmp_type == 128 || icmp_type == 129,
+        _ => false,
+    }
+}
+
 /// TCP flag bits, as in the WIT `tcp-flags` column.
 pub mod tcp_flags {
     pub const FIN: u8 = 0x01;

@@ -117,10 +117,15 @@ fn ipv4(data: usize, data_end: usize, at: usize, limit: u32, h: &mut Hdr) -> Opt
             h.set_udp(&wire::Udp::read(Packet(data + l4)), l4 as u32);
         }
         ipproto::ICMP => {
-            if data + l4 + 2 > data_end || (l4 + 2) as u32 > end {
+            // The whole 8-byte header (an echo's identifier is at 4); a shorter one goes to
+            // the general parser.
+            if data + l4 + 8 > data_end || (l4 + 8) as u32 > end {
                 return None;
             }
-            h.set_icmp(<[u8; 2]>::read(Packet(data + l4)));
+            let t = <[u8; 2]>::read(Packet(data + l4));
+            let id = cniscope_common::icmp_echo(ipproto::ICMP, t[0])
+                .then(|| <[u8; 2]>::read(Packet(data + l4 + 4)));
+            h.set_icmp(t, id);
             h.payload_len = h.payload_past(0);
         }
         _ => return None,

@@ -89,11 +89,15 @@ impl Hdr {
         self.udp_payload = at + 8;
     }
 
-    /// An ICMP header's type and code (as ports, as decode.rs keeps them).
+    /// An ICMP header's type and code, or an echo's type and identifier (as ports, as
+    /// decode.rs keeps them: `cniscope_common::icmp_echo`).
     #[inline(always)]
-    pub fn set_icmp(&mut self, type_code: [u8; 2]) {
+    pub fn set_icmp(&mut self, type_code: [u8; 2], echo_id: Option<[u8; 2]>) {
         self.src_port = type_code[0] as u16;
-        self.dst_port = type_code[1] as u16;
+        self.dst_port = match echo_id {
+            Some(id) => u16::from_be_bytes(id),
+            None => type_code[1] as u16,
+        };
     }
 
     /// The IP packet's length past the fixed IP header and `l4_len` bytes of L4 header, as
@@ -378,7 +382,12 @@ pub fn ip(ctx: &TcContext, off: u32, ether_type: u16, limit: u32, p: &mut Hdr) -
         }
         ipproto::ICMP | ipproto::ICMPV6 => {
             if let Ok(t) = load::<[u8; 2]>(ctx, payload, end) {
-                p.set_icmp(t);
+                let id = if cniscope_common::icmp_echo(p.protocol, t[0]) {
+                    load::<[u8; 2]>(ctx, payload + 4, end).ok()
+                } else {
+                    None
+                };
+                p.set_icmp(t, id);
             }
             p.payload_len = p.payload_past(0);
             if !p.is_v4 {

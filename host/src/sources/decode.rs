@@ -348,9 +348,15 @@ fn ip_packet(ether_type: u16, data: &[u8]) -> Result<IpPacket<'_>, DecodeError> 
             }
         }
         IpNumber::ICMP | IpNumber::IPV6_ICMP => {
+            // Type and code; an echo's identifier instead of its code (`icmp_echo`).
             if payload.len() >= 2 {
                 p.src_port = payload[0] as u16;
-                p.dst_port = payload[1] as u16;
+                p.dst_port = match payload.get(4..6) {
+                    Some(&[a, b]) if cniscope_common::icmp_echo(p.protocol, payload[0]) => {
+                        u16::from_be_bytes([a, b])
+                    }
+                    _ => payload[1] as u16,
+                };
             }
             p.payload_len = payload_len_from_ip(&p, 0);
             p.payload_hash = v6_hash(&p, payload.get(4..).unwrap_or(&[]));
