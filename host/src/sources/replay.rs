@@ -126,6 +126,9 @@ struct Interface {
     /// Timestamp units per second and offset in seconds.
     resolution: u64,
     offset_s: i64,
+    /// Its capture point, interned once per direction (ingress, egress, unknown): not per
+    /// packet, which cloned and hashed two strings each time.
+    points: [Option<u16>; 3],
 }
 
 /// One packet read from a capture, already decoded.
@@ -277,6 +280,7 @@ fn handle_block(
                 name: String::new(),
                 resolution,
                 offset_s: 0,
+                points: [None; 3],
             }];
             return None;
         }
@@ -301,6 +305,7 @@ fn handle_block(
                 name,
                 resolution: idb.ts_resolution().unwrap_or(1_000_000),
                 offset_s: idb.ts_offset(),
+                points: [None; 3],
             });
             return None;
         }
@@ -334,7 +339,7 @@ fn handle_block(
         PcapBlockOwned::NG(_) => return None,
     };
     stats.packets += 1;
-    let Some(iface) = st.interfaces.get(if_id) else {
+    let Some(iface) = st.interfaces.get_mut(if_id) else {
         *stats
             .malformed
             .entry("packet before its interface block".into())
@@ -352,16 +357,19 @@ fn handle_block(
         (Ok(d), _) => d.outgoing,
         _ => None,
     };
-    let iface_name = st.spec.iface.clone().unwrap_or_else(|| iface.name.clone());
-    let point = points.intern(CapturePoint {
-        node: st.spec.node.clone(),
-        kind: IfaceKind::guess(&iface_name),
-        iface: iface_name,
-        direction: match outgoing {
-            Some(true) => Direction::Egress,
-            Some(false) => Direction::Ingress,
-            None => Direction::Unknown,
-        },
+    let (slot, direction) = match outgoing {
+        Some(false) => (0, Direction::Ingress),
+        Some(true) => (1, Direction::Egress),
+        None => (2, Direction::Unknown),
+    };
+    let point = *iface.points[slot].get_or_insert_with(|| {
+        let iface_name = st.spec.iface.clone().unwrap_or_else(|| iface.name.clone());
+        points.intern(CapturePoint {
+            node: st.spec.node.clone(),
+            kind: IfaceKind::guess(&iface_name),
+            iface: iface_name,
+            direction,
+        })
     });
     Some(Packet {
         ts_ns,
