@@ -1,4 +1,5 @@
 //! Synthetic clusters with ground truth: captures of N connections on the shape of a CNI
+//! (Flannel VXLAN and host-gw, Calico IPIP, VXLAN and BGP, OVN-Kubernetes Geneve)
 //! (one pcap per capture point), the inventory that names their pods and services, a replay
 //! config, and the exact topology a replay must give (`expected.json`). `score` compares a
 //! replay's topology with it. Used by the scale tests and `./x bench-scale`, and by anyone
@@ -42,6 +43,10 @@ pub enum Shape {
     CalicoVxlan,
     /// Calico with BGP routes and no encapsulation.
     CalicoBgp,
+    /// OVN-Kubernetes (interconnect): Geneve on UDP 6081 with OVN's port-key option, the
+    /// router port at each node subnet's .1, the management port at .2; pods named by
+    /// address (no southbound tables).
+    OvnGeneve,
 }
 
 impl Shape {
@@ -55,6 +60,7 @@ impl Shape {
     fn plugin(self) -> &'static str {
         match self {
             Shape::FlannelVxlan | Shape::FlannelHostGw => "flannel",
+            Shape::OvnGeneve => "ovn",
             _ => "calico",
         }
     }
@@ -199,12 +205,14 @@ pub fn write(spec: &Spec, out: &Path, plugins: &Path) -> Result<Written, SynthEr
     let text = serde_json::to_string_pretty(&c.inventory(spec)).expect("JSON of JSON values");
     std::fs::write(&inventory, text).map_err(io(&inventory))?;
 
+    let cidr = format!(
+        "{}/{}",
+        cluster::Cluster::dotted(spec.pod_cidr.0),
+        spec.pod_cidr.1
+    );
     let options = match spec.shape.plugin() {
-        "flannel" => format!(
-            "[plugin.options]\nnetwork = \"{}/{}\"\n",
-            cluster::Cluster::dotted(spec.pod_cidr.0),
-            spec.pod_cidr.1
-        ),
+        "flannel" => format!("[plugin.options]\nnetwork = \"{cidr}\"\n"),
+        "ovn" => format!("[plugin.options]\ncluster_networks = [\"{cidr}\"]\n"),
         _ => String::new(),
     };
     let config = out.join("cniscope.toml");

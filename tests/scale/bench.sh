@@ -37,7 +37,7 @@ fi
 
 echo "== truth at scale: $n connections, 2 nodes, 20 s in 5 s windows (churn 10%, 10% open before)"
 printf '%-16s %10s %10s %12s %9s %9s %8s %8s %9s\n' shape edges exact flows/exp precision recall "time s" "RSS MB" "peak MiB"
-for shape in flannel-vxlan flannel-host-gw calico-ipip calico-vxlan calico-bgp; do
+for shape in flannel-vxlan flannel-host-gw calico-ipip calico-vxlan calico-bgp ovn-geneve; do
   d="$work/$shape"
   "$bin" synth write "$shape" -o "$d" -n "$n" --pods-per-node 100 --plugins "$root/dist/plugins" >/dev/null
   /usr/bin/time -f '%e %M' -o "$d.time" "$bin" replay -c "$d/cniscope.toml" -f json -o "$d.json" --allow-partial 2>/dev/null

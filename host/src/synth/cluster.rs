@@ -111,6 +111,16 @@ fn calico_veth(namespace: &str, name: &str) -> String {
     format!("cali{}", &hex[..11])
 }
 
+/// A pod's host-side interface as its CNI names it: Calico's from the pod's name, OVN's the
+/// first 15 hex digits of the container ID, others `veth` + 8 random hex digits.
+fn veth_name(shape: Shape, rng: &mut Rng, namespace: &str, name: &str) -> String {
+    match shape {
+        Shape::CalicoIpip | Shape::CalicoVxlan | Shape::CalicoBgp => calico_veth(namespace, name),
+        Shape::OvnGeneve => format!("{:015x}", rng.word() >> 4),
+        _ => format!("veth{:08x}", rng.word() as u32),
+    }
+}
+
 /// A ReplicaSet's pod name: `<deployment>-<template hash>-<5 characters>`.
 fn pod_name(rng: &mut Rng, app: &str, hash: &str) -> String {
     const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -148,9 +158,14 @@ impl Cluster {
                 Shape::CalicoIpip => (subnet, [0; 6]),
                 Shape::CalicoVxlan => (subnet, mac([0x66, 0x3a], subnet)),
                 Shape::FlannelHostGw | Shape::CalicoBgp => (ip, [0; 6]),
+                // The management port, ovn-k8s-mp0: where the node reaches pods from.
+                Shape::OvnGeneve => (add(subnet, 2), mac([0x0a, 0x58], add(subnet, 2))),
             };
             let gateway_mac = if calico {
                 [0xee; 6]
+            } else if spec.shape == Shape::OvnGeneve {
+                // The node switch's router port, .1.
+                mac([0x0a, 0x58], add(subnet, 1))
             } else {
                 mac([0x9a, 0x1c], add(subnet, 1))
             };
@@ -168,8 +183,13 @@ impl Cluster {
         let mut pods = Vec::new();
         for (n, node) in nodes.iter().enumerate() {
             let subnet = node.blocks[0].0;
-            // Flannel: .0 is flannel.1, .1 cni0. Calico: .0 is the tunnel address.
-            let first = if calico { 1 } else { 2 };
+            // Flannel: .0 is flannel.1, .1 cni0. Calico: .0 is the tunnel address. OVN: .1 the
+            // router port, .2 the management port.
+            let first = match spec.shape {
+                _ if calico => 1,
+                Shape::OvnGeneve => 3,
+                _ => 2,
+            };
             for k in 0..spec.pods_per_node {
                 let ip = add(subnet, first + k);
                 let role = match k % 8 {
@@ -183,11 +203,7 @@ impl Cluster {
                     Role::Client => ("default", "loadgen", "5d4f8b7c9"),
                 };
                 let name = pod_name(rng, app, hash);
-                let veth = if calico {
-                    calico_veth(namespace, &name)
-                } else {
-                    format!("veth{:08x}", rng.word() as u32)
-                };
+                let veth = veth_name(spec.shape, rng, namespace, &name);
                 pods.push(Pod {
                     namespace,
                     workload: format!("deployment/{namespace}/{app}"),
@@ -216,11 +232,7 @@ impl Cluster {
             let deleted = 1 + rng.below(secs - 2);
             pods[p].deleted_s = Some(deleted);
             let name = pod_name(rng, "loadgen", "5d4f8b7c9");
-            let veth = if calico {
-                calico_veth("default", &name)
-            } else {
-                format!("veth{:08x}", rng.word() as u32)
-            };
+            let veth = veth_name(spec.shape, rng, "default", &name);
             let old = &pods[p];
             pods.push(Pod {
                 namespace: old.namespace,
@@ -314,6 +326,24 @@ impl Cluster {
                 Shape::CalicoBgp => json!({
                     "projectcalico.org/IPv4Address": format!("{}/24", dotted(n.ip)),
                 }),
+                Shape::OvnGeneve => {
+                    // As ovnkube-node annotates a node (interconnect): its subnet, its join
+                    // (gateway router) and transit switch addresses, the management port MAC.
+                    let k = n
+                        .name
+                        .trim_start_matches("worker-")
+                        .parse::<u8>()
+                        .unwrap_or(1);
+                    let compact = |v: Value| v.to_string();
+                    json!({
+                        "k8s.ovn.org/node-subnets": compact(json!({"default": [format!("{}/24", dotted(n.blocks[0].0))]})),
+                        "k8s.ovn.org/node-primary-ifaddr": compact(json!({"ipv4": format!("{}/24", dotted(n.ip))})),
+                        "k8s.ovn.org/host-cidrs": compact(json!([format!("{}/24", dotted(n.ip))])),
+                        "k8s.ovn.org/node-gateway-router-lrp-ifaddr": compact(json!({"ipv4": format!("100.64.0.{}/16", k + 1)})),
+                        "k8s.ovn.org/node-transit-switch-port-ifaddr": compact(json!({"ipv4": format!("100.88.0.{}/16", k + 1)})),
+                        "k8s.ovn.org/node-mgmt-port-mac-address": mac_text(n.tunnel_mac),
+                    })
+                }
             };
             let mut spec_json = json!({});
             if matches!(spec.shape, Shape::FlannelVxlan | Shape::FlannelHostGw) {
@@ -345,6 +375,14 @@ impl Cluster {
             });
             if let Some(d) = p.deleted_s {
                 metadata["deletionTimestamp"] = self.time(d as i64).into();
+            }
+            if spec.shape == Shape::OvnGeneve {
+                let subnet = self.nodes[p.node].blocks[0].0;
+                let gw = dotted(add(subnet, 1));
+                let ip = format!("{}/24", dotted(p.ip));
+                let networks = json!({"default": {"ip_addresses": [ip], "mac_address": mac_text(p.mac),
+                    "gateway_ips": [gw], "ip_address": ip, "gateway_ip": gw}});
+                metadata["annotations"] = json!({"k8s.ovn.org/pod-networks": networks.to_string()});
             }
             items.push(json!({
                 "apiVersion": "v1", "kind": "Pod", "metadata": metadata,

@@ -145,6 +145,15 @@ impl Writer<'_> {
                 4096,
                 &wire::ethernet(b.tunnel_mac, a.tunnel_mac, inner),
             ),
+            // OVN-IC: from the router port to the destination's switch (its datapath key as
+            // VNI; the router port is key 1 on every switch).
+            Shape::OvnGeneve => wire::geneve(
+                &u,
+                sport,
+                4 + to as u32,
+                (1, 3),
+                &wire::ethernet(b.gateway_mac, a.gateway_mac, inner),
+            ),
             Shape::CalicoIpip => wire::ipip(&u, inner),
             Shape::FlannelHostGw | Shape::CalicoBgp => wire::ethernet(b.mac, a.mac, inner),
         }

@@ -160,6 +160,28 @@ pub fn vxlan(u: &Underlay, sport: u16, port: u16, vni: u32, inner: &[u8]) -> Vec
     ethernet(u.dst_mac, u.src_mac, &ip)
 }
 
+/// `inner` (an Ethernet frame) in Geneve on UDP 6081 with OVN's one option (class 0x0102,
+/// type 0x80: the ingress and egress logical port keys), `vni` the datapath's tunnel key.
+pub fn geneve(u: &Underlay, sport: u16, vni: u32, ports: (u16, u16), inner: &[u8]) -> Vec<u8> {
+    let mut g = Vec::with_capacity(16 + inner.len());
+    g.extend([2, 0]); // options: 2 words; version 0, no flags
+    g.extend(0x6558u16.to_be_bytes());
+    g.extend((vni << 8).to_be_bytes());
+    g.extend(0x0102u16.to_be_bytes());
+    g.extend([0x80, 1]);
+    g.extend(((u32::from(ports.0) << 16) | u32::from(ports.1)).to_be_bytes());
+    g.extend(inner);
+    let mut udp = Vec::with_capacity(8 + g.len());
+    udp.extend(sport.to_be_bytes());
+    udp.extend(6081u16.to_be_bytes());
+    udp.extend(((8 + g.len()) as u16).to_be_bytes());
+    udp.extend([0, 0]);
+    udp.extend(g);
+    let mut ip = Vec::with_capacity(20 + udp.len());
+    ipv4(&mut ip, u.src, u.dst, UDP, u.id, 64, &udp);
+    ethernet(u.dst_mac, u.src_mac, &ip)
+}
+
 /// `inner` (an IPv4 datagram) in IP-in-IP.
 pub fn ipip(u: &Underlay, inner: &[u8]) -> Vec<u8> {
     let mut ip = Vec::with_capacity(20 + inner.len());

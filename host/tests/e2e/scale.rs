@@ -181,6 +181,12 @@ fn synthetic_clusters_of_every_shape_replay_to_their_exact_topology() {
             "10.96.0.0/12",
             "172.16.5.0/24",
         ),
+        (
+            "ovn-geneve",
+            "10.128.0.0/14",
+            "172.30.0.0/16",
+            "192.168.126.0/24",
+        ),
     ];
     let plugins = root().join("dist/plugins");
     for (k, (shape, pods, services, nodes)) in shapes.into_iter().enumerate() {
