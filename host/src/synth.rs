@@ -243,14 +243,10 @@ pub fn write(spec: &Spec, out: &Path, plugins: &Path) -> Result<Written, SynthEr
     Ok(Written {
         config,
         expected,
-        captures: points_len(&c),
+        captures: c.nodes.len() + c.pods.len(),
         frames,
         truth,
     })
-}
-
-fn points_len(c: &cluster::Cluster) -> usize {
-    c.nodes.len() + c.pods.len()
 }
 
 /// Reads the edges of a topology document (`replay -f json`) or of `expected.json`.

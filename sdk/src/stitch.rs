@@ -196,22 +196,21 @@ impl Seen {
     /// The destination port as an edge shows it: ICMP's code (an echo's is 0; its column
     /// holds the echo's identifier), else the port.
     pub fn server_port(&self) -> u16 {
-        if self.is_icmp() && cniscope_common::icmp_echo(self.protocol, self.src_port as u8) {
-            0
-        } else {
-            self.dst_port
-        }
+        if self.is_echo() { 0 } else { self.dst_port }
+    }
+
+    /// An ICMP echo request or reply (its type is in the source port column).
+    fn is_echo(&self) -> bool {
+        cniscope_common::icmp_echo(self.protocol, self.src_port as u8)
     }
 
     /// Ports as they identify a flow. ICMP's type differs between request and reply: an
     /// echo's identifier names its ping session on both sides; other ICMP has none.
     fn flow_ports(&self) -> (u16, u16) {
-        if self.is_icmp() {
-            if cniscope_common::icmp_echo(self.protocol, self.src_port as u8) {
-                (self.dst_port, self.dst_port)
-            } else {
-                (0, 0)
-            }
+        if self.is_echo() {
+            (self.dst_port, self.dst_port)
+        } else if self.is_icmp() {
+            (0, 0)
         } else {
             (self.src_port, self.dst_port)
         }
@@ -634,18 +633,19 @@ impl Stitcher {
         let mut conns = Vec::new();
         for group in order.chunk_by(|a, b| a.0 == b.0) {
             let members: Vec<Seen> = held.by_ref().take(group.len()).collect();
+            // What earlier drains remember of each member's 5-tuple: one lookup each.
+            let before: Vec<Option<Remembered>> = members
+                .iter()
+                .map(|m| self.last_seen(&m.tuple_key()).copied())
+                .collect();
             // A connection the last window saw keeps its orientation: a window holding only
             // its replies (a UDP exchange cut by the boundary) must not turn it around.
             let remembered: Vec<Option<bool>> = members
                 .iter()
-                .map(|m| {
-                    self.last_seen(&m.tuple_key())
-                        .map(|r| m.source_is_lower() == r.client_lower)
-                })
+                .zip(&before)
+                .map(|(m, r)| r.map(|r| m.source_is_lower() == r.client_lower))
                 .collect();
-            let last = members
-                .iter()
-                .find_map(|m| self.last_seen(&m.tuple_key()).copied());
+            let last = before.iter().flatten().next().copied();
             let syn = members
                 .iter()
                 .find(|m| m.fp_kind == fp::TCP_SYN_ISN)
@@ -653,7 +653,7 @@ impl Stitcher {
             let continued = last.is_some_and(|r| syn.is_none() || syn == r.syn);
             let syn = syn.or(last.filter(|_| continued).and_then(|r| r.syn));
             let forward = orient(&members, &remembered);
-            let counted_at = self.counting_place(&members, &forward, syn);
+            let counted_at = self.counting_place(&members, &forward, last, syn);
             conns.push(Connection {
                 joined_by_time: by_time.contains(&group[0].0),
                 members,
@@ -672,9 +672,9 @@ impl Stitcher {
         &mut self,
         members: &[Seen],
         forward: &[bool],
+        last: Option<Remembered>,
         syn: Option<u32>,
     ) -> CountingPlace {
-        let place = |m: &Seen| (self.points[m.point as usize].iface_id, m.tuple_key());
         // The distinct 5-tuples: a handful (one per NAT step), however many members.
         let mut keys: Vec<TupleKey> = Vec::with_capacity(4);
         for m in members {
@@ -683,19 +683,18 @@ impl Stitcher {
                 keys.push(k);
             }
         }
-        let remembered = keys
-            .iter()
-            .find_map(|k| self.last_seen(k))
-            .map(|r| r.place)
-            .filter(|p| p.0 != ALREADY_COUNTED)
-            .and_then(|(iface, d)| keys.iter().find(|k| digest(k) == d).map(|k| (iface, *k)));
-        let chosen = match remembered {
-            // Counted in the last window at a place that saw nothing of it now: what other
-            // places saw now are late copies of packets already counted there (a packet seen
-            // at one node before a drain and at the other after it). Nothing to count; it is
-            // remembered as going on, and if it does, the next window picks a place afresh.
-            Some(p) if !members.iter().any(|m| place(m) == p) => (ALREADY_COUNTED, p.1),
-            Some(p) => p,
+        let chosen = match last.map(|r| r.place).filter(|p| p.0 != ALREADY_COUNTED) {
+            Some((iface, counted)) => match members.iter().find(|m| {
+                self.points[m.point as usize].iface_id == iface && digest(&m.tuple_key()) == counted
+            }) {
+                Some(m) => (iface, m.tuple_key()),
+                // Counted in the last window at a place that saw nothing of it now: what
+                // other places saw now are late copies of packets already counted there (a
+                // packet seen at one node before a drain and at the other after it). Nothing
+                // to count; it is remembered as going on, and if it does, the next window
+                // picks a place afresh.
+                None => (ALREADY_COUNTED, keys[0]),
+            },
             None => self.new_counting_place(members, forward, &keys),
         };
         let place = (chosen.0, digest(&chosen.1));
