@@ -4,7 +4,7 @@
 //! doc` or a replay-only build on stable).
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 fn main() {
     if std::env::var_os("CARGO_FEATURE_LIVE").is_none() {
@@ -51,6 +51,9 @@ fn main() {
             cmd.env_remove(&key);
         }
     }
+    // Nothing in the nested build reads input, but rustc given `-` does (cargo asks it about
+    // the target that way): a CI runner's standard input must never become its source.
+    cmd.stdin(Stdio::null());
     let status = cmd.status().unwrap_or_else(|e| {
         panic!("running `rustup run nightly cargo` for the eBPF probes: {e} (run ./x setup)")
     });
