@@ -7,8 +7,10 @@ pub use crate::health::Health;
 use crate::plugins::bindings::wit;
 use cniscope_common::ipproto;
 use resolve::Resolver;
+use resolve::{Named, Resolved};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
 
 /// A named endpoint: `pod/<ns>/<name>`, `node/<name>`, `service/<ns>/<name>`,
 /// `external/<ip>` or `unknown/<ip>`.
@@ -108,13 +110,43 @@ pub struct EdgeAcc {
     flows: u64,
 }
 
+/// The topology so far. Endpoints are interned: a flow costs a few hash probes on indexes,
+/// and an endpoint's strings are made once, when it is first seen.
 #[derive(Default)]
 pub struct Topology {
-    nodes: BTreeMap<String, NodeEntry>,
-    edges: BTreeMap<EdgeKey, EdgeAcc>,
+    /// Every endpoint, in the order first seen; `by_id` finds one by its id.
+    nodes: Vec<NodeEntry>,
+    by_id: HashMap<String, u32>,
+    /// (endpoint, address) pairs already in the endpoint's `ips`: an address is formatted
+    /// once, not once per flow.
+    addresses: HashSet<(u32, IpAddr)>,
+    named: NamedCache,
+    edges: HashMap<EdgeIndex, EdgeAcc>,
     start_ns: u64,
     end_ns: u64,
 }
+
+/// A resolver's names -> endpoint indexes. It holds for one resolver (one inventory) only.
+#[derive(Default)]
+struct NamedCache {
+    generation: Option<u64>,
+    by_inventory: HashMap<InventoryName, u32>,
+    nodes: HashMap<String, u32>,
+    /// Services the plugin named and the inventory lacks: namespace -> name -> endpoint.
+    other_services: HashMap<String, HashMap<String, u32>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct EdgeIndex {
+    src: u32,
+    dst: u32,
+    /// u32::MAX: none.
+    service: u32,
+    protocol: u8,
+    port: u16,
+}
+
+const NO_SERVICE: u32 = u32::MAX;
 
 /// Everything a [`Topology`] holds, to be written down and read back (the aggregator's
 /// checkpoint): a restart continues the same sums.
@@ -145,11 +177,11 @@ pub fn protocol_name(p: u8) -> String {
 impl Topology {
     pub fn snapshot(&self) -> TopologySnapshot {
         TopologySnapshot {
-            nodes: self.nodes.values().cloned().collect(),
+            nodes: self.sorted_nodes(),
             edges: self
-                .edges
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .sorted_edges()
+                .into_iter()
+                .map(|(k, a)| (k, a.clone()))
                 .collect(),
             start_ns: self.start_ns,
             end_ns: self.end_ns,
@@ -157,17 +189,47 @@ impl Topology {
     }
 
     pub fn restore(s: TopologySnapshot) -> Topology {
-        Topology {
-            nodes: s.nodes.into_iter().map(|n| (n.id.clone(), n)).collect(),
-            edges: s.edges.into_iter().collect(),
+        let mut t = Topology {
             start_ns: s.start_ns,
             end_ns: s.end_ns,
+            ..Topology::default()
+        };
+        for n in s.nodes {
+            t.intern(|| n);
         }
+        for (k, acc) in s.edges {
+            let index = |id: &str| t.by_id.get(id).copied();
+            let (Some(src), Some(dst)) = (index(&k.src), index(&k.dst)) else {
+                continue; // a snapshot names its edges' endpoints; one that does not is torn
+            };
+            let service = match &k.service {
+                Some(id) => match index(id) {
+                    Some(i) => i,
+                    None => continue,
+                },
+                None => NO_SERVICE,
+            };
+            let key = EdgeIndex {
+                src,
+                dst,
+                service,
+                protocol: k.protocol,
+                port: k.port,
+            };
+            t.edges.insert(key, acc);
+        }
+        t
     }
 
     /// Adds a plugin's flows; endpoints are named at each flow's time. A batch whose columns
     /// disagree in length is malformed: the flows past the shortest column are dropped.
     pub fn add_batch(&mut self, resolver: &Resolver, b: &wit::FlowBatch) {
+        if self.named.generation != Some(resolver.generation()) {
+            self.named = NamedCache {
+                generation: Some(resolver.generation()),
+                ..NamedCache::default()
+            };
+        }
         let s = |i: u32| b.strings.get(i as usize).map(String::as_str).unwrap_or("");
         let (mut ev, mut ob) = (0usize, 0usize);
         for i in 0..b.protocol.len() {
@@ -176,26 +238,31 @@ impl Topology {
                 hi: hi[i],
                 lo: lo[i],
             };
-            let src = resolver.resolve(
+            let src = resolver.name(
                 b.client_role[i],
                 ip(&b.client_ip_hi, &b.client_ip_lo),
                 s(b.client_name[i]),
                 at,
             );
-            let dst = resolver.resolve(
+            let src = self.endpoint(resolver, src);
+            let dst = resolver.name(
                 b.server_role[i],
                 ip(&b.server_ip_hi, &b.server_ip_lo),
                 s(b.server_name[i]),
                 at,
             );
-            let service = (b.service_role[i] != 255).then(|| {
-                resolver.resolve(
+            let dst = self.endpoint(resolver, dst);
+            let service = if b.service_role[i] != 255 {
+                let named = resolver.name(
                     b.service_role[i],
                     ip(&b.service_ip_hi, &b.service_ip_lo),
                     s(b.service_name[i]),
                     at,
-                )
-            });
+                );
+                self.endpoint(resolver, named)
+            } else {
+                NO_SERVICE
+            };
             let ne = b.evidence_count[i] as usize;
             let no = b.observed_count[i] as usize;
             let evidence = b
@@ -212,6 +279,13 @@ impl Topology {
                 .map(|&x| s(x));
             ev += ne;
             ob += no;
+            let key = EdgeIndex {
+                src,
+                dst,
+                service,
+                protocol: b.protocol[i],
+                port: b.server_port[i],
+            };
             let counters = (
                 b.packets[i],
                 b.bytes[i],
@@ -220,43 +294,76 @@ impl Topology {
                 b.confidence[i],
                 b.continued[i],
             );
-            self.add(
-                src,
-                dst,
-                service,
-                (b.protocol[i], b.server_port[i]),
-                counters,
-                evidence,
-                observed,
-            );
+            self.add(key, counters, evidence, observed);
         }
+    }
+
+    /// The index of the endpoint `found` names, made the first time, with its address.
+    fn endpoint(&mut self, resolver: &Resolver, found: Resolved<'_>) -> u32 {
+        let inventory_name = InventoryName::of(found.named);
+        let cached = match (inventory_name, found.named) {
+            (Some(key), _) => self.named.by_inventory.get(&key).copied(),
+            (None, Named::Node(name)) => self.named.nodes.get(name).copied(),
+            (None, Named::OtherService(ns, name)) => self
+                .named
+                .other_services
+                .get(ns)
+                .and_then(|names| names.get(name))
+                .copied(),
+            (None, _) => None,
+        };
+        let index = match cached {
+            Some(i) => i,
+            None => {
+                let i = self.intern(|| resolver.entry(found.named));
+                match (inventory_name, found.named) {
+                    (Some(key), _) => {
+                        self.named.by_inventory.insert(key, i);
+                    }
+                    (None, Named::Node(name)) => {
+                        self.named.nodes.insert(name.to_string(), i);
+                    }
+                    (None, Named::OtherService(ns, name)) => {
+                        self.named
+                            .other_services
+                            .entry(ns.to_string())
+                            .or_default()
+                            .insert(name.to_string(), i);
+                    }
+                    (None, _) => {}
+                }
+                i
+            }
+        };
+        if let Some(ip) = found.ip
+            && self.addresses.insert((index, ip))
+        {
+            self.nodes[index as usize].ips.insert(ip.to_string());
+        }
+        index
+    }
+
+    /// The index of the endpoint with `entry`'s id, added if new (two inventory entries
+    /// may share an id: a pod recreated under its name is one endpoint, as it was).
+    fn intern(&mut self, entry: impl FnOnce() -> NodeEntry) -> u32 {
+        let entry = entry();
+        if let Some(&i) = self.by_id.get(&entry.id) {
+            self.nodes[i as usize].ips.extend(entry.ips);
+            return i;
+        }
+        let i = self.nodes.len() as u32;
+        self.by_id.insert(entry.id.clone(), i);
+        self.nodes.push(entry);
+        i
     }
 
     fn add<'a>(
         &mut self,
-        src: NodeEntry,
-        dst: NodeEntry,
-        service: Option<NodeEntry>,
-        (protocol, port): (u8, u16),
+        key: EdgeIndex,
         (packets, bytes, first_ns, last_ns, confidence, continued): (u64, u64, u64, u64, f32, bool),
         evidence: impl Iterator<Item = &'a str>,
         observed: impl Iterator<Item = &'a str>,
     ) {
-        let key = EdgeKey {
-            src: src.id.clone(),
-            dst: dst.id.clone(),
-            service: service.as_ref().map(|s| s.id.clone()),
-            protocol,
-            port,
-        };
-        for n in [Some(src), Some(dst), service].into_iter().flatten() {
-            match self.nodes.get_mut(&n.id) {
-                Some(e) => e.ips.extend(n.ips),
-                None => {
-                    self.nodes.insert(n.id.clone(), n);
-                }
-            }
-        }
         let acc = self.edges.entry(key).or_insert(EdgeAcc {
             packets: 0,
             bytes: 0,
@@ -271,8 +378,8 @@ impl Topology {
         acc.bytes += bytes;
         acc.first_ns = acc.first_ns.min(first_ns);
         acc.last_ns = acc.last_ns.max(last_ns);
-        acc.evidence.extend(evidence.map(str::to_string));
-        acc.observed_at.extend(observed.map(str::to_string));
+        add_words(&mut acc.evidence, evidence);
+        add_words(&mut acc.observed_at, observed);
         acc.confidence = acc.confidence.min(confidence);
         // A connection going on from an earlier window is already one of the edge's flows
         // (unless its earlier part was named otherwise: an edge has at least one).
@@ -289,20 +396,48 @@ impl Topology {
         self.end_ns = self.end_ns.max(end_ns);
     }
 
+    /// The endpoints by id.
+    fn sorted_nodes(&self) -> Vec<NodeEntry> {
+        let mut nodes = self.nodes.clone();
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        nodes
+    }
+
+    /// The edges in the order of their keys (endpoint ids, then protocol and port).
+    fn sorted_edges(&self) -> Vec<(EdgeKey, &EdgeAcc)> {
+        let id = |i: u32| self.nodes[i as usize].id.clone();
+        let mut edges: Vec<(EdgeKey, &EdgeAcc)> = self
+            .edges
+            .iter()
+            .map(|(k, acc)| {
+                let key = EdgeKey {
+                    src: id(k.src),
+                    dst: id(k.dst),
+                    service: (k.service != NO_SERVICE).then(|| id(k.service)),
+                    protocol: k.protocol,
+                    port: k.port,
+                };
+                (key, acc)
+            })
+            .collect();
+        edges.sort_by(|a, b| a.0.cmp(&b.0));
+        edges
+    }
+
     pub fn doc(&self, health: Health) -> TopologyDoc {
         TopologyDoc {
             window: Window {
                 start: rfc3339(self.start_ns),
                 end: rfc3339(self.end_ns),
             },
-            nodes: self.nodes.values().cloned().collect(),
+            nodes: self.sorted_nodes(),
             edges: self
-                .edges
-                .iter()
+                .sorted_edges()
+                .into_iter()
                 .map(|(k, a)| Edge {
-                    src: k.src.clone(),
-                    dst: k.dst.clone(),
-                    service: k.service.clone(),
+                    src: k.src,
+                    dst: k.dst,
+                    service: k.service,
                     protocol: protocol_name(k.protocol),
                     port: k.port,
                     packets: a.packets,
@@ -316,6 +451,38 @@ impl Topology {
                 })
                 .collect(),
             health,
+        }
+    }
+}
+
+/// A name that borrows nothing from the plugin's batch: a cache key that outlives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum InventoryName {
+    Pod(usize),
+    Service(usize),
+    Node(usize),
+    External(IpAddr),
+    Unknown(IpAddr),
+}
+
+impl InventoryName {
+    /// None for what the plugin named in words (kept by name).
+    fn of(named: Named<'_>) -> Option<InventoryName> {
+        Some(match named {
+            Named::Pod(i) => InventoryName::Pod(i),
+            Named::Service(i) => InventoryName::Service(i),
+            Named::InventoryNode(i) => InventoryName::Node(i),
+            Named::External(ip) => InventoryName::External(ip),
+            Named::Unknown(ip) => InventoryName::Unknown(ip),
+            Named::Node(_) | Named::OtherService(..) => return None,
+        })
+    }
+}
+
+fn add_words<'a>(set: &mut BTreeSet<String>, words: impl Iterator<Item = &'a str>) {
+    for w in words {
+        if !set.contains(w) {
+            set.insert(w.to_string());
         }
     }
 }

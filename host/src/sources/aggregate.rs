@@ -219,15 +219,21 @@ impl Aggregator {
 
 /// The order every source hands observations over in (first seen, then key), so that a
 /// source's batches do not depend on hash-map iteration order.
+/// The key is whole (every field of the flow key), so the order is total and an unstable
+/// sort, which moves these large values less, gives it as well.
 pub fn sort_observations(obs: &mut [Observation]) {
-    obs.sort_by_key(|o| {
+    obs.sort_unstable_by_key(|o| {
+        let k = &o.key;
         (
             o.first_ns,
-            o.key.point,
-            o.key.src,
-            o.key.dst,
-            o.key.src_port,
-            o.key.dst_port,
+            k.point,
+            k.src,
+            k.dst,
+            k.src_port,
+            k.dst_port,
+            k.protocol,
+            (k.tunnel, k.vni, k.outer_src, k.outer_dst),
+            (k.outer_src_port, k.outer_dst_port),
         )
     });
 }
