@@ -448,6 +448,24 @@ impl UnionFind {
     }
 }
 
+/// The same 5-tuple is one connection. Keyed by the 5-tuple's digest (8 bytes, not 56: this
+/// map is as large as the window); a digest two different 5-tuples share is told apart by
+/// comparing them, and those few go by the whole 5-tuple.
+fn join_by_tuple(held: &[Seen], uf: &mut UnionFind, digest: impl Fn(&TupleKey) -> TupleDigest) {
+    let mut by_digest: FastMap<TupleDigest, usize> = FastMap::default();
+    let mut shared_digest: FastMap<TupleKey, usize> = FastMap::default();
+    for (i, s) in held.iter().enumerate() {
+        let key = s.tuple_key();
+        let first = *by_digest.entry(digest(&key)).or_insert(i);
+        let j = if held[first].tuple_key() == key {
+            first
+        } else {
+            *shared_digest.entry(key).or_insert(i)
+        };
+        uf.union(i, j);
+    }
+}
+
 impl Stitcher {
     /// The options [`configure`](Self::configure) reads, for a plugin's `deny_unknown`.
     pub const OPTIONS: [&'static str; 2] = ["max_held", "time_join_ms"];
@@ -509,8 +527,17 @@ impl Stitcher {
     }
 
     /// Holds every observation of a batch; returns the connections of any window that filled
-    /// up on the way (usually none).
+    /// up on the way (usually none). [`add_batch_with`](Self::add_batch_with) hands them over
+    /// one by one instead, which is what a plugin should use: a full window's connections
+    /// never all exist at once.
     pub fn add_batch(&mut self, batch: &ObservationBatch) -> Vec<Connection> {
+        let mut conns = Vec::new();
+        self.add_batch_with(batch, |c| conns.push(c));
+        conns
+    }
+
+    /// [`add_batch`](Self::add_batch), giving each connection to `each` as it is stitched.
+    pub fn add_batch_with(&mut self, batch: &ObservationBatch, mut each: impl FnMut(Connection)) {
         let mut ids = Vec::with_capacity(batch.points.len());
         for p in &batch.points {
             let dir = match p.direction {
@@ -557,7 +584,6 @@ impl Stitcher {
                 }
             }
         }
-        let mut early = Vec::new();
         for o in batch_rows(batch) {
             let point = ids
                 .get(batch.point[o.index()] as usize)
@@ -566,18 +592,23 @@ impl Stitcher {
             let mut seen = Seen::from_obs(&o, point);
             seen.tunnel_option = option.get(o.index()).copied().flatten();
             if self.push(seen) {
-                early.extend(self.stitch());
+                self.stitch(&mut each);
             }
         }
-        early
     }
 
     /// Stitches everything held into connections at the window's end: the next window
     /// remembers this one's connections (where each was counted, its client, its handshake).
     pub fn drain(&mut self) -> Vec<Connection> {
-        let conns = self.stitch();
-        self.forget_last_window(false);
+        let mut conns = Vec::new();
+        self.drain_with(|c| conns.push(c));
         conns
+    }
+
+    /// [`drain`](Self::drain), giving each connection to `each` as it is stitched.
+    pub fn drain_with(&mut self, mut each: impl FnMut(Connection)) {
+        self.stitch(&mut each);
+        self.forget_last_window(false);
     }
 
     /// The memory of the last window goes (counted when it goes before its time); this
@@ -600,8 +631,9 @@ impl Stitcher {
 
     /// Stitches everything held into connections. Early (a full window) or at the window's
     /// end, the connections of earlier drains of this window and of the last window are
-    /// remembered: a connection a drain cuts is one connection, counted once.
-    fn stitch(&mut self) -> Vec<Connection> {
+    /// remembered: a connection a drain cuts is one connection, counted once. Each
+    /// connection goes to `each` as soon as it is made, and its views leave the held ones.
+    fn stitch(&mut self, each: &mut dyn FnMut(Connection)) {
         // This window's memory is bounded like the held views: past REMEMBERED_PER_HELD x
         // max_held 5-tuples (~32 bytes each) an early drain forgets the last window's
         // (counted in `forgotten`).
@@ -614,11 +646,7 @@ impl Stitcher {
         }
         let held = std::mem::take(&mut self.held);
         let mut uf = UnionFind((0..held.len()).collect());
-        let mut by_tuple = FastMap::default();
-        for (i, s) in held.iter().enumerate() {
-            let j = *by_tuple.entry(s.tuple_key()).or_insert(i);
-            uf.union(i, j);
-        }
+        join_by_tuple(&held, &mut uf, digest);
         self.join_by_fingerprint(&held, &mut uf);
         let by_time = self.join_by_time(&held, &mut uf);
         // Group by sorting (root, index): one allocation, members in arrival order.
@@ -630,7 +658,6 @@ impl Stitcher {
         gather_in_place(&mut held, order.iter().map(|&(_, i)| i).collect());
         let mut held = held.into_iter();
         let points = Rc::new(self.points.clone());
-        let mut conns = Vec::new();
         for group in order.chunk_by(|a, b| a.0 == b.0) {
             let members: Vec<Seen> = held.by_ref().take(group.len()).collect();
             // What earlier drains remember of each member's 5-tuple: one lookup each.
@@ -654,7 +681,7 @@ impl Stitcher {
             let syn = syn.or(last.filter(|_| continued).and_then(|r| r.syn));
             let forward = orient(&members, &remembered);
             let counted_at = self.counting_place(&members, &forward, last, syn);
-            conns.push(Connection {
+            each(Connection {
                 joined_by_time: by_time.contains(&group[0].0),
                 members,
                 forward,
@@ -663,7 +690,6 @@ impl Stitcher {
                 points: points.clone(),
             });
         }
-        conns
     }
 
     /// Chooses (and remembers) where a connection is counted; see
@@ -1150,6 +1176,29 @@ mod tests {
     use super::*;
     use crate::testkit::{BatchBuilder, Row};
     use crate::{Direction, IfaceKind};
+
+    #[test]
+    fn views_join_by_their_whole_tuple_even_when_digests_collide() {
+        let b = BatchBuilder::new()
+            .point("a", "veth1", IfaceKind::PodVeth, Direction::Egress)
+            .point("a", "veth1", IfaceKind::PodVeth, Direction::Ingress)
+            .row(Row::flow(6, "10.0.0.1", 40000, "10.0.0.2", 80))
+            .row(Row::flow(6, "10.0.0.1", 40001, "10.0.0.2", 80))
+            .row(Row::flow(6, "10.0.0.2", 80, "10.0.0.1", 40000).at(1))
+            .row(Row::flow(6, "10.0.0.3", 40000, "10.0.0.2", 80))
+            .row(Row::flow(6, "10.0.0.2", 80, "10.0.0.3", 40000).at(1))
+            .build();
+        let held: Vec<Seen> = batch_rows(&b)
+            .map(|o| Seen::from_obs(&o, u32::from(b.point[o.index()])))
+            .collect();
+        // Every 5-tuple with the same digest: only the whole tuple may join.
+        for same_digest in [false, true] {
+            let mut uf = UnionFind((0..held.len()).collect());
+            join_by_tuple(&held, &mut uf, |k| if same_digest { 7 } else { digest(k) });
+            let roots: Vec<usize> = (0..held.len()).map(|i| uf.find(i)).collect();
+            assert_eq!(roots, [0, 1, 0, 3, 3], "same digest for all: {same_digest}");
+        }
+    }
 
     #[test]
     fn dnat_and_snat_views_join_by_fingerprint_and_orient_by_handshake() {

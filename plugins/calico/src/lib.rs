@@ -109,9 +109,9 @@ impl Plugin for Calico {
     }
 
     fn process(&mut self, batch: &ObservationBatch, out: &mut Flows) -> Result<(), PluginError> {
-        for conn in self.stitcher.add_batch(batch) {
-            rules::flow(&self.cluster, &self.encap, &conn, out);
-        }
+        self.stitcher.add_batch_with(batch, |conn| {
+            rules::flow(&self.cluster, &self.encap, &conn, out)
+        });
         Ok(())
     }
 
@@ -128,9 +128,8 @@ impl Plugin for Calico {
     }
 
     fn flush(&mut self, _now_ns: u64, out: &mut Flows) -> Result<(), PluginError> {
-        for conn in self.stitcher.drain() {
-            rules::flow(&self.cluster, &self.encap, &conn, out);
-        }
+        self.stitcher
+            .drain_with(|conn| rules::flow(&self.cluster, &self.encap, &conn, out));
         Ok(())
     }
 }

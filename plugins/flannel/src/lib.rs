@@ -82,9 +82,9 @@ impl Plugin for Flannel {
     }
 
     fn process(&mut self, batch: &ObservationBatch, out: &mut Flows) -> Result<(), PluginError> {
-        for conn in self.stitcher.add_batch(batch) {
-            rules::flow(&self.cluster, &self.backend, &conn, out);
-        }
+        self.stitcher.add_batch_with(batch, |conn| {
+            rules::flow(&self.cluster, &self.backend, &conn, out)
+        });
         Ok(())
     }
 
@@ -101,9 +101,8 @@ impl Plugin for Flannel {
     }
 
     fn flush(&mut self, _now_ns: u64, out: &mut Flows) -> Result<(), PluginError> {
-        for conn in self.stitcher.drain() {
-            rules::flow(&self.cluster, &self.backend, &conn, out);
-        }
+        self.stitcher
+            .drain_with(|conn| rules::flow(&self.cluster, &self.backend, &conn, out));
         Ok(())
     }
 }

@@ -176,9 +176,9 @@ impl Plugin for Ovn {
     }
 
     fn process(&mut self, batch: &ObservationBatch, out: &mut Flows) -> Result<(), PluginError> {
-        for conn in self.stitcher.add_batch(batch) {
-            rules::flow(&self.cluster, &self.settings, &conn, out);
-        }
+        self.stitcher.add_batch_with(batch, |conn| {
+            rules::flow(&self.cluster, &self.settings, &conn, out)
+        });
         Ok(())
     }
 
@@ -195,9 +195,8 @@ impl Plugin for Ovn {
     }
 
     fn flush(&mut self, _now_ns: u64, out: &mut Flows) -> Result<(), PluginError> {
-        for conn in self.stitcher.drain() {
-            rules::flow(&self.cluster, &self.settings, &conn, out);
-        }
+        self.stitcher
+            .drain_with(|conn| rules::flow(&self.cluster, &self.settings, &conn, out));
         Ok(())
     }
 }
