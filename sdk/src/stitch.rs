@@ -369,6 +369,9 @@ pub struct Stitcher {
     /// Observations in those windows: stitched before their window's end, so a later view of
     /// the same connection (a reply, its post-NAT twin) could not join them.
     pub evicted: u64,
+    /// The most observations held at once (what the plugin's memory per held observation is
+    /// measured against).
+    pub held_peak: u64,
     /// Counting place and client end by 5-tuple: this window's connections, then the
     /// previous window's.
     counted_at: [FastMap<TupleDigest, Remembered>; 2],
@@ -406,6 +409,7 @@ impl Default for Stitcher {
             max_held: DEFAULT_MAX_HELD,
             early_drains: 0,
             evicted: 0,
+            held_peak: 0,
             counted_at: Default::default(),
             nat_sources: FastSet::default(),
             dnat_fronts: FastSet::default(),
@@ -640,6 +644,7 @@ impl Stitcher {
         if self.counted_at[0].len() >= REMEMBERED_PER_HELD * self.max_held {
             self.forget_last_window(true);
         }
+        self.held_peak = self.held_peak.max(self.held.len() as u64);
         if self.held.len() >= self.max_held {
             self.early_drains += 1;
             self.evicted += self.held.len() as u64;
@@ -778,7 +783,7 @@ impl Stitcher {
     }
 
     /// The stitcher's counters for [`crate::Plugin::counters`]: windows stitched early, the
-    /// observations they evicted, connections joined by time only, observations held now.
+    /// observations they evicted, connections joined by time only, observations held now, and the most held at once.
     pub fn counters(&self) -> Vec<(String, u64)> {
         [
             ("stitch.early_drains", self.early_drains),
@@ -786,6 +791,7 @@ impl Stitcher {
             ("stitch.time_joins", self.time_joins),
             ("stitch.fingerprint_collisions", self.fingerprint_collisions),
             ("stitch.held", self.held.len() as u64),
+            ("stitch.held_peak", self.held_peak),
             ("stitch.forgotten", self.forgotten),
         ]
         .into_iter()

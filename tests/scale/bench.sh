@@ -62,10 +62,27 @@ python3 - "$d.json" "$n" <<'EOF'
 import json, sys
 doc, n = json.load(open(sys.argv[1])), int(sys.argv[2])
 p = doc["health"]["plugins"]["flannel"]
-print(f"peak {p['peak_memory_bytes'] / 2**20:.1f} MiB for {n} connections in the window: "
-      f"{p['peak_memory_bytes'] / n:.0f} bytes per connection (goal 300; the cap is 64 MiB); "
-      f"state {p['state']}, early drains {p['counters']['stitch.early_drains']}, "
-      f"views evicted {p['counters']['stitch.evicted']}, forgotten {p['counters']['stitch.forgotten']}")
+c, peak = p["counters"], p["peak_memory_bytes"]
+held = c["stitch.held_peak"]
+# Views per connection: what the stitcher holds of each (every point, both directions).
+views = p["observations_in"] / n
+print(f"peak {peak / 2**20:.1f} MiB of the 64 MiB cap; at most {held} observations held at once "
+      f"({views:.1f} per connection): {peak / held:.0f} bytes per held observation, "
+      f"{peak / held * views:.0f} per connection held whole (goal 300)")
+print(f"early drains {c['stitch.early_drains']} (max_held), views evicted {c['stitch.evicted']}, "
+      f"forgotten {c['stitch.forgotten']}, state {p['state']}")
+EOF
+
+# What one more held observation costs: the same window under two caps.
+for held in 32768 131072; do
+  sed "s/^network = .*/&\nmax_held = $held/" "$d/cniscope.toml" > "$d/held-$held.toml"
+  "$bin" replay -c "$d/held-$held.toml" -f json -o "$d.$held.json" --allow-partial 2>/dev/null || true
+done
+python3 - "$d.32768.json" "$d.131072.json" <<'EOF'
+import json, sys
+peak = [json.load(open(f))["health"]["plugins"]["flannel"]["peak_memory_bytes"] for f in sys.argv[1:]]
+print(f"max_held 32768 -> 131072: peak {peak[0] / 2**20:.1f} -> {peak[1] / 2**20:.1f} MiB, "
+      f"{(peak[1] - peak[0]) / (131072 - 32768):.0f} bytes per further held observation")
 EOF
 
 echo
