@@ -12,6 +12,7 @@ mod live;
 mod observe;
 mod output;
 mod plugin;
+mod plugin_new;
 mod plugin_test;
 mod replay;
 #[cfg(any(feature = "live", feature = "cluster"))]
@@ -153,6 +154,19 @@ enum PluginCommand {
     /// Run a built plugin on recorded captures and compare its edges with an expected
     /// topology (`--bless` writes the expected file instead).
     Test(PluginTestArgs),
+    /// Write a new CNI plugin crate: rules to fill in on the SDK's scaffold, a passing test,
+    /// and how to build, inspect and install it.
+    New {
+        /// The plugin's name (lowercase, digits, dashes): the crate is cniscope-plugin-NAME.
+        name: String,
+        /// Where to write it (default: ./NAME); must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The SDK to build against (a cniscope checkout's sdk/); default: the one this
+        /// binary was built from.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Put plugins into a plugins folder safely: each is loaded and checked (a component of
     /// this contract, allowed imports) before it is moved in whole, so a running cniscope
     /// that watches the folder never sees a half-written or unusable file. SOURCE is a .wasm
@@ -260,6 +274,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin(PluginCommand::List { dir }) => plugin::list(&dir),
         Command::Plugin(PluginCommand::Inspect { file }) => plugin::inspect(&file),
         Command::Plugin(PluginCommand::Test(args)) => plugin_test::run(args),
+        Command::Plugin(PluginCommand::New { name, dir, sdk }) => {
+            plugin_new::run(&name, dir.as_deref(), sdk.as_deref())
+        }
         Command::Plugin(PluginCommand::Install {
             dir,
             name,

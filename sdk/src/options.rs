@@ -45,6 +45,29 @@ impl Options {
         }
     }
 
+    /// These options with every declared option that is missing set to its declared default
+    /// (a JSON literal; "" declares a required option, left missing). A default that is not
+    /// JSON is the plugin's mistake, named.
+    pub fn with_defaults(&self, declared: &[crate::OptionSpec]) -> Result<Options, PluginError> {
+        let mut map = self.map.clone();
+        for spec in declared {
+            if map.contains_key(&spec.name) || spec.default.is_empty() {
+                continue;
+            }
+            let value = serde_json::from_str(&spec.default).map_err(|e| {
+                bad(
+                    &spec.name,
+                    format!(
+                        "the plugin declares the default {:?}, which is not JSON: {e}",
+                        spec.default
+                    ),
+                )
+            })?;
+            map.insert(spec.name.clone(), value);
+        }
+        Ok(Options { map })
+    }
+
     pub fn has(&self, name: &str) -> bool {
         self.map.contains_key(name)
     }
@@ -73,6 +96,17 @@ impl Options {
     pub fn integer_in<T: TryFrom<i64>>(&self, name: &str, default: T) -> Result<T, PluginError> {
         if !self.has(name) {
             return Ok(default);
+        }
+        let v = self.integer(name, 0)?;
+        T::try_from(v).map_err(|_| bad(name, format!("option `{name}` is out of range: {v}")))
+    }
+
+    /// An integer option that must be there and fit `T`: with [`crate::cni::Cni`] every
+    /// declared option is (its default filled in), so the default is written once, in the
+    /// description.
+    pub fn int<T: TryFrom<i64>>(&self, name: &str) -> Result<T, PluginError> {
+        if !self.has(name) {
+            return Err(bad(name, format!("option `{name}` is required")));
         }
         let v = self.integer(name, 0)?;
         T::try_from(v).map_err(|_| bad(name, format!("option `{name}` is out of range: {v}")))

@@ -22,6 +22,9 @@ mod scale;
 /// The command line: inspect, config check, bad inputs.
 mod cli;
 
+/// `cniscope plugin new`: a new plugin crate that passes its test and loads.
+mod plugin_new;
+
 /// Cluster mode: agents, the aggregator and a real nats-server; faults and bad messages.
 #[cfg(feature = "cluster")]
 mod cluster;

@@ -9,6 +9,7 @@ use crate::cluster::Cluster;
 use cniscope_sdk::prelude::*;
 
 /// Settings the rules need from the plugin's options.
+#[derive(Default)]
 pub struct Encap {
     pub vxlan_vni: u32,
     pub vxlan_port: u16,

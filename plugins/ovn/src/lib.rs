@@ -4,7 +4,7 @@
 //! masquerade addresses OVN puts on packets, recovers clients hidden behind them, and names
 //! OpenShift-SDN's VXLAN traffic by project NETID.
 //! The rules are in `rules.rs`; what OVN tells about nodes is in `cluster.rs`; the southbound
-//! tables in `southbound.rs`.
+//! tables in `southbound.rs`; the SDK's [`Cni`] scaffold does the stitching.
 
 pub mod cluster;
 pub mod rules;
@@ -14,11 +14,15 @@ use cluster::{Cluster, Settings};
 use cniscope_sdk::prelude::*;
 use southbound::PortKeys;
 
-pub struct Ovn {
+/// What the plugin knows: the cluster as OVN (or OpenShift-SDN) sees it, and its options.
+#[derive(Default)]
+pub struct OvnRules {
     cluster: Cluster,
     settings: Settings,
-    stitcher: Stitcher,
 }
+
+/// The plugin.
+pub type Ovn = Cni<OvnRules>;
 
 /// The options' defaults (OVN-Kubernetes' and OpenShift-SDN's own).
 const MASQUERADE_SUBNET: &str = "169.254.169.0/29";
@@ -26,81 +30,40 @@ const HAIRPIN_SNAT: &str = "169.254.169.5";
 const GENEVE_PORT: u16 = 6081;
 const SDN_VXLAN_PORT: u16 = 4789;
 
-impl Default for Ovn {
-    fn default() -> Self {
-        let mut stitcher = Stitcher::default();
-        stitcher.geneve_option = Some(rules::OVN_OPTION);
-        Ovn {
-            cluster: Cluster::default(),
-            // The options' defaults, for a host that configures nothing.
-            settings: Settings {
-                masquerade_subnet: MASQUERADE_SUBNET.parse().ok(),
-                hairpin_snat: HAIRPIN_SNAT.parse().ok(),
-                geneve_port: GENEVE_PORT,
-                sdn_vxlan_port: SDN_VXLAN_PORT,
-                ..Settings::default()
-            },
-            stitcher,
-        }
-    }
-}
-
-const OPTIONS: [&str; 9] = [
-    "cluster_networks",
-    "host_subnets",
-    "masquerade_subnet",
-    "hairpin_snat",
-    "port_bindings",
-    "datapath_bindings",
-    "netids",
-    "geneve_port",
-    "vxlan_port",
-];
-
 fn bad(field: &str, message: String) -> PluginError {
     error("bad-option", field, message)
 }
 
-impl Plugin for Ovn {
-    fn describe() -> Description {
+impl CniRules for OvnRules {
+    fn describe() -> DescriptionBuilder {
         // OVN names a pod's host-side veth by the first 15 hex digits of its container ID.
         let container_id = "[0-9a-f]".repeat(15);
-        Stitcher::describe_options(
-            DescriptionBuilder::new("ovn-kubernetes", env!("CARGO_PKG_VERSION"))
-                .cni("ovn-kubernetes")
-                .cni("openshift-sdn")
-                .capture(&container_id, IfaceKind::PodVeth)
-                .capture("veth*", IfaceKind::PodVeth)
-                .capture("genev_sys_6081", IfaceKind::Tunnel)
-                .capture("vxlan_sys_4789", IfaceKind::Tunnel)
-                .capture("tun0", IfaceKind::Tunnel)
-                .capture("br-ex", IfaceKind::Uplink)
-                .capture("eth*", IfaceKind::Uplink)
-                .capture("ens*", IfaceKind::Uplink)
-                // OpenShift-SDN's node subnets and project NETIDs.
-                .object("network.openshift.io/v1", "HostSubnet")
-                .object("network.openshift.io/v1", "NetNamespace")
-                .option("cluster_networks", OptionType::List, "[]", "clusterNetwork CIDRs, e.g. [\"10.128.0.0/14\"]; addresses outside them that are no node or service are external")
-                .option("host_subnets", OptionType::List, "[]", "node subnets [\"CIDR=node\", ...] (OpenShift-SDN HostSubnets); OVN's come from k8s.ovn.org/node-subnets")
-                .option("masquerade_subnet", OptionType::String, &format!("{MASQUERADE_SUBNET:?}"), "OVN's masquerade subnet: per-node addresses OVN SNATs to")
-                .option("hairpin_snat", OptionType::String, &format!("{HAIRPIN_SNAT:?}"), "the address OVN SNATs a pod reaching itself through a service to")
-                .option("port_bindings", OptionType::String, "\"\"", "`ovn-sbctl --format=json list Port_Binding` output (JSON text): names pods by Geneve port keys")
-                .option("datapath_bindings", OptionType::String, "\"\"", "`ovn-sbctl --format=json list Datapath_Binding` output: the VNI of each logical switch, so port keys are read per datapath")
-                .option("netids", OptionType::List, "[]", "OpenShift-SDN NETIDs [\"NETID=namespace\", ...] (oc get netnamespaces)")
-                .option("geneve_port", OptionType::Integer, &GENEVE_PORT.to_string(), "Geneve UDP port")
-                .option("vxlan_port", OptionType::Integer, &SDN_VXLAN_PORT.to_string(), "OpenShift-SDN's VXLAN UDP port"),
-        )
-        .build()
+        DescriptionBuilder::new("ovn-kubernetes", env!("CARGO_PKG_VERSION"))
+            .cni("ovn-kubernetes")
+            .cni("openshift-sdn")
+            .capture(&container_id, IfaceKind::PodVeth)
+            .capture("veth*", IfaceKind::PodVeth)
+            .capture("genev_sys_6081", IfaceKind::Tunnel)
+            .capture("vxlan_sys_4789", IfaceKind::Tunnel)
+            .capture("tun0", IfaceKind::Tunnel)
+            .capture("br-ex", IfaceKind::Uplink)
+            .capture("eth*", IfaceKind::Uplink)
+            .capture("ens*", IfaceKind::Uplink)
+            // OpenShift-SDN's node subnets and project NETIDs.
+            .object("network.openshift.io/v1", "HostSubnet")
+            .object("network.openshift.io/v1", "NetNamespace")
+            .option("cluster_networks", OptionType::List, "[]", "clusterNetwork CIDRs, e.g. [\"10.128.0.0/14\"]; addresses outside them that are no node or service are external")
+            .option("host_subnets", OptionType::List, "[]", "node subnets [\"CIDR=node\", ...] (OpenShift-SDN HostSubnets); OVN's come from k8s.ovn.org/node-subnets")
+            .option("masquerade_subnet", OptionType::String, &format!("{MASQUERADE_SUBNET:?}"), "OVN's masquerade subnet: per-node addresses OVN SNATs to (\"\": none)")
+            .option("hairpin_snat", OptionType::String, &format!("{HAIRPIN_SNAT:?}"), "the address OVN SNATs a pod reaching itself through a service to (\"\": none)")
+            .option("port_bindings", OptionType::String, "\"\"", "`ovn-sbctl --format=json list Port_Binding` output (JSON text): names pods by Geneve port keys")
+            .option("datapath_bindings", OptionType::String, "\"\"", "`ovn-sbctl --format=json list Datapath_Binding` output: the VNI of each logical switch, so port keys are read per datapath")
+            .option("netids", OptionType::List, "[]", "OpenShift-SDN NETIDs [\"NETID=namespace\", ...] (oc get netnamespaces)")
+            .option("geneve_port", OptionType::Integer, &GENEVE_PORT.to_string(), "Geneve UDP port")
+            .option("vxlan_port", OptionType::Integer, &SDN_VXLAN_PORT.to_string(), "OpenShift-SDN's VXLAN UDP port")
     }
 
     fn configure(&mut self, o: &Options) -> Result<(), PluginError> {
-        o.deny_unknown(
-            &OPTIONS
-                .iter()
-                .chain(&Stitcher::OPTIONS)
-                .copied()
-                .collect::<Vec<_>>(),
-        )?;
         let mut s = Settings {
             cluster_networks: o
                 .cidr_list("cluster_networks")?
@@ -113,12 +76,8 @@ impl Plugin for Ovn {
         if let Some((cidr, _)) = s.host_subnets.iter().find(|(_, n)| n.is_empty()) {
             return Err(bad("host_subnets", format!("{cidr}: no node (CIDR=node)")));
         }
-        s.masquerade_subnet = if o.has("masquerade_subnet") {
-            o.cidr("masquerade_subnet")?
-        } else {
-            MASQUERADE_SUBNET.parse().ok()
-        };
-        let hairpin = o.string("hairpin_snat", HAIRPIN_SNAT)?;
+        s.masquerade_subnet = o.cidr("masquerade_subnet")?;
+        let hairpin = o.string("hairpin_snat", "")?;
         s.hairpin_snat = match hairpin.as_str() {
             "" => None,
             text => Some(
@@ -152,10 +111,9 @@ impl Plugin for Ovn {
             s.port_keys =
                 PortKeys::new(&ports, datapaths.as_ref()).map_err(|e| bad("port_bindings", e))?;
         }
-        s.geneve_port = o.integer_in("geneve_port", GENEVE_PORT)?;
-        s.sdn_vxlan_port = o.integer_in("vxlan_port", SDN_VXLAN_PORT)?;
+        s.geneve_port = o.int("geneve_port")?;
+        s.sdn_vxlan_port = o.int("vxlan_port")?;
         self.settings = s;
-        self.stitcher.configure(o)?;
         Ok(())
     }
 
@@ -167,37 +125,22 @@ impl Plugin for Ovn {
             .build()
     }
 
-    fn on_inventory(&mut self, inv: Inventory) -> Result<(), PluginError> {
+    fn learn(&mut self, inv: Inventory, stitcher: &mut Stitcher) -> Vec<String> {
         let (cluster, warnings) = Cluster::new(inv, self.settings.clone());
-        self.stitcher.learn(cluster.nat_sources(), &cluster.index);
+        stitcher.learn(cluster.nat_sources(), &cluster.index);
         self.cluster = cluster;
-        // Partial knowledge still names most things: report, keep what was read.
-        warnings_to_result(&warnings)
+        warnings
     }
 
-    fn process(&mut self, batch: &ObservationBatch, out: &mut Flows) -> Result<(), PluginError> {
-        self.stitcher.add_batch_with(batch, |conn| {
-            rules::flow(&self.cluster, &self.settings, &conn, out)
-        });
-        Ok(())
+    fn flow(&self, conn: &Connection, out: &mut Flows) {
+        rules::flow(&self.cluster, &self.settings, conn, out);
     }
 
-    fn counters(&self) -> Vec<(String, u64)> {
-        self.stitcher.counters()
-    }
-
-    fn snapshot(&self) -> Vec<u8> {
-        self.stitcher.snapshot()
-    }
-
-    fn restore(&mut self, state: &[u8]) -> Result<(), PluginError> {
-        self.stitcher.restore(state)
-    }
-
-    fn flush(&mut self, _now_ns: u64, out: &mut Flows) -> Result<(), PluginError> {
-        self.stitcher
-            .drain_with(|conn| rules::flow(&self.cluster, &self.settings, &conn, out));
-        Ok(())
+    /// OVN's logical port keys ride in a Geneve option: each view keeps it.
+    fn stitcher() -> Stitcher {
+        let mut stitcher = Stitcher::default();
+        stitcher.geneve_option = Some(rules::OVN_OPTION);
+        stitcher
     }
 }
 
