@@ -51,8 +51,8 @@ fn main() {
             cmd.env_remove(&key);
         }
     }
-    // Nothing in the nested build reads input, but rustc given `-` does (cargo asks it about
-    // the target that way): a CI runner's standard input must never become its source.
+    // Nothing in the nested build reads input (cargo gives rustc /dev/null when it asks about
+    // a target; `./x` makes sure /dev/null is the null device).
     cmd.stdin(Stdio::null());
     let status = cmd.status().unwrap_or_else(|e| {
         panic!("running `rustup run nightly cargo` for the eBPF probes: {e} (run ./x setup)")

@@ -12,8 +12,19 @@ pub enum Format {
 }
 
 /// Replaces `path` with `bytes` whole: a temporary file in the same folder, then a rename, so
-/// a reader never sees half a document.
+/// a reader never sees half a document. What is not a regular file (`/dev/null`,
+/// `/dev/stdout`, a pipe) is written to, never replaced: a rename would put a regular file
+/// where the device was, for every process on the machine.
 pub fn replace_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Ok(meta) = std::fs::metadata(path)
+        && !meta.is_file()
+        && !meta.is_dir()
+    {
+        return std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, bytes));
+    }
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -135,4 +146,44 @@ fn table(doc: &TopologyDoc) -> String {
         let _ = writeln!(out, "warning: {w}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_file;
+
+    #[test]
+    fn a_file_is_replaced_whole_and_a_device_is_written_to_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("topology.json");
+        replace_file(&file, b"one").unwrap();
+        replace_file(&file, b"two").unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"two");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+        // A pipe stands for a device here (making a device node needs root): it stays a pipe.
+        let fifo = dir.path().join("fifo");
+        let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        let reader = std::thread::spawn({
+            let fifo = fifo.clone();
+            move || std::fs::read(fifo).unwrap()
+        });
+        replace_file(&fifo, b"through").unwrap();
+        assert_eq!(reader.join().unwrap(), b"through");
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+        // And /dev/null stays the null device.
+        replace_file(std::path::Path::new("/dev/null"), b"nothing").unwrap();
+        assert!(
+            std::fs::metadata("/dev/null")
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+    }
 }
