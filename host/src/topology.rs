@@ -198,17 +198,11 @@ impl Topology {
             t.intern(|| n);
         }
         for (k, acc) in s.edges {
-            let index = |id: &str| t.by_id.get(id).copied();
-            let (Some(src), Some(dst)) = (index(&k.src), index(&k.dst)) else {
-                continue; // a snapshot names its edges' endpoints; one that does not is torn
-            };
-            let service = match &k.service {
-                Some(id) => match index(id) {
-                    Some(i) => i,
-                    None => continue,
-                },
-                None => NO_SERVICE,
-            };
+            // A snapshot lists its edges' endpoints; one that does not (written by hand, or
+            // torn) keeps its edge, under an endpoint known by its id alone.
+            let src = t.index_of(&k.src);
+            let dst = t.index_of(&k.dst);
+            let service = k.service.as_deref().map_or(NO_SERVICE, |id| t.index_of(id));
             let key = EdgeIndex {
                 src,
                 dst,
@@ -341,6 +335,22 @@ impl Topology {
             self.nodes[index as usize].ips.insert(ip.to_string());
         }
         index
+    }
+
+    /// The index of the endpoint `id`, added bare (kind unknown, named by its id) if new.
+    fn index_of(&mut self, id: &str) -> u32 {
+        match self.by_id.get(id) {
+            Some(&i) => i,
+            None => self.intern(|| NodeEntry {
+                id: id.to_string(),
+                kind: EndpointKind::Unknown,
+                namespace: None,
+                name: id.to_string(),
+                workload: None,
+                node: None,
+                ips: BTreeSet::new(),
+            }),
+        }
     }
 
     /// The index of the endpoint with `entry`'s id, added if new (two inventory entries
@@ -484,5 +494,76 @@ fn add_words<'a>(set: &mut BTreeSet<String>, words: impl Iterator<Item = &'a str
         if !set.contains(w) {
             set.insert(w.to_string());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acc(packets: u64) -> EdgeAcc {
+        EdgeAcc {
+            packets,
+            bytes: packets * 100,
+            first_ns: 1,
+            last_ns: 2,
+            evidence: ["flannel:vxlan".to_string()].into(),
+            observed_at: BTreeSet::new(),
+            confidence: 1.0,
+            flows: 1,
+        }
+    }
+
+    fn key(src: &str, dst: &str, service: Option<&str>) -> EdgeKey {
+        EdgeKey {
+            src: src.into(),
+            dst: dst.into(),
+            service: service.map(str::to_string),
+            protocol: 6,
+            port: 80,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_same_document_and_keeps_edges_whose_endpoints_it_lacks() {
+        let pod = |id: &str| NodeEntry {
+            id: id.into(),
+            kind: EndpointKind::Pod,
+            namespace: Some("default".into()),
+            name: id.rsplit('/').next().unwrap().into(),
+            workload: None,
+            node: Some("n1".into()),
+            ips: ["10.0.0.1".to_string()].into(),
+        };
+        let snapshot = TopologySnapshot {
+            nodes: vec![pod("pod/default/b"), pod("pod/default/a")],
+            edges: vec![
+                (key("pod/default/a", "pod/default/b", None), acc(3)),
+                // Its service is not among the nodes: the edge stays, the service is bare.
+                (
+                    key(
+                        "pod/default/a",
+                        "pod/default/b",
+                        Some("service/default/web"),
+                    ),
+                    acc(5),
+                ),
+            ],
+            start_ns: 1,
+            end_ns: 2,
+        };
+        let restored = Topology::restore(snapshot);
+        let doc = restored.doc(Health::default());
+        let ids: Vec<&str> = doc.nodes.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["pod/default/a", "pod/default/b", "service/default/web"]
+        );
+        assert_eq!(doc.nodes[2].kind, EndpointKind::Unknown);
+        let packets: Vec<u64> = doc.edges.iter().map(|e| e.packets).collect();
+        assert_eq!(packets, [3, 5], "ordered by key: no service first");
+        // And round again: the same document.
+        let again = Topology::restore(restored.snapshot()).doc(Health::default());
+        assert_eq!(again, doc);
     }
 }
