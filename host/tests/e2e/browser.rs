@@ -142,10 +142,13 @@ impl Browser {
         r["result"]["value"].clone()
     }
 
-    /// Waits until `expr` is true in the page.
+    /// Waits until `expr` is true in the page; an expression that throws (the page not
+    /// loaded yet: no `document.body`) is not true yet.
     pub fn wait_for(&mut self, expr: &str, what: &str) {
         let t = Instant::now();
-        while self.eval(&format!("!!({expr})")) != json!(true) {
+        let check =
+            format!("(() => {{ try {{ return !!({expr}); }} catch (e) {{ return false; }} }})()");
+        while self.eval(&check) != json!(true) {
             assert!(t.elapsed() < Duration::from_secs(60), "waiting for {what}");
             std::thread::sleep(Duration::from_millis(200));
         }

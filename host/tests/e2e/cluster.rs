@@ -128,6 +128,8 @@ mod lab {
         pub agents: Vec<Running>,
         pub aggregator: Option<Running>,
         pub run: Running,
+        /// The aggregator's max_lateness_secs.
+        lateness: u32,
     }
 
     impl Cluster {
@@ -180,6 +182,7 @@ mod lab {
                 agents,
                 aggregator: None,
                 run,
+                lateness,
             };
             c.start_aggregator();
             // Every process has captured or written once: the probes are attached.
@@ -221,7 +224,7 @@ mod lab {
             }
             let run: Value = serde_json::from_str(&self.run.stop()).unwrap();
             // Everything the agents sent is written once its window is past the lateness.
-            std::thread::sleep(Duration::from_secs(5));
+            std::thread::sleep(Duration::from_secs(u64::from(self.lateness) + 2));
             let agg: Value =
                 serde_json::from_str(&self.aggregator.as_mut().unwrap().stop()).unwrap();
             (run, agg)
@@ -244,7 +247,7 @@ mod lab {
         if !root_or_skip("the lab and the probes need root") {
             return;
         }
-        let c = Cluster::up("flannel.sh", "vxlan", "cf", 3);
+        let c = Cluster::up("flannel.sh", "vxlan", "cf", 8);
         c.traffic();
         c.lab.script(&["services", &c.lab.id]);
         let (run, agg) = c.finish();
@@ -264,7 +267,7 @@ mod lab {
         if !root_or_skip("the lab and the probes need root") {
             return;
         }
-        let c = Cluster::up("calico.sh", "bgp", "cc", 3);
+        let c = Cluster::up("calico.sh", "bgp", "cc", 8);
         c.traffic();
         let (run, agg) = c.finish();
         assert_same(&run, &agg);

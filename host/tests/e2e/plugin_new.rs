@@ -11,6 +11,8 @@ fn cargo(dir: &Path, args: &[&str]) {
     let out = Command::new(option_env!("CARGO").unwrap_or("cargo"))
         .args(args)
         .arg("--offline")
+        // One job: the lab tests running beside this one keep a core.
+        .args(["--jobs", "1"])
         .current_dir(dir)
         .env("CARGO_TARGET_DIR", root().join("target/plugin-new"))
         .env_remove("RUSTFLAGS")
