@@ -4,7 +4,7 @@
 //! doc` or a replay-only build on stable).
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn main() {
     if std::env::var_os("CARGO_FEATURE_LIVE").is_none() {
@@ -51,9 +51,6 @@ fn main() {
             cmd.env_remove(&key);
         }
     }
-    // Nothing in the nested build reads input (cargo gives rustc /dev/null when it asks about
-    // a target; `./x` makes sure /dev/null is the null device).
-    cmd.stdin(Stdio::null());
     let status = cmd.status().unwrap_or_else(|e| {
         panic!("running `rustup run nightly cargo` for the eBPF probes: {e} (run ./x setup)")
     });

@@ -148,6 +148,37 @@ struct EdgeIndex {
 
 const NO_SERVICE: u32 = u32::MAX;
 
+impl NamedCache {
+    fn get(&self, named: Named<'_>) -> Option<u32> {
+        match (InventoryName::of(named), named) {
+            (Some(key), _) => self.by_inventory.get(&key).copied(),
+            (None, Named::Node(name)) => self.nodes.get(name).copied(),
+            (None, Named::OtherService(ns, name)) => {
+                self.other_services.get(ns)?.get(name).copied()
+            }
+            (None, _) => None,
+        }
+    }
+
+    fn insert(&mut self, named: Named<'_>, index: u32) {
+        match (InventoryName::of(named), named) {
+            (Some(key), _) => {
+                self.by_inventory.insert(key, index);
+            }
+            (None, Named::Node(name)) => {
+                self.nodes.insert(name.to_string(), index);
+            }
+            (None, Named::OtherService(ns, name)) => {
+                self.other_services
+                    .entry(ns.to_string())
+                    .or_default()
+                    .insert(name.to_string(), index);
+            }
+            (None, _) => {}
+        }
+    }
+}
+
 /// Everything a [`Topology`] holds, to be written down and read back (the aggregator's
 /// checkpoint): a restart continues the same sums.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -294,38 +325,11 @@ impl Topology {
 
     /// The index of the endpoint `found` names, made the first time, with its address.
     fn endpoint(&mut self, resolver: &Resolver, found: Resolved<'_>) -> u32 {
-        let inventory_name = InventoryName::of(found.named);
-        let cached = match (inventory_name, found.named) {
-            (Some(key), _) => self.named.by_inventory.get(&key).copied(),
-            (None, Named::Node(name)) => self.named.nodes.get(name).copied(),
-            (None, Named::OtherService(ns, name)) => self
-                .named
-                .other_services
-                .get(ns)
-                .and_then(|names| names.get(name))
-                .copied(),
-            (None, _) => None,
-        };
-        let index = match cached {
+        let index = match self.named.get(found.named) {
             Some(i) => i,
             None => {
                 let i = self.intern(|| resolver.entry(found.named));
-                match (inventory_name, found.named) {
-                    (Some(key), _) => {
-                        self.named.by_inventory.insert(key, i);
-                    }
-                    (None, Named::Node(name)) => {
-                        self.named.nodes.insert(name.to_string(), i);
-                    }
-                    (None, Named::OtherService(ns, name)) => {
-                        self.named
-                            .other_services
-                            .entry(ns.to_string())
-                            .or_default()
-                            .insert(name.to_string(), i);
-                    }
-                    (None, _) => {}
-                }
+                self.named.insert(found.named, i);
                 i
             }
         };

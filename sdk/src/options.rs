@@ -97,18 +97,17 @@ impl Options {
         if !self.has(name) {
             return Ok(default);
         }
-        let v = self.integer(name, 0)?;
-        T::try_from(v).map_err(|_| bad(name, format!("option `{name}` is out of range: {v}")))
+        self.int(name)
     }
 
     /// An integer option that must be there and fit `T`: with [`crate::cni::Cni`] every
     /// declared option is (its default filled in), so the default is written once, in the
     /// description.
     pub fn int<T: TryFrom<i64>>(&self, name: &str) -> Result<T, PluginError> {
-        if !self.has(name) {
-            return Err(bad(name, format!("option `{name}` is required")));
-        }
-        let v = self.integer(name, 0)?;
+        let v = match self.map.get(name) {
+            None => return Err(bad(name, format!("option `{name}` is required"))),
+            Some(_) => self.integer(name, 0)?,
+        };
         T::try_from(v).map_err(|_| bad(name, format!("option `{name}` is out of range: {v}")))
     }
 

@@ -413,7 +413,7 @@ impl Default for Stitcher {
             counted_at: Default::default(),
             nat_sources: FastSet::default(),
             dnat_fronts: FastSet::default(),
-            time_join_ns: 500_000_000,
+            time_join_ns: DEFAULT_TIME_JOIN_MS * 1_000_000,
             time_joins: 0,
             forgotten: 0,
             fingerprint_join_ns: 1_000_000_000,
@@ -429,6 +429,9 @@ impl Default for Stitcher {
 /// a 200 000-pod inventory. Stitching early loses no packet (the counting place and the
 /// orientation carry over) but a connection cut by it is one more flow.
 pub const DEFAULT_MAX_HELD: usize = 65_536;
+
+/// The default of the `time_join_ms` option.
+pub const DEFAULT_TIME_JOIN_MS: u64 = 500;
 
 /// A window remembers up to this many 5-tuples per held view (a connection cut by early
 /// drains is remembered across them; a view is ~144 bytes, a remembered 5-tuple ~32).
@@ -479,14 +482,14 @@ impl Stitcher {
         d.option(
             "max_held",
             OptionType::Integer,
-            "65536",
+            &DEFAULT_MAX_HELD.to_string(),
             "observations held per correlation window before stitching early (the plugin's \
              memory grows ~300 bytes per held observation while it stitches)",
         )
         .option(
             "time_join_ms",
             OptionType::Integer,
-            "500",
+            &DEFAULT_TIME_JOIN_MS.to_string(),
             "when no fingerprint matches, join a view from a node address to the one pod view \
              with the same ports and destination seen this close in time; 0 = never",
         )
@@ -496,7 +499,7 @@ impl Stitcher {
     pub fn configure(&mut self, o: &Options) -> Result<(), PluginError> {
         self.max_held = o.integer_in("max_held", DEFAULT_MAX_HELD)?.max(1);
         self.time_join_ns = o
-            .integer_in("time_join_ms", 500u64)?
+            .integer_in("time_join_ms", DEFAULT_TIME_JOIN_MS)?
             .saturating_mul(1_000_000);
         Ok(())
     }

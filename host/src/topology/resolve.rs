@@ -121,9 +121,8 @@ impl Resolver {
         }
     }
 
-    /// Names an endpoint at time `at_ns`. A plugin's role is a claim about *what kind* of
-    /// thing the address is; the inventory decides *which* one it was at that time.
-    /// `role` is the WIT role code (0 pod, 1 node, 2 service, 3 external, else unknown).
+    /// The entry [`Resolver::name`] and [`Resolver::entry`] make, with its address (tests).
+    #[cfg(test)]
     pub fn resolve(&self, role: u8, ip: wit::Ip, name: &str, at_ns: u64) -> NodeEntry {
         let found = self.name(role, ip, name, at_ns);
         let mut entry = self.entry(found.named);
@@ -131,8 +130,11 @@ impl Resolver {
         entry
     }
 
-    /// What [`Resolver::resolve`] finds, before any string is made: the topology turns it
-    /// into an entry once per endpoint, not once per flow.
+    /// Names an endpoint at time `at_ns`, before any string is made (the topology turns a
+    /// name into an entry once per endpoint, not once per flow). A plugin's role is a claim
+    /// about *what kind* of thing the address is; the inventory decides *which* one it was at
+    /// that time. `role` is the WIT role code (0 pod, 1 node, 2 service, 3 external, else
+    /// unknown).
     pub fn name<'a>(&self, role: u8, ip: wit::Ip, name: &'a str, at_ns: u64) -> Resolved<'a> {
         let ip = (ip.hi != 0 || ip.lo != 0).then(|| ip_to_std(ip));
         let found = |named| Resolved { named, ip };
