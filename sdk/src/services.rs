@@ -57,6 +57,12 @@ pub struct Services {
     by_node_port: FastMap<(u8, u16), u32>,
     /// Headless services' endpoint sockets; more than one service may list the same one.
     headless: FastMap<Socket, Vec<u32>>,
+    /// Every other service's endpoint sockets (its EndpointSlices' addresses and ports), for
+    /// CNIs that translate a service address at the socket (Cilium's socket LB), so no packet
+    /// carries it: see [`Services::behind_backend`].
+    backends: FastMap<Socket, Vec<u32>>,
+    /// Each service's first ClusterIP (`Ip::NONE` for none), by its index.
+    first_ip: Vec<Ip>,
 }
 
 impl Services {
@@ -66,6 +72,8 @@ impl Services {
         for (i, svc) in services.iter().enumerate() {
             let i = i as u32;
             s.names.push(format!("{}/{}", svc.namespace, svc.name));
+            s.first_ip
+                .push(svc.cluster_ips.first().copied().unwrap_or(Ip::NONE));
             by_name.insert((svc.namespace.as_str(), svc.name.as_str()), i);
             let doors = svc
                 .cluster_ips
@@ -88,12 +96,17 @@ impl Services {
             let Some(&i) = by_name.get(&(slice.namespace.as_str(), slice.service.as_str())) else {
                 continue;
             };
-            if !headless(&services[i as usize]) {
+            let svc = &services[i as usize];
+            let index = if headless(svc) {
+                &mut s.headless
+            } else if svc.type_ != "ExternalName" {
+                &mut s.backends
+            } else {
                 continue;
-            }
+            };
             for ip in &slice.addresses {
                 for p in &slice.ports {
-                    let owners = s.headless.entry((*ip, p.protocol, p.port)).or_default();
+                    let owners = index.entry((*ip, p.protocol, p.port)).or_default();
                     if !owners.contains(&i) {
                         owners.push(i);
                     }
@@ -140,6 +153,17 @@ impl Services {
     pub fn headless_for(&self, ip: Ip, protocol: u8, port: u16) -> Option<&str> {
         match self.headless.get(&(ip, protocol, port))?.as_slice() {
             [only] => Some(self.name(*only)),
+            _ => None,
+        }
+    }
+
+    /// The service (with a ClusterIP) whose EndpointSlices list this backend address and
+    /// port, as ("namespace/name", its first ClusterIP), when exactly one does: a CNI that
+    /// load-balances at the socket shows the backend only, and two services over the same
+    /// backend cannot be told apart.
+    pub fn behind_backend(&self, ip: Ip, protocol: u8, port: u16) -> Option<(&str, Ip)> {
+        match self.backends.get(&(ip, protocol, port))?.as_slice() {
+            [only] => Some((self.name(*only), self.first_ip[*only as usize])),
             _ => None,
         }
     }
@@ -199,6 +223,52 @@ mod tests {
         assert_eq!(s.at_node_port(6, 31443), Some("shop/web-lb"));
         assert_eq!(s.at_node_port(17, 30999), None);
         assert_eq!(s.headless_for(ip("10.1.0.5"), 6, 8080), None);
+        // Behind the backend: two services select 10.1.0.5:8080 (web, web-admin): neither.
+        assert_eq!(s.behind_backend(ip("10.1.0.5"), 6, 8080), None);
+    }
+
+    #[test]
+    fn a_backend_names_its_service_only_when_one_service_lists_it() {
+        let s = Services::new(
+            &[
+                service("shop", "web", "172.20.0.1", 80, 8080, 0),
+                service("shop", "api", "172.20.0.2", 80, 9090, 0),
+                service("shop", "api-too", "172.20.0.3", 80, 9090, 0),
+                service("shop", "db", "", 5432, 5432, 0),
+            ],
+            &[
+                endpoint_slice("shop", "web", &["10.1.0.5", "10.1.0.6"], 8080),
+                endpoint_slice("shop", "api", &["10.1.0.5"], 9090),
+                endpoint_slice("shop", "api-too", &["10.1.0.5"], 9090),
+                endpoint_slice("shop", "db", &["10.1.0.7"], 5432),
+            ],
+        );
+        let behind = |a: &str, port| s.behind_backend(ip(a), 6, port);
+        assert_eq!(
+            behind("10.1.0.6", 8080),
+            Some(("shop/web", ip("172.20.0.1")))
+        );
+        assert_eq!(
+            behind("10.1.0.5", 8080),
+            Some(("shop/web", ip("172.20.0.1")))
+        );
+        assert_eq!(behind("10.1.0.5", 9090), None, "two services list it");
+        assert_eq!(
+            behind("10.1.0.5", 80),
+            None,
+            "the service port is no backend port"
+        );
+        assert_eq!(
+            s.behind_backend(ip("10.1.0.5"), 17, 8080),
+            None,
+            "another protocol"
+        );
+        assert_eq!(
+            behind("10.1.0.7", 5432),
+            None,
+            "headless: no socket translation"
+        );
+        assert_eq!(s.headless_for(ip("10.1.0.7"), 6, 5432), Some("shop/db"));
     }
 
     #[test]
