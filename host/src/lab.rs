@@ -8,18 +8,19 @@ use std::process::Command;
 use thiserror::Error;
 
 /// The lab scripts, as `tests/lab/` has them.
-const SCRIPTS: [(&str, &str); 7] = [
+const SCRIPTS: [(&str, &str); 8] = [
     ("common.sh", include_str!("../../tests/lab/common.sh")),
     ("flannel.sh", include_str!("../../tests/lab/flannel.sh")),
     ("calico.sh", include_str!("../../tests/lab/calico.sh")),
     ("ovn.sh", include_str!("../../tests/lab/ovn.sh")),
+    ("cilium.sh", include_str!("../../tests/lab/cilium.sh")),
     ("echo.py", include_str!("../../tests/lab/echo.py")),
     ("inventory.py", include_str!("../../tests/lab/inventory.py")),
     ("inject.py", include_str!("../../tests/lab/inject.py")),
 ];
 
 /// Every lab scenario: (name, script, mode, what it shows).
-pub const SCENARIOS: [(&str, &str, &str, &str); 8] = [
+pub const SCENARIOS: [(&str, &str, &str, &str); 10] = [
     (
         "flannel-vxlan",
         "flannel.sh",
@@ -67,6 +68,18 @@ pub const SCENARIOS: [(&str, &str, &str, &str); 8] = [
         "ovn.sh",
         "openshift-sdn",
         "OpenShift-SDN: VXLAN 4789, VNI = NETID",
+    ),
+    (
+        "cilium-vxlan",
+        "cilium.sh",
+        "vxlan",
+        "Cilium, cilium_vxlan (UDP 8472, VNI = the sender's identity), socket LB",
+    ),
+    (
+        "cilium-native",
+        "cilium.sh",
+        "native",
+        "Cilium, native routing (pod addresses on the wire), socket LB",
     ),
 ];
 
@@ -217,7 +230,8 @@ impl Scripts {
     pub fn traffic(&self, scenario_name: &str, id: &str) -> Result<(), LabError> {
         let (script, _) = scenario(scenario_name)?;
         self.run(script, &["traffic", id])?;
-        if script != "ovn.sh" {
+        // kube-proxy's service shapes (common.sh); OVN has its own, Cilium replaces kube-proxy.
+        if matches!(script, "flannel.sh" | "calico.sh") {
             self.run(script, &["services", id])?;
         }
         Ok(())

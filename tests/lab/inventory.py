@@ -7,6 +7,9 @@ fields and annotations a real flannel cluster has (`kubectl get ... -o json`).
   inventory.py --cni ovn --node "NAME IP SUBNET JOINADDR TRANSITADDR" ... --pod "NAME NODE IP APP [NAMESPACE]" ...
   inventory.py --cni openshift-sdn --node "NAME IP" ... --pod ... --host-subnet "NODE IP SUBNET" ...
                --netnamespace "NAMESPACE NETID" ...   (network.openshift.io/v1 objects)
+  inventory.py --cni cilium --node "NAME IP" ... --pod ... --cilium-node "NAME IP ROUTER HEALTH PODCIDR" ...
+               --cilium-endpoint "NAMESPACE POD IP IDENTITY" ... --cilium-identity "ID NAMESPACE APP" ...
+               (cilium.io/v2 objects, as `kubectl get ciliumnodes,ciliumendpoints,ciliumidentities -A -o json`)
   --service-net 10.96.0 --lb-ip IP --service "NAME IP PORT TARGETPORT PROTO BACKEND TYPE NODEPORT POLICY"
       one line of tests/lab/common.sh's lab_services: IP is the last octet in --service-net
       (None = headless), BACKEND the app label selected (- = none), NODEPORT - for none,
@@ -162,7 +165,7 @@ def service(line, svc_net, lb_ip, pods):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cni", default="flannel", choices=["flannel", "calico", "ovn", "openshift-sdn"])
+    ap.add_argument("--cni", default="flannel", choices=["flannel", "calico", "ovn", "openshift-sdn", "cilium"])
     ap.add_argument("--calico-tunnel", default="none", choices=["none", "ipip", "vxlan"])
     ap.add_argument("--backend", default="vxlan", choices=["vxlan", "host-gw", "udp"])
     ap.add_argument("--node", action="append", default=[])
@@ -174,12 +177,15 @@ def main():
     ap.add_argument("--ip-pool", action="append", default=[])
     ap.add_argument("--ipam-block", action="append", default=[])
     ap.add_argument("--lb-ip", default="")
+    ap.add_argument("--cilium-node", action="append", default=[])
+    ap.add_argument("--cilium-endpoint", action="append", default=[])
+    ap.add_argument("--cilium-identity", action="append", default=[])
     a = ap.parse_args()
     if a.cni == "calico":
         items = [calico_node(a.calico_tunnel, *n.split()) for n in a.node]
     elif a.cni == "ovn":
         items = [ovn_node(*n.split()) for n in a.node]
-    elif a.cni == "openshift-sdn":
+    elif a.cni in ("openshift-sdn", "cilium"):
         items = [sdn_node(*n.split()) for n in a.node]
     else:
         items = [node(a.backend, *n.split()) for n in a.node]
@@ -213,6 +219,33 @@ def main():
                       "spec": {"cidr": cidr, "affinity": "host:" + node_name, "deleted": False,
                                "strictAffinity": False, "allocations": [], "unallocated": [],
                                "attributes": []}})
+    for n in a.cilium_node:
+        name, ip, router, health, cidr = n.split()
+        items.append({"apiVersion": "cilium.io/v2", "kind": "CiliumNode",
+                      "metadata": {"name": name, "creationTimestamp": CREATED},
+                      "spec": {"addresses": [{"type": "InternalIP", "ip": ip},
+                                             {"type": "CiliumInternalIP", "ip": router}],
+                               "health": {"ipv4": health}, "ipam": {"podCIDRs": [cidr]},
+                               "encryption": {}, "eni": {}},
+                      "status": {"ipam": {"operator-status": {}}}})
+    for e in a.cilium_endpoint:
+        namespace, name, ip, identity = e.split()
+        items.append({"apiVersion": "cilium.io/v2", "kind": "CiliumEndpoint",
+                      "metadata": {"name": name, "namespace": namespace, "creationTimestamp": CREATED,
+                                   "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": name}]},
+                      "status": {"id": 100 + len(items), "state": "ready",
+                                 "identity": {"id": int(identity),
+                                              "labels": ["k8s:io.kubernetes.pod.namespace=" + namespace]},
+                                 "networking": {"addressing": [{"ipv4": ip}]},
+                                 "encryption": {}, "external-identifiers": {"pod-name": namespace + "/" + name}}})
+    for i in a.cilium_identity:
+        ident, namespace, app = i.split()
+        items.append({"apiVersion": "cilium.io/v2", "kind": "CiliumIdentity",
+                      "metadata": {"name": ident, "creationTimestamp": CREATED,
+                                   "labels": {"io.kubernetes.pod.namespace": namespace}},
+                      "security-labels": {"k8s:app": app, "k8s:io.kubernetes.pod.namespace": namespace,
+                                          "k8s:io.cilium.k8s.policy.serviceaccount": "default",
+                                          "k8s:io.cilium.k8s.policy.cluster": "default"}})
     print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}}, indent=2))
 
 

@@ -58,6 +58,11 @@ mod reload;
 #[cfg(feature = "live")]
 mod ovn_lab;
 
+/// The Cilium-shaped labs (identity VNIs on a real collect-metadata VXLAN device, native
+/// routing, the socket LB's shape, masquerade) and a real 8472 capture through cilium.wasm.
+#[cfg(feature = "live")]
+mod cilium_lab;
+
 /// A stand-in for the Kubernetes API server: list/watch, bookmarks, 410 Gone, cut watches.
 #[cfg(feature = "kubernetes")]
 mod kube_api;

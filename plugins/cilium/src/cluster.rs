@@ -345,7 +345,7 @@ impl Cluster {
     /// pods claim is named when exactly one CiliumEndpoint holds it (the live one).
     fn pod_by_identity(&self, ip: Ip, identity: Option<u32>) -> Option<Class<'_>> {
         let at = self.endpoints.get(&ip).map_or(&[][..], Vec::as_slice);
-        let Some(id) = identity.filter(|id| identity::reserved(*id).is_none()) else {
+        let Some(id) = identity.filter(|id| identity::is_workload(*id)) else {
             return match at {
                 [only] if self.shared.contains_key(&ip) => Some(Class::Pod {
                     name: &only.name,

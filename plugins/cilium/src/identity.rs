@@ -20,8 +20,11 @@ pub enum Reserved {
     World,
     /// 4 `reserved:health`: the node's cilium-health endpoint.
     Health,
-    /// 3 unmanaged, 5 init, 8 ingress, 11 encrypted-overlay, the well-known identities of
-    /// the kvstore mode (100-107), and the rest of the reserved range: no workload to name.
+    /// 100-107: the well-known identities of the kvstore mode (etcd-operator, cilium-etcd,
+    /// kube-dns, core-dns, cilium-operator...): pods, named by their endpoints like any other.
+    WellKnown,
+    /// 3 unmanaged, 5 init, 8 ingress, 11 encrypted-overlay, and the rest of the reserved
+    /// range: no workload to name.
     Other,
 }
 
@@ -36,16 +39,23 @@ pub fn reserved(id: u32) -> Option<Reserved> {
         1 | 6 | 7 => Reserved::Node,
         2 | 9 | 10 => Reserved::World,
         4 => Reserved::Health,
+        100..=107 => Reserved::WellKnown,
         _ => Reserved::Other,
     })
 }
 
-/// The evidence a reserved identity adds to a connection whose client it named.
+/// Whether `id` stands for pods, so their endpoints can name them.
+pub fn is_workload(id: u32) -> bool {
+    matches!(reserved(id), None | Some(Reserved::WellKnown))
+}
+
+/// The evidence a reserved identity on a connection's packets adds.
 pub fn evidence(r: Reserved) -> &'static str {
     match r {
         Reserved::Node => "cilium:identity-node",
         Reserved::World => "cilium:identity-world",
         Reserved::Health => "cilium:identity-health",
+        Reserved::WellKnown => "cilium:identity-well-known",
         Reserved::Unknown | Reserved::Other => "cilium:identity-reserved",
     }
 }
@@ -61,7 +71,9 @@ mod tests {
         assert_eq!(reserved(2), Some(Reserved::World));
         assert_eq!(reserved(4), Some(Reserved::Health));
         assert_eq!(reserved(0), Some(Reserved::Unknown));
-        assert_eq!(reserved(104), Some(Reserved::Other));
+        assert_eq!(reserved(104), Some(Reserved::WellKnown));
+        assert!(is_workload(104) && is_workload(300) && !is_workload(1) && !is_workload(3));
+        assert_eq!(reserved(3), Some(Reserved::Other));
         assert_eq!(reserved(255), Some(Reserved::Other));
         assert_eq!(reserved(256), None);
         assert_eq!(reserved(48_213), None);

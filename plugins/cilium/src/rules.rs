@@ -59,8 +59,12 @@ pub fn flow(c: &Cluster, d: &Datapath, conn: &Connection, out: &mut Flows) {
                 Tunnel::Geneve => "cilium:geneve",
                 _ => "cilium:vxlan",
             });
-            if identity::reserved(m.vni).is_none() && !c.knows_identity(m.vni) {
-                decision.evidence.push("cilium:identity-unknown");
+            match identity::reserved(m.vni) {
+                Some(r) => decision.evidence.push(identity::evidence(r)),
+                None if !c.knows_identity(m.vni) => {
+                    decision.evidence.push("cilium:identity-unknown")
+                }
+                None => {}
             }
         } else if d.tunnel.is_none()
             && m.tunnel == Tunnel::None
@@ -69,13 +73,6 @@ pub fn flow(c: &Cluster, d: &Datapath, conn: &Connection, out: &mut Flows) {
         {
             decision.evidence.push("cilium:native-routing");
         }
-    }
-    let client = decision.ends.client;
-    if client.role == Role::External
-        && let Some((id, _)) = identity_of(client.ip)
-        && let Some(r) = identity::reserved(id)
-    {
-        decision.evidence.push(identity::evidence(r));
     }
     if decision.evidence.contains(&"cilium:identity-mismatch") {
         decision.ends.confidence = decision.ends.confidence.min(MISMATCH_CONFIDENCE);

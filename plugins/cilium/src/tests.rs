@@ -252,6 +252,10 @@ fn the_node_reaches_a_remote_pod_from_cilium_host_with_the_host_identity() {
     assert_eq!((f.client.role, f.client.name.as_str()), (Role::Node, "n1"));
     assert_eq!((f.server.role, f.server.ip), (Role::Pod, ip("10.11.1.10")));
     assert!(has(f, "cilium:cilium-host"), "{f:?}");
+    assert!(
+        has(f, "cilium:identity-node"),
+        "reserved:host on the wire: {f:?}"
+    );
 }
 
 #[test]
