@@ -136,6 +136,7 @@ impl Capture {
             ringbuf_bytes: settings.agent.ringbuf_bytes,
             cache_slots: settings.agent.flow_cache_slots,
             baseline: settings.agent.baseline_probe,
+            tcx_first: settings.agent.tcx_first,
             decoding,
             ..ProbeSettings::default()
         };

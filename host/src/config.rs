@@ -174,6 +174,11 @@ pub struct AgentSection {
     /// statistics' own clock reads cost per packet. `./x bench-probe` runs both.
     #[serde(default)]
     pub baseline_probe: bool,
+    /// Where the probes join each interface's TCX chain: "first" (before every other
+    /// program, so a CNI's program that redirects or drops a packet, as Cilium's do, cannot
+    /// hide it from them) or "last" (after them: what the CNI let through).
+    #[serde(default = "default_tcx_order")]
+    pub tcx_order: Spanned<String>,
     /// The nodes to watch: one network namespace each. None: this host, as `node` = hostname.
     #[serde(default)]
     pub node: Vec<AgentNode>,
@@ -197,6 +202,9 @@ fn default_cache_slots() -> Spanned<u32> {
 fn default_ringbuf() -> Spanned<u32> {
     spanned(256 * 1024)
 }
+fn default_tcx_order() -> Spanned<String> {
+    spanned("first".to_string())
+}
 
 impl Default for AgentSection {
     fn default() -> Self {
@@ -209,6 +217,7 @@ impl Default for AgentSection {
             ringbuf_bytes: default_ringbuf(),
             bpf_stats: false,
             baseline_probe: false,
+            tcx_order: default_tcx_order(),
             node: Vec::new(),
         }
     }
@@ -647,6 +656,8 @@ pub struct AgentSettings {
     pub ringbuf_bytes: u32,
     pub bpf_stats: bool,
     pub baseline_probe: bool,
+    /// The probes attach at the head of each TCX chain (`tcx_order = "first"`).
+    pub tcx_first: bool,
     pub nodes: Vec<NodeToWatch>,
 }
 
@@ -662,6 +673,7 @@ impl Default for AgentSettings {
             ringbuf_bytes: a.ringbuf_bytes.into_inner(),
             bpf_stats: false,
             baseline_probe: false,
+            tcx_first: true,
             nodes: Vec::new(),
         }
     }

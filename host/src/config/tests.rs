@@ -120,6 +120,17 @@ fn agent_measurement_switches_reach_the_settings() {
 }
 
 #[test]
+fn the_probes_join_tcx_chains_first_unless_told_last() {
+    assert!(parse("", Path::new(".")).unwrap().agent.tcx_first);
+    let s = parse("[agent]\ntcx_order = \"last\"\n", Path::new(".")).unwrap();
+    assert!(!s.agent.tcx_first);
+    let p = parse("[agent]\ntcx_order = \"middle\"\n", Path::new(".")).unwrap_err();
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!((p[0].line, p[0].key.as_str()), (2, "agent.tcx_order"));
+    assert!(p[0].message.contains("\"first\" or \"last\""), "{p:?}");
+}
+
+#[test]
 fn agent_nodes_are_typed_and_named_once() {
     let text = "[[agent.node]]\nname = \"a\"\nifaces = [\"eth*\"]\n[[agent.node]]\nname = \"a\"\n";
     let keys = problems(text);

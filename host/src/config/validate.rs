@@ -534,6 +534,18 @@ fn agent_section(a: &AgentSection, base: &Path, p: &mut Problems) -> AgentSettin
         "agent.ringbuf_bytes",
         4096..=MAX_RINGBUF_BYTES,
     );
+    let tcx_first = match a.tcx_order.get_ref().as_str() {
+        "first" => true,
+        "last" => false,
+        other => {
+            p.at(
+                a.tcx_order.span(),
+                "agent.tcx_order",
+                format!("{other:?}: \"first\" or \"last\""),
+            );
+            true
+        }
+    };
     let mut names = HashSet::new();
     let mut nodes = Vec::new();
     for (i, n) in a.node.iter().enumerate() {
@@ -585,6 +597,7 @@ fn agent_section(a: &AgentSection, base: &Path, p: &mut Problems) -> AgentSettin
         ringbuf_bytes: *a.ringbuf_bytes.get_ref(),
         bpf_stats: a.bpf_stats,
         baseline_probe: a.baseline_probe,
+        tcx_first,
         nodes,
     }
 }

@@ -73,6 +73,9 @@ pub struct ProbeSettings {
     /// `bpf_stats`, what the hook and the statistics' own clock reads cost without any work,
     /// the floor under the probes' figure (`./x bench-probe`).
     pub baseline: bool,
+    /// Join each interface's TCX chain at its head (before a CNI's programs, which may
+    /// redirect or drop a packet and end the chain there), else at its tail.
+    pub tcx_first: bool,
 }
 
 /// The programs attached to each interface, by name and hook.
@@ -94,6 +97,7 @@ impl Default for ProbeSettings {
             helper_reads_only: false,
             cache_slots: 1024,
             baseline: false,
+            tcx_first: true,
         }
     }
 }
@@ -125,6 +129,8 @@ pub struct NodeProbe {
     cache_slots: u32,
     /// What is attached to each interface: the probes, or the baseline program.
     programs: [(&'static str, TcAttachType); 2],
+    /// Attach at the head of each TCX chain ([`ProbeSettings::tcx_first`]).
+    tcx_first: bool,
     events: u64,
     /// Link changes in the node's namespace; None when netlink is unavailable (the agent
     /// then only rescans on its timer).
@@ -215,6 +221,7 @@ impl NodeProbe {
             departed: BTreeMap::new(),
             window: 0,
             cache_slots,
+            tcx_first: settings.tcx_first,
             programs,
             events: 0,
         })
@@ -281,6 +288,11 @@ impl NodeProbe {
         let netns_path = self.netns.clone();
         let ebpf = &mut self.ebpf;
         let programs = self.programs;
+        let order = if self.tcx_first {
+            LinkOrder::first
+        } else {
+            LinkOrder::last
+        };
         let mut links = Vec::new();
         let result: Result<(), String> = netns::run_in(netns_path.as_deref(), || {
             for (name, attach_type) in programs {
@@ -290,11 +302,7 @@ impl NodeProbe {
                     .try_into()
                     .expect("a classifier");
                 let link = prog
-                    .attach_with_options(
-                        iface,
-                        attach_type,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
+                    .attach_with_options(iface, attach_type, TcAttachOptions::TcxOrder(order()))
                     .map_err(|e| format!("{name}: {e:#}"))?;
                 links.push((name, link));
             }
