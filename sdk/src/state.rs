@@ -105,7 +105,8 @@ impl Stitcher {
                 id => used.binary_search(&id).unwrap_or(0) as u32,
             });
             w.u64(r.place.1);
-            w.u8(u8::from(r.client_lower));
+            // Bit 0: the client is the lower end; bit 1: the counting place saw replies.
+            w.u8(u8::from(r.client_lower) | (u8::from(r.place_saw_replies) << 1));
             w.u8(u8::from(r.syn.is_some()));
             w.u32(r.syn.unwrap_or(0));
         }
@@ -132,7 +133,7 @@ impl Stitcher {
         for _ in 0..r.u32()? {
             ifaces.push((r.str()?, r.str()?));
         }
-        type Place = (TupleDigest, usize, TupleDigest, bool, Option<u32>);
+        type Place = (TupleDigest, usize, TupleDigest, u8, Option<u32>);
         let mut places: Vec<Place> = Vec::new();
         for _ in 0..r.u32()? {
             let key = r.u64()?;
@@ -144,9 +145,9 @@ impl Stitcher {
                     "the saved state names no such interface",
                 ));
             }
-            let (counted, client_lower) = (r.u64()?, r.u8()? != 0);
+            let (counted, flags) = (r.u64()?, r.u8()?);
             let syn = (r.u8()? != 0, r.u32()?);
-            places.push((key, iface, counted, client_lower, syn.0.then_some(syn.1)));
+            places.push((key, iface, counted, flags, syn.0.then_some(syn.1)));
         }
         if !r.0.is_empty() {
             return Err(error("state", "", "the saved state has bytes past its end"));
@@ -158,14 +159,15 @@ impl Stitcher {
             .collect();
         let restored: Vec<(TupleDigest, Remembered)> = places
             .into_iter()
-            .map(|(key, i, counted, client_lower, syn)| {
+            .map(|(key, i, counted, flags, syn)| {
                 let id = ids.get(i).copied().unwrap_or(ALREADY_COUNTED);
                 (
                     key,
                     Remembered {
                         place: (id, counted),
-                        client_lower,
+                        client_lower: flags & 1 != 0,
                         syn,
+                        place_saw_replies: flags & 2 != 0,
                     },
                 )
             })

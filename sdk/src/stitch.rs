@@ -78,6 +78,9 @@ pub struct Remembered {
     /// one on the same 5-tuple is a new connection (the port reused); the same one is that
     /// handshake seen at another point after a drain.
     pub syn: Option<u32>,
+    /// The counting place has shown this connection's replies (server -> client): when it
+    /// shows none in a later window, that is a drain's timing, not a place replies skip.
+    pub place_saw_replies: bool,
 }
 
 /// The interface id of a [`CountingPlace`] for a connection whose packets in this window were
@@ -291,6 +294,12 @@ pub struct Connection {
     /// windows (each node's views split differently at the boundary, and two places would sum
     /// to more than was sent).
     pub counted_at: CountingPlace,
+    /// Where the replies are counted when [`counted_at`](Self::counted_at) never saw any and
+    /// another interface of the same node did: a CNI's redirect can skip a pod's host-side
+    /// veth one way (Cilium's `bpf_redirect_peer` hands arriving packets straight to the
+    /// pod's own end), so no one place sees both directions of a pod-to-pod connection on one
+    /// node. Only replies are counted there.
+    pub replies_counted_at: Option<CountingPlace>,
     /// The last window held this connection (one of its 5-tuples, and no new handshake now):
     /// it goes on across the window's end and is one connection, not two.
     pub continued: bool,
@@ -332,8 +341,10 @@ impl Connection {
             }
             return (0, 0, first.min(last), last);
         }
-        for m in &self.members {
-            if self.point(m).iface_id == iface && m.tuple_key() == tuple {
+        let place = |m: &Seen| (self.point(m).iface_id, m.tuple_key());
+        for (m, forward) in self.members.iter().zip(&self.forward) {
+            let at = place(m);
+            if at == (iface, tuple) || (!forward && Some(at) == self.replies_counted_at) {
                 packets += m.packets;
                 bytes += m.bytes;
                 first = first.min(m.first_ns);
@@ -688,27 +699,30 @@ impl Stitcher {
             let continued = last.is_some_and(|r| syn.is_none() || syn == r.syn);
             let syn = syn.or(last.filter(|_| continued).and_then(|r| r.syn));
             let forward = orient(&members, &remembered);
-            let counted_at = self.counting_place(&members, &forward, last, syn);
+            let (counted_at, replies_counted_at) =
+                self.counting_place(&members, &forward, last, syn);
             each(Connection {
                 joined_by_time: by_time.contains(&group[0].0),
                 members,
                 forward,
                 counted_at,
+                replies_counted_at,
                 continued,
                 points: points.clone(),
             });
         }
     }
 
-    /// Chooses (and remembers) where a connection is counted; see
-    /// [`Connection::counted_at`].
+    /// Chooses (and remembers) where a connection is counted, and where its replies are when
+    /// that place sees none; see [`Connection::counted_at`] and
+    /// [`Connection::replies_counted_at`].
     fn counting_place(
         &mut self,
         members: &[Seen],
         forward: &[bool],
         last: Option<Remembered>,
         syn: Option<u32>,
-    ) -> CountingPlace {
+    ) -> (CountingPlace, Option<CountingPlace>) {
         // The distinct 5-tuples: a handful (one per NAT step), however many members.
         let mut keys: Vec<TupleKey> = Vec::with_capacity(4);
         for m in members {
@@ -732,6 +746,17 @@ impl Stitcher {
             None => self.new_counting_place(members, forward, &keys),
         };
         let place = (chosen.0, digest(&chosen.1));
+        let at = |m: &Seen| (self.points[m.point as usize].iface_id, m.tuple_key());
+        let saw_replies_now = members
+            .iter()
+            .zip(forward)
+            .any(|(m, &f)| !f && at(m) == chosen);
+        let saw_replies_before = last.is_some_and(|r| r.place == place && r.place_saw_replies);
+        let replies = if saw_replies_now || saw_replies_before || chosen.0 == ALREADY_COUNTED {
+            None
+        } else {
+            self.replies_place(members, forward, chosen)
+        };
         for k in keys {
             // Which end of this 5-tuple is the client, from a member that shows it.
             let client_lower = members
@@ -745,10 +770,41 @@ impl Stitcher {
                     place,
                     client_lower,
                     syn,
+                    place_saw_replies: saw_replies_now || saw_replies_before,
                 },
             );
         }
-        chosen
+        (chosen, replies)
+    }
+
+    /// The interface of the counting place's node that saw the most replies (server ->
+    /// client), for a connection whose counting place saw none. Only the same node: a reply
+    /// reaches another node's interfaces at another moment, and a drain between the two
+    /// would count it twice.
+    fn replies_place(
+        &self,
+        members: &[Seen],
+        forward: &[bool],
+        chosen: CountingPlace,
+    ) -> Option<CountingPlace> {
+        let point = |m: &Seen| &self.points[m.point as usize];
+        let node = members
+            .iter()
+            .find(|m| point(m).iface_id == chosen.0)
+            .map(|m| point(m).node.as_str())?;
+        let mut tally: Vec<(CountingPlace, u64)> = Vec::with_capacity(4);
+        for (m, _) in members
+            .iter()
+            .zip(forward)
+            .filter(|(m, f)| !**f && point(m).node == node)
+        {
+            let p = (point(m).iface_id, m.tuple_key());
+            match tally.iter_mut().find(|t| t.0 == p) {
+                Some(t) => t.1 += m.packets,
+                None => tally.push((p, m.packets)),
+            }
+        }
+        tally.iter().rev().max_by_key(|t| t.1).map(|t| t.0)
     }
 
     /// The place that saw the most client -> server packets (then the most packets, then
@@ -1663,6 +1719,77 @@ mod tests {
         );
         let second: u64 = s.drain().iter().map(|c| c.counters().0).sum();
         assert_eq!(first + second, 4, "{first} + {second}");
+    }
+
+    /// Cilium's `bpf_redirect_peer` hands packets arriving for a pod straight to the pod's own
+    /// end: each pod's host-side veth sees only what its pod sends. No place sees both
+    /// directions of a pod-to-pod connection on one node; the replies are counted where they
+    /// were seen, once.
+    #[test]
+    fn replies_a_redirect_hides_from_the_counting_place_are_counted_where_they_were_seen() {
+        let points = |b: BatchBuilder| {
+            b.point("a", "lxc1", IfaceKind::PodVeth, Direction::Ingress)
+                .point("a", "lxc2", IfaceKind::PodVeth, Direction::Ingress)
+                .point("b", "eth0", IfaceKind::Uplink, Direction::Ingress)
+        };
+        let req = |at, n| {
+            Row::flow(6, "10.0.0.5", 4000, "10.0.0.6", 80)
+                .at(at)
+                .counters(n, n * 100)
+        };
+        let rep = |at, n| {
+            Row::flow(6, "10.0.0.6", 80, "10.0.0.5", 4000)
+                .at(at)
+                .counters(n, n * 100)
+        };
+        let mut s = Stitcher::default();
+        s.add_batch(
+            &points(BatchBuilder::new())
+                .row(req(0, 6))
+                .row(rep(1, 5))
+                .build(),
+        );
+        let c = &s.drain()[0];
+        assert_eq!(c.counters().0, 11, "6 requests at lxc1, 5 replies at lxc2");
+        assert!(c.replies_counted_at.is_some());
+        // And in the next window, the same way, once.
+        s.add_batch(
+            &points(BatchBuilder::new())
+                .row(req(0, 2))
+                .row(rep(1, 2))
+                .build(),
+        );
+        assert_eq!(s.drain()[0].counters().0, 4);
+
+        // A place that has shown replies is not helped: their absence now is a drain's timing
+        // (they will reach it after), and counting them elsewhere would count them twice.
+        let mut s = Stitcher::default();
+        s.add_batch(
+            &points(BatchBuilder::new())
+                .row(req(0, 2))
+                .row(rep(0, 2))
+                .build(),
+        );
+        assert_eq!(s.drain()[0].counters().0, 4);
+        s.add_batch(
+            &points(BatchBuilder::new())
+                .row(req(0, 1))
+                .row(rep(1, 1))
+                .build(),
+        );
+        let c = &s.drain()[0];
+        assert_eq!((c.counters().0, c.replies_counted_at), (1, None));
+
+        // Replies seen only on another node are not counted for the place that missed them.
+        let mut s = Stitcher::default();
+        s.add_batch(
+            &points(BatchBuilder::new())
+                .row(req(0, 3))
+                .row(rep(2, 3))
+                .build(),
+        );
+        let c = &s.drain()[0];
+        assert_eq!((c.counters().0, c.replies_counted_at), (3, None));
     }
 
     #[test]

@@ -12,7 +12,9 @@
 #           as the VNI (a policy-routing table per pod whose route sets the tunnel key, the
 #           node's own traffic with reserved:host = 1), as Cilium's bpf_lxc/bpf_host do;
 #           the inventory also lists billing/ledger-b2 on server-b1's address with a
-#           lingering CiliumEndpoint: the VNI says which one answered
+#           lingering CiliumEndpoint: the VNI says which one answered. Packets for a pod
+#           reach it as after bpf_redirect_peer: past its lxc (through a second link into the
+#           pod that no probe watches), so each lxc sees only what its pod sends
 #   native  routing-mode native with auto-direct-node-routes: `10.0.M.0/24 via <node M>`
 #
 #   cilium.sh up ID DIR [vxlan|native]  build it; write DIR/inventory.json, DIR/cniscope.toml
@@ -44,6 +46,7 @@ cluster_cidr=10.0.0.0/16
 host_identity=1
 
 lxc_of() { printf 'lxc%s' "$(printf '%s' "$1" | sha256sum | cut -c1-12)"; }
+peer_of() { printf 'rdp%s' "$(printf '%s' "$1" | sha256sum | cut -c1-12)"; }
 
 up() {
   local id=$1 dir=$2 mode=${3:-vxlan}
@@ -59,6 +62,12 @@ up() {
     nsx "$ns" ip addr add "${router[$n]}/32" dev cilium_host
     nsx "$ns" ip link set cilium_net up
     nsx "$ns" ip link set cilium_host up
+    # The node's own packets to its pods leave through cilium_host (Cilium routes the pod
+    # CIDR via it; bpf_host hands them on) and come back in on cilium_net, which must take a
+    # packet from the node's own address.
+    nsx "$ns" ip route add "${pod_net[$n]}.0/24" dev cilium_host src "${router[$n]}" table 200
+    nsx "$ns" ip rule add iif lo to "${pod_net[$n]}.0/24" lookup 200
+    nsx "$ns" sysctl -qw net.ipv4.conf.cilium_net.accept_local=1 net.ipv4.conf.cilium_net.proxy_arp=1 net.ipv4.neigh.cilium_net.proxy_delay=0
     # BPF masquerade: pods leaving the cluster take the node's address.
     nsx "$ns" iptables -t nat -A POSTROUTING -s "$cluster_cidr" ! -d "$cluster_cidr" -o eth0 -j MASQUERADE
     if [ "$mode" = vxlan ]; then
@@ -75,7 +84,16 @@ up() {
     nsx "$ns" ip link set lo up
     ip link add "$lxc" netns "$id-n$n" type veth peer name eth0 netns "$ns"
     nsx "$id-n$n" ip link set "$lxc" up
-    nsx "$id-n$n" ip route add "$addr/32" dev "$lxc" src "${router[$n]}"
+    local deliver=$lxc
+    if [ "$mode" = vxlan ]; then
+      # bpf_redirect_peer's shape: what arrives for the pod enters it without crossing the
+      # lxc's egress hook.
+      deliver=$(peer_of "$name")
+      ip link add "$deliver" netns "$id-n$n" type veth peer name peer0 netns "$ns"
+      nsx "$id-n$n" ip link set "$deliver" up
+      nsx "$ns" ip link set peer0 up
+    fi
+    nsx "$id-n$n" ip route add "$addr/32" dev "$deliver" src "${router[$n]}"
     nsx "$ns" ip addr add "$addr/32" dev eth0
     nsx "$ns" ip link set eth0 up
     nsx "$ns" ip route add "${router[$n]}" dev eth0 scope link

@@ -82,6 +82,17 @@ fn cilium_lab_edges(mode: &str, tag: &str) {
         !has(same, "cilium:vxlan") && !has(same, "cilium:native-routing"),
         "same node: {same:#}"
     );
+    // In VXLAN mode packets reach pods as after bpf_redirect_peer, past their lxc: each lxc
+    // saw only its own pod's packets, no place saw both directions, and the connection is
+    // still counted whole, once (2 echo rounds: 12 packets, as with a veth seeing both).
+    assert_eq!(same["packets"], 12, "{same:#}");
+    let lxc_egress = |e: &Value| {
+        points(e)
+            .iter()
+            .any(|p| p.contains("/lxc") && p.ends_with(":egress"))
+    };
+    assert_eq!(lxc_egress(same), !vxlan, "{same:#}");
+    assert_eq!(lxc_egress(cross), !vxlan, "{cross:#}");
 
     // Masqueraded to node a on the way out, recovered from the pod's own view.
     let out = edge(&doc, client, "external/192.168.88.100", "tcp", None);
