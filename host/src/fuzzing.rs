@@ -123,6 +123,7 @@ pub fn flows(data: &[u8]) {
         observed_count: c.list(|c| u16::from(c.byte() % 4)),
         observed_at: c.list(|c| c.byte() as u32),
         continued: c.list(|c| c.byte() & 1 == 1),
+        connection: c.list(Columns::u64),
     };
     if convert::check_flows(&b).is_ok() {
         let mut topology = Topology::default();

@@ -3,6 +3,7 @@
 #[cfg(feature = "live")]
 pub mod agent;
 pub mod cluster;
+pub mod compose;
 pub mod config;
 pub mod fuzzing;
 pub mod health;

@@ -9,7 +9,6 @@ use crate::config::reload::ConfigWatch;
 use crate::config::{PluginToLoad, Settings};
 use crate::health::ConfigHealth;
 use crate::inventory::{Inventory, InventorySource};
-use crate::plugins::bindings::wit;
 use crate::plugins::watch::PluginWatch;
 use crate::plugins::{PluginEngine, PluginError, PluginInstance, convert};
 use crate::sources::aggregate::{Observation, PointTable};
@@ -336,15 +335,20 @@ impl Pipeline {
         self.reload_changed();
         self.refresh_inventory();
         self.windows += 1;
-        let mut flows: Vec<wit::FlowBatch> = Vec::new();
+        let mut flows: crate::compose::PluginFlows = Vec::new();
         for chunk in observations.chunks(MAX_BATCH) {
             let batch = convert::batch(points.all(), chunk);
-            for p in &mut self.plugins {
-                flows.extend(p.process(&batch));
+            for (i, p) in self.plugins.iter_mut().enumerate() {
+                flows.extend(p.process(&batch).map(|f| (i, f)));
             }
         }
-        for p in &mut self.plugins {
-            flows.extend(p.flush(end_ns));
+        for (i, p) in self.plugins.iter_mut().enumerate() {
+            flows.extend(p.flush(end_ns).map(|f| (i, f)));
+        }
+        // One connection that several plugins reported is one edge.
+        let (flows, folded) = crate::compose::compose(flows, self.plugins.len());
+        for (p, n) in self.plugins.iter_mut().zip(folded) {
+            p.count_composed(n);
         }
         if let (Some(first), Some(last)) = (
             observations.iter().map(|o| o.first_ns).min(),
@@ -352,7 +356,7 @@ impl Pipeline {
         ) {
             self.topology.cover(first, last);
         }
-        for f in &flows {
+        for (_, f) in &flows {
             self.topology.add_batch(&self.resolver, f);
         }
     }

@@ -313,6 +313,7 @@ impl Connection {
             evidence: &evidence,
             observed_at: &points,
             continued: self.continued,
+            connection: self.id(),
         });
     }
 }

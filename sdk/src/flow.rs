@@ -49,6 +49,8 @@ pub struct LogicalFlow {
     pub confidence: f32,
     /// Already a flow in an earlier window: adds packets, not a connection.
     pub continued: bool,
+    /// The connection's identity ([`crate::stitch::Connection::id`]); 0: not known.
+    pub connection: u64,
 }
 
 impl Endpoint {
@@ -109,6 +111,7 @@ impl FlowBuilder {
             observed_at: Vec::new(),
             confidence: 1.0,
             continued: false,
+            connection: 0,
         })
     }
 
@@ -196,6 +199,7 @@ pub struct FlowRef<'a> {
     pub evidence: &'a [&'a str],
     pub observed_at: &'a [&'a str],
     pub continued: bool,
+    pub connection: u64,
 }
 
 pub fn role_code(r: Role) -> u8 {
@@ -254,6 +258,7 @@ impl Default for Flows {
                 observed_count: Vec::new(),
                 observed_at: Vec::new(),
                 continued: Vec::new(),
+                connection: Vec::new(),
             },
             index: FastMap::default(),
         }
@@ -313,6 +318,7 @@ impl Flows {
         b.last_ns.push(f.last_ns);
         b.confidence.push(f.confidence);
         b.continued.push(f.continued);
+        b.connection.push(f.connection);
         let n_ev = f.evidence.len().min(u8::MAX as usize);
         self.batch.evidence_count.push(n_ev as u8);
         for e in &f.evidence[..n_ev] {
@@ -345,6 +351,7 @@ impl Flows {
             evidence: &evidence,
             observed_at: &observed,
             continued: f.continued,
+            connection: f.connection,
         });
     }
 
@@ -416,6 +423,7 @@ pub fn flows_from_batch(b: &FlowBatch) -> Vec<LogicalFlow> {
                 observed_at,
                 confidence: b.confidence[i],
                 continued: b.continued.get(i).copied().unwrap_or(false),
+                connection: b.connection.get(i).copied().unwrap_or(0),
             }
         })
         .collect()

@@ -320,6 +320,17 @@ impl Connection {
             .map(|(m, _)| m)
     }
 
+    /// The connection's identity: the smallest digest of its views' 5-tuples. Every plugin
+    /// that stitched the same views gives the same number, so the host can compose their flows
+    /// into one edge (WIT `flow-batch.connection`).
+    pub fn id(&self) -> u64 {
+        self.members
+            .iter()
+            .map(|m| digest(&m.tuple_key()))
+            .min()
+            .unwrap_or(0)
+    }
+
     pub fn reverse_members(&self) -> impl Iterator<Item = &Seen> {
         self.members
             .iter()

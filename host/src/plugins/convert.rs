@@ -296,6 +296,7 @@ pub fn check_flows(b: &wit::FlowBatch) -> Result<(), String> {
         ("evidence-count", b.evidence_count.len()),
         ("observed-count", b.observed_count.len()),
         ("continued", b.continued.len()),
+        ("connection", b.connection.len()),
     ];
     if let Some((name, len)) = columns.iter().find(|(_, len)| *len != n) {
         return Err(format!("column {name} has {len} values for {n} flows"));

@@ -84,6 +84,10 @@ pub struct PluginHealth {
     /// flows they held.
     pub batches_refused: u64,
     pub flows_refused: u64,
+    /// Flows of a connection another plugin also reported, folded into that plugin's flow
+    /// (its evidence and points kept there; `compose.rs`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub flows_composed: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_refused: Option<String>,
     pub busy_ms: f64,
@@ -290,6 +294,11 @@ impl PluginInstance {
         let out = self.call("process", n, |p, s| p.call_process(s, batch))?;
         self.read_counters();
         self.checked("process", out)
+    }
+
+    /// Counts flows of this plugin folded into another plugin's flow of the same connection.
+    pub fn count_composed(&mut self, n: u64) {
+        self.health.flows_composed += n;
     }
 
     /// Ends a window; then reads the plugin's counters into its health.
@@ -514,4 +523,8 @@ fn no_decoding() -> wit::Decoding {
         udp_encap_ports: Vec::new(),
         geneve_option_classes: Vec::new(),
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -139,6 +139,7 @@ impl Plugin for Misbehave {
                         evidence: &["flannel:vxlan", "service:dnat"],
                         observed_at: &points,
                         continued: false,
+                        connection: 0,
                     });
                 }
                 Ok(())

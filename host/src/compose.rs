@@ -1,0 +1,446 @@
+//! Composition: flows of one connection from several plugins become one edge
+//! (ARCHITECTURE.md, "Composition"). Plugins run side by side and each sees every view, so a
+//! plugin that knows one layer of the path (Kata peer-pods' tunnel to the pod VM) and the
+//! CNI's plugin (the pod network under it) both report a connection that crosses both. Each
+//! flow says which connection it stands for (WIT `flow-batch.connection`, the same number
+//! in every plugin that stitched the same views); per window, the flows sharing one are
+//! folded into the one that names its ends best, which keeps its counts (each plugin counted
+//! the connection once, never to be added up), and takes the others' evidence and points.
+
+use crate::plugins::bindings::wit;
+use std::collections::HashMap;
+
+/// The flows each plugin returned in one window: (plugin index, batch).
+pub type PluginFlows = Vec<(usize, wit::FlowBatch)>;
+
+/// Role codes of the flow batch (`sdk/src/flow.rs` `role_code`).
+const POD: u8 = 0;
+const NODE: u8 = 1;
+const SERVICE: u8 = 2;
+const EXTERNAL: u8 = 3;
+
+/// How well a flow names its ends: a pod over a node over a service over the outside over
+/// nothing known, a name over none, a service named over none.
+fn score(b: &wit::FlowBatch, i: usize) -> u32 {
+    let end = |role: u8, name: u32| -> u32 {
+        let rank = match role {
+            POD => 5,
+            NODE => 4,
+            SERVICE => 3,
+            EXTERNAL => 2,
+            _ => 1,
+        };
+        rank * 2 + u32::from(name != 0)
+    };
+    end(b.client_role[i], b.client_name[i]) * 16
+        + end(b.server_role[i], b.server_name[i])
+        + u32::from(b.service_role[i] != 255) * 256
+}
+
+/// The offsets of each flow's evidence and points in the batch's flat lists.
+fn offsets(counts: impl Iterator<Item = usize>) -> Vec<usize> {
+    let mut at = 0;
+    counts
+        .map(|n| {
+            let start = at;
+            at += n;
+            start
+        })
+        .collect()
+}
+
+/// Folds the flows of each connection that more than one plugin reported into one, and
+/// returns every batch with the folded flows taken out, and per plugin how many of its flows
+/// were folded into another plugin's (its health's `flows_composed`).
+pub fn compose(batches: PluginFlows, plugins: usize) -> (PluginFlows, Vec<u64>) {
+    let mut folded = vec![0u64; plugins];
+    let distinct_plugins = {
+        let mut seen: Vec<usize> = batches
+            .iter()
+            .filter(|(_, b)| !b.protocol.is_empty())
+            .map(|(p, _)| *p)
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen.len()
+    };
+    if distinct_plugins < 2 {
+        return (batches, folded);
+    }
+    // Connection -> every flow that stands for it: (batch, row).
+    let mut by_connection: HashMap<u64, Vec<(usize, usize)>> = HashMap::new();
+    for (bi, (_, b)) in batches.iter().enumerate() {
+        for (row, &c) in b.connection.iter().enumerate() {
+            if c != 0 {
+                by_connection.entry(c).or_default().push((bi, row));
+            }
+        }
+    }
+    // What each kept flow gains (evidence, points) and which flows go.
+    let mut gains: HashMap<(usize, usize), (Vec<String>, Vec<String>)> = HashMap::new();
+    let mut gone: Vec<Vec<bool>> = batches
+        .iter()
+        .map(|(_, b)| vec![false; b.protocol.len()])
+        .collect();
+    let evidence_at: Vec<Vec<usize>> = batches
+        .iter()
+        .map(|(_, b)| offsets(b.evidence_count.iter().map(|&n| n as usize)))
+        .collect();
+    let points_at: Vec<Vec<usize>> = batches
+        .iter()
+        .map(|(_, b)| offsets(b.observed_count.iter().map(|&n| n as usize)))
+        .collect();
+    for rows in by_connection.values() {
+        let plugin_of = |&(bi, _): &(usize, usize)| batches[bi].0;
+        let first_plugin = plugin_of(&rows[0]);
+        if rows.iter().all(|r| plugin_of(r) == first_plugin) {
+            continue; // one plugin's flows: nothing to compose
+        }
+        // The best-named flow; among equals, the plugin listed first.
+        let &keep = rows
+            .iter()
+            .max_by_key(|&&(bi, row)| {
+                (score(&batches[bi].1, row), std::cmp::Reverse(batches[bi].0))
+            })
+            .expect("two rows at least");
+        let keep_plugin = plugin_of(&keep);
+        for &(bi, row) in rows {
+            if (bi, row) == keep || plugin_of(&(bi, row)) == keep_plugin {
+                continue;
+            }
+            let b = &batches[bi].1;
+            let s = |i: &u32| b.strings[*i as usize].clone();
+            let ev = evidence_at[bi][row];
+            let pt = points_at[bi][row];
+            let gain = gains.entry(keep).or_default();
+            gain.0.extend(
+                b.evidence[ev..ev + b.evidence_count[row] as usize]
+                    .iter()
+                    .map(s),
+            );
+            gain.1.extend(
+                b.observed_at[pt..pt + b.observed_count[row] as usize]
+                    .iter()
+                    .map(s),
+            );
+            gone[bi][row] = true;
+            folded[batches[bi].0] += 1;
+        }
+    }
+    let composed = batches
+        .into_iter()
+        .enumerate()
+        .map(|(bi, (p, b))| {
+            let touched = gone[bi].iter().any(|g| *g) || gains.keys().any(|k| k.0 == bi);
+            if !touched {
+                return (p, b);
+            }
+            let rows_gained: HashMap<usize, &(Vec<String>, Vec<String>)> = gains
+                .iter()
+                .filter(|(k, _)| k.0 == bi)
+                .map(|(k, v)| (k.1, v))
+                .collect();
+            (
+                p,
+                rebuild(
+                    &b,
+                    &gone[bi],
+                    &rows_gained,
+                    &evidence_at[bi],
+                    &points_at[bi],
+                ),
+            )
+        })
+        .collect();
+    (composed, folded)
+}
+
+/// `b` without the rows marked gone, each kept row with its gains added to its evidence and
+/// points (each label once).
+fn rebuild(
+    b: &wit::FlowBatch,
+    gone: &[bool],
+    gains: &HashMap<usize, &(Vec<String>, Vec<String>)>,
+    evidence_at: &[usize],
+    points_at: &[usize],
+) -> wit::FlowBatch {
+    let mut out = wit::FlowBatch {
+        strings: b.strings.clone(),
+        client_role: Vec::new(),
+        client_ip_hi: Vec::new(),
+        client_ip_lo: Vec::new(),
+        client_name: Vec::new(),
+        server_role: Vec::new(),
+        server_ip_hi: Vec::new(),
+        server_ip_lo: Vec::new(),
+        server_name: Vec::new(),
+        service_role: Vec::new(),
+        service_ip_hi: Vec::new(),
+        service_ip_lo: Vec::new(),
+        service_name: Vec::new(),
+        protocol: Vec::new(),
+        server_port: Vec::new(),
+        packets: Vec::new(),
+        bytes: Vec::new(),
+        first_ns: Vec::new(),
+        last_ns: Vec::new(),
+        confidence: Vec::new(),
+        evidence_count: Vec::new(),
+        evidence: Vec::new(),
+        observed_count: Vec::new(),
+        observed_at: Vec::new(),
+        continued: Vec::new(),
+        connection: Vec::new(),
+    };
+    let mut index: HashMap<String, u32> = HashMap::new();
+    let mut intern = |strings: &mut Vec<String>, s: &str| -> u32 {
+        if let Some(&i) = index.get(s) {
+            return i;
+        }
+        let i = match strings.iter().position(|x| x == s) {
+            Some(i) => i as u32,
+            None => {
+                strings.push(s.to_string());
+                (strings.len() - 1) as u32
+            }
+        };
+        index.insert(s.to_string(), i);
+        i
+    };
+    for row in (0..b.protocol.len()).filter(|&r| !gone[r]) {
+        out.client_role.push(b.client_role[row]);
+        out.client_ip_hi.push(b.client_ip_hi[row]);
+        out.client_ip_lo.push(b.client_ip_lo[row]);
+        out.client_name.push(b.client_name[row]);
+        out.server_role.push(b.server_role[row]);
+        out.server_ip_hi.push(b.server_ip_hi[row]);
+        out.server_ip_lo.push(b.server_ip_lo[row]);
+        out.server_name.push(b.server_name[row]);
+        out.service_role.push(b.service_role[row]);
+        out.service_ip_hi.push(b.service_ip_hi[row]);
+        out.service_ip_lo.push(b.service_ip_lo[row]);
+        out.service_name.push(b.service_name[row]);
+        out.protocol.push(b.protocol[row]);
+        out.server_port.push(b.server_port[row]);
+        out.packets.push(b.packets[row]);
+        out.bytes.push(b.bytes[row]);
+        out.first_ns.push(b.first_ns[row]);
+        out.last_ns.push(b.last_ns[row]);
+        out.confidence.push(b.confidence[row]);
+        out.continued.push(b.continued[row]);
+        out.connection.push(b.connection[row]);
+        let ev = evidence_at[row];
+        let mut evidence: Vec<u32> = b.evidence[ev..ev + b.evidence_count[row] as usize].to_vec();
+        let pt = points_at[row];
+        let mut points: Vec<u32> = b.observed_at[pt..pt + b.observed_count[row] as usize].to_vec();
+        if let Some((more_evidence, more_points)) = gains.get(&row) {
+            for e in more_evidence.iter() {
+                let i = intern(&mut out.strings, e);
+                if !evidence.contains(&i) {
+                    evidence.push(i);
+                }
+            }
+            for p in more_points.iter() {
+                let i = intern(&mut out.strings, p);
+                if !points.contains(&i) {
+                    points.push(i);
+                }
+            }
+        }
+        evidence.truncate(u8::MAX as usize);
+        points.truncate(u16::MAX as usize);
+        out.evidence_count.push(evidence.len() as u8);
+        out.evidence.extend(evidence);
+        out.observed_count.push(points.len() as u16);
+        out.observed_at.extend(points);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch of flows (client ip, client role, client name, server ip, packets, evidence,
+    /// points, connection), server a pod on TCP 80.
+    type Row<'a> = (
+        u64,
+        u8,
+        &'a str,
+        u64,
+        u64,
+        &'a [&'a str],
+        &'a [&'a str],
+        u64,
+    );
+
+    fn batch(rows: &[Row]) -> wit::FlowBatch {
+        let mut b = rebuild(
+            &wit::FlowBatch {
+                strings: vec![String::new()],
+                client_role: vec![],
+                client_ip_hi: vec![],
+                client_ip_lo: vec![],
+                client_name: vec![],
+                server_role: vec![],
+                server_ip_hi: vec![],
+                server_ip_lo: vec![],
+                server_name: vec![],
+                service_role: vec![],
+                service_ip_hi: vec![],
+                service_ip_lo: vec![],
+                service_name: vec![],
+                protocol: vec![],
+                server_port: vec![],
+                packets: vec![],
+                bytes: vec![],
+                first_ns: vec![],
+                last_ns: vec![],
+                confidence: vec![],
+                evidence_count: vec![],
+                evidence: vec![],
+                observed_count: vec![],
+                observed_at: vec![],
+                continued: vec![],
+                connection: vec![],
+            },
+            &[],
+            &HashMap::new(),
+            &[],
+            &[],
+        );
+        let mut intern = |s: &str| -> u32 {
+            if s.is_empty() {
+                return 0;
+            }
+            match b.strings.iter().position(|x| x == s) {
+                Some(i) => i as u32,
+                None => {
+                    b.strings.push(s.into());
+                    (b.strings.len() - 1) as u32
+                }
+            }
+        };
+        let mut cols: Vec<(u8, u32, Vec<u32>, Vec<u32>)> = Vec::new();
+        for (_, role, name, _, _, ev, pts, _) in rows {
+            let name = intern(name);
+            let ev = ev.iter().map(|e| intern(e)).collect();
+            let pts = pts.iter().map(|p| intern(p)).collect();
+            cols.push((*role, name, ev, pts));
+        }
+        for (r, (client_ip, _, _, server_ip, packets, _, _, connection)) in rows.iter().enumerate()
+        {
+            let (role, name, ev, pts) = &cols[r];
+            b.client_role.push(*role);
+            b.client_ip_hi.push(0);
+            b.client_ip_lo.push(*client_ip);
+            b.client_name.push(*name);
+            b.server_role.push(POD);
+            b.server_ip_hi.push(0);
+            b.server_ip_lo.push(*server_ip);
+            b.server_name.push(0);
+            b.service_role.push(255);
+            b.service_ip_hi.push(0);
+            b.service_ip_lo.push(0);
+            b.service_name.push(0);
+            b.protocol.push(6);
+            b.server_port.push(80);
+            b.packets.push(*packets);
+            b.bytes.push(packets * 100);
+            b.first_ns.push(1);
+            b.last_ns.push(2);
+            b.confidence.push(1.0);
+            b.continued.push(false);
+            b.connection.push(*connection);
+            b.evidence_count.push(ev.len() as u8);
+            b.evidence.extend(ev);
+            b.observed_count.push(pts.len() as u16);
+            b.observed_at.extend(pts);
+        }
+        b
+    }
+
+    fn labels(b: &wit::FlowBatch, row: usize) -> (Vec<String>, Vec<String>) {
+        let ev_at = offsets(b.evidence_count.iter().map(|&n| n as usize))[row];
+        let pt_at = offsets(b.observed_count.iter().map(|&n| n as usize))[row];
+        let s = |i: &u32| b.strings[*i as usize].clone();
+        (
+            b.evidence[ev_at..ev_at + b.evidence_count[row] as usize]
+                .iter()
+                .map(s)
+                .collect(),
+            b.observed_at[pt_at..pt_at + b.observed_count[row] as usize]
+                .iter()
+                .map(s)
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn one_connection_from_two_plugins_is_one_flow_with_both_plugins_evidence() {
+        // The CNI plugin names the client pod; the other knows only its address, and the
+        // tunnel the connection took. Connection 7 is both; 8 is the CNI's alone; 9 the
+        // other's alone.
+        let cni = batch(&[
+            (5, POD, "", 9, 12, &["flannel:vxlan"], &["a/eth0:egress"], 7),
+            (5, POD, "", 10, 4, &[], &["a/veth1:ingress"], 8),
+        ]);
+        let other = batch(&[
+            (
+                5,
+                4,
+                "",
+                9,
+                12,
+                &["kata:peer-pod"],
+                &["a/eth0:egress", "peer-pod-vm/192.0.2.50"],
+                7,
+            ),
+            (6, 4, "", 11, 3, &["kata:peer-pod"], &["b/eth0:egress"], 9),
+        ]);
+        let (out, folded) = compose(vec![(0, cni), (1, other)], 2);
+        assert_eq!(
+            folded,
+            vec![0, 1],
+            "the other plugin's flow of 7 was folded"
+        );
+        let total: usize = out.iter().map(|(_, b)| b.protocol.len()).sum();
+        assert_eq!(total, 3, "7 once, 8, 9");
+        let (_, cni) = &out[0];
+        assert_eq!(cni.packets[0], 12, "counted once, not 24");
+        let (ev, pts) = labels(cni, 0);
+        assert_eq!(ev, ["flannel:vxlan", "kata:peer-pod"]);
+        assert_eq!(pts, ["a/eth0:egress", "peer-pod-vm/192.0.2.50"]);
+        let (_, other) = &out[1];
+        assert_eq!(other.connection, vec![9]);
+    }
+
+    #[test]
+    fn the_flow_that_names_its_ends_best_is_kept_whatever_the_plugin_order() {
+        let vague = batch(&[(5, 4, "", 9, 6, &["x:tunnel"], &["p1"], 3)]);
+        let named = batch(&[(5, POD, "shop/client", 9, 6, &["cni:rule"], &["p2"], 3)]);
+        let (out, folded) = compose(vec![(0, vague), (1, named)], 2);
+        assert_eq!(folded, vec![1, 0]);
+        assert!(out[0].1.protocol.is_empty());
+        let kept = &out[1].1;
+        assert_eq!(kept.strings[kept.client_name[0] as usize], "shop/client");
+        assert_eq!(labels(kept, 0).0, ["cni:rule", "x:tunnel"]);
+    }
+
+    #[test]
+    fn one_plugin_alone_and_unknown_connections_are_left_as_they_are() {
+        // Two flows of one plugin with one id (two windows' worth): not composed.
+        let one = batch(&[
+            (5, POD, "", 9, 1, &[], &[], 4),
+            (5, POD, "", 9, 1, &[], &[], 4),
+        ]);
+        let (out, folded) = compose(vec![(0, one.clone())], 2);
+        assert_eq!((out[0].1.protocol.len(), folded), (2, vec![0, 0]));
+        // Connection 0 is no identity.
+        let a = batch(&[(5, POD, "", 9, 1, &[], &[], 0)]);
+        let b = batch(&[(5, POD, "", 9, 1, &[], &[], 0)]);
+        let (out, folded) = compose(vec![(0, a), (1, b)], 2);
+        assert_eq!(out.iter().map(|(_, b)| b.protocol.len()).sum::<usize>(), 2);
+        assert_eq!(folded, vec![0, 0]);
+    }
+}
