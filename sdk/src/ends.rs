@@ -294,11 +294,18 @@ impl Connection {
     /// ([`counters`](Self::counters)), every point in `observed_at`, the evidence sorted and
     /// without repeats. The protocol is the first member's.
     pub fn emit(&self, out: &mut Flows, decision: Decision<'_>) {
+        self.emit_with_points(out, decision, &[]);
+    }
+
+    /// [`emit`](Self::emit), listing `more` beside the capture points in `observed_at`: places
+    /// the packets went that no probe watches (Kata peer-pods' pod VM at a tunnel's far end).
+    pub fn emit_with_points(&self, out: &mut Flows, decision: Decision<'_>, more: &[&str]) {
         let Decision { ends, mut evidence } = decision;
         let (packets, bytes, first_ns, last_ns) = self.counters();
         evidence.sort_unstable();
         evidence.dedup();
-        let points = self.point_labels();
+        let mut points = self.point_labels();
+        points.extend(more.iter().copied());
         out.add(&FlowRef {
             client: ends.client,
             server: ends.server,

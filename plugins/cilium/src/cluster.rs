@@ -287,6 +287,12 @@ impl Cluster {
             .map(|&(i, kind)| (self.nodes[i].name.as_str(), kind))
     }
 
+    /// Both ends of the view's tunnel are nodes (or no node is known to tell).
+    pub fn between_nodes(&self, m: &Seen) -> bool {
+        self.addrs.is_empty()
+            || (self.node_addr(m.outer_src).is_some() && self.node_addr(m.outer_dst).is_some())
+    }
+
     pub fn in_pod_cidr(&self, ip: Ip) -> bool {
         self.pod_cidrs.get(ip).is_some()
     }

@@ -28,10 +28,13 @@ const SOCKET_LB_CONFIDENCE: f32 = 0.8;
 const MISMATCH_CONFIDENCE: f32 = 0.5;
 
 impl Datapath {
-    /// The member travelled in Cilium's own tunnel, so its VNI is an identity.
-    fn carries_identity(&self, m: &Seen) -> bool {
+    /// The member travelled in Cilium's own tunnel, between two nodes, so its VNI is an
+    /// identity (a tunnel from a node to something else on the same port, Kata peer-pods' to
+    /// a pod VM, is not Cilium's).
+    fn carries_identity(&self, c: &Cluster, m: &Seen) -> bool {
         self.tunnel
             .is_some_and(|(kind, port)| m.tunnel == kind && m.outer_dst_port == port)
+            && c.between_nodes(m)
     }
 }
 
@@ -39,7 +42,7 @@ impl Datapath {
 pub fn flow(c: &Cluster, d: &Datapath, conn: &Connection, out: &mut Flows) {
     // The identity each tunnelled sender carried: (inner source, identity, outer source).
     let mut senders: Vec<(Ip, u32, Ip)> = Vec::with_capacity(2);
-    for m in conn.members.iter().filter(|m| d.carries_identity(m)) {
+    for m in conn.members.iter().filter(|m| d.carries_identity(c, m)) {
         if !senders.iter().any(|s| s.0 == m.src) {
             senders.push((m.src, m.vni, m.outer_src));
         }
@@ -54,7 +57,7 @@ pub fn flow(c: &Cluster, d: &Datapath, conn: &Connection, out: &mut Flows) {
 
     // How the packets travelled.
     for m in &conn.members {
-        if d.carries_identity(m) {
+        if d.carries_identity(c, m) {
             decision.evidence.push(match m.tunnel {
                 Tunnel::Geneve => "cilium:geneve",
                 _ => "cilium:vxlan",

@@ -283,6 +283,26 @@ fn reserved_identities_name_a_node_and_the_world_where_addresses_do_not() {
     assert!(has(f, "cilium:identity-world"), "{f:?}");
 }
 
+#[test]
+fn a_tunnel_from_a_node_to_what_is_no_node_carries_no_identity() {
+    // VXLAN on Cilium's port between n2 and a host that is no node (Kata peer-pods' tunnel
+    // to a pod VM, if configured on the same port): its VNI is no identity.
+    let b = points(BatchBuilder::new())
+        .row(
+            Row::flow(6, "10.11.0.5", 41000, "10.11.1.9", 7777)
+                .at(4)
+                .vxlan(LEDGER_ID, "172.31.0.12", "172.31.0.99", 8472)
+                .fingerprint(fp::TCP_SYN_ISN, 4),
+        )
+        .build();
+    let f = &harness("{}").run(&b).unwrap()[0];
+    assert!(
+        !has(f, "cilium:vxlan") && !has(f, "cilium:identity"),
+        "{f:?}"
+    );
+    assert_ne!(f.server.name, "billing/ledger");
+}
+
 /// client -> `dst`:`port` seen at its veth only (socket LB: the ClusterIP never hits a wire).
 fn direct(dst: &str, port: u16) -> ObservationBatch {
     points(BatchBuilder::new())

@@ -304,6 +304,14 @@ impl Cluster {
         }
     }
 
+    /// The view's tunnel runs between two nodes (or no node is known to tell): OpenShift-SDN's
+    /// VXLAN does, a tunnel from a node to something else on the same port (Kata peer-pods' to
+    /// a pod VM, VNIs from 555000) is not the CNI's.
+    pub fn between_nodes(&self, m: &Seen) -> bool {
+        self.nodes.is_empty()
+            || (self.node_by_ip(m.outer_src).is_some() && self.node_by_ip(m.outer_dst).is_some())
+    }
+
     /// The pod that a Geneve view's OVN option names on `side`: the ingress logical port for
     /// the source, the egress one for the destination, on the view's datapath (the VNI).
     pub fn pod_by_port_key(&self, m: &Seen, side: Side) -> Option<&str> {
@@ -331,6 +339,7 @@ impl Cluster {
         }
         if m.tunnel == Tunnel::Vxlan
             && m.outer_dst_port == self.settings.sdn_vxlan_port
+            && self.between_nodes(m)
             && let Some(Some(name)) = self.netid_pods.get(&(m.vni, ip))
         {
             return Class::Pod {

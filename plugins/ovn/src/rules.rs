@@ -22,7 +22,7 @@ pub fn flow(c: &Cluster, e: &Settings, conn: &Connection, out: &mut Flows) {
             Tunnel::Geneve if m.outer_dst_port == e.geneve_port => {
                 decision.evidence.push("ovn:geneve")
             }
-            Tunnel::Vxlan if m.outer_dst_port == e.sdn_vxlan_port => {
+            Tunnel::Vxlan if m.outer_dst_port == e.sdn_vxlan_port && c.between_nodes(m) => {
                 decision.evidence.push("openshift-sdn:vxlan")
             }
             _ => {}

@@ -332,6 +332,28 @@ fn openshift_sdn_vxlan_names_pods_by_the_projects_netid() {
     // NETID 0 is the global project: no help, the address decides.
     let b = points(BatchBuilder::new()).row(vxlan(0)).build();
     assert_eq!(h.run(&b).unwrap()[0].server.name, "");
+    // VXLAN on 4789 from a node to what is no node (Kata peer-pods' tunnel to a pod VM, VNI
+    // 555005) is not OpenShift-SDN's, whatever its VNI: no NETID read from it.
+    h = Harness::<Ovn>::new()
+        .configure(r#"{"netids": ["555005=billing"]}"#)
+        .unwrap()
+        .inventory({
+            let mut inv = inventory();
+            inv.pods.push(pod("billing", "ledger", "w2", "10.132.4.7"));
+            inv
+        })
+        .unwrap();
+    let kata = Row::flow(6, "10.132.2.46", 40000, "10.132.4.7", 5432)
+        .at(2)
+        .fingerprint(fp::TCP_SYN_ISN, 6)
+        .vxlan(555_005, "192.168.10.163", "192.168.10.201", 4789);
+    let f = &h
+        .run(&points(BatchBuilder::new()).row(kata).build())
+        .unwrap()[0];
+    assert!(
+        !has(f, "openshift-sdn:vxlan") && !has(f, "openshift-sdn:netid"),
+        "{f:?}"
+    );
 
     // The same from NetNamespace objects, as the host hands them over (and a HostSubnet
     // naming a node's subnet); a broken one is a warning naming it, the rest still used.

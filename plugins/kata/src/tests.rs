@@ -1,0 +1,120 @@
+//! The peer-pod rule on hand-built batches, run natively through the SDK's test kit.
+
+use super::*;
+use cniscope_sdk::batch::fp;
+use cniscope_sdk::testkit::{self, Harness, Row};
+use cniscope_sdk::{NodeInfo, PluginError};
+
+fn ip(s: &str) -> Ip {
+    s.parse().unwrap()
+}
+
+fn node(name: &str, addr: &str, cidr: &str) -> NodeInfo {
+    NodeInfo {
+        name: name.into(),
+        addresses: vec![ip(addr)],
+        pod_cidrs: vec![cidr.into()],
+        annotations: vec![],
+        labels: vec![],
+    }
+}
+
+fn harness(options: &str) -> Harness<Kata> {
+    Harness::<Kata>::new()
+        .configure(options)
+        .unwrap()
+        .inventory(Inventory {
+            nodes: vec![
+                node("n1", "192.168.10.162", "10.132.0.0/23"),
+                node("n2", "192.168.10.163", "10.132.2.0/23"),
+            ],
+            pods: [
+                testkit::pod("default", "client", "n1", "10.132.0.5"),
+                testkit::pod("default", "nginx-priv", "n2", "10.132.2.46"),
+            ]
+            .into_iter()
+            .collect(),
+            ..Inventory::default()
+        })
+        .unwrap()
+}
+
+fn points(b: BatchBuilder) -> BatchBuilder {
+    b.point("n1", "vethclient", IfaceKind::PodVeth, Direction::Ingress) // 0
+        .point("n2", "ens3", IfaceKind::Uplink, Direction::Egress) // 1
+        .point("n2", "ens3", IfaceKind::Uplink, Direction::Ingress) // 2
+}
+
+/// client -> nginx-priv:80 seen at the client's veth and, on the worker, in the tunnel to
+/// the pod VM 192.168.10.201 (VNI `vni` on `port`), the reply coming back through it.
+fn to_peer_pod(vni: u32, port: u16) -> ObservationBatch {
+    let fwd = Row::flow(6, "10.132.0.5", 40000, "10.132.2.46", 80)
+        .fingerprint(fp::TCP_SYN_ISN, 11)
+        .counters(5, 500);
+    let back = Row::flow(6, "10.132.2.46", 80, "10.132.0.5", 40000)
+        .fingerprint(fp::TCP_SYNACK_ISN, 12)
+        .counters(4, 4000);
+    points(BatchBuilder::new())
+        .row(fwd.clone().at(0))
+        .row(
+            fwd.at(1)
+                .vxlan(vni, "192.168.10.163", "192.168.10.201", port),
+        )
+        .row(
+            back.at(2)
+                .vxlan(vni, "192.168.10.201", "192.168.10.163", port),
+        )
+        .build()
+}
+
+#[test]
+fn a_connection_through_a_peer_pod_tunnel_is_one_flow_to_the_pod_naming_the_vm() {
+    let flows = harness("{}").run(&to_peer_pod(555_005, 4789)).unwrap();
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    let f = &flows[0];
+    assert_eq!((f.client.role, f.client.ip), (Role::Pod, ip("10.132.0.5")));
+    assert_eq!(
+        (f.server.role, f.server.ip, f.server_port),
+        (Role::Pod, ip("10.132.2.46"), 80),
+        "the pod, never the VM"
+    );
+    assert_eq!(f.evidence, ["kata:peer-pod"]);
+    assert!(
+        f.observed_at
+            .contains(&"peer-pod-vm/192.168.10.201".to_string()),
+        "{:?}",
+        f.observed_at
+    );
+    assert_eq!(f.packets, 9, "counted once, both directions");
+    assert_ne!(f.connection, 0);
+}
+
+#[test]
+fn other_vxlan_on_the_port_and_untunnelled_connections_are_the_cnis() {
+    // Calico's VXLAN (VNI 4096 on 4789), a VNI below the range, another port, no tunnel.
+    for (vni, port) in [(4096, 4789), (554_999, 4789), (555_005, 8472)] {
+        let flows = harness("{}").run(&to_peer_pod(vni, port)).unwrap();
+        assert!(flows.is_empty(), "VNI {vni} on {port}: {flows:?}");
+    }
+    let b = points(BatchBuilder::new())
+        .row(Row::flow(6, "10.132.0.5", 40000, "10.132.2.46", 80).at(0))
+        .build();
+    assert!(harness("{}").run(&b).unwrap().is_empty());
+    // The range and port are options.
+    let flows = harness(r#"{"vxlan_port": 8472, "vni_min": 7000, "vni_max": 7999}"#)
+        .run(&to_peer_pod(7001, 8472))
+        .unwrap();
+    assert_eq!(flows.len(), 1);
+}
+
+#[test]
+fn options_are_checked_and_the_port_is_decoded() {
+    let err = |json: &str| -> PluginError { Harness::<Kata>::new().configure(json).err().unwrap() };
+    assert_eq!(err(r#"{"vni_min": 10, "vni_max": 5}"#).field, "vni_max");
+    assert_eq!(err(r#"{"vni_max": 16777216}"#).field, "vni_max");
+    assert_eq!(err(r#"{"vxlan_port": -1}"#).field, "vxlan_port");
+    assert_eq!(err(r#"{"vni": 5}"#).field, "vni");
+    let mut p = Kata::default();
+    p.configure(&Options::parse("{}").unwrap()).unwrap();
+    assert_eq!(p.decoding().vxlan_ports, vec![4789]);
+}
