@@ -20,7 +20,7 @@ const SCRIPTS: [(&str, &str); 8] = [
 ];
 
 /// Every lab scenario: (name, script, mode, what it shows).
-pub const SCENARIOS: [(&str, &str, &str, &str); 10] = [
+pub const SCENARIOS: [(&str, &str, &str, &str); 11] = [
     (
         "flannel-vxlan",
         "flannel.sh",
@@ -68,6 +68,12 @@ pub const SCENARIOS: [(&str, &str, &str, &str); 10] = [
         "ovn.sh",
         "openshift-sdn",
         "OpenShift-SDN: VXLAN 4789, VNI = NETID",
+    ),
+    (
+        "kata-peer-pods",
+        "flannel.sh",
+        "kata",
+        "Kata peer-pods on Flannel VXLAN: a pod VM behind VXLAN 4789 (VNI 555005); flannel + kata",
     ),
     (
         "cilium-vxlan",

@@ -353,13 +353,35 @@ impl Connection {
             return (0, 0, first.min(last), last);
         }
         let place = |m: &Seen| (self.point(m).iface_id, m.tuple_key());
-        for (m, forward) in self.members.iter().zip(&self.forward) {
+        // Per direction of the connection, what each capture point (an interface's ingress or
+        // egress) saw: (forward, point, packets, bytes). A packet can pass one interface twice,
+        // in and out (it arrives in one tunnel and leaves in another: a Kata peer pod's
+        // traffic reaches the node in flannel's VXLAN and leaves in the pod's own); each
+        // direction of the connection is counted at one capture point, the one that saw most.
+        let mut seen: Vec<(bool, u32, u64, u64)> = Vec::with_capacity(4);
+        for (m, &forward) in self.members.iter().zip(&self.forward) {
             let at = place(m);
-            if at == (iface, tuple) || (!forward && Some(at) == self.replies_counted_at) {
-                packets += m.packets;
-                bytes += m.bytes;
-                first = first.min(m.first_ns);
-                last = last.max(m.last_ns);
+            if at != (iface, tuple) && (forward || Some(at) != self.replies_counted_at) {
+                continue;
+            }
+            first = first.min(m.first_ns);
+            last = last.max(m.last_ns);
+            match seen.iter_mut().find(|s| s.0 == forward && s.1 == m.point) {
+                Some(s) => {
+                    s.2 += m.packets;
+                    s.3 += m.bytes;
+                }
+                None => seen.push((forward, m.point, m.packets, m.bytes)),
+            }
+        }
+        for direction in [true, false] {
+            if let Some(s) = seen
+                .iter()
+                .filter(|s| s.0 == direction)
+                .max_by_key(|s| (s.2, s.3, std::cmp::Reverse(s.1)))
+            {
+                packets += s.2;
+                bytes += s.3;
             }
         }
         (packets, bytes, first.min(last), last)
@@ -1801,6 +1823,41 @@ mod tests {
         );
         let c = &s.drain()[0];
         assert_eq!((c.counters().0, c.replies_counted_at), (3, None));
+    }
+
+    /// A Kata peer pod's packets reach its node in flannel's VXLAN and leave it again in the
+    /// pod's own tunnel: the node's uplink sees each twice, in and out, with the same inner
+    /// 5-tuple. Counted once.
+    #[test]
+    fn a_packet_through_one_interface_twice_is_counted_once() {
+        let points = |b: BatchBuilder| {
+            b.point("b", "eth0", IfaceKind::Uplink, Direction::Ingress)
+                .point("b", "eth0", IfaceKind::Uplink, Direction::Egress)
+        };
+        let req = |at| {
+            Row::flow(6, "10.244.0.2", 4000, "10.244.1.5", 8080)
+                .at(at)
+                .fingerprint(fp::TCP_SYN_ISN, 1)
+                .counters(7, 700)
+        };
+        let rep = |at| {
+            Row::flow(6, "10.244.1.5", 8080, "10.244.0.2", 4000)
+                .at(at)
+                .fingerprint(fp::TCP_SYNACK_ISN, 2)
+                .counters(6, 900)
+        };
+        let b = points(BatchBuilder::new())
+            .row(req(0).vxlan(1, "192.168.77.11", "192.168.77.12", 8472))
+            .row(req(1).vxlan(555_005, "192.168.77.12", "192.168.77.50", 4789))
+            .row(rep(0).vxlan(555_005, "192.168.77.50", "192.168.77.12", 4789))
+            .row(rep(1).vxlan(1, "192.168.77.12", "192.168.77.11", 8472))
+            .build();
+        let mut s = Stitcher::default();
+        s.add_batch(&b);
+        let c = s.drain();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].counters().0, 13, "7 requests and 6 replies, once each");
+        assert_eq!(c[0].counters().1, 700 + 900);
     }
 
     #[test]

@@ -9,6 +9,12 @@
 #            `10.244.M.0/24 via 10.244.M.0 dev flannel.1 onlink`, a permanent ARP entry and an
 #            FDB entry per remote VTEP.
 #   host-gw  no tunnel: `10.244.M.0/24 via <node M IP> dev eth0`.
+#   kata     vxlan, plus a Kata peer pod (seed 003): web-vm (10.244.1.5) on node b has the
+#            CNI's eth0 in its worker-side namespace and a vxlan1 (VNI 555005, UDP 4789)
+#            whose socket stays in node b's namespace; TC mirrors eth0's ingress to vxlan1
+#            and back, so its traffic leaves node b's uplink to the pod VM (192.168.77.50, a
+#            namespace on the underlay) whose inner namespace holds the pod's address on
+#            vxlan0 with eth0's MAC. The agent config loads the flannel and kata plugins.
 #
 #   flannel.sh up ID DIR [vxlan|host-gw]  build it (names start with ID-); write DIR/inventory.json
 #                                   and DIR/cniscope.toml (an agent config for these nodes)
@@ -48,7 +54,9 @@ veth_of() { local v="veth${1//-/}"; echo "${v:0:15}"; }
 
 up() {
   local id=$1 dir=$2 backend=${3:-vxlan}
-  case "$backend" in vxlan | host-gw) ;; *) echo "unknown backend $backend (vxlan or host-gw)" >&2; exit 2 ;; esac
+  case "$backend" in vxlan | host-gw | kata) ;; *) echo "unknown backend $backend (vxlan, host-gw or kata)" >&2; exit 2 ;; esac
+  local kata=""
+  [ "$backend" = kata ] && kata=1 && backend=vxlan
   mkdir -p "$dir"
   underlay "$id" "$external_ip"
   for n in "${nodes[@]}"; do
@@ -96,6 +104,11 @@ up() {
     nsx "$ns" ip route add default via "${node_net[$n]}.1"
   done
   services_up "$id"
+  local peer_pod=()
+  if [ -n "$kata" ]; then
+    peer_pod_up "$id"
+    peer_pod=(--pod "web-vm node-b $peer_pod_ip web")
+  fi
   local svc_args
   mapfile -t svc_args < <(service_inventory_args)
   python3 "$here/inventory.py" --backend "$backend" \
@@ -104,8 +117,63 @@ up() {
     --pod "client-a1 node-a 10.244.0.2 client" \
     --pod "peer-a2 node-a 10.244.0.3 peer" \
     --pod "server-b1 node-b 10.244.1.2 server" \
-    "${svc_args[@]}" >"$dir/inventory.json"
-  agent_config "$id" "$dir" flannel 'network = "10.244.0.0/16"' "flannel.sh, backend $backend"
+    "${peer_pod[@]}" "${svc_args[@]}" >"$dir/inventory.json"
+  agent_config "$id" "$dir" flannel 'network = "10.244.0.0/16"' "flannel.sh, backend ${kata:+kata on }$backend"
+  if [ -n "$kata" ]; then
+    printf '\n# Kata peer-pods, composed with flannel: one edge per connection.\n[[plugin]]\nname = "kata"\n' >>"$dir/cniscope.toml"
+  fi
+}
+
+# The Kata peer pod web-vm on node b and its pod VM (seed 003's shape).
+peer_pod_ip=10.244.1.5
+vm_ip=192.168.77.50
+peer_pod_vni=555005
+peer_pod_up() {
+  local id=$1 ns="$1-web-vm" vm="$1-vm" vm_pod="$1-vm-pod" veth
+  veth=$(veth_of web-vm)
+  ip netns add "$ns"
+  nsx "$ns" ip link set lo up
+  ip link add "$veth" netns "$id-nb" type veth peer name eth0 netns "$ns"
+  nsx "$id-nb" ip link set "$veth" master cni0 up
+  nsx "$ns" ip addr add "$peer_pod_ip/24" dev eth0
+  nsx "$ns" ip link set eth0 up
+  # vxlan1's socket stays in the node's namespace (x-netns): the tunnel leaves its uplink.
+  nsx "$id-nb" ip link add vxlan1 type vxlan id "$peer_pod_vni" remote "$vm_ip" dstport 4789 dev eth0 nolearning
+  nsx "$id-nb" ip link set vxlan1 netns "$ns"
+  nsx "$ns" ip link set vxlan1 up
+  for pair in "eth0 vxlan1" "vxlan1 eth0"; do
+    read -r from to <<<"$pair"
+    nsx "$ns" tc qdisc add dev "$from" clsact
+    nsx "$ns" tc filter add dev "$from" ingress protocol all u32 match u32 0 0 action mirred egress redirect dev "$to"
+  done
+  # The pod VM on the nodes' network; the pod's address lives in a namespace inside it.
+  ip netns add "$vm"
+  nsx "$vm" ip link set lo up
+  ip link add eth0 netns "$vm" type veth peer name up-vm netns "$id-ul"
+  nsx "$id-ul" ip link set up-vm master br0 up
+  nsx "$vm" ip addr add "$vm_ip/24" dev eth0
+  nsx "$vm" ip link set eth0 up
+  nsx "$vm" ip link add vxlan0 type vxlan id "$peer_pod_vni" remote "${node_ip[b]}" dstport 4789 dev eth0 nolearning
+  ip netns add "$vm_pod"
+  nsx "$vm_pod" ip link set lo up
+  nsx "$vm" ip link set vxlan0 netns "$vm_pod"
+  # The worker-side eth0's MAC on vxlan0, or the node's ARP entry would name the wrong one.
+  nsx "$vm_pod" ip link set vxlan0 address "$(nsx "$ns" cat /sys/class/net/eth0/address)"
+  nsx "$vm_pod" ip addr add "$peer_pod_ip/24" dev vxlan0
+  nsx "$vm_pod" ip link set vxlan0 up
+  nsx "$vm_pod" ip route add default via "${node_net[b]}.1"
+}
+
+# kata_traffic ID: pod -> peer pod across nodes (TCP, 3 rounds), server-b1 (same node) pings it.
+kata_traffic() {
+  local id=$1 pid
+  ip netns exec "$id-vm-pod" python3 "$here/echo.py" serve-tcp 0.0.0.0 8080 >/dev/null &
+  pid=$!
+  sleep 1
+  nsx "$id-client-a1" python3 "$here/echo.py" tcp "$peer_pod_ip" 8080 3
+  nsx "$id-server-b1" ping -c 2 -i 0.2 -W 1 "$peer_pod_ip" >/dev/null
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
 }
 
 traffic() {
@@ -122,6 +190,9 @@ traffic() {
   nsx "$c" python3 "$here/echo.py" tcp "$external_ip" 9000 1  # pod -> external (MASQUERADE to node a)
   kill "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
+  if ip netns list | grep -q "^$id-vm-pod"; then
+    kata_traffic "$id"
+  fi
 }
 
 record() {
@@ -152,5 +223,5 @@ case "${1:-}" in
   services) service_traffic "${2:?id}" client-a1 peer-a2 "${node_ip[a]}" "${node_ip[b]}" ;;
   down) down "${2:?id}" ;;
   record) record "${2:?dir}" ;;
-  *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -478,6 +478,7 @@ pub fn packet(ctx: &TcContext, cfg: &ProbeConfig, l3: bool, out: &mut Parsed) ->
         ipproto::GRE => gre(ctx, ip_payload, end, &mut out.tunnel),
         _ => Err(Skip::NotIp),
     };
+    let tunnelled = payload.is_ok();
     let decoded = match payload {
         Ok((kind, at, ethertype)) => {
             out.tunnel.kind = kind;
@@ -485,6 +486,11 @@ pub fn packet(ctx: &TcContext, cfg: &ProbeConfig, l3: bool, out: &mut Parsed) ->
         }
         Err(e) => Err(e),
     };
+    // An Ethernet frame in a tunnel that is no IP packet (ARP through a Kata peer pod's
+    // tunnel) is link control, like the same frame bare (as decode.rs).
+    if tunnelled && matches!(decoded, Err(Skip::NotIp)) {
+        return Err(Skip::NotIp);
+    }
     if decoded.is_err() {
         // No tunnel, or a carrier whose payload is not a valid inner packet: the carrier alone.
         mem::copy(&mut out.inner, &out.outer);

@@ -206,6 +206,9 @@ pub fn decode(link: LinkType, frame: &[u8], ports: &Decoding) -> Result<Decoded,
                 outgoing,
             });
         }
+        // An Ethernet frame in a tunnel that is no IP packet (ARP through a Kata peer pod's
+        // tunnel) is link control, like the same frame bare: nothing to observe, counted.
+        Some(Err(DecodeError::NotIp(t))) => return Err(DecodeError::NotIp(t)),
         // A carrier whose payload is not a valid inner packet is observed as the carrier alone.
         Some(Err(_)) | None => None,
     };
@@ -452,7 +455,12 @@ fn inner_by_ethertype(kind: u8, vni: u32, ether_type: u16, data: &[u8]) -> Untun
                 inner.l3l4,
             ))
         }
-        other => Err(DecodeError::NotIp(other)),
+        // A payload type the tunnel header names that is neither Ethernet nor IP: no inner
+        // packet to read (the carrier is observed alone, as the probe does).
+        other => Err(DecodeError::Malformed {
+            layer: "tunnel",
+            detail: format!("payload type 0x{other:04x}"),
+        }),
     }
 }
 

@@ -64,7 +64,7 @@ fn the_probe_and_the_replay_decoder_agree_on_every_shared_capture() {
                 &ethernet_frames(&rel),
             );
         }
-        assert!(compared > 50, "{how}: compared {compared} observations");
+        assert!(compared > 40, "{how}: compared {compared} observations");
     }
 }
 

@@ -201,3 +201,36 @@ fn arp_is_not_ip() {
         Err(DecodeError::NotIp(0x0806))
     );
 }
+
+#[test]
+fn arp_in_a_tunnel_is_not_ip_and_a_tunnel_of_nothing_readable_is_its_carrier() {
+    // ARP through a VXLAN tunnel (a Kata peer pod's VM asking for its gateway): link control,
+    // like ARP bare.
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&[0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x05, 0x08, 0x06]);
+    arp.extend_from_slice(&[0; 28]);
+    let mut payload = vec![0x08, 0, 0, 0, 0x08, 0x77, 0xfd, 0];
+    payload.extend_from_slice(&arp);
+    let frame = udp_frame(
+        [192, 168, 77, 50],
+        [192, 168, 77, 12],
+        40000,
+        4789,
+        &payload,
+    );
+    assert_eq!(
+        decode(LinkType::Ethernet, &frame, &Decoding::default()),
+        Err(DecodeError::NotIp(0x0806))
+    );
+    // A VXLAN header without its I flag: no inner packet to read, the carrier is observed.
+    payload[0] = 0;
+    let frame = udp_frame(
+        [192, 168, 77, 50],
+        [192, 168, 77, 12],
+        40000,
+        4789,
+        &payload,
+    );
+    let d = decode(LinkType::Ethernet, &frame, &Decoding::default()).unwrap();
+    assert_eq!((d.tunnel, d.inner.dst_port), (None, 4789));
+}
