@@ -63,6 +63,10 @@ mod ovn_lab;
 #[cfg(feature = "live")]
 mod cilium_lab;
 
+/// The Kata peer-pods lab with the flannel and kata plugins composed.
+#[cfg(feature = "live")]
+mod kata_lab;
+
 /// A stand-in for the Kubernetes API server: list/watch, bookmarks, 410 Gone, cut watches.
 #[cfg(feature = "kubernetes")]
 mod kube_api;
