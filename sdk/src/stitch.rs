@@ -673,6 +673,33 @@ impl Stitcher {
     }
 
     /// What a window (or an earlier drain of this one) remembers of a 5-tuple.
+    /// Views whose 5-tuples an earlier drain found in one connection (they remember one
+    /// counting place) are one connection now too, though no fingerprint joins them here: a
+    /// drain can fall between a packet's two views at a NAT (it arrived before the drain, its
+    /// rewritten copy left after it), and then the first packets the two views hold in this
+    /// window differ. A new handshake on a remembered 5-tuple (another SYN) is a new
+    /// connection and joins nothing by memory.
+    fn join_by_memory(&self, held: &[Seen], uf: &mut UnionFind) {
+        if self.counted_at[0].is_empty() && self.counted_at[1].is_empty() {
+            return;
+        }
+        let mut by_place: FastMap<(u32, TupleDigest), usize> = FastMap::default();
+        for (i, m) in held.iter().enumerate() {
+            let Some(r) = self.last_seen(&m.tuple_key()) else {
+                continue;
+            };
+            if m.fp_kind == fp::TCP_SYN_ISN && Some(m.fingerprint) != r.syn {
+                continue;
+            }
+            match by_place.entry(r.place) {
+                std::collections::hash_map::Entry::Occupied(e) => uf.union(*e.get(), i),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(i);
+                }
+            }
+        }
+    }
+
     fn last_seen(&self, k: &TupleKey) -> Option<&Remembered> {
         let d = digest(k);
         self.counted_at[0]
@@ -700,6 +727,7 @@ impl Stitcher {
         let mut uf = UnionFind((0..held.len()).collect());
         join_by_tuple(&held, &mut uf, digest);
         self.join_by_fingerprint(&held, &mut uf);
+        self.join_by_memory(&held, &mut uf);
         let by_time = self.join_by_time(&held, &mut uf);
         // Group by sorting (root, index): one allocation, members in arrival order.
         let mut order: Vec<(usize, usize)> = (0..held.len()).map(|i| (uf.find(i), i)).collect();
@@ -1683,10 +1711,13 @@ mod tests {
         assert_eq!(joined[0].members.len(), 2);
         assert_eq!(joined[0].members[0].src_port, 4000);
         assert_eq!(s.time_joins, 1);
-        // Too far apart in time: apart.
+        // Too far apart in time: apart (a stitcher that does not remember them as one
+        // connection from a last window).
         let mut late = post(4000, "10.244.1.7");
         late.first_ns = 2_000_000_000;
         late.last_ns = late.first_ns;
+        let mut s = Stitcher::default();
+        s.dnat_fronts.insert("10.96.0.53".parse().unwrap());
         s.add_batch(
             &BatchBuilder::new()
                 .point("a", "veth1", IfaceKind::PodVeth, Direction::Ingress)
@@ -1858,6 +1889,60 @@ mod tests {
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].counters().0, 13, "7 requests and 6 replies, once each");
         assert_eq!(c[0].counters().1, 700 + 900);
+    }
+
+    /// A drain fell between a packet's arrival at a NAT and its rewritten copy: in the next
+    /// window the two views' first packets differ, so no fingerprint joins them; the last
+    /// window found them one connection, and they stay one, named by the view of the client.
+    #[test]
+    fn views_a_drain_cut_at_a_nat_stay_one_connection_in_the_next_window() {
+        let points = |b: BatchBuilder| {
+            b.point("a", "eth0", IfaceKind::Uplink, Direction::Ingress)
+                .point("a", "eth0", IfaceKind::Uplink, Direction::Egress)
+        };
+        let outside = || Row::flow(6, "192.168.77.100", 51000, "192.168.99.200", 80);
+        let snat = || Row::flow(6, "10.244.0.0", 62000, "10.244.1.2", 8080);
+        let mut s = Stitcher::default();
+        s.add_batch(
+            &points(BatchBuilder::new())
+                .row(
+                    outside()
+                        .at(0)
+                        .fingerprint(fp::TCP_SYN_ISN, 5)
+                        .counters(3, 300),
+                )
+                .row(
+                    snat()
+                        .at(1)
+                        .fingerprint(fp::TCP_SYN_ISN, 5)
+                        .counters(2, 200),
+                )
+                .build(),
+        );
+        assert_eq!(s.drain().len(), 1);
+        s.add_batch(
+            &points(BatchBuilder::new())
+                .row(
+                    outside()
+                        .at(0)
+                        .fingerprint(fp::IPV4_ID, 41)
+                        .counters(4, 400),
+                )
+                .row(snat().at(1).fingerprint(fp::IPV4_ID, 40).counters(5, 500))
+                .build(),
+        );
+        let next = s.drain();
+        assert_eq!(next.len(), 1, "{next:?}");
+        assert!(next[0].continued);
+        assert_eq!(next[0].members.len(), 2);
+        // A new handshake on the SNATed 5-tuple (the port reused) is a new connection.
+        s.add_batch(
+            &points(BatchBuilder::new())
+                .row(outside().at(0).fingerprint(fp::IPV4_ID, 50))
+                .row(snat().at(1).fingerprint(fp::TCP_SYN_ISN, 99))
+                .build(),
+        );
+        assert_eq!(s.drain().len(), 2);
     }
 
     #[test]

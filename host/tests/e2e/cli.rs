@@ -231,7 +231,7 @@ fn plugin_install_checks_each_plugin_before_moving_it_in_whole() {
     // The shipped plugins and one that reads files, which no config can grant.
     let shipped = dir.path().join("shipped");
     std::fs::create_dir(&shipped).unwrap();
-    for name in ["flannel", "calico", "ovn", "fs-reader"] {
+    for name in ["flannel", "calico", "ovn", "cilium", "kata", "fs-reader"] {
         std::fs::copy(plugin(name), shipped.join(format!("{name}.wasm"))).unwrap();
     }
     let out = cniscope(&["plugin", "install", "--dir", d, shipped.to_str().unwrap()]);
@@ -242,7 +242,7 @@ fn plugin_install_checks_each_plugin_before_moving_it_in_whole() {
         "{stderr}"
     );
     assert!(!plugins.join("fs-reader.wasm").exists());
-    for name in ["flannel", "calico", "ovn"] {
+    for name in ["flannel", "calico", "ovn", "cilium", "kata"] {
         assert!(
             stdout.contains(&format!("{name}.wasm: installed ")),
             "{stdout}"
