@@ -52,13 +52,14 @@ pub fn flow(index: &InventoryIndex, t: &Tunnels, conn: &Connection, out: &mut Fl
     conn.emit_with_points(out, decision, &points);
 }
 
-/// What an inner address is, from the inventory alone (the CNI's gateways are its plugin's
-/// knowledge: on a composed edge its better-named flow is the one kept).
+/// What an inner address is, from the inventory alone. An address in a node's pod range that
+/// no pod holds is unknown here, not a pod: it is the CNI's to say (flannel's `.0` and `.1`
+/// are the node's gateways), and on a composed edge the CNI plugin's better-named flow wins.
 fn class(index: &InventoryIndex, ip: Ip) -> Class<'_> {
     if let Some(n) = index.node_by_ip(ip) {
         return Class::node(&n.name);
     }
-    if index.is_pod_ip(ip) || index.node_by_pod_cidr(ip).is_some() {
+    if index.is_pod_ip(ip) {
         return Class::POD;
     }
     Class::Unknown

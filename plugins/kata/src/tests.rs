@@ -90,6 +90,23 @@ fn a_connection_through_a_peer_pod_tunnel_is_one_flow_to_the_pod_naming_the_vm()
 }
 
 #[test]
+fn a_gateway_address_is_left_unknown_for_the_cnis_plugin_to_name() {
+    // The node pinging the peer pod from its gateway address in its pod range (flannel's
+    // flannel.1 .0): not a pod to this plugin, so the CNI plugin's flow naming the node wins.
+    let b = points(BatchBuilder::new())
+        .row(Row::flow(1, "10.132.0.0", 8, "10.132.2.46", 0).at(1).vxlan(
+            555_005,
+            "192.168.10.163",
+            "192.168.10.201",
+            4789,
+        ))
+        .build();
+    let f = &harness("{}").run(&b).unwrap()[0];
+    assert_eq!(f.client.role, Role::Unknown, "{f:?}");
+    assert_eq!((f.server.role, f.server.ip), (Role::Pod, ip("10.132.2.46")));
+}
+
+#[test]
 fn other_vxlan_on_the_port_and_untunnelled_connections_are_the_cnis() {
     // Calico's VXLAN (VNI 4096 on 4789), a VNI below the range, another port, no tunnel.
     for (vni, port) in [(4096, 4789), (554_999, 4789), (555_005, 8472)] {
