@@ -9,6 +9,7 @@
 
 use crate::plugins::bindings::wit;
 use std::collections::HashMap;
+use std::ops::Range;
 
 /// The flows each plugin returned in one window: (plugin index, batch).
 pub type PluginFlows = Vec<(usize, wit::FlowBatch)>;
@@ -37,14 +38,14 @@ fn score(b: &wit::FlowBatch, i: usize) -> u32 {
         + u32::from(b.service_role[i] != 255) * 256
 }
 
-/// The offsets of each flow's evidence and points in the batch's flat lists.
-fn offsets(counts: impl Iterator<Item = usize>) -> Vec<usize> {
+/// Where each flow's labels are in a batch's flat list (`evidence` or `observed_at`), from
+/// the per-flow counts.
+fn spans(counts: impl Iterator<Item = usize>) -> Vec<Range<usize>> {
     let mut at = 0;
     counts
         .map(|n| {
-            let start = at;
             at += n;
-            start
+            at - n..at
         })
         .collect()
 }
@@ -53,20 +54,16 @@ fn offsets(counts: impl Iterator<Item = usize>) -> Vec<usize> {
 /// returns every batch with the folded flows taken out, and per plugin how many of its flows
 /// were folded into another plugin's (its health's `flows_composed`).
 pub fn compose(batches: PluginFlows, plugins: usize) -> (PluginFlows, Vec<u64>) {
-    let mut folded = vec![0u64; plugins];
-    let distinct_plugins = {
-        let mut seen: Vec<usize> = batches
-            .iter()
-            .filter(|(_, b)| !b.protocol.is_empty())
-            .map(|(p, _)| *p)
-            .collect();
-        seen.sort_unstable();
-        seen.dedup();
-        seen.len()
-    };
-    if distinct_plugins < 2 {
-        return (batches, folded);
+    let folded = vec![0u64; plugins];
+    let mut reporting = batches
+        .iter()
+        .filter(|(_, b)| !b.protocol.is_empty())
+        .map(|(p, _)| *p);
+    let first = reporting.next();
+    if !reporting.any(|p| Some(p) != first) {
+        return (batches, folded); // one plugin's flows (or none): nothing to compose
     }
+    let mut folded = folded;
     // Connection -> every flow that stands for it: (batch, row).
     let mut by_connection: HashMap<u64, Vec<(usize, usize)>> = HashMap::new();
     for (bi, (_, b)) in batches.iter().enumerate() {
@@ -82,13 +79,13 @@ pub fn compose(batches: PluginFlows, plugins: usize) -> (PluginFlows, Vec<u64>) 
         .iter()
         .map(|(_, b)| vec![false; b.protocol.len()])
         .collect();
-    let evidence_at: Vec<Vec<usize>> = batches
+    let evidence_at: Vec<Vec<Range<usize>>> = batches
         .iter()
-        .map(|(_, b)| offsets(b.evidence_count.iter().map(|&n| n as usize)))
+        .map(|(_, b)| spans(b.evidence_count.iter().map(|&n| n as usize)))
         .collect();
-    let points_at: Vec<Vec<usize>> = batches
+    let points_at: Vec<Vec<Range<usize>>> = batches
         .iter()
-        .map(|(_, b)| offsets(b.observed_count.iter().map(|&n| n as usize)))
+        .map(|(_, b)| spans(b.observed_count.iter().map(|&n| n as usize)))
         .collect();
     for rows in by_connection.values() {
         let plugin_of = |&(bi, _): &(usize, usize)| batches[bi].0;
@@ -110,19 +107,11 @@ pub fn compose(batches: PluginFlows, plugins: usize) -> (PluginFlows, Vec<u64>) 
             }
             let b = &batches[bi].1;
             let s = |i: &u32| b.strings[*i as usize].clone();
-            let ev = evidence_at[bi][row];
-            let pt = points_at[bi][row];
             let gain = gains.entry(keep).or_default();
-            gain.0.extend(
-                b.evidence[ev..ev + b.evidence_count[row] as usize]
-                    .iter()
-                    .map(s),
-            );
-            gain.1.extend(
-                b.observed_at[pt..pt + b.observed_count[row] as usize]
-                    .iter()
-                    .map(s),
-            );
+            gain.0
+                .extend(b.evidence[evidence_at[bi][row].clone()].iter().map(s));
+            gain.1
+                .extend(b.observed_at[points_at[bi][row].clone()].iter().map(s));
             gone[bi][row] = true;
             folded[batches[bi].0] += 1;
         }
@@ -161,8 +150,8 @@ fn rebuild(
     b: &wit::FlowBatch,
     gone: &[bool],
     gains: &HashMap<usize, &(Vec<String>, Vec<String>)>,
-    evidence_at: &[usize],
-    points_at: &[usize],
+    evidence_at: &[Range<usize>],
+    points_at: &[Range<usize>],
 ) -> wit::FlowBatch {
     let mut out = wit::FlowBatch {
         strings: b.strings.clone(),
@@ -192,20 +181,21 @@ fn rebuild(
         continued: Vec::new(),
         connection: Vec::new(),
     };
+    // The batch's strings by text, made when a gained label first needs one.
     let mut index: HashMap<String, u32> = HashMap::new();
     let mut intern = |strings: &mut Vec<String>, s: &str| -> u32 {
-        if let Some(&i) = index.get(s) {
-            return i;
+        if index.is_empty() {
+            index.extend(
+                strings
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| (x.clone(), i as u32)),
+            );
         }
-        let i = match strings.iter().position(|x| x == s) {
-            Some(i) => i as u32,
-            None => {
-                strings.push(s.to_string());
-                (strings.len() - 1) as u32
-            }
-        };
-        index.insert(s.to_string(), i);
-        i
+        *index.entry(s.to_string()).or_insert_with(|| {
+            strings.push(s.to_string());
+            (strings.len() - 1) as u32
+        })
     };
     for row in (0..b.protocol.len()).filter(|&r| !gone[r]) {
         out.client_role.push(b.client_role[row]);
@@ -229,10 +219,8 @@ fn rebuild(
         out.confidence.push(b.confidence[row]);
         out.continued.push(b.continued[row]);
         out.connection.push(b.connection[row]);
-        let ev = evidence_at[row];
-        let mut evidence: Vec<u32> = b.evidence[ev..ev + b.evidence_count[row] as usize].to_vec();
-        let pt = points_at[row];
-        let mut points: Vec<u32> = b.observed_at[pt..pt + b.observed_count[row] as usize].to_vec();
+        let mut evidence: Vec<u32> = b.evidence[evidence_at[row].clone()].to_vec();
+        let mut points: Vec<u32> = b.observed_at[points_at[row].clone()].to_vec();
         if let Some((more_evidence, more_points)) = gains.get(&row) {
             for e in more_evidence.iter() {
                 let i = intern(&mut out.strings, e);
@@ -361,18 +349,12 @@ mod tests {
     }
 
     fn labels(b: &wit::FlowBatch, row: usize) -> (Vec<String>, Vec<String>) {
-        let ev_at = offsets(b.evidence_count.iter().map(|&n| n as usize))[row];
-        let pt_at = offsets(b.observed_count.iter().map(|&n| n as usize))[row];
+        let ev = spans(b.evidence_count.iter().map(|&n| n as usize))[row].clone();
+        let pt = spans(b.observed_count.iter().map(|&n| n as usize))[row].clone();
         let s = |i: &u32| b.strings[*i as usize].clone();
         (
-            b.evidence[ev_at..ev_at + b.evidence_count[row] as usize]
-                .iter()
-                .map(s)
-                .collect(),
-            b.observed_at[pt_at..pt_at + b.observed_count[row] as usize]
-                .iter()
-                .map(s)
-                .collect(),
+            b.evidence[ev].iter().map(s).collect(),
+            b.observed_at[pt].iter().map(s).collect(),
         )
     }
 

@@ -232,7 +232,7 @@ pub mod prelude {
     pub use crate::flow::{EndpointRef, FlowBuilder, FlowRef, Flows};
     pub use crate::inventory::{Annotations, InventoryIndex, warnings_to_result};
     pub use crate::net::{Cidr, CidrSet, Mac, ip_from_std, ip_to_std};
-    pub use crate::options::Options;
+    pub use crate::options::{Options, bad_option};
     pub use crate::pods::{NewPod, Pod};
     pub use crate::services::{Door, Services};
     pub use crate::stitch::{Connection, PointInfo, Seen, Stitcher, is_uplink_name};

@@ -10,7 +10,9 @@ pub struct Options {
     map: Map<String, Value>,
 }
 
-fn bad(field: &str, message: String) -> PluginError {
+/// A `bad-option` error naming the option `field`: what every option check returns, the
+/// SDK's and a plugin's own.
+pub fn bad_option(field: &str, message: impl Into<String>) -> PluginError {
     error("bad-option", field, message)
 }
 
@@ -22,19 +24,19 @@ impl Options {
         }
         match serde_json::from_str::<Value>(json) {
             Ok(Value::Object(map)) => Ok(Options { map }),
-            Ok(_) => Err(bad("", "options must be a table".into())),
-            Err(e) => Err(bad("", format!("options are not valid JSON: {e}"))),
+            Ok(_) => Err(bad_option("", "options must be a table")),
+            Err(e) => Err(bad_option("", format!("options are not valid JSON: {e}"))),
         }
     }
 
     /// Fails on the first option not in `known`, naming it and listing the known ones.
     pub fn deny_unknown(&self, known: &[&str]) -> Result<(), PluginError> {
         match self.map.keys().find(|k| !known.contains(&k.as_str())) {
-            Some(k) if known.is_empty() => Err(bad(
+            Some(k) if known.is_empty() => Err(bad_option(
                 k,
                 format!("unknown option `{k}`: this plugin takes no options"),
             )),
-            Some(k) => Err(bad(
+            Some(k) => Err(bad_option(
                 k,
                 format!(
                     "unknown option `{k}`, expected one of: {}",
@@ -55,7 +57,7 @@ impl Options {
                 continue;
             }
             let value = serde_json::from_str(&spec.default).map_err(|e| {
-                bad(
+                bad_option(
                     &spec.name,
                     format!(
                         "the plugin declares the default {:?}, which is not JSON: {e}",
@@ -76,7 +78,7 @@ impl Options {
         match self.map.get(name) {
             None => Ok(default.to_string()),
             Some(Value::String(s)) => Ok(s.clone()),
-            Some(v) => Err(bad(
+            Some(v) => Err(bad_option(
                 name,
                 format!("option `{name}` must be a string, got {v}"),
             )),
@@ -86,9 +88,9 @@ impl Options {
     pub fn integer(&self, name: &str, default: i64) -> Result<i64, PluginError> {
         match self.map.get(name) {
             None => Ok(default),
-            Some(v) => v
-                .as_i64()
-                .ok_or_else(|| bad(name, format!("option `{name}` must be an integer, got {v}"))),
+            Some(v) => v.as_i64().ok_or_else(|| {
+                bad_option(name, format!("option `{name}` must be an integer, got {v}"))
+            }),
         }
     }
 
@@ -105,17 +107,18 @@ impl Options {
     /// description.
     pub fn int<T: TryFrom<i64>>(&self, name: &str) -> Result<T, PluginError> {
         let v = match self.map.get(name) {
-            None => return Err(bad(name, format!("option `{name}` is required"))),
+            None => return Err(bad_option(name, format!("option `{name}` is required"))),
             Some(_) => self.integer(name, 0)?,
         };
-        T::try_from(v).map_err(|_| bad(name, format!("option `{name}` is out of range: {v}")))
+        T::try_from(v)
+            .map_err(|_| bad_option(name, format!("option `{name}` is out of range: {v}")))
     }
 
     pub fn boolean(&self, name: &str, default: bool) -> Result<bool, PluginError> {
         match self.map.get(name) {
             None => Ok(default),
             Some(Value::Bool(b)) => Ok(*b),
-            Some(v) => Err(bad(
+            Some(v) => Err(bad_option(
                 name,
                 format!("option `{name}` must be true or false, got {v}"),
             )),
@@ -129,14 +132,14 @@ impl Options {
                 .iter()
                 .map(|i| {
                     i.as_str().map(str::to_string).ok_or_else(|| {
-                        bad(
+                        bad_option(
                             name,
                             format!("option `{name}` must be a list of strings, got {i}"),
                         )
                     })
                 })
                 .collect(),
-            Some(v) => Err(bad(
+            Some(v) => Err(bad_option(
                 name,
                 format!("option `{name}` must be a list of strings, got {v}"),
             )),
@@ -151,7 +154,7 @@ impl Options {
         }
         let cidr = text
             .parse()
-            .map_err(|e: String| bad(name, format!("option `{name}`: {text:?}: {e}")))?;
+            .map_err(|e: String| bad_option(name, format!("option `{name}`: {text:?}: {e}")))?;
         Ok(Some(cidr))
     }
 
@@ -162,10 +165,9 @@ impl Options {
             .iter()
             .map(|entry| {
                 let (cidr, value) = entry.split_once('=').unwrap_or((entry, ""));
-                let cidr = cidr
-                    .trim()
-                    .parse()
-                    .map_err(|e: String| bad(name, format!("option `{name}`: {entry:?}: {e}")))?;
+                let cidr = cidr.trim().parse().map_err(|e: String| {
+                    bad_option(name, format!("option `{name}`: {entry:?}: {e}"))
+                })?;
                 Ok((cidr, value.trim().to_string()))
             })
             .collect()

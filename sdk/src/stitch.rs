@@ -672,7 +672,6 @@ impl Stitcher {
         self.counted_at[0].clear();
     }
 
-    /// What a window (or an earlier drain of this one) remembers of a 5-tuple.
     /// Views whose 5-tuples an earlier drain found in one connection (they remember one
     /// counting place) are one connection now too, though no fingerprint joins them here: a
     /// drain can fall between a packet's two views at a NAT (it arrived before the drain, its
@@ -691,15 +690,12 @@ impl Stitcher {
             if m.fp_kind == fp::TCP_SYN_ISN && Some(m.fingerprint) != r.syn {
                 continue;
             }
-            match by_place.entry(r.place) {
-                std::collections::hash_map::Entry::Occupied(e) => uf.union(*e.get(), i),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(i);
-                }
-            }
+            let first = *by_place.entry(r.place).or_insert(i);
+            uf.union(first, i);
         }
     }
 
+    /// What a window (or an earlier drain of this one) remembers of a 5-tuple.
     fn last_seen(&self, k: &TupleKey) -> Option<&Remembered> {
         let d = digest(k);
         self.counted_at[0]

@@ -46,20 +46,12 @@ impl CniRules for CalicoRules {
         self.ipam.pools = o.cidr_list("pools")?.into_iter().map(|(c, _)| c).collect();
         let size: u8 = o.int("block_size")?;
         if !(1..=32).contains(&size) {
-            return Err(error(
-                "bad-option",
-                "block_size",
-                format!("{size}: not 1..=32"),
-            ));
+            return Err(bad_option("block_size", format!("{size}: not 1..=32")));
         }
         self.ipam.block_size = size;
         self.ipam.blocks = o.cidr_list("blocks")?;
         if let Some((cidr, _)) = self.ipam.blocks.iter().find(|(_, node)| node.is_empty()) {
-            return Err(error(
-                "bad-option",
-                "blocks",
-                format!("{cidr}: no node (CIDR=node)"),
-            ));
+            return Err(bad_option("blocks", format!("{cidr}: no node (CIDR=node)")));
         }
         self.encap.vxlan_vni = o.int("vxlan_vni")?;
         self.encap.vxlan_port = o.int("vxlan_port")?;

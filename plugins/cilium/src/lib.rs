@@ -29,10 +29,6 @@ pub type Cilium = Cni<CiliumRules>;
 const VXLAN_PORT: u16 = 8472;
 const GENEVE_PORT: u16 = 6081;
 
-fn bad(field: &str, message: String) -> PluginError {
-    error("bad-option", field, message)
-}
-
 impl CniRules for CiliumRules {
     fn describe() -> DescriptionBuilder {
         DescriptionBuilder::new("cilium", env!("CARGO_PKG_VERSION"))
@@ -61,7 +57,7 @@ impl CniRules for CiliumRules {
             "vxlan" => (Tunnel::Vxlan, VXLAN_PORT),
             "geneve" => (Tunnel::Geneve, GENEVE_PORT),
             other => {
-                return Err(bad(
+                return Err(bad_option(
                     "tunnel_protocol",
                     format!("{other:?}: \"vxlan\" or \"geneve\""),
                 ));
@@ -73,7 +69,7 @@ impl CniRules for CiliumRules {
             "tunnel" => Some((kind, port)),
             "native" => None,
             other => {
-                return Err(bad(
+                return Err(bad_option(
                     "routing_mode",
                     format!("{other:?}: \"tunnel\" or \"native\""),
                 ));

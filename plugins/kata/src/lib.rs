@@ -46,8 +46,7 @@ impl CniRules for KataRules {
             vni_max: o.int("vni_max")?,
         };
         if t.vni_min > t.vni_max || t.vni_max > VNI_MAX {
-            return Err(error(
-                "bad-option",
+            return Err(bad_option(
                 "vni_max",
                 format!(
                     "VNIs {}..={}: a range within 0..={VNI_MAX} (24 bits)",

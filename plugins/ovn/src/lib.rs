@@ -30,10 +30,6 @@ const HAIRPIN_SNAT: &str = "169.254.169.5";
 const GENEVE_PORT: u16 = 6081;
 const SDN_VXLAN_PORT: u16 = 4789;
 
-fn bad(field: &str, message: String) -> PluginError {
-    error("bad-option", field, message)
-}
-
 impl CniRules for OvnRules {
     fn describe() -> DescriptionBuilder {
         // OVN names a pod's host-side veth by the first 15 hex digits of its container ID.
@@ -74,7 +70,10 @@ impl CniRules for OvnRules {
             ..Settings::default()
         };
         if let Some((cidr, _)) = s.host_subnets.iter().find(|(_, n)| n.is_empty()) {
-            return Err(bad("host_subnets", format!("{cidr}: no node (CIDR=node)")));
+            return Err(bad_option(
+                "host_subnets",
+                format!("{cidr}: no node (CIDR=node)"),
+            ));
         }
         s.masquerade_subnet = o.cidr("masquerade_subnet")?;
         let hairpin = o.string("hairpin_snat", "")?;
@@ -82,17 +81,16 @@ impl CniRules for OvnRules {
             "" => None,
             text => Some(
                 text.parse()
-                    .map_err(|e| bad("hairpin_snat", format!("{text:?}: {e}")))?,
+                    .map_err(|e| bad_option("hairpin_snat", format!("{text:?}: {e}")))?,
             ),
         };
         for entry in o.strings("netids")? {
             let (id, ns) = entry.split_once('=').unwrap_or((&entry, ""));
-            let id: u32 = id
-                .trim()
-                .parse()
-                .map_err(|e| bad("netids", format!("{entry:?}: NETID: {e} (NETID=namespace)")))?;
+            let id: u32 = id.trim().parse().map_err(|e| {
+                bad_option("netids", format!("{entry:?}: NETID: {e} (NETID=namespace)"))
+            })?;
             if ns.trim().is_empty() {
-                return Err(bad(
+                return Err(bad_option(
                     "netids",
                     format!("{entry:?}: no namespace (NETID=namespace)"),
                 ));
@@ -103,13 +101,15 @@ impl CniRules for OvnRules {
             match o.raw(name) {
                 None => Ok(None),
                 Some(v) if v.as_str() == Some("") => Ok(None),
-                Some(v) => southbound::table(v).map(Some).map_err(|e| bad(name, e)),
+                Some(v) => southbound::table(v)
+                    .map(Some)
+                    .map_err(|e| bad_option(name, e)),
             }
         };
         if let Some(ports) = table("port_bindings")? {
             let datapaths = table("datapath_bindings")?;
-            s.port_keys =
-                PortKeys::new(&ports, datapaths.as_ref()).map_err(|e| bad("port_bindings", e))?;
+            s.port_keys = PortKeys::new(&ports, datapaths.as_ref())
+                .map_err(|e| bad_option("port_bindings", e))?;
         }
         s.geneve_port = o.int("geneve_port")?;
         s.sdn_vxlan_port = o.int("vxlan_port")?;
