@@ -46,7 +46,8 @@ fn kind_of(k: wit::IfaceKind) -> IfaceKind {
         wit::IfaceKind::Bridge => IfaceKind::Bridge,
         wit::IfaceKind::Tunnel => IfaceKind::Tunnel,
         wit::IfaceKind::Uplink => IfaceKind::Uplink,
-        wit::IfaceKind::Other => IfaceKind::Other,
+        // No interface is one: a capture spec naming it watches the device as any other.
+        wit::IfaceKind::Other | wit::IfaceKind::KernelDrop => IfaceKind::Other,
     }
 }
 

@@ -4,6 +4,7 @@
 #[cfg(feature = "cluster")]
 mod cluster;
 mod config_check;
+mod diagnose;
 #[cfg(feature = "lab")]
 mod lab;
 #[cfg(feature = "live")]
@@ -93,6 +94,9 @@ enum Command {
     /// one line per edge that changed in a window.
     #[cfg(feature = "server")]
     Observe(observe::ObserveArgs),
+    /// Where did my packets die: the edges whose connections did not get through, one
+    /// sentence each (from a topology document or a server).
+    Diagnose(diagnose::DiagnoseArgs),
     /// Lab clusters in network namespaces (root): up, traffic, down, list.
     #[cfg(feature = "lab")]
     #[command(subcommand)]
@@ -269,6 +273,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         } => live::demo(&scenario, &plugins, format),
         #[cfg(feature = "server")]
         Command::Observe(args) => observe::run(args),
+        Command::Diagnose(args) => diagnose::run(args),
         #[cfg(feature = "lab")]
         Command::Lab(cmd) => lab::run(cmd),
         Command::Plugin(PluginCommand::List { dir }) => plugin::list(&dir),

@@ -73,8 +73,8 @@ pub fn compose(batches: PluginFlows, plugins: usize) -> (PluginFlows, Vec<u64>) 
             }
         }
     }
-    // What each kept flow gains (evidence, points) and which flows go.
-    let mut gains: HashMap<(usize, usize), (Vec<String>, Vec<String>)> = HashMap::new();
+    // What each kept flow gains (evidence, points, a path verdict) and which flows go.
+    let mut gains: HashMap<(usize, usize), Gain> = HashMap::new();
     let mut gone: Vec<Vec<bool>> = batches
         .iter()
         .map(|(_, b)| vec![false; b.protocol.len()])
@@ -86,6 +86,10 @@ pub fn compose(batches: PluginFlows, plugins: usize) -> (PluginFlows, Vec<u64>) 
     let points_at: Vec<Vec<Range<usize>>> = batches
         .iter()
         .map(|(_, b)| spans(b.observed_count.iter().map(|&n| n as usize)))
+        .collect();
+    let drops_at: Vec<Vec<Range<usize>>> = batches
+        .iter()
+        .map(|(_, b)| spans(b.drop_count.iter().map(|&n| n as usize)))
         .collect();
     for rows in by_connection.values() {
         let plugin_of = |&(bi, _): &(usize, usize)| batches[bi].0;
@@ -108,10 +112,13 @@ pub fn compose(batches: PluginFlows, plugins: usize) -> (PluginFlows, Vec<u64>) 
             let b = &batches[bi].1;
             let s = |i: &u32| b.strings[*i as usize].clone();
             let gain = gains.entry(keep).or_default();
-            gain.0
+            gain.evidence
                 .extend(b.evidence[evidence_at[bi][row].clone()].iter().map(s));
-            gain.1
+            gain.points
                 .extend(b.observed_at[points_at[bi][row].clone()].iter().map(s));
+            if gain.path.is_none() && b.path_verdict[row] != 0 {
+                gain.path = Some(Path::of(b, row, &drops_at[bi][row]));
+            }
             gone[bi][row] = true;
             folded[batches[bi].0] += 1;
         }
@@ -124,7 +131,7 @@ pub fn compose(batches: PluginFlows, plugins: usize) -> (PluginFlows, Vec<u64>) 
             if !touched {
                 return (p, b);
             }
-            let rows_gained: HashMap<usize, &(Vec<String>, Vec<String>)> = gains
+            let rows_gained: HashMap<usize, &Gain> = gains
                 .iter()
                 .filter(|(k, _)| k.0 == bi)
                 .map(|(k, v)| (k.1, v))
@@ -137,6 +144,7 @@ pub fn compose(batches: PluginFlows, plugins: usize) -> (PluginFlows, Vec<u64>) 
                     &rows_gained,
                     &evidence_at[bi],
                     &points_at[bi],
+                    &drops_at[bi],
                 ),
             )
         })
@@ -144,14 +152,50 @@ pub fn compose(batches: PluginFlows, plugins: usize) -> (PluginFlows, Vec<u64>) 
     (composed, folded)
 }
 
+/// What a kept flow takes from the flows folded into it.
+#[derive(Default)]
+struct Gain {
+    evidence: Vec<String>,
+    points: Vec<String>,
+    /// The first folded flow's path verdict, for a kept flow that has none (a Kata flow
+    /// folded with the CNI's, which knows the path).
+    path: Option<Path>,
+}
+
+/// A flow's path columns, by value.
+struct Path {
+    verdict: u8,
+    last_seen: String,
+    missing_at: String,
+    rejected_by: (u64, u64),
+    drops: Vec<(String, u64)>,
+}
+
+impl Path {
+    fn of(b: &wit::FlowBatch, row: usize, drops: &Range<usize>) -> Path {
+        let s = |i: u32| b.strings[i as usize].clone();
+        Path {
+            verdict: b.path_verdict[row],
+            last_seen: s(b.path_last_seen[row]),
+            missing_at: s(b.path_missing_at[row]),
+            rejected_by: (b.rejected_by_hi[row], b.rejected_by_lo[row]),
+            drops: drops
+                .clone()
+                .map(|j| (s(b.drop_reason[j]), b.drop_packets[j]))
+                .collect(),
+        }
+    }
+}
+
 /// `b` without the rows marked gone, each kept row with its gains added to its evidence and
-/// points (each label once).
+/// points (each label once), and a folded flow's path where it had none.
 fn rebuild(
     b: &wit::FlowBatch,
     gone: &[bool],
-    gains: &HashMap<usize, &(Vec<String>, Vec<String>)>,
+    gains: &HashMap<usize, &Gain>,
     evidence_at: &[Range<usize>],
     points_at: &[Range<usize>],
+    drops_at: &[Range<usize>],
 ) -> wit::FlowBatch {
     let mut out = wit::FlowBatch {
         strings: b.strings.clone(),
@@ -180,6 +224,14 @@ fn rebuild(
         observed_at: Vec::new(),
         continued: Vec::new(),
         connection: Vec::new(),
+        path_verdict: Vec::new(),
+        path_last_seen: Vec::new(),
+        path_missing_at: Vec::new(),
+        rejected_by_hi: Vec::new(),
+        rejected_by_lo: Vec::new(),
+        drop_count: Vec::new(),
+        drop_reason: Vec::new(),
+        drop_packets: Vec::new(),
     };
     // The batch's strings by text, made when a gained label first needs one.
     let mut index: HashMap<String, u32> = HashMap::new();
@@ -221,7 +273,45 @@ fn rebuild(
         out.connection.push(b.connection[row]);
         let mut evidence: Vec<u32> = b.evidence[evidence_at[row].clone()].to_vec();
         let mut points: Vec<u32> = b.observed_at[points_at[row].clone()].to_vec();
-        if let Some((more_evidence, more_points)) = gains.get(&row) {
+        let gained_path = gains
+            .get(&row)
+            .and_then(|g| g.path.as_ref())
+            .filter(|_| b.path_verdict[row] == 0);
+        match gained_path {
+            Some(p) => {
+                out.path_verdict.push(p.verdict);
+                let last_seen = intern(&mut out.strings, &p.last_seen);
+                out.path_last_seen.push(last_seen);
+                let missing_at = intern(&mut out.strings, &p.missing_at);
+                out.path_missing_at.push(missing_at);
+                out.rejected_by_hi.push(p.rejected_by.0);
+                out.rejected_by_lo.push(p.rejected_by.1);
+                out.drop_count.push(p.drops.len() as u8);
+                for (reason, packets) in &p.drops {
+                    let r = intern(&mut out.strings, reason);
+                    out.drop_reason.push(r);
+                    out.drop_packets.push(*packets);
+                }
+            }
+            None => {
+                out.path_verdict.push(b.path_verdict[row]);
+                out.path_last_seen.push(b.path_last_seen[row]);
+                out.path_missing_at.push(b.path_missing_at[row]);
+                out.rejected_by_hi.push(b.rejected_by_hi[row]);
+                out.rejected_by_lo.push(b.rejected_by_lo[row]);
+                out.drop_count.push(b.drop_count[row]);
+                out.drop_reason
+                    .extend_from_slice(&b.drop_reason[drops_at[row].clone()]);
+                out.drop_packets
+                    .extend_from_slice(&b.drop_packets[drops_at[row].clone()]);
+            }
+        }
+        if let Some(Gain {
+            evidence: more_evidence,
+            points: more_points,
+            ..
+        }) = gains.get(&row).copied()
+        {
             for e in more_evidence.iter() {
                 let i = intern(&mut out.strings, e);
                 if !evidence.contains(&i) {
@@ -291,9 +381,18 @@ mod tests {
                 observed_at: vec![],
                 continued: vec![],
                 connection: vec![],
+                path_verdict: vec![],
+                path_last_seen: vec![],
+                path_missing_at: vec![],
+                rejected_by_hi: vec![],
+                rejected_by_lo: vec![],
+                drop_count: vec![],
+                drop_reason: vec![],
+                drop_packets: vec![],
             },
             &[],
             &HashMap::new(),
+            &[],
             &[],
             &[],
         );
@@ -344,7 +443,26 @@ mod tests {
             b.evidence.extend(ev);
             b.observed_count.push(pts.len() as u16);
             b.observed_at.extend(pts);
+            b.path_verdict.push(0);
+            b.path_last_seen.push(0);
+            b.path_missing_at.push(0);
+            b.rejected_by_hi.push(0);
+            b.rejected_by_lo.push(0);
+            b.drop_count.push(0);
         }
+        b
+    }
+
+    /// Gives flow `row` of `b` a path verdict, last-seen point and one drop reason.
+    fn judged(mut b: wit::FlowBatch, row: usize, verdict: u8, last_seen: &str) -> wit::FlowBatch {
+        b.strings.push(last_seen.into());
+        b.path_verdict[row] = verdict;
+        b.path_last_seen[row] = (b.strings.len() - 1) as u32;
+        b.strings.push("NETFILTER_DROP".into());
+        // Drops are in row order: this helper judges one row of a batch without others'.
+        b.drop_count[row] = 1;
+        b.drop_reason.push((b.strings.len() - 1) as u32);
+        b.drop_packets.push(3);
         b
     }
 
@@ -407,6 +525,29 @@ mod tests {
         let kept = &out[1].1;
         assert_eq!(kept.strings[kept.client_name[0] as usize], "shop/client");
         assert_eq!(labels(kept, 0).0, ["cni:rule", "x:tunnel"]);
+    }
+
+    #[test]
+    fn a_kept_flow_without_a_path_takes_the_folded_flows_verdict_and_drops() {
+        // The better-named flow (kept) states no path; the CNI's does.
+        let named = batch(&[(5, POD, "shop/client", 9, 6, &["x:peer"], &["p2"], 3)]);
+        let cni = judged(
+            batch(&[(5, 4, "", 9, 6, &["cni:rule"], &["p1"], 3)]),
+            0,
+            3,
+            "b/flannel.1:ingress",
+        );
+        let (out, _) = compose(vec![(0, cni), (1, named)], 2);
+        let kept = &out[1].1;
+        assert_eq!(kept.path_verdict, [3]);
+        assert_eq!(
+            kept.strings[kept.path_last_seen[0] as usize],
+            "b/flannel.1:ingress"
+        );
+        assert_eq!(kept.drop_count, [1]);
+        assert_eq!(kept.strings[kept.drop_reason[0] as usize], "NETFILTER_DROP");
+        assert_eq!(kept.drop_packets, [3]);
+        assert!(crate::plugins::convert::check_flows(kept).is_ok());
     }
 
     #[test]

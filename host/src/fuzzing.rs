@@ -124,6 +124,14 @@ pub fn flows(data: &[u8]) {
         observed_at: c.list(|c| c.byte() as u32),
         continued: c.list(|c| c.byte() & 1 == 1),
         connection: c.list(Columns::u64),
+        path_verdict: c.list(|c| c.byte() % 7),
+        path_last_seen: c.list(|c| c.byte() as u32),
+        path_missing_at: c.list(|c| c.byte() as u32),
+        rejected_by_hi: c.list(Columns::u64),
+        rejected_by_lo: c.list(Columns::u64),
+        drop_count: c.list(|c| c.byte() % 3),
+        drop_reason: c.list(|c| c.byte() as u32),
+        drop_packets: c.list(Columns::u64),
     };
     if convert::check_flows(&b).is_ok() {
         let mut topology = Topology::default();

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cluster;
 pub mod compose;
 pub mod config;
+pub mod diagnose;
 pub mod fuzzing;
 pub mod health;
 pub mod inventory;

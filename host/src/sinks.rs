@@ -9,6 +9,8 @@ pub enum Format {
     Table,
     Json,
     Dot,
+    /// The edges whose packets did not all get through, a sentence each (`cniscope diagnose`).
+    Diagnose,
 }
 
 /// Replaces `path` with `bytes` whole: a temporary file in the same folder, then a rename, so
@@ -42,6 +44,12 @@ pub fn render(doc: &TopologyDoc, format: Format) -> String {
         Format::Json => serde_json::to_string_pretty(doc).expect("topology serializes") + "\n",
         Format::Dot => dot(doc),
         Format::Table => table(doc),
+        Format::Diagnose => {
+            let edges: Vec<crate::diagnose::DiagEdge> = serde_json::to_value(&doc.edges)
+                .and_then(serde_json::from_value)
+                .expect("edges read back as they were written");
+            crate::diagnose::render(&edges)
+        }
     }
 }
 
@@ -86,7 +94,7 @@ fn dot(doc: &TopologyDoc) -> String {
 }
 
 fn table(doc: &TopologyDoc) -> String {
-    let rows: Vec<[String; 6]> = doc
+    let rows: Vec<[String; 7]> = doc
         .edges
         .iter()
         .map(|e| {
@@ -96,11 +104,15 @@ fn table(doc: &TopologyDoc) -> String {
                 e.service.clone().unwrap_or_else(|| "-".into()),
                 format!("{}/{}", e.protocol, e.port),
                 e.packets.to_string(),
+                e.path.as_ref().map_or("-".into(), |p| p.verdict.clone()),
                 e.evidence.iter().cloned().collect::<Vec<_>>().join(","),
             ]
         })
         .collect();
-    let header = ["CLIENT", "SERVER", "SERVICE", "PORT", "PACKETS", "EVIDENCE"].map(String::from);
+    let header = [
+        "CLIENT", "SERVER", "SERVICE", "PORT", "PACKETS", "PATH", "EVIDENCE",
+    ]
+    .map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {

@@ -9,7 +9,7 @@ use cniscope_common::ipproto;
 use resolve::Resolver;
 use resolve::{Named, Resolved};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 /// A named endpoint: `pod/<ns>/<name>`, `node/<name>`, `service/<ns>/<name>`,
@@ -81,6 +81,53 @@ pub struct Edge {
     pub confidence: f32,
     /// Logical flows (connections) merged into this edge.
     pub flows: u64,
+    /// Where its connections' packets went against the path their CNI's plugin expected
+    /// (docs/output-contract.md, "path"); absent when no plugin judged one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<EdgePath>,
+}
+
+/// An edge's path verdict: its connections' worst, with where that one stopped.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct EdgePath {
+    /// The worst verdict of its connections: lost, rejected, no-reply, partial-capture, ok.
+    pub verdict: String,
+    /// The last expected point that saw the worst one's packets ("node/iface:direction").
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub last_seen: String,
+    /// The first watched expected point after it that did not.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub missing_at: String,
+    /// Who answered with a RST, for `rejected` (an endpoint id).
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub rejected_by: String,
+    /// Packets the kernel dropped, by its reason, over all the edge's connections.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub drops: BTreeMap<String, u64>,
+    /// How many of its connections had each verdict (a connection is judged in every
+    /// window it is seen in).
+    pub verdicts: BTreeMap<String, u64>,
+}
+
+/// Verdicts from the WIT codes, best first: an edge shows its connections' worst.
+const VERDICTS: [(u8, &str, u8); 5] = [
+    // (code, word, severity)
+    (1, "ok", 0),
+    (5, "partial-capture", 1),
+    (2, "no-reply", 2),
+    (4, "rejected", 3),
+    (3, "lost", 4),
+];
+
+fn verdict_word(code: u8) -> Option<(&'static str, u8)> {
+    VERDICTS
+        .iter()
+        .find(|v| v.0 == code)
+        .map(|&(_, word, severity)| (word, severity))
+}
+
+fn severity(word: &str) -> u8 {
+    VERDICTS.iter().find(|v| v.1 == word).map_or(0, |v| v.2)
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -108,6 +155,8 @@ pub struct EdgeAcc {
     observed_at: BTreeSet<String>,
     confidence: f32,
     flows: u64,
+    #[serde(default)]
+    path: Option<EdgePath>,
 }
 
 /// The topology so far. Endpoints are interned: a flow costs a few hash probes on indexes,
@@ -256,7 +305,7 @@ impl Topology {
             };
         }
         let s = |i: u32| b.strings.get(i as usize).map(String::as_str).unwrap_or("");
-        let (mut ev, mut ob) = (0usize, 0usize);
+        let (mut ev, mut ob, mut dr) = (0usize, 0usize, 0usize);
         for i in 0..b.protocol.len() {
             let at = b.first_ns[i];
             let ip = |hi: &[u64], lo: &[u64]| wit::Ip {
@@ -304,6 +353,31 @@ impl Topology {
                 .map(|&x| s(x));
             ev += ne;
             ob += no;
+            let nd = b.drop_count.get(i).copied().unwrap_or(0) as usize;
+            let drops = dr..dr + nd;
+            dr += nd;
+            let judged = b.path_verdict.get(i).and_then(|&c| verdict_word(c));
+            let path = judged.map(|(word, _)| {
+                let by = wit::Ip {
+                    hi: b.rejected_by_hi[i],
+                    lo: b.rejected_by_lo[i],
+                };
+                let rejected_by = if by.hi == 0 && by.lo == 0 {
+                    String::new()
+                } else {
+                    resolver.entry(resolver.name(4, by, "", at).named).id
+                };
+                EdgePath {
+                    verdict: word.to_string(),
+                    last_seen: s(b.path_last_seen[i]).to_string(),
+                    missing_at: s(b.path_missing_at[i]).to_string(),
+                    rejected_by,
+                    drops: drops
+                        .map(|j| (s(b.drop_reason[j]).to_string(), b.drop_packets[j]))
+                        .collect(),
+                    verdicts: [(word.to_string(), 1)].into(),
+                }
+            });
             let key = EdgeIndex {
                 src,
                 dst,
@@ -319,7 +393,7 @@ impl Topology {
                 b.confidence[i],
                 b.continued[i],
             );
-            self.add(key, counters, evidence, observed);
+            self.add(key, counters, evidence, observed, path);
         }
     }
 
@@ -377,6 +451,7 @@ impl Topology {
         (packets, bytes, first_ns, last_ns, confidence, continued): (u64, u64, u64, u64, f32, bool),
         evidence: impl Iterator<Item = &'a str>,
         observed: impl Iterator<Item = &'a str>,
+        path: Option<EdgePath>,
     ) {
         let acc = self.edges.entry(key).or_insert(EdgeAcc {
             packets: 0,
@@ -387,7 +462,11 @@ impl Topology {
             observed_at: BTreeSet::new(),
             confidence: 1.0,
             flows: 0,
+            path: None,
         });
+        if let Some(p) = path {
+            merge_path(&mut acc.path, p);
+        }
         acc.packets += packets;
         acc.bytes += bytes;
         acc.first_ns = acc.first_ns.min(first_ns);
@@ -462,6 +541,7 @@ impl Topology {
                     observed_at: a.observed_at.clone(),
                     confidence: a.confidence,
                     flows: a.flows,
+                    path: a.path.clone(),
                 })
                 .collect(),
             health,
@@ -493,6 +573,27 @@ impl InventoryName {
     }
 }
 
+/// Adds one flow's path to an edge's: the worse verdict (and where it stopped) shows,
+/// drops and verdicts add up.
+fn merge_path(acc: &mut Option<EdgePath>, p: EdgePath) {
+    let Some(a) = acc else {
+        *acc = Some(p);
+        return;
+    };
+    for (reason, n) in p.drops {
+        *a.drops.entry(reason).or_default() += n;
+    }
+    for (word, n) in p.verdicts {
+        *a.verdicts.entry(word).or_default() += n;
+    }
+    if severity(&p.verdict) > severity(&a.verdict) {
+        a.verdict = p.verdict;
+        a.last_seen = p.last_seen;
+        a.missing_at = p.missing_at;
+        a.rejected_by = p.rejected_by;
+    }
+}
+
 fn add_words<'a>(set: &mut BTreeSet<String>, words: impl Iterator<Item = &'a str>) {
     for w in words {
         if !set.contains(w) {
@@ -515,6 +616,7 @@ mod tests {
             observed_at: BTreeSet::new(),
             confidence: 1.0,
             flows: 1,
+            path: None,
         }
     }
 

@@ -22,8 +22,9 @@
 //! counts once and lists every point.
 
 use crate::Ip;
-use crate::flow::{EndpointRef, FlowRef, Flows, Role};
+use crate::flow::{EndpointRef, FlowRef, Flows, PathRef, Role};
 use crate::inventory::InventoryIndex;
+use crate::path::ExpectedPath;
 use crate::services::Door;
 use crate::stitch::{Connection, Seen};
 
@@ -120,6 +121,9 @@ pub struct Ends<'a> {
 pub struct Decision<'a> {
     pub ends: Ends<'a>,
     pub evidence: Vec<&'static str>,
+    /// The points the plugin expects the connection to cross on its CNI: with it, the flow
+    /// carries a path verdict ([`crate::path`]); None leaves the flow unjudged.
+    pub path: Option<ExpectedPath<'a>>,
 }
 
 fn endpoint(role: Role, ip: Ip, name: &str) -> EndpointRef<'_> {
@@ -287,6 +291,7 @@ impl Connection {
                 confidence,
             },
             evidence,
+            path: None,
         })
     }
 
@@ -300,7 +305,16 @@ impl Connection {
     /// [`emit`](Self::emit), listing `more` beside the capture points in `observed_at`: places
     /// the packets went that no probe watches (Kata peer-pods' pod VM at a tunnel's far end).
     pub fn emit_with_points(&self, out: &mut Flows, decision: Decision<'_>, more: &[&str]) {
-        let Decision { ends, mut evidence } = decision;
+        let Decision {
+            ends,
+            mut evidence,
+            path,
+        } = decision;
+        let report = path.map(|p| self.path_report(&p));
+        let drops: Vec<(&str, u64)> = report
+            .as_ref()
+            .map(|r| r.drops.iter().map(|(k, v)| (k.as_str(), *v)).collect())
+            .unwrap_or_default();
         let (packets, bytes, first_ns, last_ns) = self.counters();
         evidence.sort_unstable();
         evidence.dedup();
@@ -321,6 +335,13 @@ impl Connection {
             observed_at: &points,
             continued: self.continued,
             connection: self.id(),
+            path: report.as_ref().map(|r| PathRef {
+                verdict: r.verdict,
+                last_seen: &r.last_seen,
+                missing_at: &r.missing_at,
+                rejected_by: r.rejected_by,
+                drops: &drops,
+            }),
         });
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::batch::Obs;
 use crate::hash::FastMap;
+use crate::path::{PathReport, Verdict};
 use crate::{FlowBatch, Ip};
 
 /// What kind of thing an endpoint is. The host decides *which* one from the address and the
@@ -51,6 +52,8 @@ pub struct LogicalFlow {
     pub continued: bool,
     /// The connection's identity ([`crate::stitch::Connection::id`]); 0: not known.
     pub connection: u64,
+    /// Where its packets went against the expected path; None: not judged.
+    pub path: Option<PathReport>,
 }
 
 impl Endpoint {
@@ -112,6 +115,7 @@ impl FlowBuilder {
             confidence: 1.0,
             continued: false,
             connection: 0,
+            path: None,
         })
     }
 
@@ -200,6 +204,17 @@ pub struct FlowRef<'a> {
     pub observed_at: &'a [&'a str],
     pub continued: bool,
     pub connection: u64,
+    pub path: Option<PathRef<'a>>,
+}
+
+/// A [`PathReport`] by reference.
+#[derive(Clone, Copy, Debug)]
+pub struct PathRef<'a> {
+    pub verdict: Verdict,
+    pub last_seen: &'a str,
+    pub missing_at: &'a str,
+    pub rejected_by: Ip,
+    pub drops: &'a [(&'a str, u64)],
 }
 
 pub fn role_code(r: Role) -> u8 {
@@ -259,6 +274,14 @@ impl Default for Flows {
                 observed_at: Vec::new(),
                 continued: Vec::new(),
                 connection: Vec::new(),
+                path_verdict: Vec::new(),
+                path_last_seen: Vec::new(),
+                path_missing_at: Vec::new(),
+                rejected_by_hi: Vec::new(),
+                rejected_by_lo: Vec::new(),
+                drop_count: Vec::new(),
+                drop_reason: Vec::new(),
+                drop_packets: Vec::new(),
             },
             index: FastMap::default(),
         }
@@ -331,12 +354,40 @@ impl Flows {
             let i = self.intern(p);
             self.batch.observed_at.push(i);
         }
+        let (verdict, last_seen, missing_at, by, drops) = match f.path {
+            Some(p) => (
+                p.verdict.code(),
+                self.intern(p.last_seen),
+                self.intern(p.missing_at),
+                p.rejected_by,
+                p.drops,
+            ),
+            None => (0, 0, 0, Ip::NONE, &[][..]),
+        };
+        let n_drops = drops.len().min(u8::MAX as usize);
+        self.batch.drop_count.push(n_drops as u8);
+        for (reason, packets) in &drops[..n_drops] {
+            let i = self.intern(reason);
+            self.batch.drop_reason.push(i);
+            self.batch.drop_packets.push(*packets);
+        }
+        let b = &mut self.batch;
+        b.path_verdict.push(verdict);
+        b.path_last_seen.push(last_seen);
+        b.path_missing_at.push(missing_at);
+        b.rejected_by_hi.push(by.hi);
+        b.rejected_by_lo.push(by.lo);
     }
 
     /// Adds an owned [`LogicalFlow`] (as [`FlowBuilder`] builds them).
     pub fn push(&mut self, f: &LogicalFlow) {
         let evidence: Vec<&str> = f.evidence.iter().map(String::as_str).collect();
         let observed: Vec<&str> = f.observed_at.iter().map(String::as_str).collect();
+        let drops: Vec<(&str, u64)> = f
+            .path
+            .as_ref()
+            .map(|p| p.drops.iter().map(|(r, n)| (r.as_str(), *n)).collect())
+            .unwrap_or_default();
         self.add(&FlowRef {
             client: EndpointRef::of(&f.client),
             server: EndpointRef::of(&f.server),
@@ -352,6 +403,13 @@ impl Flows {
             observed_at: &observed,
             continued: f.continued,
             connection: f.connection,
+            path: f.path.as_ref().map(|p| PathRef {
+                verdict: p.verdict,
+                last_seen: &p.last_seen,
+                missing_at: &p.missing_at,
+                rejected_by: p.rejected_by,
+                drops: &drops,
+            }),
         });
     }
 
@@ -379,9 +437,28 @@ impl Flows {
 /// Reads a [`FlowBatch`] back into owned flows (for tests and tools).
 pub fn flows_from_batch(b: &FlowBatch) -> Vec<LogicalFlow> {
     let s = |i: u32| b.strings.get(i as usize).cloned().unwrap_or_default();
-    let (mut ev, mut ob) = (0usize, 0usize);
+    let (mut ev, mut ob, mut dr) = (0usize, 0usize, 0usize);
     (0..b.protocol.len())
         .map(|i| {
+            let nd = b.drop_count.get(i).copied().unwrap_or(0) as usize;
+            let drops = (dr..dr + nd)
+                .map(|j| (s(b.drop_reason[j]), b.drop_packets[j]))
+                .collect();
+            dr += nd;
+            let path = b
+                .path_verdict
+                .get(i)
+                .and_then(|&c| Verdict::from_code(c))
+                .map(|verdict| PathReport {
+                    verdict,
+                    last_seen: s(b.path_last_seen[i]),
+                    missing_at: s(b.path_missing_at[i]),
+                    rejected_by: Ip {
+                        hi: b.rejected_by_hi[i],
+                        lo: b.rejected_by_lo[i],
+                    },
+                    drops,
+                });
             let ne = b.evidence_count[i] as usize;
             let no = b.observed_count[i] as usize;
             let evidence = b.evidence[ev..ev + ne].iter().map(|&x| s(x)).collect();
@@ -424,6 +501,7 @@ pub fn flows_from_batch(b: &FlowBatch) -> Vec<LogicalFlow> {
                 confidence: b.confidence[i],
                 continued: b.continued.get(i).copied().unwrap_or(false),
                 connection: b.connection.get(i).copied().unwrap_or(0),
+                path,
             }
         })
         .collect()

@@ -58,6 +58,7 @@ pub mod hash;
 pub mod inventory;
 pub mod net;
 pub mod options;
+pub mod path;
 pub mod pods;
 pub mod services;
 pub mod state;
@@ -233,6 +234,7 @@ pub mod prelude {
     pub use crate::inventory::{Annotations, InventoryIndex, warnings_to_result};
     pub use crate::net::{Cidr, CidrSet, Mac, ip_from_std, ip_to_std};
     pub use crate::options::{Options, bad_option};
+    pub use crate::path::{ExpectedPath, Hop, PathReport, Place, Verdict};
     pub use crate::pods::{NewPod, Pod};
     pub use crate::services::{Door, Services};
     pub use crate::stitch::{Connection, PointInfo, Seen, Stitcher, is_uplink_name};

@@ -33,7 +33,7 @@ use crate::hash::{FastMap, FastSet};
 
 /// A capture point, interned once per window: observations refer to it by index, so holding
 /// an observation allocates nothing.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PointInfo {
     pub node: String,
     pub iface: String,
@@ -41,6 +41,17 @@ pub struct PointInfo {
     pub label: String,
     /// The same number for both directions of one interface of one node.
     pub iface_id: u32,
+    pub kind: crate::IfaceKind,
+    pub direction: crate::Direction,
+    /// The kernel's reason at a `kernel-drop` point; "" at an interface.
+    pub drop_reason: String,
+}
+
+impl PointInfo {
+    /// Not an interface: where the kernel dropped packets ([`Connection::drops`]).
+    pub fn is_kernel_drop(&self) -> bool {
+        self.kind == crate::IfaceKind::KernelDrop
+    }
 }
 
 /// A 5-tuple with its ends in a fixed order: (protocol, lower end, higher end).
@@ -98,6 +109,8 @@ pub struct Seen {
     pub dst_port: u16,
     pub protocol: u8,
     pub src_mac: u64,
+    /// OR of the TCP flags seen (a RST answering a SYN: the connection was refused).
+    pub tcp_flags: u8,
     pub fp_kind: u8,
     pub fingerprint: u32,
     pub packets: u64,
@@ -125,6 +138,7 @@ impl Seen {
             dst_port: o.dst_port(),
             protocol: o.protocol(),
             src_mac: o.src_mac(),
+            tcp_flags: o.tcp_flags(),
             fp_kind: o.fp_kind(),
             fingerprint: o.fingerprint(),
             packets: o.packets(),
@@ -303,6 +317,9 @@ pub struct Connection {
     /// The last window held this connection (one of its 5-tuples, and no new handshake now):
     /// it goes on across the window's end and is one connection, not two.
     pub continued: bool,
+    /// Packets the kernel dropped, joined to this connection by their headers: (the
+    /// `kernel-drop` point with the reason, packets). Not members: they cross no interface.
+    pub drops: Vec<(u32, u64)>,
     points: Rc<Vec<PointInfo>>,
 }
 
@@ -310,6 +327,12 @@ impl Connection {
     /// Where a member was seen.
     pub fn point(&self, m: &Seen) -> &PointInfo {
         &self.points[m.point as usize]
+    }
+
+    /// Every capture point the stitcher has seen so far (the watched ones, as far as it can
+    /// tell), indexed by [`Seen::point`].
+    pub fn points(&self) -> &[PointInfo] {
+        &self.points
     }
 
     pub fn forward_members(&self) -> impl Iterator<Item = &Seen> {
@@ -405,7 +428,7 @@ impl Connection {
 pub struct Stitcher {
     held: Vec<Seen>,
     points: Vec<PointInfo>,
-    point_ids: FastMap<(String, String, &'static str), u32>,
+    point_ids: FastMap<(String, String, &'static str, String), u32>,
     iface_ids: FastMap<(String, String), u32>,
     pub max_held: usize,
     /// Windows stitched early because they filled up.
@@ -441,6 +464,9 @@ pub struct Stitcher {
     pub fingerprint_collisions: u64,
     /// The Geneve option (class, type) whose data each [`Seen`] keeps in `tunnel_option`.
     pub geneve_option: Option<(u16, u8)>,
+    /// Kernel drops that joined no view of any connection (dropped before any watched
+    /// point): packets.
+    pub drops_alone: u64,
 }
 
 impl Default for Stitcher {
@@ -463,6 +489,7 @@ impl Default for Stitcher {
             fingerprint_join_ns: 1_000_000_000,
             fingerprint_collisions: 0,
             geneve_option: None,
+            drops_alone: 0,
         }
     }
 }
@@ -596,7 +623,7 @@ impl Stitcher {
                 crate::Direction::Egress => "egress",
                 crate::Direction::Unknown => "any",
             };
-            let key = (p.node.clone(), p.iface.clone(), dir);
+            let key = (p.node.clone(), p.iface.clone(), dir, p.drop_reason.clone());
             let id = match self.point_ids.get(&key) {
                 Some(&id) => id,
                 None => {
@@ -606,11 +633,19 @@ impl Stitcher {
                         .entry((p.node.clone(), p.iface.clone()))
                         .or_insert(next_iface);
                     let id = self.points.len() as u32;
+                    let label = if p.kind == crate::IfaceKind::KernelDrop {
+                        format!("{}/{}:drop:{}", p.node, p.iface, p.drop_reason)
+                    } else {
+                        format!("{}/{}:{dir}", p.node, p.iface)
+                    };
                     self.points.push(PointInfo {
                         node: p.node.clone(),
                         iface: p.iface.clone(),
-                        label: format!("{}/{}:{dir}", p.node, p.iface),
+                        label,
                         iface_id,
+                        kind: p.kind,
+                        direction: p.direction,
+                        drop_reason: p.drop_reason.clone(),
                     });
                     self.point_ids.insert(key, id);
                     id
@@ -735,7 +770,20 @@ impl Stitcher {
         let mut held = held.into_iter();
         let points = Rc::new(self.points.clone());
         for group in order.chunk_by(|a, b| a.0 == b.0) {
-            let members: Vec<Seen> = held.by_ref().take(group.len()).collect();
+            let mut members: Vec<Seen> = held.by_ref().take(group.len()).collect();
+            // Kernel drops joined the connection by its headers; they are no view of it.
+            let mut drops = Vec::new();
+            members.retain(|m| {
+                let drop = self.points[m.point as usize].is_kernel_drop();
+                if drop {
+                    drops.push((m.point, m.packets));
+                }
+                !drop
+            });
+            if members.is_empty() {
+                self.drops_alone += drops.iter().map(|d| d.1).sum::<u64>();
+                continue;
+            }
             // What earlier drains remember of each member's 5-tuple: one lookup each.
             let before: Vec<Option<Remembered>> = members
                 .iter()
@@ -765,6 +813,7 @@ impl Stitcher {
                 counted_at,
                 replies_counted_at,
                 continued,
+                drops,
                 points: points.clone(),
             });
         }
@@ -909,6 +958,7 @@ impl Stitcher {
             ("stitch.held", self.held.len() as u64),
             ("stitch.held_peak", self.held_peak),
             ("stitch.forgotten", self.forgotten),
+            ("path.drops_alone", self.drops_alone),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

@@ -128,6 +128,11 @@ impl Row {
     }
 }
 
+/// An address from its text (panics on a typo: for tests).
+pub fn ip(s: &str) -> Ip {
+    parse(s)
+}
+
 fn parse(s: &str) -> Ip {
     ip_from_std(
         s.parse()
@@ -196,6 +201,20 @@ impl BatchBuilder {
             iface: iface.into(),
             kind,
             direction,
+            drop_reason: String::new(),
+        });
+        self
+    }
+
+    /// Adds a `kernel-drop` point: where the kernel freed packets on `iface` for `reason`
+    /// (rows at it count dropped packets).
+    pub fn drop_point(mut self, node: &str, iface: &str, reason: &str) -> Self {
+        self.batch.points.push(CapturePoint {
+            node: node.into(),
+            iface: iface.into(),
+            kind: IfaceKind::KernelDrop,
+            direction: Direction::Unknown,
+            drop_reason: reason.into(),
         });
         self
     }

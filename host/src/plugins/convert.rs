@@ -50,6 +50,7 @@ fn point(p: &CapturePoint) -> wit::CapturePoint {
             Direction::Egress => wit::Direction::Egress,
             Direction::Unknown => wit::Direction::Unknown,
         },
+        drop_reason: String::new(),
     }
 }
 
@@ -297,6 +298,12 @@ pub fn check_flows(b: &wit::FlowBatch) -> Result<(), String> {
         ("observed-count", b.observed_count.len()),
         ("continued", b.continued.len()),
         ("connection", b.connection.len()),
+        ("path-verdict", b.path_verdict.len()),
+        ("path-last-seen", b.path_last_seen.len()),
+        ("path-missing-at", b.path_missing_at.len()),
+        ("rejected-by-hi", b.rejected_by_hi.len()),
+        ("rejected-by-lo", b.rejected_by_lo.len()),
+        ("drop-count", b.drop_count.len()),
     ];
     if let Some((name, len)) = columns.iter().find(|(_, len)| *len != n) {
         return Err(format!("column {name} has {len} values for {n} flows"));
@@ -308,6 +315,9 @@ pub fn check_flows(b: &wit::FlowBatch) -> Result<(), String> {
         ("service-name", &b.service_name),
         ("evidence", &b.evidence),
         ("observed-at", &b.observed_at),
+        ("path-last-seen", &b.path_last_seen),
+        ("path-missing-at", &b.path_missing_at),
+        ("drop-reason", &b.drop_reason),
     ];
     for (name, column) in indexes {
         if let Some((i, s)) = column
@@ -333,6 +343,17 @@ pub fn check_flows(b: &wit::FlowBatch) -> Result<(), String> {
             "observed counts add up to {observed}, the observed-at list has {}",
             b.observed_at.len()
         ));
+    }
+    let drops: usize = b.drop_count.iter().map(|&c| c as usize).sum();
+    if drops != b.drop_reason.len() || drops != b.drop_packets.len() {
+        return Err(format!(
+            "drop counts add up to {drops}, the drop-reason list has {} and drop-packets {}",
+            b.drop_reason.len(),
+            b.drop_packets.len()
+        ));
+    }
+    if let Some((i, v)) = b.path_verdict.iter().enumerate().find(|(_, v)| **v > 5) {
+        return Err(format!("path-verdict[{i}] is {v}, not a verdict (0 to 5)"));
     }
     if let Some((i, c)) = b
         .confidence

@@ -44,7 +44,7 @@ const CLOCKS: &[&str] = &["wasi:clocks/wall-clock", "wasi:clocks/monotonic-clock
 /// The plugin contract this host speaks: the version of the `cniscope:plugin` package in
 /// `wit/plugin.wit`. Every plugin imports its `types` interface at the version it was built
 /// against.
-pub const CONTRACT: &str = "cniscope:plugin@0.5.0";
+pub const CONTRACT: &str = "cniscope:plugin@0.6.0";
 
 /// Refuses a component built against another version of the contract, naming both: a field
 /// added to a record changes its layout, and wasmtime's own type error would not say why.

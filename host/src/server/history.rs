@@ -280,6 +280,7 @@ mod tests {
             observed_at: Default::default(),
             confidence: 1.0,
             flows: 1,
+            path: None,
         }
     }
 

@@ -18,7 +18,7 @@ fn plugin_inspect_prints_the_description() {
         "flannel.1",
         "vni",
         "sha256:",
-        "cniscope:plugin/types@0.5.0",
+        "cniscope:plugin/types@0.6.0",
         // Its decoding needs with default options: VXLAN on 8472, the udp backend's 8285.
         "vxlan ports            [8472]",
         "udp encap ports        [8285]",

@@ -54,6 +54,7 @@ fn doc(namespaces: usize, per: usize, packets: u64, k: u64) -> TopologyDoc {
                 observed_at: ["node-a/eth0:egress".to_string()].into(),
                 confidence: 1.0,
                 flows: 1,
+                path: None,
             });
         }
     }

@@ -26,11 +26,16 @@ pub fn flow(c: &Cluster, e: &Encap, conn: &Connection, out: &mut Flows) {
     let confidence = &mut decision.ends.confidence;
 
     // How the packets travelled.
+    let mut device = None;
     for m in &conn.members {
         match m.tunnel {
-            Tunnel::IpInIp => evidence.push("calico:ipip"),
+            Tunnel::IpInIp => {
+                evidence.push("calico:ipip");
+                device = Some("tunl0");
+            }
             Tunnel::Vxlan if m.vni == e.vxlan_vni && m.outer_dst_port == e.vxlan_port => {
                 evidence.push("calico:vxlan");
+                device = Some("vxlan.calico");
                 if c.node_by_ip(m.outer_src).is_none() {
                     evidence.push("calico:unknown-vtep");
                     *confidence = confidence.min(0.5);
@@ -41,6 +46,10 @@ pub fn flow(c: &Cluster, e: &Encap, conn: &Connection, out: &mut Flows) {
         }
     }
 
+    // The path: the pods' cali veths, the encapsulation's device (tunl0, vxlan.calico; none
+    // with BGP routing) and the uplinks. A connection lost before any tunnel view shows no
+    // mode: its path is veths and uplinks.
+    decision.path = Some(decision.usual_path(&c.index, conn, device));
     conn.emit(out, decision);
 }
 

@@ -83,6 +83,19 @@ pub fn flow(c: &Cluster, d: &Datapath, conn: &Connection, out: &mut Flows) {
     if d.socket_lb {
         socket_lb(c, conn, &mut decision);
     }
+    // The path: the pods' lxc veths, cilium_vxlan / cilium_geneve (none when routing
+    // natively) and the uplinks; `bpf_redirect_peer` hands arriving packets into the pod past
+    // its lxc veth's egress, so no point there is expected.
+    let device = match d.tunnel {
+        Some((Tunnel::Geneve, _)) => Some("cilium_geneve"),
+        Some(_) => Some("cilium_vxlan"),
+        None => None,
+    };
+    decision.path = Some(
+        decision
+            .usual_path(&c.index, conn, device)
+            .skipping(IfaceKind::PodVeth, Direction::Egress),
+    );
     conn.emit(out, decision);
 }
 

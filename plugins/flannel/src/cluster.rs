@@ -15,6 +15,8 @@ pub struct FlannelNode {
     pub ips: Vec<Ip>,
     pub backend: String,
     pub vni: Option<u32>,
+    /// `flannel.<VNI>` when the node's backend-data names its VNI.
+    pub vxlan_device: Option<String>,
     pub vtep_mac: Option<Mac>,
     /// The node's subnet lease (`spec.podCIDR`), e.g. 10.244.1.0/24.
     pub leases: Vec<Cidr>,
@@ -76,6 +78,7 @@ impl Cluster {
                 ips,
                 backend: a.annotation(BACKEND_TYPE).unwrap_or("").to_string(),
                 vni,
+                vxlan_device: vni.map(|v| format!("flannel.{v}")),
                 vtep_mac,
                 leases,
             });
@@ -100,6 +103,10 @@ impl Cluster {
             }
         }
         out
+    }
+
+    pub fn node_named(&self, name: &str) -> Option<&FlannelNode> {
+        self.nodes.iter().find(|n| n.name == name)
     }
 
     pub fn node_by_ip(&self, ip: Ip) -> Option<usize> {

@@ -38,10 +38,12 @@ impl CniRules for FlannelRules {
     }
 
     fn configure(&mut self, o: &Options) -> Result<(), PluginError> {
+        let vni: u32 = o.int("vni")?;
         self.backend = Backend {
-            vni: o.int("vni")?,
+            vni,
             vxlan_port: o.int("port")?,
             udp_port: o.int("udp_port")?,
+            vxlan_device: format!("flannel.{vni}"),
         };
         self.network = o.cidr("network")?;
         Ok(())

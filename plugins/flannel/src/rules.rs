@@ -13,6 +13,8 @@ pub struct Backend {
     pub vni: u32,
     pub vxlan_port: u16,
     pub udp_port: u16,
+    /// `flannel.<vni>`: the VXLAN device of a node whose backend-data names no VNI.
+    pub vxlan_device: String,
 }
 
 /// Emits the connection's logical flow into `out`, unless it is control traffic.
@@ -24,24 +26,51 @@ pub fn flow(c: &Cluster, b: &Backend, conn: &Connection, out: &mut Flows) {
     let confidence = &mut decision.ends.confidence;
 
     // How the packets travelled.
+    let mut mode: Option<&str> = None;
     for m in &conn.members {
         match m.tunnel {
             Tunnel::Vxlan if m.outer_dst_port == b.vxlan_port && is_flannel_vni(c, b, m) => {
                 evidence.push("flannel:vxlan");
+                mode = Some("vxlan");
                 // Rule 1: the VTEP must be a node, and the inner MAC its VtepMAC.
                 if c.node_by_ip(m.outer_src).is_none() && c.node_by_vtep_mac(m.src_mac).is_none() {
                     evidence.push("flannel:unknown-vtep");
                     *confidence = confidence.min(0.5);
                 }
             }
-            Tunnel::UdpEncap if m.outer_dst_port == b.udp_port => evidence.push("flannel:udp"),
+            Tunnel::UdpEncap if m.outer_dst_port == b.udp_port => {
+                evidence.push("flannel:udp");
+                mode = Some("udp");
+            }
             Tunnel::None if is_host_gw(c, &conn.point(m).iface, m) => {
-                evidence.push("flannel:host-gw")
+                evidence.push("flannel:host-gw");
+                mode = Some("host-gw");
             }
             _ => {}
         }
     }
 
+    // The path: pod veth, the backend's device and the uplink on each node. The backend is
+    // the client node's annotation, else what this connection showed.
+    let at = conn.members.iter().map(|m| m.first_ns).min().unwrap_or(0);
+    let client_node = match Place::of(&c.index, &decision.ends.client, at) {
+        Place::Pod(n) | Place::Node(n) => c.node_named(n),
+        Place::Elsewhere => None,
+    };
+    let backend = client_node
+        .map(|n| n.backend.as_str())
+        .filter(|b| !b.is_empty())
+        .or(mode);
+    let device = match backend {
+        Some("host-gw") => None,
+        Some("udp") => Some("flannel0"),
+        _ => Some(
+            client_node
+                .and_then(|n| n.vxlan_device.as_deref())
+                .unwrap_or(&b.vxlan_device),
+        ),
+    };
+    decision.path = Some(decision.usual_path(&c.index, conn, device));
     conn.emit(out, decision);
 }
 

@@ -17,16 +17,23 @@ pub fn flow(c: &Cluster, e: &Settings, conn: &Connection, out: &mut Flows) {
     else {
         return;
     };
+    let mut device = None;
     for m in &conn.members {
         match m.tunnel {
             Tunnel::Geneve if m.outer_dst_port == e.geneve_port => {
-                decision.evidence.push("ovn:geneve")
+                decision.evidence.push("ovn:geneve");
+                device = Some("genev_sys_6081");
             }
             Tunnel::Vxlan if m.outer_dst_port == e.sdn_vxlan_port && c.between_nodes(m) => {
-                decision.evidence.push("openshift-sdn:vxlan")
+                decision.evidence.push("openshift-sdn:vxlan");
+                device = Some("vxlan_sys_4789");
             }
             _ => {}
         }
     }
+    // The path: the pods' veths, OVS's tunnel port device (genev_sys_6081, vxlan_sys_4789)
+    // and the uplinks (br-ex or the NIC). A connection lost before any tunnel view shows no
+    // encapsulation: its path is veths and uplinks.
+    decision.path = Some(decision.usual_path(&c.index, conn, device));
     conn.emit(out, decision);
 }

@@ -140,6 +140,7 @@ impl Plugin for Misbehave {
                         observed_at: &points,
                         continued: false,
                         connection: 0,
+                        path: None,
                     });
                 }
                 Ok(())
