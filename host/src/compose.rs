@@ -168,6 +168,7 @@ struct Path {
     last_seen: String,
     missing_at: String,
     rejected_by: (u64, u64),
+    rejected_by_node: String,
     drops: Vec<(String, u64)>,
 }
 
@@ -179,6 +180,7 @@ impl Path {
             last_seen: s(b.path_last_seen[row]),
             missing_at: s(b.path_missing_at[row]),
             rejected_by: (b.rejected_by_hi[row], b.rejected_by_lo[row]),
+            rejected_by_node: s(b.rejected_by_node[row]),
             drops: drops
                 .clone()
                 .map(|j| (s(b.drop_reason[j]), b.drop_packets[j]))
@@ -229,6 +231,7 @@ fn rebuild(
         path_missing_at: Vec::new(),
         rejected_by_hi: Vec::new(),
         rejected_by_lo: Vec::new(),
+        rejected_by_node: Vec::new(),
         drop_count: Vec::new(),
         drop_reason: Vec::new(),
         drop_packets: Vec::new(),
@@ -286,6 +289,8 @@ fn rebuild(
                 out.path_missing_at.push(missing_at);
                 out.rejected_by_hi.push(p.rejected_by.0);
                 out.rejected_by_lo.push(p.rejected_by.1);
+                let node = intern(&mut out.strings, &p.rejected_by_node);
+                out.rejected_by_node.push(node);
                 out.drop_count.push(p.drops.len() as u8);
                 for (reason, packets) in &p.drops {
                     let r = intern(&mut out.strings, reason);
@@ -299,6 +304,7 @@ fn rebuild(
                 out.path_missing_at.push(b.path_missing_at[row]);
                 out.rejected_by_hi.push(b.rejected_by_hi[row]);
                 out.rejected_by_lo.push(b.rejected_by_lo[row]);
+                out.rejected_by_node.push(b.rejected_by_node[row]);
                 out.drop_count.push(b.drop_count[row]);
                 out.drop_reason
                     .extend_from_slice(&b.drop_reason[drops_at[row].clone()]);
@@ -386,6 +392,7 @@ mod tests {
                 path_missing_at: vec![],
                 rejected_by_hi: vec![],
                 rejected_by_lo: vec![],
+                rejected_by_node: vec![],
                 drop_count: vec![],
                 drop_reason: vec![],
                 drop_packets: vec![],
@@ -448,6 +455,7 @@ mod tests {
             b.path_missing_at.push(0);
             b.rejected_by_hi.push(0);
             b.rejected_by_lo.push(0);
+            b.rejected_by_node.push(0);
             b.drop_count.push(0);
         }
         b

@@ -129,6 +129,7 @@ pub fn flows(data: &[u8]) {
         path_missing_at: c.list(|c| c.byte() as u32),
         rejected_by_hi: c.list(Columns::u64),
         rejected_by_lo: c.list(Columns::u64),
+        rejected_by_node: c.list(|c| c.byte() as u32),
         drop_count: c.list(|c| c.byte() % 3),
         drop_reason: c.list(|c| c.byte() as u32),
         drop_packets: c.list(Columns::u64),

@@ -362,7 +362,10 @@ impl Topology {
                     hi: b.rejected_by_hi[i],
                     lo: b.rejected_by_lo[i],
                 };
-                let rejected_by = if by.hi == 0 && by.lo == 0 {
+                let by_node = s(b.rejected_by_node[i]);
+                let rejected_by = if !by_node.is_empty() {
+                    format!("node/{by_node}")
+                } else if by.hi == 0 && by.lo == 0 {
                     String::new()
                 } else {
                     resolver.entry(resolver.name(4, by, "", at).named).id

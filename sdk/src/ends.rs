@@ -124,6 +124,9 @@ pub struct Decision<'a> {
     /// The points the plugin expects the connection to cross on its CNI: with it, the flow
     /// carries a path verdict ([`crate::path`]); None leaves the flow unjudged.
     pub path: Option<ExpectedPath<'a>>,
+    /// The senders of the ICMP errors quoting the connection that the plugin says are a
+    /// node (a gateway address answering for it): (address, node).
+    pub error_senders: Vec<(Ip, &'a str)>,
 }
 
 fn endpoint(role: Role, ip: Ip, name: &str) -> EndpointRef<'_> {
@@ -292,6 +295,14 @@ impl Connection {
             },
             evidence,
             path: None,
+            error_senders: self
+                .icmp_errors
+                .iter()
+                .filter_map(|e| match classify(e, Side::Source) {
+                    Class::Node { name, .. } => Some((e.src, name)),
+                    _ => None,
+                })
+                .collect(),
         })
     }
 
@@ -309,8 +320,15 @@ impl Connection {
             ends,
             mut evidence,
             path,
+            error_senders,
         } = decision;
-        let report = path.map(|p| self.path_report(&p));
+        let report = path.map(|p| {
+            let mut r = self.path_report(&p);
+            if let Some((_, node)) = error_senders.iter().find(|s| s.0 == r.rejected_by) {
+                r.rejected_by_node = node.to_string();
+            }
+            r
+        });
         let drops: Vec<(&str, u64)> = report
             .as_ref()
             .map(|r| r.drops.iter().map(|(k, v)| (k.as_str(), *v)).collect())
@@ -340,6 +358,7 @@ impl Connection {
                 last_seen: &r.last_seen,
                 missing_at: &r.missing_at,
                 rejected_by: r.rejected_by,
+                rejected_by_node: &r.rejected_by_node,
                 drops: &drops,
             }),
         });

@@ -214,6 +214,7 @@ pub struct PathRef<'a> {
     pub last_seen: &'a str,
     pub missing_at: &'a str,
     pub rejected_by: Ip,
+    pub rejected_by_node: &'a str,
     pub drops: &'a [(&'a str, u64)],
 }
 
@@ -279,6 +280,7 @@ impl Default for Flows {
                 path_missing_at: Vec::new(),
                 rejected_by_hi: Vec::new(),
                 rejected_by_lo: Vec::new(),
+                rejected_by_node: Vec::new(),
                 drop_count: Vec::new(),
                 drop_reason: Vec::new(),
                 drop_packets: Vec::new(),
@@ -354,15 +356,16 @@ impl Flows {
             let i = self.intern(p);
             self.batch.observed_at.push(i);
         }
-        let (verdict, last_seen, missing_at, by, drops) = match f.path {
+        let (verdict, last_seen, missing_at, by, by_node, drops) = match f.path {
             Some(p) => (
                 p.verdict.code(),
                 self.intern(p.last_seen),
                 self.intern(p.missing_at),
                 p.rejected_by,
+                self.intern(p.rejected_by_node),
                 p.drops,
             ),
-            None => (0, 0, 0, Ip::NONE, &[][..]),
+            None => (0, 0, 0, Ip::NONE, 0, &[][..]),
         };
         let n_drops = drops.len().min(u8::MAX as usize);
         self.batch.drop_count.push(n_drops as u8);
@@ -377,6 +380,7 @@ impl Flows {
         b.path_missing_at.push(missing_at);
         b.rejected_by_hi.push(by.hi);
         b.rejected_by_lo.push(by.lo);
+        b.rejected_by_node.push(by_node);
     }
 
     /// Adds an owned [`LogicalFlow`] (as [`FlowBuilder`] builds them).
@@ -408,6 +412,7 @@ impl Flows {
                 last_seen: &p.last_seen,
                 missing_at: &p.missing_at,
                 rejected_by: p.rejected_by,
+                rejected_by_node: &p.rejected_by_node,
                 drops: &drops,
             }),
         });
@@ -457,6 +462,7 @@ pub fn flows_from_batch(b: &FlowBatch) -> Vec<LogicalFlow> {
                         hi: b.rejected_by_hi[i],
                         lo: b.rejected_by_lo[i],
                     },
+                    rejected_by_node: s(b.rejected_by_node[i]),
                     drops,
                 });
             let ne = b.evidence_count[i] as usize;

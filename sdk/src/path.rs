@@ -6,7 +6,10 @@
 //! a connection as an [`ExpectedPath`] on its [`Decision`](crate::ends::Decision), and
 //! [`Connection::path_report`] compares them with where the connection was seen:
 //!
-//! - `rejected`: the server side answered the handshake with a RST (and never with a SYN+ACK);
+//! - `rejected`: the server side answered the handshake with a RST (and never with a SYN+ACK),
+//!   or an ICMP port or protocol unreachable or administratively prohibited quoting the
+//!   connection's packets came back (kube-proxy's REJECT of a service without endpoints);
+//!   `rejected_by` is its sender;
 //! - `lost`: the requests (or the replies, on their way back) stopped between two expected
 //!   points that are both watched; `last_seen` is the last that saw them, `missing_at` the
 //!   first watched one after it;
@@ -274,8 +277,10 @@ pub struct PathReport {
     pub last_seen: String,
     /// The first watched expected point after it that did not; "".
     pub missing_at: String,
-    /// Who sent the RST of a `rejected` connection; [`Ip::NONE`] otherwise.
+    /// Who sent the RST or ICMP refusal of a `rejected` connection; [`Ip::NONE`] otherwise.
     pub rejected_by: Ip,
+    /// The node that address is, when the plugin says so (a gateway address); "" otherwise.
+    pub rejected_by_node: String,
     /// Kernel drops joined to the connection: (reason, packets), by reason.
     pub drops: Vec<(String, u64)>,
 }
@@ -319,8 +324,21 @@ impl Connection {
         let opened = self
             .forward_members()
             .any(|m| m.fp_kind == crate::batch::fp::TCP_SYN_ISN);
-        let (verdict, last_seen, missing_at, rejected_by) = match rst {
-            Some(r) if opened && !accepted => (
+        // A refusal in ICMP: port or protocol unreachable (a REJECT rule, kube-proxy's for a
+        // service without endpoints), administratively prohibited. A router's "no route" or
+        // "fragmentation needed" is no refusal: the path says where the packets stopped.
+        let refused = self
+            .icmp_errors
+            .iter()
+            .find(|e| e.src_port == 3 && matches!(e.dst_port, 2 | 3 | 9 | 10 | 13));
+        let (verdict, last_seen, missing_at, rejected_by) = match (rst, refused) {
+            (_, Some(e)) if !accepted => (
+                Verdict::Rejected,
+                label(requests, req.last),
+                String::new(),
+                e.src,
+            ),
+            (Some(r), _) if opened && !accepted => (
                 Verdict::Rejected,
                 label(requests, req.last),
                 String::new(),
@@ -382,6 +400,7 @@ impl Connection {
             last_seen,
             missing_at,
             rejected_by,
+            rejected_by_node: String::new(),
             drops: self.drop_counts(),
         }
     }
@@ -635,5 +654,84 @@ mod tests {
         );
         assert_eq!(p.requests.len(), 5);
         assert_eq!(p.replies.len(), 5);
+    }
+}
+
+#[cfg(test)]
+mod icmp_tests {
+    use super::*;
+    use crate::batch::fp;
+    use crate::stitch::Stitcher;
+    use crate::testkit::{BatchBuilder, Row, ip};
+
+    /// The quote an ICMP error of `(protocol, src:sport -> dst:dport)` carries.
+    fn quote(protocol: u8, src: &str, sport: u16, dst: &str, dport: u16) -> u32 {
+        fp::quote(
+            protocol,
+            ip(src).bits() as u32,
+            ip(dst).bits() as u32,
+            sport,
+            dport,
+        )
+    }
+
+    #[test]
+    fn a_port_unreachable_quoting_the_syn_rejects_it_and_joins_only_its_connection() {
+        // Two clients' SYNs to a ClusterIP without endpoints; the node answers the first's
+        // with a port unreachable (kube-proxy's REJECT), from its cni0 address.
+        let q = quote(6, "10.244.0.5", 40000, "10.96.0.9", 80);
+        let b = BatchBuilder::new()
+            .point("a", "veth1", IfaceKind::PodVeth, Direction::Ingress)
+            .point("a", "veth1", IfaceKind::PodVeth, Direction::Egress)
+            .row(Row::flow(6, "10.244.0.5", 40000, "10.96.0.9", 80).fingerprint(fp::TCP_SYN_ISN, 1))
+            .row(Row::flow(6, "10.244.0.6", 40000, "10.96.0.9", 80).fingerprint(fp::TCP_SYN_ISN, 2))
+            .row(
+                Row::flow(1, "10.244.0.1", 3, "10.244.0.5", 3)
+                    .fingerprint(fp::ICMP_QUOTE, q)
+                    .at(1),
+            )
+            .build();
+        let mut s = Stitcher::default();
+        let mut conns = s.add_batch(&b);
+        conns.extend(s.drain());
+        assert_eq!(conns.len(), 2, "the error is no connection of its own");
+        let path = ExpectedPath::new()
+            .hop("a", IfaceKind::PodVeth, None, Direction::Ingress)
+            .hop("a", IfaceKind::Uplink, None, Direction::Egress)
+            .mirrored();
+        let first = conns
+            .iter()
+            .find(|c| c.members[0].src == ip("10.244.0.5"))
+            .unwrap();
+        assert_eq!(first.icmp_errors.len(), 1);
+        let r = first.path_report(&path);
+        assert_eq!(r.verdict, Verdict::Rejected);
+        assert_eq!(r.rejected_by, ip("10.244.0.1"));
+        assert_eq!(r.last_seen, "a/<pod veth>:ingress");
+        let second = conns
+            .iter()
+            .find(|c| c.members[0].src == ip("10.244.0.6"))
+            .unwrap();
+        assert!(second.icmp_errors.is_empty());
+        assert_ne!(second.path_report(&path).verdict, Verdict::Rejected);
+        // A "no route" from a router is no refusal: the path tells where it stopped.
+        let b = BatchBuilder::new()
+            .point("a", "veth1", IfaceKind::PodVeth, Direction::Ingress)
+            .point("a", "veth1", IfaceKind::PodVeth, Direction::Egress)
+            .point("a", "eth0", IfaceKind::Uplink, Direction::Egress)
+            .row(Row::flow(6, "10.244.0.5", 40000, "10.96.0.9", 80).fingerprint(fp::TCP_SYN_ISN, 1))
+            .row(Row::flow(6, "10.0.0.7", 1, "10.0.0.8", 2).at(2))
+            .row(
+                Row::flow(1, "10.244.0.1", 3, "10.244.0.5", 0)
+                    .fingerprint(fp::ICMP_QUOTE, q)
+                    .at(1),
+            )
+            .build();
+        let mut s = Stitcher::default();
+        let conns: Vec<_> = s.add_batch(&b).into_iter().chain(s.drain()).collect();
+        let c = conns.iter().find(|c| !c.icmp_errors.is_empty()).unwrap();
+        let r = c.path_report(&path);
+        assert_eq!(r.verdict, Verdict::Lost);
+        assert_eq!(r.missing_at, "a/<uplink>:egress");
     }
 }

@@ -264,6 +264,27 @@ impl Seen {
         }
     }
 
+    /// This TCP or UDP view's 5-tuple as an ICMPv4 error would quote it (`fp::quote`).
+    fn quote(&self) -> Option<u32> {
+        let tcp_udp = self.protocol == ipproto::TCP || self.protocol == ipproto::UDP;
+        (tcp_udp && self.src.is_v4() && self.dst.is_v4() && self.fp_kind != fp::ICMP_QUOTE).then(
+            || {
+                fp::quote(
+                    self.protocol,
+                    self.src.bits() as u32,
+                    self.dst.bits() as u32,
+                    self.src_port,
+                    self.dst_port,
+                )
+            },
+        )
+    }
+
+    /// An ICMPv4 error quoting a packet of another flow (joined to that flow's connection).
+    pub fn is_icmp_error(&self) -> bool {
+        self.fp_kind == fp::ICMP_QUOTE
+    }
+
     /// What the packet itself says about its direction: Some(true) = client -> server.
     fn own_direction(&self) -> Option<bool> {
         match self.fp_kind {
@@ -320,6 +341,10 @@ pub struct Connection {
     /// Packets the kernel dropped, joined to this connection by their headers: (the
     /// `kernel-drop` point with the reason, packets). Not members: they cross no interface.
     pub drops: Vec<(u32, u64)>,
+    /// ICMPv4 errors quoting this connection's packets (a REJECT's port unreachable, a "no
+    /// route" from a router), joined by their quote ([`Seen::is_icmp_error`]; the type in
+    /// `src_port`, the code in `dst_port`, the sender in `src`). Not members.
+    pub icmp_errors: Vec<Seen>,
     points: Rc<Vec<PointInfo>>,
 }
 
@@ -533,6 +558,11 @@ fn join_by_tuple(held: &[Seen], uf: &mut UnionFind, digest: impl Fn(&TupleKey) -
     let mut by_digest: FastMap<TupleDigest, usize> = FastMap::default();
     let mut shared_digest: FastMap<TupleKey, usize> = FastMap::default();
     for (i, s) in held.iter().enumerate() {
+        if s.fp_kind == fp::ICMP_QUOTE {
+            // An ICMP error joins the connection it quotes (`join_by_quote`), not the other
+            // errors between the same two hosts.
+            continue;
+        }
         let key = s.tuple_key();
         let first = *by_digest.entry(digest(&key)).or_insert(i);
         let j = if held[first].tuple_key() == key {
@@ -541,6 +571,28 @@ fn join_by_tuple(held: &[Seen], uf: &mut UnionFind, digest: impl Fn(&TupleKey) -
             *shared_digest.entry(key).or_insert(i)
         };
         uf.union(i, j);
+    }
+}
+
+/// Joins each ICMPv4 error to the view whose 5-tuple it quotes (`fp::ICMP_QUOTE`): a
+/// REJECT's port unreachable, a router's "no route", a "fragmentation needed" answer the
+/// connection whose packet they refused.
+fn join_by_quote(held: &[Seen], uf: &mut UnionFind) {
+    if !held.iter().any(|m| m.fp_kind == fp::ICMP_QUOTE) {
+        return;
+    }
+    let mut by_quote: FastMap<u32, usize> = FastMap::default();
+    for (i, m) in held.iter().enumerate() {
+        if let Some(q) = m.quote() {
+            by_quote.entry(q).or_insert(i);
+        }
+    }
+    for (i, m) in held.iter().enumerate() {
+        if m.fp_kind == fp::ICMP_QUOTE
+            && let Some(&j) = by_quote.get(&m.fingerprint)
+        {
+            uf.union(i, j);
+        }
     }
 }
 
@@ -719,6 +771,9 @@ impl Stitcher {
         }
         let mut by_place: FastMap<(u32, TupleDigest), usize> = FastMap::default();
         for (i, m) in held.iter().enumerate() {
+            if m.fp_kind == fp::ICMP_QUOTE {
+                continue;
+            }
             let Some(r) = self.last_seen(&m.tuple_key()) else {
                 continue;
             };
@@ -757,6 +812,7 @@ impl Stitcher {
         let held = std::mem::take(&mut self.held);
         let mut uf = UnionFind((0..held.len()).collect());
         join_by_tuple(&held, &mut uf, digest);
+        join_by_quote(&held, &mut uf);
         self.join_by_fingerprint(&held, &mut uf);
         self.join_by_memory(&held, &mut uf);
         let by_time = self.join_by_time(&held, &mut uf);
@@ -783,6 +839,17 @@ impl Stitcher {
             if members.is_empty() {
                 self.drops_alone += drops.iter().map(|d| d.1).sum::<u64>();
                 continue;
+            }
+            // ICMP errors joined the connection they answer: its evidence, no view of it (a
+            // group of errors alone stays as it is: control traffic, no edge).
+            let mut icmp_errors = Vec::new();
+            if members.iter().any(|m| !m.is_icmp_error()) {
+                members.retain(|m| {
+                    if m.is_icmp_error() {
+                        icmp_errors.push(m.clone());
+                    }
+                    !m.is_icmp_error()
+                });
             }
             // What earlier drains remember of each member's 5-tuple: one lookup each.
             let before: Vec<Option<Remembered>> = members
@@ -814,6 +881,7 @@ impl Stitcher {
                 replies_counted_at,
                 continued,
                 drops,
+                icmp_errors,
                 points: points.clone(),
             });
         }

@@ -89,6 +89,36 @@ pub mod fp {
     pub const PAYLOAD_HASH: u8 = 4;
     /// ISN of a TCP SYN+ACK: the server's direction.
     pub const TCP_SYNACK_ISN: u8 = 5;
+    /// An ICMPv4 error (destination unreachable, time exceeded, parameter problem): a hash
+    /// of the 5-tuple of the packet it quotes ([`quote`]), so the error joins the
+    /// connection it answers (a REJECT's port unreachable, a router's "no route").
+    pub const ICMP_QUOTE: u8 = 6;
+
+    /// ICMPv4 types that quote the packet they answer.
+    #[inline(always)]
+    pub fn is_icmp_error(icmp_type: u8) -> bool {
+        icmp_type == 3 || icmp_type == 11 || icmp_type == 12
+    }
+
+    /// The quoted packet's 5-tuple as [`ICMP_QUOTE`]'s value: addresses as numbers
+    /// (big-endian), ports as numbers. Never 0 (0 is "no quote").
+    #[inline(always)]
+    pub fn quote(protocol: u8, src: u32, dst: u32, src_port: u16, dst_port: u16) -> u32 {
+        let mut h: u32 = 0x811c_9dc5;
+        let words = [
+            protocol as u32,
+            src,
+            dst,
+            (src_port as u32) << 16 | dst_port as u32,
+        ];
+        let mut i = 0;
+        while i < 4 {
+            h = (h ^ words[i]).wrapping_mul(0x0100_0193);
+            h ^= h >> 15;
+            i += 1;
+        }
+        h | 1
+    }
 
     /// The handshake kinds: they say which direction is the client's, and nothing later
     /// replaces them.
@@ -98,7 +128,8 @@ pub mod fp {
     }
 
     /// The fingerprint of one packet: (kind, value). `ipv4_id` is None for IPv6;
-    /// `payload_hash` is [`super::payload_hash`] of the L4 payload (only IPv6 non-TCP uses it).
+    /// `payload_hash` is [`super::payload_hash`] of the L4 payload (only IPv6 non-TCP uses it)
+    /// or, for an ICMPv4 error, the [`quote`] of the packet it answers.
     #[inline(always)]
     pub fn of(
         protocol: u8,
@@ -119,6 +150,7 @@ pub mod fp {
             return (TCP_SEQ, tcp_seq);
         }
         match ipv4_id {
+            Some(_) if protocol == ipproto::ICMP && payload_hash != 0 => (ICMP_QUOTE, payload_hash),
             Some(id) => (IPV4_ID, (id as u32) << 16 | payload_len as u32),
             None => (PAYLOAD_HASH, payload_hash ^ payload_len as u32),
         }

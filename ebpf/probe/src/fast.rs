@@ -75,7 +75,8 @@ pub fn packet(ctx: &TcContext, cfg: &ProbeConfig, limit: u32, out: &mut Parsed) 
 
 /// IPv4 without options at `at` and its TCP/UDP/ICMP header, within `limit`, into `h` (zeroed
 /// but for the MACs), as `parse::ip` would; the end of the IP packet, or None for anything
-/// the general parser must see (options, later fragments, other protocols, short headers).
+/// the general parser must see (options, later fragments, other protocols, short headers,
+/// ICMP errors).
 #[inline(always)]
 fn ipv4(data: usize, data_end: usize, at: usize, limit: u32, h: &mut Hdr) -> Option<u32> {
     if data + at + IP4 > data_end || (at + IP4) as u32 > limit {
@@ -123,6 +124,10 @@ fn ipv4(data: usize, data_end: usize, at: usize, limit: u32, h: &mut Hdr) -> Opt
                 return None;
             }
             let t = <[u8; 2]>::read(Packet(data + l4));
+            // An error quotes the packet it answers: the general parser reads the quote.
+            if cniscope_common::fp::is_icmp_error(t[0]) {
+                return None;
+            }
             let id = cniscope_common::icmp_echo(ipproto::ICMP, t[0])
                 .then(|| <[u8; 2]>::read(Packet(data + l4 + 4)));
             h.set_icmp(t, id);

@@ -12,8 +12,8 @@ use crate::wire::{self, Header};
 use aya_ebpf::helpers::bpf_skb_load_bytes;
 use aya_ebpf::programs::TcContext;
 use cniscope_common::{
-    Addr, MAX_GENEVE_CLASSES, PAYLOAD_HASH_BYTES, ProbeConfig, ethertype, ipproto, payload_hash,
-    tunnel,
+    Addr, MAX_GENEVE_CLASSES, PAYLOAD_HASH_BYTES, ProbeConfig, ethertype, fp, ipproto,
+    payload_hash, tunnel,
 };
 
 pub enum Skip {
@@ -392,6 +392,8 @@ pub fn ip(ctx: &TcContext, off: u32, ether_type: u16, limit: u32, p: &mut Hdr) -
             p.payload_len = p.payload_past(0);
             if !p.is_v4 {
                 p.payload_hash = fnv(ctx, payload + 4, end);
+            } else if p.protocol == ipproto::ICMP {
+                p.payload_hash = icmp_quote(ctx, payload, end);
             }
         }
         _ => {
@@ -402,6 +404,44 @@ pub fn ip(ctx: &TcContext, off: u32, ether_type: u16, limit: u32, p: &mut Hdr) -
         }
     }
     Ok(())
+}
+
+/// An ICMPv4 error's quote of the packet it answers, as decode.rs's `icmp_quote`: the
+/// quoted IPv4 header's protocol and addresses and, for TCP and UDP, its ports; 0 for any
+/// other ICMP message or a quote cut short.
+#[inline(always)]
+fn icmp_quote(ctx: &TcContext, icmp: u32, end: u32) -> u32 {
+    let Ok(t) = load::<u8>(ctx, icmp, end) else {
+        return 0;
+    };
+    if !fp::is_icmp_error(t) {
+        return 0;
+    }
+    let Ok(q) = load::<wire::Ipv4>(ctx, icmp + 8, end) else {
+        return 0;
+    };
+    let ihl = ((q.version_ihl & 0x0f) as u32) * 4;
+    if q.version_ihl >> 4 != 4 || ihl < 20 {
+        return 0;
+    }
+    let (mut sport, mut dport) = (0u16, 0u16);
+    if q.protocol == ipproto::TCP || q.protocol == ipproto::UDP {
+        // The ports as UDP's first two fields (TCP's are the same two).
+        match load::<wire::Udp>(ctx, icmp + 8 + ihl, end) {
+            Ok(u) => {
+                sport = u.src_port;
+                dport = u.dst_port;
+            }
+            Err(_) => return 0,
+        }
+    }
+    fp::quote(
+        q.protocol,
+        u32::from_be_bytes(q.src.to_ne_bytes()),
+        u32::from_be_bytes(q.dst.to_ne_bytes()),
+        sport,
+        dport,
+    )
 }
 
 /// Whether `port` is one of `ports`, a field of the load-time global `PROBE_CONFIG`.

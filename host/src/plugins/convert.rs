@@ -303,6 +303,7 @@ pub fn check_flows(b: &wit::FlowBatch) -> Result<(), String> {
         ("path-missing-at", b.path_missing_at.len()),
         ("rejected-by-hi", b.rejected_by_hi.len()),
         ("rejected-by-lo", b.rejected_by_lo.len()),
+        ("rejected-by-node", b.rejected_by_node.len()),
         ("drop-count", b.drop_count.len()),
     ];
     if let Some((name, len)) = columns.iter().find(|(_, len)| *len != n) {
@@ -317,6 +318,7 @@ pub fn check_flows(b: &wit::FlowBatch) -> Result<(), String> {
         ("observed-at", &b.observed_at),
         ("path-last-seen", &b.path_last_seen),
         ("path-missing-at", &b.path_missing_at),
+        ("rejected-by-node", &b.rejected_by_node),
         ("drop-reason", &b.drop_reason),
     ];
     for (name, column) in indexes {

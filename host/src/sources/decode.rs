@@ -362,7 +362,10 @@ fn ip_packet(ether_type: u16, data: &[u8]) -> Result<IpPacket<'_>, DecodeError> 
                 };
             }
             p.payload_len = payload_len_from_ip(&p, 0);
-            p.payload_hash = v6_hash(&p, payload.get(4..).unwrap_or(&[]));
+            p.payload_hash = match p.ip_id {
+                Some(_) if p.protocol == ipproto::ICMP => icmp_quote(payload),
+                _ => v6_hash(&p, payload.get(4..).unwrap_or(&[])),
+            };
         }
         _ => {
             p.payload_len = payload_len_from_ip(&p, 0);
@@ -374,6 +377,34 @@ fn ip_packet(ether_type: u16, data: &[u8]) -> Result<IpPacket<'_>, DecodeError> 
         ip_payload: payload,
         udp_payload,
     })
+}
+
+/// An ICMPv4 error's quote of the packet it answers (`fp::quote`): the quoted IPv4 header's
+/// protocol and addresses and, for TCP and UDP, its ports; 0 for any other ICMP message or
+/// a quote cut short.
+fn icmp_quote(icmp: &[u8]) -> u32 {
+    let (Some(&ty), Some(q)) = (icmp.first(), icmp.get(8..)) else {
+        return 0;
+    };
+    if !fp::is_icmp_error(ty) || q.len() < 20 || q[0] >> 4 != 4 {
+        return 0;
+    }
+    let protocol = q[9];
+    let word = |at: usize| u32::from_be_bytes([q[at], q[at + 1], q[at + 2], q[at + 3]]);
+    let ihl = usize::from(q[0] & 0x0f) * 4;
+    if ihl < 20 {
+        return 0;
+    }
+    let ports = match protocol {
+        // Read as the probe reads them: a whole UDP header's 8 bytes (TCP's first 4 are its
+        // ports too; every ICMP error quotes at least 8 bytes past the IP header).
+        ipproto::TCP | ipproto::UDP => match q.get(ihl..ihl + 8) {
+            Some(&[a, b, c, d, ..]) => (u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d])),
+            _ => return 0,
+        },
+        _ => (0, 0),
+    };
+    fp::quote(protocol, word(12), word(16), ports.0, ports.1)
 }
 
 /// L4 payload length from the IP length fields (not the captured bytes, which snaplen cuts).

@@ -1,7 +1,7 @@
 //! Live capture on the Calico labs (tests/lab/calico.sh): BGP-style routing and VXLAN for
 //! real, IPIP as real frames written onto a node's uplink, and an IP reused by a new pod.
 
-use crate::lab::{Lab, edge, has, lab_down};
+use crate::lab::{Lab, assert_paths, edge, has, lab_down};
 use crate::support::*;
 use serde_json::Value;
 
@@ -68,6 +68,7 @@ fn calico_lab_edges(mode: &str) {
     let out = edge(&doc, client, "external/192.168.88.100", "tcp", None);
     assert_eq!(out["port"], 9000);
     assert!(has(out, "nat:masquerade"), "{out:#}");
+    assert_paths(&doc, &[]);
     lab_down(lab);
 }
 

@@ -3,7 +3,7 @@
 //! routing), no kube-proxy (the socket LB's shape: the client dials the backend), BPF-style
 //! masquerade; and a real VXLAN capture on 8472 with VNI 100 replayed through the plugin.
 
-use crate::lab::{Lab, edge, has, lab_down};
+use crate::lab::{Lab, assert_paths, edge, has, lab_down};
 use crate::support::*;
 use serde_json::Value;
 
@@ -113,6 +113,7 @@ fn cilium_lab_edges(mode: &str, tag: &str) {
             && !doc["nodes"].to_string().contains("ledger-b2"),
         "the identity named server-b1: {doc:#}"
     );
+    assert_paths(&doc, &[]);
     lab_down(lab);
 }
 

@@ -3,7 +3,7 @@
 //! Flannel's VXLAN, with the flannel and kata plugins both loaded: one edge per connection,
 //! named by flannel, with the peer pod's tunnel and VM added by kata.
 
-use crate::lab::{Lab, edge, has, lab_down};
+use crate::lab::{Lab, assert_paths, edge, has, lab_down};
 use crate::support::*;
 
 #[test]
@@ -81,5 +81,6 @@ fn a_peer_pods_connections_are_one_edge_each_with_both_plugins_knowledge() {
         plugins["flannel"].get("flows_composed").is_none(),
         "{plugins:#}"
     );
+    assert_paths(&doc, &[]);
     lab_down(lab);
 }

@@ -195,6 +195,22 @@ pub fn edge<'a>(
         })
 }
 
+/// Every edge's path verdict is `ok`, but those listed: (src, dst, verdict). A healthy lab's
+/// connections all got through; the listed ones are the lab's own failures.
+pub fn assert_paths(doc: &Value, failures: &[(&str, &str, &str)]) {
+    for e in doc["edges"].as_array().unwrap() {
+        let expected = failures
+            .iter()
+            .find(|f| e["src"] == f.0 && e["dst"] == f.1)
+            .map_or("ok", |f| f.2);
+        assert_eq!(
+            e["path"]["verdict"], expected,
+            "{} -> {}: {:#}",
+            e["src"], e["dst"], e["path"]
+        );
+    }
+}
+
 pub fn has(e: &Value, evidence: &str) -> bool {
     e["evidence"].as_array().unwrap().contains(&evidence.into())
 }
@@ -309,6 +325,7 @@ fn flannel_lab_edges(backend: &str) {
     );
     assert_eq!(out["port"], 9000);
     assert!(has(out, "nat:masquerade"), "{out:#}");
+    assert_paths(&doc, &[]);
 
     lab_down(lab);
 }

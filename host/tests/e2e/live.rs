@@ -345,7 +345,36 @@ fn the_probe_agrees_with_replay_at_the_edges_of_its_fast_path() {
     frames.push(cut);
     // UDP to the Geneve port that is not valid Geneve: the carrier alone.
     frames.push(eth(&udp(40010, 6081, &[0xc0, 0, 0, 0, 0, 0, 0, 0])));
+    // ICMP errors quoting the packet they answer (the quote is their fingerprint): a port
+    // unreachable quoting a SYN, one quoting UDP with IP options (IHL 6), a time exceeded,
+    // a quote cut before the ports, one cut inside the quoted IP header; each from another
+    // sender, to stay one flow each.
+    let icmp_error = |from: u8, ty: u8, code: u8, quoted: &[u8]| {
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ipv4([10, 244, 9, from], a, 64)
+            .icmpv4_raw(ty, code, [0; 4])
+            .write(&mut out, quoted)
+            .unwrap();
+        eth(&out)
+    };
+    let syn = tcp(40011);
+    frames.push(icmp_error(1, 3, 3, &syn[..28]));
+    let mut udp_options = udp(40012, 53, b"question");
+    udp_options.splice(20..20, [1, 1, 1, 1]);
+    udp_options[0] = 0x46;
+    frames.push(icmp_error(2, 3, 3, &udp_options[..32]));
+    frames.push(icmp_error(3, 11, 0, &syn[..28]));
+    frames.push(icmp_error(4, 3, 1, &syn[..24]));
+    frames.push(icmp_error(5, 3, 3, &syn[..12]));
 
+    // The whole quotes are quotes on both sides (not 0 on both).
+    let quoted: Vec<u8> = frames
+        .iter()
+        .filter_map(|f| decode(LinkType::Ethernet, f, &keeping(&[])).ok())
+        .map(|d| d.fingerprint().0)
+        .filter(|&k| k == cniscope_common::fp::ICMP_QUOTE)
+        .collect();
+    assert_eq!(quoted.len(), 3, "the three whole quotes");
     for (mut probe, how) in probes() {
         assert_eq!(
             assert_agree(&mut probe, &keeping(&[OVN_CLASS]), how, &frames),

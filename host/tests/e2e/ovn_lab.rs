@@ -3,7 +3,7 @@
 //! real Geneve (with OVN's option) or OpenShift-SDN VXLAN frames on the uplinks, and the real
 //! Geneve captures replayed through the plugin.
 
-use crate::lab::{Lab, edge, has, lab_down};
+use crate::lab::{Lab, assert_paths, edge, has, lab_down};
 use crate::support::*;
 use serde_json::Value;
 
@@ -82,6 +82,7 @@ fn ovn_lab_edges(mode: &str, tag: &str) {
         has(remote, "ovn:management-port") && has(remote, "ovn:geneve"),
         "{remote:#}"
     );
+    assert_paths(&doc, &[]);
     lab_down(lab);
 }
 
@@ -110,6 +111,7 @@ fn openshift_sdn_vxlan_is_named_to_the_projects_by_netid() {
     edge(&doc, "pod/shop/client-a1", "pod/shop/peer-a2", "tcp", None);
     let tun0 = edge(&doc, "node/node-a", "pod/shop/client-a1", "icmp", None);
     assert!(has(tun0, "openshift-sdn:tun0"), "{tun0:#}");
+    assert_paths(&doc, &[]);
     lab_down(lab);
 }
 

@@ -3,7 +3,7 @@
 //! iptables rules, while the agent captures with the CNI's plugin. The same shapes must give
 //! the same edges on both CNIs: the mechanism is the SDK's, not the plugin's.
 
-use crate::lab::{Lab, edge, has, lab_down};
+use crate::lab::{Lab, assert_paths, edge, has, lab_down};
 use crate::support::root_or_skip;
 use serde_json::Value;
 
@@ -127,6 +127,15 @@ fn service_edges(script: &'static str, mode: &str, tag: &str, external_ip: &str,
     );
     assert_eq!(empty["port"], 80);
     assert!(has(empty, "no-backend-seen"), "{empty:#}");
+    // Its port unreachable quotes the SYN: refused by the client's node, the requests last
+    // seen leaving the client pod. Every other shape got through.
+    assert_eq!(empty["path"]["verdict"], "rejected", "{empty:#}");
+    assert_eq!(empty["path"]["rejected_by"], "node/node-a", "{empty:#}");
+    assert_eq!(
+        empty["path"]["last_seen"], "node-a/<pod veth>:ingress",
+        "{empty:#}"
+    );
+    assert_paths(&doc, &[(client, "service/default/empty", "rejected")]);
 
     // UDP through a ClusterIP (a cluster's DNS): 3 datagrams and 3 replies, port 53 -> 5353.
     let dns = edge(&doc, client, server, "udp", Some("service/default/dns"));
