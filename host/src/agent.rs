@@ -255,6 +255,10 @@ impl Capture {
     pub fn drain(&mut self) -> Result<Vec<Observation>, LiveError> {
         let mut all = Vec::new();
         for n in &mut self.nodes {
+            // Every watched point is in the table the window's batch carries, seen or not.
+            for p in n.probe.watched_points() {
+                self.points.intern(p);
+            }
             all.extend(n.probe.drain(&mut self.points, self.clock_offset)?);
         }
         Ok(all)

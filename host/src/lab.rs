@@ -20,7 +20,7 @@ const SCRIPTS: [(&str, &str); 8] = [
 ];
 
 /// Every lab scenario: (name, script, mode, what it shows).
-pub const SCENARIOS: [(&str, &str, &str, &str); 11] = [
+pub const SCENARIOS: [(&str, &str, &str, &str); 14] = [
     (
         "flannel-vxlan",
         "flannel.sh",
@@ -86,6 +86,24 @@ pub const SCENARIOS: [(&str, &str, &str, &str); 11] = [
         "cilium.sh",
         "native",
         "Cilium, native routing (pod addresses on the wire), socket LB",
+    ),
+    (
+        "fault-netfilter-drop",
+        "flannel.sh",
+        "fault-drop",
+        "Flannel VXLAN with an iptables DROP in node b's FORWARD: `cniscope diagnose` finds it",
+    ),
+    (
+        "fault-no-route",
+        "flannel.sh",
+        "fault-no-route",
+        "Flannel VXLAN with node a's route to node b's pods removed",
+    ),
+    (
+        "fault-mtu",
+        "flannel.sh",
+        "fault-mtu",
+        "Flannel VXLAN over an underlay with a smaller MTU: large transfers vanish",
     ),
 ];
 
@@ -234,10 +252,11 @@ impl Scripts {
 
     /// The scenario's traffic, then the service shapes where the lab has them.
     pub fn traffic(&self, scenario_name: &str, id: &str) -> Result<(), LabError> {
-        let (script, _) = scenario(scenario_name)?;
+        let (script, mode) = scenario(scenario_name)?;
         self.run(script, &["traffic", id])?;
-        // kube-proxy's service shapes (common.sh); OVN has its own, Cilium replaces kube-proxy.
-        if matches!(script, "flannel.sh" | "calico.sh") {
+        // kube-proxy's service shapes (common.sh); OVN has its own, Cilium replaces kube-proxy;
+        // a broken lab runs its fault's traffic only.
+        if matches!(script, "flannel.sh" | "calico.sh") && !mode.starts_with("fault-") {
             self.run(script, &["services", id])?;
         }
         Ok(())

@@ -104,8 +104,8 @@ pub struct EdgePath {
     /// Packets the kernel dropped, by its reason, over all the edge's connections.
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub drops: BTreeMap<String, u64>,
-    /// How many of its connections had each verdict (a connection is judged in every
-    /// window it is seen in).
+    /// How many of its connections had each verdict, each counted once by the window it
+    /// began in (`verdict` is the worst of any window of any of them).
     pub verdicts: BTreeMap<String, u64>,
 }
 
@@ -468,7 +468,7 @@ impl Topology {
             path: None,
         });
         if let Some(p) = path {
-            merge_path(&mut acc.path, p);
+            merge_path(&mut acc.path, p, continued && acc.flows > 0);
         }
         acc.packets += packets;
         acc.bytes += bytes;
@@ -576,9 +576,10 @@ impl InventoryName {
     }
 }
 
-/// Adds one flow's path to an edge's: the worse verdict (and where it stopped) shows,
-/// drops and verdicts add up.
-fn merge_path(acc: &mut Option<EdgePath>, p: EdgePath) {
+/// Adds one flow's path to an edge's: the worse verdict (and where it stopped) shows, drops
+/// add up, and a connection is counted in `verdicts` once, by the window it began in (a
+/// `continued` flow is one already counted).
+fn merge_path(acc: &mut Option<EdgePath>, p: EdgePath, continued: bool) {
     let Some(a) = acc else {
         *acc = Some(p);
         return;
@@ -586,8 +587,10 @@ fn merge_path(acc: &mut Option<EdgePath>, p: EdgePath) {
     for (reason, n) in p.drops {
         *a.drops.entry(reason).or_default() += n;
     }
-    for (word, n) in p.verdicts {
-        *a.verdicts.entry(word).or_default() += n;
+    if !continued {
+        for (word, n) in p.verdicts {
+            *a.verdicts.entry(word).or_default() += n;
+        }
     }
     if severity(&p.verdict) > severity(&a.verdict) {
         a.verdict = p.verdict;

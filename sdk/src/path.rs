@@ -291,6 +291,10 @@ struct Walk {
     last: Option<usize>,
     /// The first watched hop after `last` (from the start when none saw it).
     missing: Option<usize>,
+    /// Two hops of one kind (the two uplinks, say) of which the later saw less than half the
+    /// bytes the earlier did: the packets that went missing between them (the large ones, in
+    /// an MTU black hole), though the connection's small ones got through.
+    shortfall: Option<(usize, usize)>,
 }
 
 impl Connection {
@@ -299,14 +303,37 @@ impl Connection {
         let points = self.points();
         let watched = |h: &Hop| points.iter().any(|p| h.matches(p));
         let walk = |hops: &[Hop], members: &mut dyn Iterator<Item = &Seen>| -> Walk {
-            let seen: Vec<&PointInfo> = members
+            let seen: Vec<(&PointInfo, u64)> = members
                 .filter(|m| m.packets > 0)
-                .map(|m| self.point(m))
+                .map(|m| (self.point(m), m.bytes))
                 .collect();
-            let last = hops.iter().rposition(|h| seen.iter().any(|p| h.matches(p)));
+            // The bytes each hop saw; None where it saw nothing.
+            let bytes: Vec<Option<u64>> = hops
+                .iter()
+                .map(|h| {
+                    let mut at = seen.iter().filter(|(p, _)| h.matches(p)).peekable();
+                    at.peek().is_some().then(|| at.map(|(_, b)| b).sum())
+                })
+                .collect();
+            let last = bytes.iter().rposition(Option::is_some);
             let from = last.map_or(0, |l| l + 1);
             let missing = (from..hops.len()).find(|&i| watched(&hops[i]));
-            Walk { last, missing }
+            // Each hop against the next of its kind that saw anything; the closest such pair
+            // says best where the packets went.
+            let shortfall = (0..hops.len())
+                .filter_map(|i| {
+                    let before = bytes[i]?;
+                    (i + 1..hops.len())
+                        .find(|&j| hops[j].kind == hops[i].kind && bytes[j].is_some())
+                        .filter(|&j| bytes[j].is_some_and(|after| after * 2 < before))
+                        .map(|j| (i, j))
+                })
+                .min_by_key(|&(i, j)| (j - i, i));
+            Walk {
+                last,
+                missing,
+                shortfall,
+            }
         };
         let requests = &expected.requests;
         let replies = &expected.replies;
@@ -331,6 +358,10 @@ impl Connection {
             .icmp_errors
             .iter()
             .find(|e| e.src_port == 3 && matches!(e.dst_port, 2 | 3 | 9 | 10 | 13));
+        let shortfall = req
+            .shortfall
+            .map(|(i, j)| (requests, i, j))
+            .or(rep.shortfall.map(|(i, j)| (replies, i, j)));
         let (verdict, last_seen, missing_at, rejected_by) = match (rst, refused) {
             (_, Some(e)) if !accepted => (
                 Verdict::Rejected,
@@ -344,6 +375,9 @@ impl Connection {
                 String::new(),
                 r.src,
             ),
+            _ if let Some((hops, i, j)) = shortfall => {
+                (Verdict::Lost, hops[i].label(), hops[j].label(), Ip::NONE)
+            }
             _ if replied => match (rep.last, rep.missing) {
                 // Replies stopped on their way back, before a watched point that should
                 // have seen them.
@@ -570,6 +604,27 @@ mod tests {
         assert_eq!(r.verdict, Verdict::Lost);
         assert_eq!(r.last_seen, "b/eth0:egress".replace("eth0", "<uplink>"));
         assert_eq!(r.missing_at, "a/<uplink>:ingress");
+    }
+
+    #[test]
+    fn large_packets_vanishing_between_the_uplinks_are_lost_there_though_small_ones_pass() {
+        // The handshake and the replies got through; of the data, the uplink of node b saw
+        // only the small packets (an MTU black hole on the underlay).
+        let data = |bytes| move || syn().counters(10, bytes);
+        let mut b = with(points(), data(30_000), &REQUESTS[..3]);
+        b = with(b, data(900), &REQUESTS[3..]);
+        let r = report(with(b, synack, &REPLIES));
+        assert_eq!(r.verdict, Verdict::Lost, "{r:?}");
+        assert_eq!(r.last_seen, "a/<uplink>:egress");
+        assert_eq!(r.missing_at, "b/<uplink>:ingress");
+        // Headers added on the way (the tunnel's) are no shortfall: hops compare within a kind.
+        let mut b = with(
+            points(),
+            data(1000),
+            &[A_VETH_IN, A_TUN_OUT, B_TUN_IN, B_VETH_OUT],
+        );
+        b = with(b, data(1500), &[A_ETH_OUT, B_ETH_IN]);
+        assert_eq!(report(with(b, synack, &REPLIES)).verdict, Verdict::Ok);
     }
 
     #[test]

@@ -7,6 +7,10 @@ messages, so tests can reason about what was sent.
   echo.py flood HOST FLOWS        one UDP datagram to each of FLOWS ports: FLOWS new flows
   echo.py refused HOST PORT       a TCP connection that must be refused (a service without
                                   endpoints); fails if it is not
+  echo.py unanswered HOST PORT SECS   a TCP connection that must fail within SECS (dropped
+                                  on the way, no route); fails if it is answered
+  echo.py bulk HOST PORT BYTES SECS   BYTES in large writes that must not all come back within
+                                  SECS (an MTU black hole); fails if they do
 Servers stop by themselves after 30 seconds.
 """
 import socket
@@ -75,6 +79,33 @@ def refused(host, port):
     sys.exit("%s:%d accepted a connection; expected a refusal" % (host, port))
 
 
+def unanswered(host, port, secs):
+    try:
+        socket.create_connection((host, port), timeout=secs).close()
+    except OSError:
+        return
+    sys.exit("%s:%d answered; expected no answer" % (host, port))
+
+
+def bulk(host, port, size, secs):
+    s = socket.create_connection((host, port), timeout=5)
+    s.settimeout(secs)
+    got = 0
+    try:
+        s.sendall(b"x" * size)
+        while got < size:
+            data = s.recv(65536)
+            if not data:
+                break
+            got += len(data)
+    except OSError:
+        return
+    finally:
+        s.close()
+    if got >= size:
+        sys.exit("%s:%d echoed all %d bytes; expected them lost" % (host, port, size))
+
+
 def flood(host, flows):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for i in range(flows):
@@ -95,5 +126,9 @@ if __name__ == "__main__":
         flood(host, port)
     elif cmd == "refused":
         refused(host, port)
+    elif cmd == "unanswered":
+        unanswered(host, port, float(sys.argv[4]))
+    elif cmd == "bulk":
+        bulk(host, port, int(sys.argv[4]), float(sys.argv[5]))
     else:
         sys.exit("unknown command " + cmd)

@@ -15,6 +15,13 @@
 #            and back, so its traffic leaves node b's uplink to the pod VM (192.168.77.50, a
 #            namespace on the underlay) whose inner namespace holds the pod's address on
 #            vxlan0 with eth0's MAC. The agent config loads the flannel and kata plugins.
+#   fault-drop      vxlan, with an iptables DROP in node b's FORWARD chain for server-b1's
+#                   TCP 8080 (issue #18's failure 2): its traffic is a connection that dies there.
+#   fault-no-route  vxlan, with node a's routes to node b's pod CIDR and beyond removed
+#                   (failure 3): client-a1's connection to server-b1 dies on node a.
+#   fault-mtu       vxlan, with the underlay's MTU 1400 under eth0's 1500 (failure 4): small
+#                   exchanges get through, a large transfer's full-size packets vanish
+#                   between the two uplinks.
 #
 #   flannel.sh up ID DIR [vxlan|host-gw]  build it (names start with ID-); write DIR/inventory.json
 #                                   and DIR/cniscope.toml (an agent config for these nodes)
@@ -54,9 +61,10 @@ veth_of() { local v="veth${1//-/}"; echo "${v:0:15}"; }
 
 up() {
   local id=$1 dir=$2 backend=${3:-vxlan}
-  case "$backend" in vxlan | host-gw | kata) ;; *) echo "unknown backend $backend (vxlan, host-gw or kata)" >&2; exit 2 ;; esac
-  local kata=""
+  case "$backend" in vxlan | host-gw | kata | fault-drop | fault-no-route | fault-mtu) ;; *) echo "unknown backend $backend (vxlan, host-gw, kata, fault-drop, fault-no-route, fault-mtu)" >&2; exit 2 ;; esac
+  local kata="" fault=""
   [ "$backend" = kata ] && kata=1 && backend=vxlan
+  case "$backend" in fault-*) fault=${backend#fault-} && backend=vxlan ;; esac
   mkdir -p "$dir"
   underlay "$id" "$external_ip"
   for n in "${nodes[@]}"; do
@@ -122,6 +130,61 @@ up() {
   if [ -n "$kata" ]; then
     printf '\n# Kata peer-pods, composed with flannel: one edge per connection.\n[[plugin]]\nname = "kata"\n' >>"$dir/cniscope.toml"
   fi
+  [ -z "$fault" ] || fault_up "$id" "$fault"
+}
+
+# fault_up ID KIND: breaks the built lab the way KIND says (the header's fault-* backends).
+# An empty namespace ID-fault-KIND marks it, for `traffic` (and `down` removes it).
+fault_up() {
+  local id=$1 kind=$2
+  case "$kind" in
+    drop) nsx "$id-nb" iptables -I FORWARD -d 10.244.1.2 -p tcp --dport 8080 -j DROP ;;
+    no-route)
+      nsx "$id-na" ip route del "${node_net[b]}.0/24"
+      nsx "$id-na" ip route del default
+      ;;
+    mtu)
+      # flannel.1 keeps the 1450 it took from eth0's 1500; the underlay's ports take 1400
+      # and drop what is larger (a veth drops frames over its peer's MTU). A segmentation
+      # offload's super-packet passes a veth whole, so the pods and nodes make none: every
+      # full-size packet is one on the wire, as on a NIC.
+      for n in "${nodes[@]}"; do
+        nsx "$id-ul" ip link set "up-$n" mtu 1400
+        nsx "$id-n$n" ip link set eth0 gso_max_size 1500
+        nsx "$id-n$n" ip link set flannel.1 gso_max_size 1500
+      done
+      for p in "${pods[@]}"; do
+        read -r name _ _ <<<"$p"
+        nsx "$id-$name" ip link set eth0 gso_max_size 1500
+      done
+      ;;
+  esac
+  ip netns add "$id-fault-$kind"
+}
+
+# fault_traffic ID KIND: the connections the fault breaks, and healthy ones beside them.
+fault_traffic() {
+  local id=$1 kind=$2 pids=() c="$1-client-a1"
+  mapfile -t pids < <(start_servers "$id" server-b1 peer-a2)
+  ip netns exec "$id-server-b1" python3 "$here/echo.py" serve-tcp 0.0.0.0 7000 >/dev/null &
+  pids+=($!)
+  sleep 1
+  nsx "$c" python3 "$here/echo.py" tcp 10.244.0.3 8080 2          # same node: healthy
+  case "$kind" in
+    drop)
+      nsx "$c" python3 "$here/echo.py" unanswered 10.244.1.2 8080 2.5 # SYN, retransmits: DROPped on node b
+      nsx "$c" python3 "$here/echo.py" udp 10.244.1.2 5353 3          # other traffic to the pod: healthy
+      ;;
+    no-route)
+      nsx "$c" python3 "$here/echo.py" unanswered 10.244.1.2 8080 2.5 # no route on node a
+      ;;
+    mtu)
+      nsx "$c" python3 "$here/echo.py" tcp 10.244.1.2 8080 3           # small: healthy
+      nsx "$c" python3 "$here/echo.py" bulk 10.244.1.2 7000 200000 3   # large: black-holed
+      ;;
+  esac
+  kill "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
 }
 
 # The Kata peer pod web-vm on node b and its pod VM (seed 003's shape).
@@ -177,7 +240,13 @@ kata_traffic() {
 }
 
 traffic() {
-  local id=$1 pids=()
+  local id=$1 pids=() kind
+  for kind in drop no-route mtu; do
+    if ip netns list | grep -q "^$id-fault-$kind"; then
+      fault_traffic "$id" "$kind"
+      return
+    fi
+  done
   mapfile -t pids < <(start_servers "$id" server-b1 peer-a2)
   sleep 1
   local c="$id-client-a1"

@@ -387,6 +387,20 @@ impl NodeProbe {
         self.attached.iter().map(|(i, a)| (i, a.name.as_str()))
     }
 
+    /// Both directions of every interface the probes are on: watched points, whether or not
+    /// a packet crossed them (a path verdict tells a point that saw nothing from one nobody
+    /// watches).
+    pub fn watched_points(&self) -> impl Iterator<Item = CapturePoint> + '_ {
+        self.attached.values().flat_map(|a| {
+            [Direction::Ingress, Direction::Egress].map(|direction| CapturePoint {
+                node: self.node.clone(),
+                iface: a.name.clone(),
+                kind: a.kind,
+                direction,
+            })
+        })
+    }
+
     /// Swaps the flow buffers and drains the one the probes just stopped writing.
     /// `clock_offset_ns` turns the probes' monotonic times into Unix times.
     pub fn drain(

@@ -143,7 +143,7 @@ fn namespaces_of(id: &str) -> usize {
 }
 
 /// `cniscope ARGS` from the checkout's root.
-fn cniscope(args: &[&str]) -> std::process::Output {
+pub fn cniscope(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_cniscope"))
         .current_dir(root())
         .args(args)

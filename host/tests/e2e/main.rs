@@ -67,6 +67,11 @@ mod cilium_lab;
 #[cfg(feature = "live")]
 mod kata_lab;
 
+/// Where did my packet die (issue #18): labs broken the way real clusters break, their
+/// path verdicts, and `cniscope diagnose` telling each in a sentence.
+#[cfg(feature = "live")]
+mod failures;
+
 /// A stand-in for the Kubernetes API server: list/watch, bookmarks, 410 Gone, cut watches.
 #[cfg(feature = "kubernetes")]
 mod kube_api;

@@ -1,0 +1,126 @@
+//! Labs broken the way real clusters break (`tests/lab/flannel.sh`'s fault-* backends), each
+//! captured live: the broken connection's path verdict, where it was last seen and where it
+//! should have been next, the healthy connections beside it `ok`, and `cniscope diagnose`
+//! saying it in one line.
+
+use crate::lab::{Lab, cniscope, edge, lab_down};
+use crate::support::root_or_skip;
+use serde_json::Value;
+
+const CLIENT: &str = "pod/default/client-a1";
+const SERVER: &str = "pod/default/server-b1";
+const PEER: &str = "pod/default/peer-a2";
+
+fn path(e: &Value) -> (&str, &str, &str) {
+    let p = &e["path"];
+    (
+        p["verdict"].as_str().unwrap_or_default(),
+        p["last_seen"].as_str().unwrap_or_default(),
+        p["missing_at"].as_str().unwrap_or_default(),
+    )
+}
+
+/// `cniscope diagnose` over the run's document: one sentence per broken edge, each with
+/// `expect` in it, and the summary line.
+fn diagnosis(lab: &Lab, doc: &Value, expect: &[&str]) {
+    let file = lab.dir().join("topology.json");
+    std::fs::write(&file, serde_json::to_vec(doc).unwrap()).unwrap();
+    let out = cniscope(&["diagnose", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), expect.len() + 1, "{text}");
+    for (line, want) in lines.iter().zip(expect) {
+        assert!(line.contains(want), "{line:?} lacks {want:?}");
+    }
+    assert!(
+        lines.last().unwrap().contains("judged edges not ok"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_iptables_drop_on_the_servers_node_is_lost_after_its_tunnel_device() {
+    if !root_or_skip("the lab and the probes need root") {
+        return;
+    }
+    let (lab, doc) = Lab::capture("flannel.sh", "fault-drop", "fd", "traffic");
+    let dropped = edge(&doc, CLIENT, SERVER, "tcp", None);
+    assert_eq!(
+        path(dropped),
+        (
+            "lost",
+            "node-b/flannel.1:ingress",
+            "node-b/<pod veth>:egress"
+        ),
+        "{dropped:#}"
+    );
+    assert_eq!(dropped["path"]["verdicts"]["lost"], 1, "one connection");
+    // The same pod's UDP and a same-node connection got through.
+    assert_eq!(path(edge(&doc, CLIENT, SERVER, "udp", None)).0, "ok");
+    assert_eq!(path(edge(&doc, CLIENT, PEER, "tcp", None)).0, "ok");
+    diagnosis(
+        &lab,
+        &doc,
+        &[
+            "client-a1 -> pod/default/server-b1 tcp/8080: LOST: last seen at node-b/flannel.1:ingress",
+        ],
+    );
+    lab_down(lab);
+}
+
+#[test]
+fn a_missing_route_on_the_clients_node_is_lost_before_its_tunnel_device() {
+    if !root_or_skip("the lab and the probes need root") {
+        return;
+    }
+    let (lab, doc) = Lab::capture("flannel.sh", "fault-no-route", "fr", "traffic");
+    let unrouted = edge(&doc, CLIENT, SERVER, "tcp", None);
+    assert_eq!(
+        path(unrouted),
+        (
+            "lost",
+            "node-a/<pod veth>:ingress",
+            "node-a/flannel.1:egress"
+        ),
+        "{unrouted:#}"
+    );
+    assert_eq!(path(edge(&doc, CLIENT, PEER, "tcp", None)).0, "ok");
+    diagnosis(
+        &lab,
+        &doc,
+        &["LOST: last seen at node-a/<pod veth>:ingress"],
+    );
+    lab_down(lab);
+}
+
+#[test]
+fn an_mtu_black_hole_loses_a_large_transfer_between_the_uplinks_and_spares_small_ones() {
+    if !root_or_skip("the lab and the probes need root") {
+        return;
+    }
+    let (lab, doc) = Lab::capture("flannel.sh", "fault-mtu", "fm", "traffic");
+    // The small echo got through.
+    assert_eq!(path(edge(&doc, CLIENT, SERVER, "tcp", None)).0, "ok");
+    assert_eq!(path(edge(&doc, CLIENT, PEER, "tcp", None)).0, "ok");
+    // The large transfer (to 7000, the lab's headless service's port) lost its full-size
+    // packets on the underlay: last seen leaving one node's uplink, missing on the other's.
+    let bulk = edge(
+        &doc,
+        CLIENT,
+        SERVER,
+        "tcp",
+        Some("service/default/echo-headless"),
+    );
+    let (verdict, last, missing) = path(bulk);
+    assert_eq!(verdict, "lost", "{bulk:#}");
+    let node = |p: &str| p.split('/').next().unwrap().to_string();
+    assert!(last.ends_with("/<uplink>:egress"), "{bulk:#}");
+    assert!(missing.ends_with("/<uplink>:ingress"), "{bulk:#}");
+    assert_ne!(node(last), node(missing), "{bulk:#}");
+    lab_down(lab);
+}
