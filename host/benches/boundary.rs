@@ -38,6 +38,7 @@ fn sdk_batch(b: &wit::ObservationBatch) -> cniscope_sdk::ObservationBatch {
                 iface: p.iface.clone(),
                 kind: s::IfaceKind::Other,
                 direction: s::Direction::Unknown,
+                drop_reason: p.drop_reason.clone(),
             })
             .collect(),
         point: b.point.clone(),

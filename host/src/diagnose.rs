@@ -73,7 +73,7 @@ fn rank(verdict: &str) -> u8 {
 /// One edge's story: who to whom, what happened where, what the kernel said, how many of its
 /// connections, which points saw it.
 pub fn sentence(e: &DiagEdge, p: &EdgePath) -> String {
-    let mut s = format!("{}", e.src);
+    let mut s = e.src.clone();
     if let Some(svc) = &e.service {
         let _ = write!(s, " -> {svc}");
     }

@@ -45,6 +45,8 @@
 //!         };
 //!         if let Some(mut decision) = conn.decide(index, |m, side| class(side.of(m))) {
 //!             decision.evidence.push("plain:routed");
+//!             // The points it should cross, for the edge's path verdict.
+//!             decision.path = Some(decision.usual_path(index, conn, None));
 //!             conn.emit(out, decision);
 //!         }
 //!     }
