@@ -152,9 +152,11 @@ impl<R: CniRules> Plugin for Cni<R> {
         Ok(())
     }
 
-    fn flush(&mut self, _now_ns: u64, out: &mut Flows) -> Result<(), PluginError> {
+    fn flush(&mut self, now_ns: u64, out: &mut Flows) -> Result<(), PluginError> {
         let rules = &self.rules;
+        self.stitcher.window_end_ns = now_ns;
         self.stitcher.drain_with(|conn| rules.flow(&conn, out));
+        self.stitcher.window_end_ns = 0;
         Ok(())
     }
 

@@ -295,7 +295,16 @@ struct Walk {
     /// bytes the earlier did: the packets that went missing between them (the large ones, in
     /// an MTU black hole), though the connection's small ones got through.
     shortfall: Option<(usize, usize)>,
+    /// Every packet `last` saw came in the window's last [`IN_FLIGHT_NS`]: the next point
+    /// may show them only in the next window (nodes are drained one after another, and a
+    /// packet from a node drained later to one drained earlier crosses the boundary). Not
+    /// judged a stop here; the connection's next window shows where they went.
+    in_flight: bool,
 }
+
+/// How close to a window's end a point's packets must all be to be in flight, not stopped
+/// (well above the time one node's drain takes, well below a retransmission's 1 s).
+pub const IN_FLIGHT_NS: u64 = 100_000_000;
 
 impl Connection {
     /// The connection's views against `expected` (module docs).
@@ -303,16 +312,16 @@ impl Connection {
         let points = self.points();
         let watched = |h: &Hop| points.iter().any(|p| h.matches(p));
         let walk = |hops: &[Hop], members: &mut dyn Iterator<Item = &Seen>| -> Walk {
-            let seen: Vec<(&PointInfo, u64)> = members
+            let seen: Vec<(&PointInfo, u64, u64)> = members
                 .filter(|m| m.packets > 0)
-                .map(|m| (self.point(m), m.bytes))
+                .map(|m| (self.point(m), m.bytes, m.first_ns))
                 .collect();
             // The bytes each hop saw; None where it saw nothing.
             let bytes: Vec<Option<u64>> = hops
                 .iter()
                 .map(|h| {
-                    let mut at = seen.iter().filter(|(p, _)| h.matches(p)).peekable();
-                    at.peek().is_some().then(|| at.map(|(_, b)| b).sum())
+                    let mut at = seen.iter().filter(|(p, _, _)| h.matches(p)).peekable();
+                    at.peek().is_some().then(|| at.map(|(_, b, _)| b).sum())
                 })
                 .collect();
             let last = bytes.iter().rposition(Option::is_some);
@@ -329,10 +338,16 @@ impl Connection {
                         .map(|j| (i, j))
                 })
                 .min_by_key(|&(i, j)| (j - i, i));
+            let in_flight = last.is_some_and(|l| {
+                seen.iter()
+                    .filter(|(p, _, _)| hops[l].matches(p))
+                    .all(|(_, _, first)| first.saturating_add(IN_FLIGHT_NS) > self.window_end_ns)
+            });
             Walk {
                 last,
                 missing,
                 shortfall,
+                in_flight,
             }
         };
         let requests = &expected.requests;
@@ -381,7 +396,7 @@ impl Connection {
             _ if replied => match (rep.last, rep.missing) {
                 // Replies stopped on their way back, before a watched point that should
                 // have seen them.
-                (Some(_), Some(_)) => (
+                (Some(_), Some(_)) if !rep.in_flight => (
                     Verdict::Lost,
                     label(replies, rep.last),
                     label(replies, rep.missing),
@@ -394,7 +409,7 @@ impl Connection {
                 let one_way_ok = self.members.first().is_some_and(|m| {
                     m.protocol != ipproto::TCP && !m.is_icmp() || is_one_way_icmp(m)
                 });
-                if requests.is_empty() || (delivered && one_way_ok) {
+                if requests.is_empty() || (delivered && one_way_ok) || req.in_flight {
                     (Verdict::Ok, String::new(), String::new(), Ip::NONE)
                 } else if delivered {
                     // The server's side saw the requests: were the replies watched at all?
@@ -525,8 +540,16 @@ mod tests {
 
     /// The one connection of `b`, judged against flannel's cross-node path.
     fn report(b: BatchBuilder) -> PathReport {
+        report_at(b, SECOND)
+    }
+
+    const SECOND: u64 = 1_000_000_000;
+
+    /// The one connection of `b` (its packets at 1 ns), drained at `end_ns`.
+    fn report_at(b: BatchBuilder, end_ns: u64) -> PathReport {
         let mut s = Stitcher::default();
         let mut conns = s.add_batch(&b.build());
+        s.window_end_ns = end_ns;
         conns.extend(s.drain());
         assert_eq!(conns.len(), 1, "{conns:?}");
         let path = ExpectedPath::between(Place::Pod("a"), Place::Pod("b"), Some("flannel.1"));
@@ -587,6 +610,19 @@ mod tests {
         assert_eq!(r.verdict, Verdict::Lost);
         assert_eq!(r.last_seen, "b/flannel.1:ingress");
         assert_eq!(r.missing_at, "b/<pod veth>:egress");
+    }
+
+    #[test]
+    fn packets_in_the_windows_last_instant_are_in_flight_not_stopped() {
+        // Node b drained first, then node a: a reply leaving b just before the end is seen
+        // arriving at a only in the next window.
+        let b = with(with(points(), syn, &REQUESTS), synack, &REPLIES[..3]);
+        assert_eq!(report_at(b, 50_000_000).verdict, Verdict::Ok);
+        let b = with(points(), syn, &REQUESTS[..5]);
+        assert_eq!(report_at(b, 50_000_000).verdict, Verdict::Ok);
+        // A second later it would have arrived: lost.
+        let b = with(points(), syn, &REQUESTS[..5]);
+        assert_eq!(report_at(b, SECOND).verdict, Verdict::Lost);
     }
 
     #[test]
@@ -748,6 +784,7 @@ mod icmp_tests {
             .build();
         let mut s = Stitcher::default();
         let mut conns = s.add_batch(&b);
+        s.window_end_ns = 1_000_000_000;
         conns.extend(s.drain());
         assert_eq!(conns.len(), 2, "the error is no connection of its own");
         let path = ExpectedPath::new()
@@ -783,7 +820,9 @@ mod icmp_tests {
             )
             .build();
         let mut s = Stitcher::default();
-        let conns: Vec<_> = s.add_batch(&b).into_iter().chain(s.drain()).collect();
+        let mut conns = s.add_batch(&b);
+        s.window_end_ns = 1_000_000_000;
+        conns.extend(s.drain());
         let c = conns.iter().find(|c| !c.icmp_errors.is_empty()).unwrap();
         let r = c.path_report(&path);
         assert_eq!(r.verdict, Verdict::Lost);

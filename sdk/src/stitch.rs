@@ -345,6 +345,9 @@ pub struct Connection {
     /// route" from a router), joined by their quote ([`Seen::is_icmp_error`]; the type in
     /// `src_port`, the code in `dst_port`, the sender in `src`). Not members.
     pub icmp_errors: Vec<Seen>,
+    /// The end of the window it was stitched in: packets just before it may be seen at their
+    /// next point only in the next window (each node's probes are drained in turn).
+    pub window_end_ns: u64,
     points: Rc<Vec<PointInfo>>,
 }
 
@@ -492,6 +495,9 @@ pub struct Stitcher {
     /// Kernel drops that joined no view of any connection (dropped before any watched
     /// point): packets.
     pub drops_alone: u64,
+    /// The end of the window being drained (`flush`'s time), 0 when not known (an early
+    /// drain): then the latest packet held stands for it.
+    pub window_end_ns: u64,
 }
 
 impl Default for Stitcher {
@@ -515,6 +521,7 @@ impl Default for Stitcher {
             fingerprint_collisions: 0,
             geneve_option: None,
             drops_alone: 0,
+            window_end_ns: 0,
         }
     }
 }
@@ -810,6 +817,12 @@ impl Stitcher {
             self.evicted += self.held.len() as u64;
         }
         let held = std::mem::take(&mut self.held);
+        let window_end_ns = held
+            .iter()
+            .map(|m| m.last_ns)
+            .max()
+            .unwrap_or(0)
+            .max(self.window_end_ns);
         let mut uf = UnionFind((0..held.len()).collect());
         join_by_tuple(&held, &mut uf, digest);
         join_by_quote(&held, &mut uf);
@@ -882,6 +895,7 @@ impl Stitcher {
                 continued,
                 drops,
                 icmp_errors,
+                window_end_ns,
                 points: points.clone(),
             });
         }
