@@ -189,18 +189,10 @@ impl Path {
     }
 }
 
-/// `b` without the rows marked gone, each kept row with its gains added to its evidence and
-/// points (each label once), and a folded flow's path where it had none.
-fn rebuild(
-    b: &wit::FlowBatch,
-    gone: &[bool],
-    gains: &HashMap<usize, &Gain>,
-    evidence_at: &[Range<usize>],
-    points_at: &[Range<usize>],
-    drops_at: &[Range<usize>],
-) -> wit::FlowBatch {
-    let mut out = wit::FlowBatch {
-        strings: b.strings.clone(),
+/// A flow batch with these strings and no flows.
+fn empty(strings: Vec<String>) -> wit::FlowBatch {
+    wit::FlowBatch {
+        strings,
         client_role: Vec::new(),
         client_ip_hi: Vec::new(),
         client_ip_lo: Vec::new(),
@@ -235,7 +227,20 @@ fn rebuild(
         drop_count: Vec::new(),
         drop_reason: Vec::new(),
         drop_packets: Vec::new(),
-    };
+    }
+}
+
+/// `b` without the rows marked gone, each kept row with its gains added to its evidence and
+/// points (each label once), and a folded flow's path where it had none.
+fn rebuild(
+    b: &wit::FlowBatch,
+    gone: &[bool],
+    gains: &HashMap<usize, &Gain>,
+    evidence_at: &[Range<usize>],
+    points_at: &[Range<usize>],
+    drops_at: &[Range<usize>],
+) -> wit::FlowBatch {
+    let mut out = empty(b.strings.clone());
     // The batch's strings by text, made when a gained label first needs one.
     let mut index: HashMap<String, u32> = HashMap::new();
     let mut intern = |strings: &mut Vec<String>, s: &str| -> u32 {
@@ -359,50 +364,7 @@ mod tests {
     );
 
     fn batch(rows: &[Row]) -> wit::FlowBatch {
-        let mut b = rebuild(
-            &wit::FlowBatch {
-                strings: vec![String::new()],
-                client_role: vec![],
-                client_ip_hi: vec![],
-                client_ip_lo: vec![],
-                client_name: vec![],
-                server_role: vec![],
-                server_ip_hi: vec![],
-                server_ip_lo: vec![],
-                server_name: vec![],
-                service_role: vec![],
-                service_ip_hi: vec![],
-                service_ip_lo: vec![],
-                service_name: vec![],
-                protocol: vec![],
-                server_port: vec![],
-                packets: vec![],
-                bytes: vec![],
-                first_ns: vec![],
-                last_ns: vec![],
-                confidence: vec![],
-                evidence_count: vec![],
-                evidence: vec![],
-                observed_count: vec![],
-                observed_at: vec![],
-                continued: vec![],
-                connection: vec![],
-                path_verdict: vec![],
-                path_last_seen: vec![],
-                path_missing_at: vec![],
-                rejected_by_hi: vec![],
-                rejected_by_lo: vec![],
-                rejected_by_node: vec![],
-                drop_count: vec![],
-                drop_reason: vec![],
-                drop_packets: vec![],
-            },
-            &[],
-            &HashMap::new(),
-            &[],
-            &[],
-            &[],
-        );
+        let mut b = empty(vec![String::new()]);
         let mut intern = |s: &str| -> u32 {
             if s.is_empty() {
                 return 0;

@@ -1,7 +1,7 @@
 //! `cniscope diagnose` and `--format diagnose`: every edge whose connections did not all get
 //! through, as one sentence with its evidence (docs/output-contract.md, "path").
 
-use crate::topology::EdgePath;
+use crate::topology::{EdgePath, severity};
 use serde::Deserialize;
 use std::fmt::Write;
 
@@ -40,7 +40,7 @@ pub fn render(edges: &[DiagEdge]) -> String {
         .collect();
     bad.sort_by_key(|(e, p)| {
         (
-            std::cmp::Reverse(rank(&p.verdict)),
+            std::cmp::Reverse(severity(&p.verdict)),
             e.src.clone(),
             e.dst.clone(),
         )
@@ -58,16 +58,6 @@ pub fn render(edges: &[DiagEdge]) -> String {
         edges.len()
     );
     out
-}
-
-fn rank(verdict: &str) -> u8 {
-    match verdict {
-        "lost" => 4,
-        "rejected" => 3,
-        "no-reply" => 2,
-        "partial-capture" => 1,
-        _ => 0,
-    }
 }
 
 /// One edge's story: who to whom, what happened where, what the kernel said, how many of its

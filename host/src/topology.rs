@@ -126,7 +126,8 @@ fn verdict_word(code: u8) -> Option<(&'static str, u8)> {
         .map(|&(_, word, severity)| (word, severity))
 }
 
-fn severity(word: &str) -> u8 {
+/// How bad a verdict word is: 0 for `ok` (and anything unknown) up to 4 for `lost`.
+pub fn severity(word: &str) -> u8 {
     VERDICTS.iter().find(|v| v.1 == word).map_or(0, |v| v.2)
 }
 

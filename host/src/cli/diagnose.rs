@@ -48,19 +48,7 @@ fn from_server(args: &DiagnoseArgs) -> Result<(String, String)> {
     let Some(server) = &args.server else {
         bail!("name a topology document (FILE or -) or a --server");
     };
-    let base = server.trim_end_matches('/');
-    if !base.starts_with("http://") {
-        bail!("--server {base}: use http://HOST:PORT (the server speaks plain HTTP)");
-    }
-    let token = match &args.token_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("reading --token-file {}", p.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
+    let (base, token) = super::observe::server_and_token(server, args.token_file.as_deref())?;
     let url = format!("{base}/api/topology");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

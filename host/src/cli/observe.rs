@@ -148,12 +148,17 @@ fn print_window(doc: &WindowDoc, seen: &mut HashSet<String>) -> Result<()> {
     output::print(&text)
 }
 
-pub fn run(args: ObserveArgs) -> Result<()> {
-    let base = args.server.trim_end_matches('/').to_string();
+/// A server's base address (`http://HOST:PORT`, no trailing slash) and the bearer token in
+/// `token_file`, if any: what every command that reads a server starts with.
+pub(super) fn server_and_token(
+    server: &str,
+    token_file: Option<&std::path::Path>,
+) -> Result<(String, Option<String>)> {
+    let base = server.trim_end_matches('/').to_string();
     if !base.starts_with("http://") {
         bail!("--server {base}: use http://HOST:PORT (the server speaks plain HTTP)");
     }
-    let token = match &args.token_file {
+    let token = match token_file {
         Some(p) => Some(
             std::fs::read_to_string(p)
                 .with_context(|| format!("reading --token-file {}", p.display()))?
@@ -162,6 +167,11 @@ pub fn run(args: ObserveArgs) -> Result<()> {
         ),
         None => None,
     };
+    Ok((base, token))
+}
+
+pub fn run(args: ObserveArgs) -> Result<()> {
+    let (base, token) = server_and_token(&args.server, args.token_file.as_deref())?;
     let mut query: Vec<(&str, String)> = Vec::new();
     query.extend(args.namespace.iter().map(|n| ("namespace", n.clone())));
     query.extend(args.pod.iter().map(|p| ("pod", p.clone())));
