@@ -58,7 +58,9 @@ fn main() {
         status.success(),
         "building the eBPF probes failed (needs the nightly toolchain with rust-src and bpf-linker: run ./x setup)"
     );
-    let built = target_dir.join("bpfel-unknown-none/release/cniscope-probe");
-    std::fs::copy(&built, out_dir.join("cniscope-probe"))
-        .unwrap_or_else(|e| panic!("copying {}: {e}", built.display()));
+    for program in ["cniscope-probe", "cniscope-drops"] {
+        let built = target_dir.join("bpfel-unknown-none/release").join(program);
+        std::fs::copy(&built, out_dir.join(program))
+            .unwrap_or_else(|e| panic!("copying {}: {e}", built.display()));
+    }
 }

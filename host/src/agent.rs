@@ -16,6 +16,7 @@ use crate::plugins::bindings::wit;
 use crate::plugins::{PluginEngine, PluginError, PluginInstance};
 use crate::sources::aggregate::{IfaceKind, Observation, PointTable};
 use crate::sources::decode::Decoding;
+use crate::sources::live::drops::DropWatch;
 use crate::sources::live::netns::{LinkWatch, glob, wait_for_links};
 use crate::sources::live::{LiveError, NodeProbe, ProbeSettings, clock_offset_ns};
 use crate::topology::TopologyDoc;
@@ -94,6 +95,12 @@ pub struct Capture {
     /// Interfaces that could not be attached, by error, with the attempts (each rescan tries
     /// again): said once per kind of failure, counted in `health.drops`.
     attach_errors: std::collections::BTreeMap<String, u64>,
+    /// The kernel drop program (`agent.kernel_drops`), if it loaded.
+    drops: Option<DropWatch>,
+    /// Why it is not there, when it was asked for.
+    drops_error: Option<String>,
+    /// What the probes decode: the drop program's headers are decoded alike.
+    decoding: Decoding,
     /// Keeps the kernel's per-program run statistics on while held.
     _bpf_stats: Option<std::os::fd::OwnedFd>,
 }
@@ -117,6 +124,12 @@ impl HealthSource for Capture {
         for (e, n) in &self.attach_errors {
             health.errors.push(format!("{e} ({n} attempts)"));
         }
+        if let Some(d) = &self.drops {
+            d.report(health);
+        }
+        if let Some(e) = &self.drops_error {
+            health.errors.push(e.clone());
+        }
         health.drop(
             "interface attach failures (its packets not recorded)",
             self.attach_errors.values().sum(),
@@ -138,7 +151,7 @@ impl Capture {
             cache_slots: settings.agent.flow_cache_slots,
             baseline: settings.agent.baseline_probe,
             tcx_first: settings.agent.tcx_first,
-            decoding,
+            decoding: decoding.clone(),
             ..ProbeSettings::default()
         };
         let from_plugins: Vec<Wanted> = plugins
@@ -169,6 +182,25 @@ impl Capture {
             }));
             nodes.push(Node { probe, wanted });
         }
+        let (drops, drops_error) = if settings.agent.kernel_drops {
+            let watched: Vec<(String, Option<std::path::PathBuf>)> = nodes
+                .iter()
+                .map(|n| (n.probe.node.clone(), n.probe.netns().map(Into::into)))
+                .collect();
+            match DropWatch::load(&watched, settings.agent.ringbuf_bytes) {
+                Ok(d) => (Some(d), None),
+                Err(e) => {
+                    // An old kernel (no drop reasons, no BTF): capture goes on without drops.
+                    let e = format!(
+                        "{e} (kernel drops not recorded; agent.kernel_drops = false silences this)"
+                    );
+                    tracing::warn!("{e}");
+                    (None, Some(e))
+                }
+            }
+        } else {
+            (None, None)
+        };
         let bpf_stats = if settings.agent.bpf_stats {
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
                 Ok(fd) => Some(fd),
@@ -182,6 +214,9 @@ impl Capture {
         };
         Ok(Capture {
             _bpf_stats: bpf_stats,
+            drops,
+            drops_error,
+            decoding,
             nodes,
             points: PointTable::default(),
             clock_offset: clock_offset_ns(),
@@ -201,11 +236,18 @@ impl Capture {
         &self.points
     }
 
-    /// One node's probe health: its counters and losses, as the topology's health has them.
+    /// One node's probe health: its counters and losses, as the topology's health has them
+    /// (the kernel drop program's, shared by the agent's nodes, with this node's drops only).
     pub fn node_health(&self, node: &str) -> Health {
         let mut health = Health::default();
         for n in self.nodes.iter().filter(|n| n.probe.node == node) {
             n.report(&mut health);
+        }
+        if let Some(d) = &self.drops {
+            d.report(&mut health);
+            if let Some(k) = &mut health.kernel_drops {
+                k.nodes.retain(|n, _| n == node);
+            }
         }
         health
     }
@@ -260,6 +302,29 @@ impl Capture {
                 self.points.intern(p);
             }
             all.extend(n.probe.drain(&mut self.points, self.clock_offset)?);
+        }
+        if let Some(drops) = &mut self.drops {
+            let nodes = &self.nodes;
+            // Devices the probes are not on (a pod VM's vxlan0), listed once per drain.
+            let mut listed: std::collections::HashMap<String, Vec<(u32, String)>> =
+                Default::default();
+            let name = |node: &str, ifindex: u32| {
+                let Some(n) = nodes.iter().find(|n| n.probe.node == node) else {
+                    return format!("if{ifindex}");
+                };
+                if let Some(name) = n.probe.iface_name(ifindex) {
+                    return name.to_string();
+                }
+                listed
+                    .entry(node.to_string())
+                    .or_insert_with(|| n.probe.interfaces().unwrap_or_default())
+                    .iter()
+                    .find(|(i, _)| *i == ifindex)
+                    .map(|(_, name)| name.clone())
+                    .unwrap_or_else(|| format!("if{ifindex}"))
+            };
+            let observed = drops.drain(&mut self.points, &self.decoding, name, self.clock_offset);
+            all.extend(observed);
         }
         Ok(all)
     }

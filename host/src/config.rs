@@ -179,6 +179,11 @@ pub struct AgentSection {
     /// hide it from them) or "last" (after them: what the CNI let through).
     #[serde(default = "default_tcx_order")]
     pub tcx_order: Spanned<String>,
+    /// Record the packets the kernel drops in the watched nodes (the `kfree_skb` program),
+    /// with its reason, into each connection's `path.drops` and `health.kernel_drops`. Off:
+    /// the program is not loaded (its cost, near zero when nothing drops: `./x bench-drops`).
+    #[serde(default = "yes")]
+    pub kernel_drops: bool,
     /// The nodes to watch: one network namespace each. None: this host, as `node` = hostname.
     #[serde(default)]
     pub node: Vec<AgentNode>,
@@ -218,6 +223,7 @@ impl Default for AgentSection {
             bpf_stats: false,
             baseline_probe: false,
             tcx_order: default_tcx_order(),
+            kernel_drops: true,
             node: Vec::new(),
         }
     }
@@ -658,6 +664,8 @@ pub struct AgentSettings {
     pub baseline_probe: bool,
     /// The probes attach at the head of each TCX chain (`tcx_order = "first"`).
     pub tcx_first: bool,
+    /// Load the kernel drop program (`agent.kernel_drops`).
+    pub kernel_drops: bool,
     pub nodes: Vec<NodeToWatch>,
 }
 
@@ -674,6 +682,7 @@ impl Default for AgentSettings {
             bpf_stats: false,
             baseline_probe: false,
             tcx_first: true,
+            kernel_drops: true,
             nodes: Vec::new(),
         }
     }

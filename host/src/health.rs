@@ -20,6 +20,10 @@ pub struct Health {
     /// Live capture: each node's probe counters.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub probes: BTreeMap<String, ProbeCounters>,
+    /// Live capture: the packets the kernel dropped in the watched nodes, by node and reason,
+    /// and the drop program's own counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_drops: Option<KernelDropHealth>,
     /// Cluster mode: the aggregator's windows and what it could not merge.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aggregate: Option<AggregateHealth>,
@@ -29,6 +33,25 @@ pub struct Health {
     /// The config file, when it is re-read while running.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config: Option<ConfigHealth>,
+}
+
+/// `health.kernel_drops`: the `kfree_skb` program's work since it was loaded.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct KernelDropHealth {
+    /// Drops recorded, by node and reason ("NETFILTER_DROP"); benign reasons are not kept.
+    pub nodes: BTreeMap<String, BTreeMap<String, u64>>,
+    /// `kfree_skb` events the program ran for, anywhere on the host, for any reason.
+    pub events: u64,
+    /// Events in a watched node for a reason kept.
+    pub matched: u64,
+    /// Matched drops lost: the ring buffer was full, the headers could not be read, or they
+    /// did not decode (also in `health.drops`).
+    pub ringbuf_full: u64,
+    pub unreadable: u64,
+    pub undecodable: u64,
+    /// The program's runs and run time from `bpf_stats` (zero unless `agent.bpf_stats`).
+    pub program_runs: u64,
+    pub program_run_ns: u64,
 }
 
 /// `health.config`: the config file re-read while running (SIGHUP, or its changes).

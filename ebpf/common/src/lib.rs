@@ -303,6 +303,75 @@ pub struct NewFlow {
     pub ts_ns: u64,
 }
 
+/// Bytes of a dropped packet the drop program copies, from its network header: enough for an
+/// outer IPv6 header, a UDP tunnel, an inner Ethernet frame with VLAN tags, an inner IPv6
+/// header with extension headers, a TCP header and the bytes the fingerprint hashes.
+pub const DROP_SNAP: usize = 224;
+
+/// Where the kernel keeps what the drop program reads, from the running kernel's BTF
+/// (`/sys/kernel/btf/vmlinux`) at load time: structure layouts and the tracepoint's argument
+/// order differ between kernels, so none is compiled in. Offsets in bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropLayout {
+    /// `kfree_skb`'s arguments: which one is the `sk_buff *`, which the reason.
+    pub skb_arg: u32,
+    pub reason_arg: u32,
+    pub skb_head: u32,
+    /// `sk_buff.tail` (an offset from `head` on 64-bit kernels: `tail_is_offset`).
+    pub skb_tail: u32,
+    pub skb_network_header: u32,
+    pub skb_protocol: u32,
+    pub skb_dev: u32,
+    pub skb_sk: u32,
+    pub skb_len: u32,
+    pub dev_ifindex: u32,
+    /// `net_device.nd_net.net`, `sock.__sk_common.skc_net.net`, `net.ns.inum`.
+    pub dev_net: u32,
+    pub sk_net: u32,
+    pub net_inum: u32,
+    pub tail_is_offset: u32,
+}
+
+/// One packet the kernel freed without delivering it, in a watched network namespace, for a
+/// reason not filtered out: its headers, for the agent to decode by the probes' rules.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropEvent {
+    pub ts_ns: u64,
+    /// The namespace's inode number (`net.ns.inum`, what `stat` of its nsfs file says).
+    pub netns: u32,
+    /// The device the packet was on (0: none; the socket told the namespace).
+    pub ifindex: u32,
+    /// The kernel's `enum skb_drop_reason` value (the agent names it from BTF).
+    pub reason: u32,
+    /// The whole packet's length (`skb->len`).
+    pub skb_len: u32,
+    /// `skb->protocol` (an ethertype, network order; 0 when the stack had not set it).
+    pub protocol: u16,
+    /// Bytes of `data` copied (the linear part past the network header, at most DROP_SNAP).
+    pub captured: u16,
+    pub _pad: u32,
+    pub data: [u8; DROP_SNAP],
+}
+
+/// The drop program's counters (its `DROP_COUNTERS`, per CPU).
+pub mod drop_counter {
+    /// `kfree_skb` events the program ran for (any namespace, any reason).
+    pub const EVENTS: u32 = 0;
+    /// Events in a watched namespace for a reason kept: drops to record.
+    pub const MATCHED: u32 = 1;
+    /// Matched drops lost because the ring buffer was full.
+    pub const RINGBUF_FULL: u32 = 2;
+    /// Matched drops whose headers could not be read (no network header, a failed read).
+    pub const UNREADABLE: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// Drop reasons the program can filter by value (an array indexed by the reason); larger
+/// values (subsystem codes: the top 16 bits) are always kept.
+pub const MAX_DROP_REASON: u32 = 1024;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] structs of integers and byte arrays, with explicit padding
@@ -312,6 +381,8 @@ mod pod {
     unsafe impl aya::Pod for super::NewFlow {}
     unsafe impl aya::Pod for super::CacheSlot {}
     unsafe impl aya::Pod for super::ProbeConfig {}
+    unsafe impl aya::Pod for super::DropLayout {}
+    unsafe impl aya::Pod for super::DropEvent {}
 }
 
 #[cfg(test)]
@@ -324,6 +395,11 @@ mod tests {
         assert_eq!(size_of::<super::NewFlow>(), 88 + 4 + 4 + 8);
         assert_eq!(size_of::<super::ProbeConfig>(), 40);
         assert_eq!(size_of::<super::CacheSlot>(), 88 + 8 + 80);
+        assert_eq!(size_of::<super::DropLayout>(), 14 * 4);
+        assert_eq!(
+            size_of::<super::DropEvent>(),
+            8 + 4 * 4 + 2 + 2 + 4 + super::DROP_SNAP
+        );
     }
 
     #[test]

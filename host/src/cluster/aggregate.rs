@@ -235,6 +235,13 @@ impl Aggregator {
             if let Some(p) = &state.health.probe {
                 health.probes.insert(node.clone(), p.clone());
             }
+            if !state.health.kernel_drops.is_empty() {
+                health
+                    .kernel_drops
+                    .get_or_insert_with(Default::default)
+                    .nodes
+                    .insert(node.clone(), state.health.kernel_drops.clone());
+            }
         }
         let stale = self.windows.stale(now);
         for node in &stale {

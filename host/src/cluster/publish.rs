@@ -173,6 +173,10 @@ pub fn run(
                     drops: h.drops,
                     errors: h.errors,
                     probe: h.probes.into_values().next(),
+                    kernel_drops: h
+                        .kernel_drops
+                        .and_then(|k| k.nodes.into_values().next())
+                        .unwrap_or_default(),
                 },
                 &node,
                 &counters,

@@ -19,7 +19,7 @@ use thiserror::Error;
 
 pub const MAGIC: [u8; 4] = *b"CSOB";
 /// Bumped whenever [`NodeBatch`] changes shape.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum WireError {
@@ -63,6 +63,8 @@ pub struct NodeHealth {
     pub drops: BTreeMap<String, u64>,
     pub errors: Vec<String>,
     pub probe: Option<ProbeCounters>,
+    /// The packets the kernel dropped on the node, by reason (the drop program's).
+    pub kernel_drops: BTreeMap<String, u64>,
 }
 
 /// An address as it travels: absent, IPv4 (4 bytes) or IPv6 (16).
@@ -392,6 +394,7 @@ mod tests {
                 iface: format!("veth{}", i % 3),
                 kind: IfaceKind::PodVeth,
                 direction: Direction::Ingress,
+                drop_reason: String::new(),
             });
             obs.push(Observation {
                 key: FlowKey {

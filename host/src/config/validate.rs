@@ -598,6 +598,7 @@ fn agent_section(a: &AgentSection, base: &Path, p: &mut Problems) -> AgentSettin
         bpf_stats: a.bpf_stats,
         baseline_probe: a.baseline_probe,
         tcx_first,
+        kernel_drops: a.kernel_drops,
         nodes,
     }
 }

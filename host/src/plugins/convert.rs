@@ -44,13 +44,14 @@ fn point(p: &CapturePoint) -> wit::CapturePoint {
             IfaceKind::Tunnel => wit::IfaceKind::Tunnel,
             IfaceKind::Uplink => wit::IfaceKind::Uplink,
             IfaceKind::Other => wit::IfaceKind::Other,
+            IfaceKind::KernelDrop => wit::IfaceKind::KernelDrop,
         },
         direction: match p.direction {
             Direction::Ingress => wit::Direction::Ingress,
             Direction::Egress => wit::Direction::Egress,
             Direction::Unknown => wit::Direction::Unknown,
         },
-        drop_reason: String::new(),
+        drop_reason: p.drop_reason.clone(),
     }
 }
 

@@ -12,6 +12,8 @@ pub struct CapturePoint {
     /// pod-veth, bridge, tunnel, uplink or other.
     pub kind: IfaceKind,
     pub direction: Direction,
+    /// At a `kernel-drop` point, the kernel's reason ("NETFILTER_DROP"); "" at an interface.
+    pub drop_reason: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -22,6 +24,9 @@ pub enum IfaceKind {
     Tunnel,
     Uplink,
     Other,
+    /// Not an interface: where the kernel freed packets without delivering them (the drop
+    /// program); the point's `iface` is the device they were on.
+    KernelDrop,
 }
 
 impl IfaceKind {

@@ -4,6 +4,7 @@
 //! attaches them with TCX links (they vanish with the process, even after SIGKILL), and is
 //! drained every interval into the same [`Observation`]s the replay source produces.
 
+pub mod drops;
 pub mod netns;
 pub mod test_run;
 
@@ -378,6 +379,19 @@ impl NodeProbe {
         }
     }
 
+    /// The name of an interface the probes are on (or were on until lately).
+    pub fn iface_name(&self, ifindex: u32) -> Option<&str> {
+        self.attached
+            .get(&ifindex)
+            .or_else(|| self.departed.get(&ifindex).map(|(a, _)| a))
+            .map(|a| a.name.as_str())
+    }
+
+    /// The node's network namespace (None: the agent's own).
+    pub fn netns(&self) -> Option<&std::path::Path> {
+        self.netns.as_deref()
+    }
+
     /// TCX links held open (two per attached interface).
     pub fn links_open(&self) -> usize {
         self.attached.values().map(|a| a.links.len()).sum()
@@ -397,6 +411,7 @@ impl NodeProbe {
                 iface: a.name.clone(),
                 kind: a.kind,
                 direction,
+                drop_reason: String::new(),
             })
         })
     }
@@ -488,6 +503,7 @@ impl NodeProbe {
                 } else {
                     Direction::Ingress
                 },
+                drop_reason: String::new(),
             });
             if let Some(o) = observation(point, &key, &per_cpu, clock_offset_ns) {
                 out.push(o);

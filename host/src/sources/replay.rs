@@ -369,6 +369,7 @@ fn handle_block(
             kind: IfaceKind::guess(&iface_name),
             iface: iface_name,
             direction,
+            drop_reason: String::new(),
         })
     });
     Some(Packet {
