@@ -231,6 +231,15 @@ impl Capture {
         self.nodes.iter().map(|n| n.probe.node.clone()).collect()
     }
 
+    /// Both directions of every interface watched on `node`, whether anything crossed them.
+    pub fn watched_points(&self, node: &str) -> Vec<crate::sources::aggregate::CapturePoint> {
+        self.nodes
+            .iter()
+            .filter(|n| n.probe.node == node)
+            .flat_map(|n| n.probe.watched_points())
+            .collect()
+    }
+
     /// The capture points the drained observations refer to.
     pub fn points(&self) -> &PointTable {
         &self.points

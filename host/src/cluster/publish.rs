@@ -181,7 +181,7 @@ pub fn run(
                 &node,
                 &counters,
             );
-            let batches = NodeBatch::chunks(
+            let mut batches = NodeBatch::chunks(
                 &node,
                 agent,
                 interval,
@@ -191,6 +191,11 @@ pub fn run(
                 &health,
                 CHUNK_OBSERVATIONS,
             );
+            // Points watched but crossed by nothing travel too: a path verdict tells a point
+            // that saw nothing from one nobody watches.
+            if let Some(last) = batches.last_mut() {
+                last.add_points(capture.watched_points(&node));
+            }
             let mut out = outbox.lock().unwrap_or_else(|e| e.into_inner());
             for b in &batches {
                 if !out.push(b) {

@@ -332,6 +332,16 @@ impl NodeBatch {
             .collect()
     }
 
+    /// Adds `points` no observation uses (an interface watched that nothing crossed), each
+    /// once.
+    pub fn add_points(&mut self, points: impl IntoIterator<Item = CapturePoint>) {
+        for p in points {
+            if !self.points.contains(&p) {
+                self.points.push(p);
+            }
+        }
+    }
+
     /// The message body.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + 48 * self.observations.len());
@@ -462,6 +472,44 @@ mod tests {
             b.key.point = a.key.point;
             assert_eq!(a, &b);
         }
+    }
+
+    #[test]
+    fn watched_silent_points_and_kernel_drop_points_travel() {
+        let (points, obs) = sample(2);
+        let mut b = NodeBatch::chunks(
+            "node-a",
+            1,
+            0,
+            (0, 1),
+            &points,
+            &obs,
+            &NodeHealth::default(),
+            10,
+        )
+        .pop()
+        .unwrap();
+        let silent = CapturePoint {
+            node: "node-a".into(),
+            iface: "flannel.1".into(),
+            kind: IfaceKind::Tunnel,
+            direction: Direction::Egress,
+            drop_reason: String::new(),
+        };
+        let drop = CapturePoint {
+            node: "node-a".into(),
+            iface: "eth0".into(),
+            kind: IfaceKind::KernelDrop,
+            direction: Direction::Unknown,
+            drop_reason: "NETFILTER_DROP".into(),
+        };
+        let used = b.points.len();
+        b.add_points([silent.clone(), drop.clone(), silent.clone()]);
+        assert_eq!(b.points.len(), used + 2, "each once");
+        let mut read = PointTable::default();
+        let back = NodeBatch::decode(&b.encode()).unwrap();
+        back.into_observations(&mut read);
+        assert!(read.all().contains(&silent) && read.all().contains(&drop));
     }
 
     #[test]

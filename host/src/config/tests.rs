@@ -117,6 +117,10 @@ fn agent_measurement_switches_reach_the_settings() {
     assert!(s.agent.bpf_stats && s.agent.baseline_probe);
     let s = parse("", Path::new(".")).unwrap();
     assert!(!s.agent.bpf_stats && !s.agent.baseline_probe);
+    // The kernel drop program is on unless switched off.
+    assert!(s.agent.kernel_drops);
+    let s = parse("[agent]\nkernel_drops = false\n", Path::new(".")).unwrap();
+    assert!(!s.agent.kernel_drops);
 }
 
 #[test]

@@ -541,7 +541,7 @@ fn resent_bad_and_good_batches_give_exactly_the_replays_topology() {
     );
     let log = agg.stderr();
     assert!(
-        log.contains("observation batch version 99, this aggregator reads version 1"),
+        log.contains("observation batch version 99, this aggregator reads version 2"),
         "{log}"
     );
 

@@ -1,6 +1,7 @@
 //! Labs broken the way real clusters break (`tests/lab/flannel.sh`'s fault-* backends), each
 //! captured live: the broken connection's path verdict, where it was last seen and where it
-//! should have been next, the healthy connections beside it `ok`, and `cniscope diagnose`
+//! should have been next, the reason the kernel gave when it dropped its packets (the
+//! `kfree_skb` program), the healthy connections beside it `ok`, and `cniscope diagnose`
 //! saying it in one line.
 
 use crate::lab::{Lab, cniscope, edge, lab_down};
@@ -10,6 +11,25 @@ use serde_json::Value;
 const CLIENT: &str = "pod/default/client-a1";
 const SERVER: &str = "pod/default/server-b1";
 const PEER: &str = "pod/default/peer-a2";
+
+/// The kernel's drops of an edge's packets, by reason.
+fn drops(e: &Value) -> Vec<(String, u64)> {
+    e["path"]["drops"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `node`'s drops by `reason` in `health.kernel_drops`.
+fn node_drops(doc: &Value, node: &str, reason: &str) -> u64 {
+    doc["health"]["kernel_drops"]["nodes"][node][reason]
+        .as_u64()
+        .unwrap_or(0)
+}
 
 fn path(e: &Value) -> (&str, &str, &str) {
     let p = &e["path"];
@@ -23,15 +43,7 @@ fn path(e: &Value) -> (&str, &str, &str) {
 /// `cniscope diagnose` over the run's document: one sentence per broken edge, each with
 /// `expect` in it, and the summary line.
 fn diagnosis(lab: &Lab, doc: &Value, expect: &[&str]) {
-    let file = lab.dir().join("topology.json");
-    std::fs::write(&file, serde_json::to_vec(doc).unwrap()).unwrap();
-    let out = cniscope(&["diagnose", file.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = String::from_utf8(cniscope_diagnose(lab, doc)).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), expect.len() + 1, "{text}");
     for (line, want) in lines.iter().zip(expect) {
@@ -41,6 +53,19 @@ fn diagnosis(lab: &Lab, doc: &Value, expect: &[&str]) {
         lines.last().unwrap().contains("judged edges not ok"),
         "{text}"
     );
+}
+
+/// `cniscope diagnose` over the document: its output.
+fn cniscope_diagnose(lab: &Lab, doc: &Value) -> Vec<u8> {
+    let file = lab.dir().join("topology.json");
+    std::fs::write(&file, serde_json::to_vec(doc).unwrap()).unwrap();
+    let out = cniscope(&["diagnose", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 #[test]
@@ -60,9 +85,21 @@ fn an_iptables_drop_on_the_servers_node_is_lost_after_its_tunnel_device() {
         "{dropped:#}"
     );
     assert_eq!(dropped["path"]["verdicts"]["lost"], 1, "one connection");
-    // The same pod's UDP and a same-node connection got through.
-    assert_eq!(path(edge(&doc, CLIENT, SERVER, "udp", None)).0, "ok");
-    assert_eq!(path(edge(&doc, CLIENT, PEER, "tcp", None)).0, "ok");
+    // The kernel said why: netfilter, for the SYN and each retransmission of it.
+    let reasons = drops(dropped);
+    assert_eq!(reasons.len(), 1, "{dropped:#}");
+    assert_eq!(reasons[0].0, "NETFILTER_DROP", "{dropped:#}");
+    assert!(reasons[0].1 >= 1, "{dropped:#}");
+    assert!(node_drops(&doc, "node-b", "NETFILTER_DROP") >= reasons[0].1);
+    assert_eq!(node_drops(&doc, "node-a", "NETFILTER_DROP"), 0);
+    // The same pod's UDP and a same-node connection got through, with nothing dropped.
+    for other in [
+        edge(&doc, CLIENT, SERVER, "udp", None),
+        edge(&doc, CLIENT, PEER, "tcp", None),
+    ] {
+        assert_eq!(path(other).0, "ok", "{other:#}");
+        assert!(drops(other).is_empty(), "{other:#}");
+    }
     diagnosis(
         &lab,
         &doc,
@@ -70,6 +107,8 @@ fn an_iptables_drop_on_the_servers_node_is_lost_after_its_tunnel_device() {
             "client-a1 -> pod/default/server-b1 tcp/8080: LOST: last seen at node-b/flannel.1:ingress",
         ],
     );
+    let text = String::from_utf8(cniscope_diagnose(&lab, &doc)).unwrap();
+    assert!(text.contains("the kernel dropped NETFILTER_DROP"), "{text}");
     lab_down(lab);
 }
 
@@ -90,6 +129,15 @@ fn a_missing_route_on_the_clients_node_is_lost_before_its_tunnel_device() {
         "{unrouted:#}"
     );
     assert_eq!(path(edge(&doc, CLIENT, PEER, "tcp", None)).0, "ok");
+    // The kernel's reason: no route for a packet it received to forward (named
+    // IP_INNOROUTES on kernels since 5.18).
+    let reasons = drops(unrouted);
+    assert!(
+        reasons
+            .iter()
+            .any(|(r, n)| r.contains("NOROUTES") && *n >= 1),
+        "{unrouted:#}"
+    );
     diagnosis(
         &lab,
         &doc,
@@ -122,5 +170,11 @@ fn an_mtu_black_hole_loses_a_large_transfer_between_the_uplinks_and_spares_small
     assert!(last.ends_with("/<uplink>:egress"), "{bulk:#}");
     assert!(missing.ends_with("/<uplink>:ingress"), "{bulk:#}");
     assert_ne!(node(last), node(missing), "{bulk:#}");
+    // The kernel freed the full-size frames the underlay port could not carry: too big.
+    let reasons = drops(bulk);
+    assert!(
+        reasons.iter().any(|(r, n)| r == "PKT_TOO_BIG" && *n >= 1),
+        "{bulk:#}"
+    );
     lab_down(lab);
 }

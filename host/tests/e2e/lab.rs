@@ -344,10 +344,10 @@ fn full_maps_and_ring_buffers_are_counted_not_silent() {
     plugin("flannel");
     let lab = Lab::up("d", "vxlan");
     // 64 flows per interval (and one cache slot per CPU in front), a 4 KiB ring buffer (about
-    // 36 events), then 600 new flows.
+    // 36 events), then 600 new flows. The kernel drop program switched off.
     lab.agent_settings(
         3,
-        "duration_secs = 4\nflow_entries = 64\nflow_cache_slots = 1\nringbuf_bytes = 4096",
+        "duration_secs = 4\nflow_entries = 64\nflow_cache_slots = 1\nringbuf_bytes = 4096\nkernel_drops = false",
     );
     let agent = lab.start_agent();
     let out = Command::new("ip")
@@ -371,6 +371,19 @@ fn full_maps_and_ring_buffers_are_counted_not_silent() {
         .unwrap();
     assert!(map_full >= 400, "600 flows into 64 slots: {drops:#}");
     assert!(ring_full >= 10, "64 events into a 4 KiB ring: {drops:#}");
+    // Switched off: not loaded, nothing said of it.
+    assert!(
+        doc["health"]["kernel_drops"].is_null(),
+        "{:#}",
+        doc["health"]
+    );
+    assert!(
+        drops
+            .as_object()
+            .unwrap()
+            .keys()
+            .all(|k| !k.starts_with("kernel drops"))
+    );
     lab_down(lab);
 }
 

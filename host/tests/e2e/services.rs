@@ -136,6 +136,11 @@ fn service_edges(script: &'static str, mode: &str, tag: &str, external_ip: &str,
         "{empty:#}"
     );
     assert_paths(&doc, &[(client, "service/default/empty", "rejected")]);
+    // kube-proxy's REJECT answers and drops the SYN: the kernel says netfilter.
+    assert!(
+        empty["path"]["drops"]["NETFILTER_DROP"].as_u64() >= Some(1),
+        "{empty:#}"
+    );
 
     // UDP through a ClusterIP (a cluster's DNS): 3 datagrams and 3 replies, port 53 -> 5353.
     let dns = edge(&doc, client, server, "udp", Some("service/default/dns"));
