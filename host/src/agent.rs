@@ -187,7 +187,7 @@ impl Capture {
                 .iter()
                 .map(|n| (n.probe.node.clone(), n.probe.netns().map(Into::into)))
                 .collect();
-            match DropWatch::load(&watched, settings.agent.ringbuf_bytes) {
+            match DropWatch::load(&watched, settings.agent.drop_ringbuf_bytes) {
                 Ok(d) => (Some(d), None),
                 Err(e) => {
                     // An old kernel (no drop reasons, no BTF): capture goes on without drops.
@@ -312,6 +312,13 @@ impl Capture {
             }
             all.extend(n.probe.drain(&mut self.points, self.clock_offset)?);
         }
+        self.read_drops(true, &mut all);
+        Ok(all)
+    }
+
+    /// Reads the kernel drop program's ring buffer into its window (`drain`: and hands the
+    /// window's drops over, into `out`).
+    fn read_drops(&mut self, drain: bool, out: &mut Vec<Observation>) {
         if let Some(drops) = &mut self.drops {
             let nodes = &self.nodes;
             // Devices the probes are not on (a pod VM's vxlan0), listed once per drain.
@@ -332,10 +339,12 @@ impl Capture {
                     .map(|(_, name)| name.clone())
                     .unwrap_or_else(|| format!("if{ifindex}"))
             };
-            let observed = drops.drain(&mut self.points, &self.decoding, name, self.clock_offset);
-            all.extend(observed);
+            if drain {
+                out.extend(drops.drain(&mut self.points, &self.decoding, name, self.clock_offset));
+            } else {
+                drops.poll(&mut self.points, &self.decoding, name, self.clock_offset);
+            }
         }
-        Ok(all)
     }
 
     pub fn attached(&self) -> Vec<(String, String)> {
@@ -399,6 +408,8 @@ impl Capture {
                     self.follow_interfaces();
                     rescan_at = Instant::now() + RESCAN_EVERY;
                 }
+                // A burst of drops fills the ring buffer in far less than an interval.
+                self.read_drops(false, &mut Vec::new());
             }
             let observations = self.drain()?;
             // The boundary, not the drain's own time: a few microseconds later on one node

@@ -184,6 +184,11 @@ pub struct AgentSection {
     /// the program is not loaded (its cost, near zero when nothing drops: `./x bench-drops`).
     #[serde(default = "yes")]
     pub kernel_drops: bool,
+    /// The drop program's ring buffer, in bytes (a power of two; 272 bytes a drop). The agent
+    /// reads it every 50 ms: 4 MiB holds a flood of 300 000 drops a second. A drop that finds
+    /// it full is counted in `health.kernel_drops.ringbuf_full`.
+    #[serde(default = "default_drop_ringbuf")]
+    pub drop_ringbuf_bytes: Spanned<u32>,
     /// The nodes to watch: one network namespace each. None: this host, as `node` = hostname.
     #[serde(default)]
     pub node: Vec<AgentNode>,
@@ -207,6 +212,9 @@ fn default_cache_slots() -> Spanned<u32> {
 fn default_ringbuf() -> Spanned<u32> {
     spanned(256 * 1024)
 }
+fn default_drop_ringbuf() -> Spanned<u32> {
+    spanned(4 * 1024 * 1024)
+}
 fn default_tcx_order() -> Spanned<String> {
     spanned("first".to_string())
 }
@@ -224,6 +232,7 @@ impl Default for AgentSection {
             baseline_probe: false,
             tcx_order: default_tcx_order(),
             kernel_drops: true,
+            drop_ringbuf_bytes: default_drop_ringbuf(),
             node: Vec::new(),
         }
     }
@@ -666,6 +675,7 @@ pub struct AgentSettings {
     pub tcx_first: bool,
     /// Load the kernel drop program (`agent.kernel_drops`).
     pub kernel_drops: bool,
+    pub drop_ringbuf_bytes: u32,
     pub nodes: Vec<NodeToWatch>,
 }
 
@@ -683,6 +693,7 @@ impl Default for AgentSettings {
             baseline_probe: false,
             tcx_first: true,
             kernel_drops: true,
+            drop_ringbuf_bytes: a.drop_ringbuf_bytes.into_inner(),
             nodes: Vec::new(),
         }
     }

@@ -121,6 +121,11 @@ fn agent_measurement_switches_reach_the_settings() {
     assert!(s.agent.kernel_drops);
     let s = parse("[agent]\nkernel_drops = false\n", Path::new(".")).unwrap();
     assert!(!s.agent.kernel_drops);
+    let e = parse("[agent]\ndrop_ringbuf_bytes = 5000\n", Path::new(".")).unwrap_err();
+    assert!(
+        format!("{e:?}").contains("agent.drop_ringbuf_bytes"),
+        "{e:?}"
+    );
 }
 
 #[test]

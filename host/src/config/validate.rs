@@ -534,6 +534,11 @@ fn agent_section(a: &AgentSection, base: &Path, p: &mut Problems) -> AgentSettin
         "agent.ringbuf_bytes",
         4096..=MAX_RINGBUF_BYTES,
     );
+    p.power_of_two(
+        &a.drop_ringbuf_bytes,
+        "agent.drop_ringbuf_bytes",
+        4096..=MAX_RINGBUF_BYTES,
+    );
     let tcx_first = match a.tcx_order.get_ref().as_str() {
         "first" => true,
         "last" => false,
@@ -599,6 +604,7 @@ fn agent_section(a: &AgentSection, base: &Path, p: &mut Problems) -> AgentSettin
         baseline_probe: a.baseline_probe,
         tcx_first,
         kernel_drops: a.kernel_drops,
+        drop_ringbuf_bytes: *a.drop_ringbuf_bytes.get_ref(),
         nodes,
     }
 }

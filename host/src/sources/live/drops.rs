@@ -256,6 +256,9 @@ pub struct DropWatch {
     kernel: KernelLayout,
     /// Namespace inode -> node.
     nodes: HashMap<u32, String>,
+    /// Drops read since the last drain: the ring buffer is read every few tens of
+    /// milliseconds ([`DropWatch::poll`]), so a burst of drops does not overflow it.
+    pending: Aggregator,
     health: KernelDropHealth,
 }
 
@@ -322,6 +325,7 @@ impl DropWatch {
             events,
             kernel,
             nodes: by_inum,
+            pending: Aggregator::default(),
             health: KernelDropHealth::default(),
         })
     }
@@ -333,10 +337,22 @@ impl DropWatch {
         &mut self,
         points: &mut PointTable,
         decoding: &Decoding,
-        mut iface: impl FnMut(&str, u32) -> String,
+        iface: impl FnMut(&str, u32) -> String,
         clock_offset_ns: i64,
     ) -> Vec<Observation> {
-        let mut aggregator = Aggregator::default();
+        self.poll(points, decoding, iface, clock_offset_ns);
+        self.pending.drain()
+    }
+
+    /// Reads the ring buffer into the window's drops (its points interned into `points`).
+    pub fn poll(
+        &mut self,
+        points: &mut PointTable,
+        decoding: &Decoding,
+        mut iface: impl FnMut(&str, u32) -> String,
+        clock_offset_ns: i64,
+    ) {
+        let aggregator = &mut self.pending;
         while let Some(item) = self.events.next() {
             if item.len() < std::mem::size_of::<DropEvent>() {
                 self.health.undecodable += 1;
@@ -383,7 +399,6 @@ impl DropWatch {
                 e.ts_ns.saturating_add_signed(clock_offset_ns),
             );
         }
-        aggregator.drain()
     }
 
     /// The program's counters and the drops recorded, by node and reason.
