@@ -116,7 +116,13 @@ pub fn compose(batches: PluginFlows, plugins: usize) -> (PluginFlows, Vec<u64>) 
                 .extend(b.evidence[evidence_at[bi][row].clone()].iter().map(s));
             gain.points
                 .extend(b.observed_at[points_at[bi][row].clone()].iter().map(s));
-            if gain.path.is_none() && b.path_verdict[row] != 0 {
+            // Each plugin judges the layer of the path it knows (the CNI's up to the pod's
+            // veth, Kata's the tunnel beyond it): the worst judgement stands.
+            let worse = |g: &Option<Path>| {
+                g.as_ref()
+                    .is_none_or(|p| severity_of(b.path_verdict[row]) > severity_of(p.verdict))
+            };
+            if b.path_verdict[row] != 0 && worse(&gain.path) {
                 gain.path = Some(Path::of(b, row, &drops_at[bi][row]));
             }
             gone[bi][row] = true;
@@ -157,9 +163,14 @@ pub fn compose(batches: PluginFlows, plugins: usize) -> (PluginFlows, Vec<u64>) 
 struct Gain {
     evidence: Vec<String>,
     points: Vec<String>,
-    /// The first folded flow's path verdict, for a kept flow that has none (a Kata flow
-    /// folded with the CNI's, which knows the path).
+    /// The worst folded flow's path, for a kept flow that has none or a better verdict (a
+    /// Kata flow folded with the CNI's: each knows its layer of the path).
     path: Option<Path>,
+}
+
+/// How bad a verdict code is (0: unjudged or ok).
+fn severity_of(code: u8) -> u8 {
+    crate::topology::verdict_severity(code)
 }
 
 /// A flow's path columns, by value.
@@ -281,10 +292,9 @@ fn rebuild(
         out.connection.push(b.connection[row]);
         let mut evidence: Vec<u32> = b.evidence[evidence_at[row].clone()].to_vec();
         let mut points: Vec<u32> = b.observed_at[points_at[row].clone()].to_vec();
-        let gained_path = gains
-            .get(&row)
-            .and_then(|g| g.path.as_ref())
-            .filter(|_| b.path_verdict[row] == 0);
+        let gained_path = gains.get(&row).and_then(|g| g.path.as_ref()).filter(|p| {
+            b.path_verdict[row] == 0 || severity_of(p.verdict) > severity_of(b.path_verdict[row])
+        });
         match gained_path {
             Some(p) => {
                 out.path_verdict.push(p.verdict);
@@ -517,6 +527,51 @@ mod tests {
         assert_eq!(kept.drop_count, [1]);
         assert_eq!(kept.strings[kept.drop_reason[0] as usize], "NETFILTER_DROP");
         assert_eq!(kept.drop_packets, [3]);
+        assert!(crate::plugins::convert::check_flows(kept).is_ok());
+    }
+
+    #[test]
+    fn the_worse_of_two_judged_layers_stands() {
+        // Kata (kept, better named) judges its tunnel lost; the CNI its layer ok: lost.
+        let named = judged(
+            batch(&[(5, POD, "shop/client", 9, 6, &["x:peer"], &["p2"], 3)]),
+            0,
+            3,
+            "podvm-web/vxlan0:ingress",
+        );
+        let cni = judged(
+            batch(&[(5, 4, "", 9, 6, &["cni:rule"], &["p1"], 3)]),
+            0,
+            1,
+            "",
+        );
+        let (out, _) = compose(vec![(0, cni), (1, named)], 2);
+        let kept = &out[1].1;
+        assert_eq!(kept.path_verdict, [3]);
+        assert_eq!(
+            kept.strings[kept.path_last_seen[0] as usize],
+            "podvm-web/vxlan0:ingress"
+        );
+        // The other way round: the CNI's lost wins over Kata's ok.
+        let named = judged(
+            batch(&[(5, POD, "shop/client", 9, 6, &["x:peer"], &["p2"], 3)]),
+            0,
+            1,
+            "",
+        );
+        let cni = judged(
+            batch(&[(5, 4, "", 9, 6, &["cni:rule"], &["p1"], 3)]),
+            0,
+            3,
+            "b/flannel.1:ingress",
+        );
+        let (out, _) = compose(vec![(0, cni), (1, named)], 2);
+        let kept = &out[1].1;
+        assert_eq!(kept.path_verdict, [3]);
+        assert_eq!(
+            kept.strings[kept.path_last_seen[0] as usize],
+            "b/flannel.1:ingress"
+        );
         assert!(crate::plugins::convert::check_flows(kept).is_ok());
     }
 

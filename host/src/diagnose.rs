@@ -83,6 +83,15 @@ pub fn sentence(e: &DiagEdge, p: &EdgePath) -> String {
         }
     };
     match p.verdict.as_str() {
+        // Dropped after the last expected point (in the server's own kernel): nothing
+        // further was to see it.
+        "lost" if p.missing_at.is_empty() && !p.last_seen.is_empty() => {
+            let _ = write!(
+                s,
+                ": last seen at {}, never delivered beyond it",
+                p.last_seen
+            );
+        }
         "lost" => {
             let _ = write!(
                 s,

@@ -49,6 +49,9 @@ pub struct KernelDropHealth {
     pub ringbuf_full: u64,
     pub unreadable: u64,
     pub undecodable: u64,
+    /// Matched drops that lost nothing, once decoded (an echo reply a raw socket took before
+    /// the ICMP layer freed it): not recorded.
+    pub benign: u64,
     /// The program's runs and run time from `bpf_stats` (zero unless `agent.bpf_stats`).
     pub program_runs: u64,
     pub program_run_ns: u64,

@@ -20,7 +20,7 @@ const SCRIPTS: [(&str, &str); 8] = [
 ];
 
 /// Every lab scenario: (name, script, mode, what it shows).
-pub const SCENARIOS: [(&str, &str, &str, &str); 14] = [
+pub const SCENARIOS: [(&str, &str, &str, &str); 15] = [
     (
         "flannel-vxlan",
         "flannel.sh",
@@ -104,6 +104,12 @@ pub const SCENARIOS: [(&str, &str, &str, &str); 14] = [
         "flannel.sh",
         "fault-mtu",
         "Flannel VXLAN over an underlay with a smaller MTU: large transfers vanish",
+    ),
+    (
+        "fault-kata-mac",
+        "flannel.sh",
+        "fault-kata-mac",
+        "Kata peer-pods with seed 003's MAC mismatch: the pod VM drops the node's pings (OTHERHOST)",
     ),
 ];
 

@@ -127,6 +127,11 @@ fn verdict_word(code: u8) -> Option<(&'static str, u8)> {
 }
 
 /// How bad a verdict word is: 0 for `ok` (and anything unknown) up to 4 for `lost`.
+/// How bad a verdict code is, as [`severity`] (0 for an unknown code or ok).
+pub fn verdict_severity(code: u8) -> u8 {
+    verdict_word(code).map_or(0, |(_, s)| s)
+}
+
 pub fn severity(word: &str) -> u8 {
     VERDICTS.iter().find(|v| v.1 == word).map_or(0, |v| v.2)
 }

@@ -12,7 +12,9 @@
 //!   `rejected_by` is its sender;
 //! - `lost`: the requests (or the replies, on their way back) stopped between two expected
 //!   points that are both watched; `last_seen` is the last that saw them, `missing_at` the
-//!   first watched one after it;
+//!   first watched one after it; or the requests reached the last expected point, no reply
+//!   came, and the kernel dropped them on that point's node (`missing_at` empty: a frame
+//!   addressed to another host's MAC, a firewall inside the pod);
 //! - `no-reply`: the requests reached the last expected point on the server's side, and no
 //!   reply came back anywhere (a UDP request delivered without an answer is `ok`: many UDP
 //!   exchanges are one-way);
@@ -411,6 +413,16 @@ impl Connection {
                 });
                 if requests.is_empty() || (delivered && one_way_ok) || req.in_flight {
                     (Verdict::Ok, String::new(), String::new(), Ip::NONE)
+                } else if delivered && self.dropped_on(requests[requests.len() - 1].node) {
+                    // The last point saw them, and the kernel threw them away right after,
+                    // on that node (a frame for another host's MAC, a firewall in the pod):
+                    // they never reached the server, and no expected point was missed.
+                    (
+                        Verdict::Lost,
+                        label(requests, req.last),
+                        String::new(),
+                        Ip::NONE,
+                    )
                 } else if delivered {
                     // The server's side saw the requests: were the replies watched at all?
                     let missing = (0..replies.len()).find(|&i| watched(&replies[i]));
@@ -452,6 +464,13 @@ impl Connection {
             rejected_by_node: String::new(),
             drops: self.drop_counts(),
         }
+    }
+
+    /// Whether the kernel dropped this connection's packets on `node`.
+    fn dropped_on(&self, node: &str) -> bool {
+        self.drops
+            .iter()
+            .any(|&(point, _)| self.points()[point as usize].node == node)
     }
 
     /// Kernel drops joined to this connection, by reason (sorted).
@@ -731,6 +750,24 @@ mod tests {
             .build();
         assert!(s.add_batch(&b).is_empty() && s.drain().is_empty());
         assert_eq!(s.drops_alone, 4);
+    }
+
+    #[test]
+    fn requests_delivered_then_dropped_by_the_servers_kernel_are_lost_not_unanswered() {
+        // Seen entering the server's veth, then freed on that node: a frame for another MAC.
+        let b = with(points(), syn, &REQUESTS)
+            .drop_point("b", "veth1", "OTHERHOST")
+            .row(syn().at(12).counters(3, 0));
+        let r = report(b);
+        assert_eq!(r.verdict, Verdict::Lost, "{r:?}");
+        assert_eq!(r.last_seen, "b/<pod veth>:egress");
+        assert_eq!(r.missing_at, "", "no expected point was missed");
+        assert_eq!(r.drops, [("OTHERHOST".to_string(), 3)]);
+        // Dropped on another node (the client's, a retransmission's copy): still no reply.
+        let b = with(points(), syn, &REQUESTS)
+            .drop_point("a", "eth0", "NETFILTER_DROP")
+            .row(syn().at(12).counters(1, 0));
+        assert_eq!(report(b).verdict, Verdict::NoReply);
     }
 
     #[test]

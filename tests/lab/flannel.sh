@@ -22,6 +22,11 @@
 #   fault-mtu       vxlan, with the underlay's MTU 1400 under eth0's 1500 (failure 4): small
 #                   exchanges get through, a large transfer's full-size packets vanish
 #                   between the two uplinks.
+#   fault-kata-mac  kata, with seed 003's own failure (issue #18's failure 1): the pod VM's
+#                   vxlan0 keeps a MAC of its own while node b holds the worker-side eth0's
+#                   (as the CNI's static ARP would): node b's pings reach vxlan0 addressed to
+#                   another host and the VM's kernel throws them away. `flannel.sh fix ID`
+#                   fixes it the way the article did (vxlan0 takes eth0's MAC).
 #
 #   flannel.sh up ID DIR [vxlan|host-gw]  build it (names start with ID-); write DIR/inventory.json
 #                                   and DIR/cniscope.toml (an agent config for these nodes)
@@ -29,6 +34,7 @@
 #                                   ping, pod->external host through flanneld's MASQUERADE)
 #   flannel.sh services ID          one connection per service shape (common.sh service_traffic)
 #   flannel.sh down ID              remove every namespace named ID-*
+#   flannel.sh fix ID               fault-kata-mac's fix: vxlan0 takes the worker-side eth0's MAC
 #   flannel.sh record DIR           up (vxlan), tcpdump on 5 points, traffic, down:
 #                                   tests/data/flannel-vxlan
 #
@@ -61,9 +67,10 @@ veth_of() { local v="veth${1//-/}"; echo "${v:0:15}"; }
 
 up() {
   local id=$1 dir=$2 backend=${3:-vxlan}
-  case "$backend" in vxlan | host-gw | kata | fault-drop | fault-no-route | fault-mtu) ;; *) echo "unknown backend $backend (vxlan, host-gw, kata, fault-drop, fault-no-route, fault-mtu)" >&2; exit 2 ;; esac
+  case "$backend" in vxlan | host-gw | kata | fault-drop | fault-no-route | fault-mtu | fault-kata-mac) ;; *) echo "unknown backend $backend (vxlan, host-gw, kata, fault-drop, fault-no-route, fault-mtu, fault-kata-mac)" >&2; exit 2 ;; esac
   local kata="" fault=""
   [ "$backend" = kata ] && kata=1 && backend=vxlan
+  [ "$backend" = fault-kata-mac ] && kata=1
   case "$backend" in fault-*) fault=${backend#fault-} && backend=vxlan ;; esac
   mkdir -p "$dir"
   underlay "$id" "$external_ip"
@@ -114,7 +121,7 @@ up() {
   services_up "$id"
   local peer_pod=()
   if [ -n "$kata" ]; then
-    peer_pod_up "$id"
+    peer_pod_up "$id" "$fault"
     peer_pod=(--pod "web-vm node-b $peer_pod_ip web")
   fi
   local svc_args
@@ -129,6 +136,8 @@ up() {
   agent_config "$id" "$dir" flannel 'network = "10.244.0.0/16"' "flannel.sh, backend ${kata:+kata on }$backend"
   if [ -n "$kata" ]; then
     printf '\n# Kata peer-pods, composed with flannel: one edge per connection.\n[[plugin]]\nname = "kata"\n' >>"$dir/cniscope.toml"
+    # An agent in the pod VM names itself as the cloud-api-adaptor names the VM.
+    printf '\n# The pod VM of web-vm: where its vxlan0 is.\n[[agent.node]]\nname = "podvm-web-vm"\nnetns = "%s-vm-pod"\n' "$id" >>"$dir/cniscope.toml"
   fi
   [ -z "$fault" ] || fault_up "$id" "$fault"
 }
@@ -142,6 +151,12 @@ fault_up() {
     no-route)
       nsx "$id-na" ip route del "${node_net[b]}.0/24"
       nsx "$id-na" ip route del default
+      ;;
+    kata-mac)
+      # The CNI answers for its pods' addresses with their eth0's MAC (OVN's logical port,
+      # a static ARP entry): node b's neighbour entry for the peer pod is eth0's, never
+      # learnt from the VM's vxlan0.
+      nsx "$id-nb" ip neigh replace "$peer_pod_ip" lladdr "$(nsx "$id-web-vm" cat /sys/class/net/eth0/address)" dev cni0 nud permanent
       ;;
     mtu)
       # flannel.1 keeps the 1450 it took from eth0's 1500; the underlay's ports take 1400
@@ -178,6 +193,10 @@ fault_traffic() {
     no-route)
       nsx "$c" python3 "$here/echo.py" unanswered 10.244.1.2 8080 2.5 # no route on node a
       ;;
+    kata-mac)
+      nsx "$c" python3 "$here/echo.py" tcp 10.244.1.2 8080 2           # the CNI: healthy
+      nsx "$id-nb" ping -c 3 -i 0.3 -W 1 "$peer_pod_ip" >/dev/null || true # the node pings the peer pod
+      ;;
     mtu)
       nsx "$c" python3 "$here/echo.py" tcp 10.244.1.2 8080 3           # small: healthy
       nsx "$c" python3 "$here/echo.py" bulk 10.244.1.2 7000 200000 3   # large: black-holed
@@ -192,7 +211,7 @@ peer_pod_ip=10.244.1.5
 vm_ip=192.168.77.50
 peer_pod_vni=555005
 peer_pod_up() {
-  local id=$1 ns="$1-web-vm" vm="$1-vm" vm_pod="$1-vm-pod" veth
+  local id=$1 fault=${2:-} ns="$1-web-vm" vm="$1-vm" vm_pod="$1-vm-pod" veth
   veth=$(veth_of web-vm)
   ip netns add "$ns"
   nsx "$ns" ip link set lo up
@@ -220,11 +239,18 @@ peer_pod_up() {
   ip netns add "$vm_pod"
   nsx "$vm_pod" ip link set lo up
   nsx "$vm" ip link set vxlan0 netns "$vm_pod"
-  # The worker-side eth0's MAC on vxlan0, or the node's ARP entry would name the wrong one.
-  nsx "$vm_pod" ip link set vxlan0 address "$(nsx "$ns" cat /sys/class/net/eth0/address)"
+  # The worker-side eth0's MAC on vxlan0, or the node's ARP entry would name the wrong one
+  # (unless this is the fault that forgets it).
+  [ "$fault" = kata-mac ] || fix_kata_mac "$id"
   nsx "$vm_pod" ip addr add "$peer_pod_ip/24" dev vxlan0
   nsx "$vm_pod" ip link set vxlan0 up
   nsx "$vm_pod" ip route add default via "${node_net[b]}.1"
+}
+
+# fix_kata_mac ID: the pod VM's vxlan0 takes the worker-side eth0's MAC (seed 003's fix).
+fix_kata_mac() {
+  local id=$1
+  nsx "$id-vm-pod" ip link set vxlan0 address "$(nsx "$id-web-vm" cat /sys/class/net/eth0/address)"
 }
 
 # kata_traffic ID: pod -> peer pod across nodes (TCP, 3 rounds), server-b1 (same node) pings it.
@@ -241,7 +267,7 @@ kata_traffic() {
 
 traffic() {
   local id=$1 pids=() kind
-  for kind in drop no-route mtu; do
+  for kind in drop no-route mtu kata-mac; do
     if ip netns list | grep -q "^$id-fault-$kind"; then
       fault_traffic "$id" "$kind"
       return
@@ -291,6 +317,7 @@ case "${1:-}" in
   traffic) traffic "${2:?id}" ;;
   services) service_traffic "${2:?id}" client-a1 peer-a2 "${node_ip[a]}" "${node_ip[b]}" ;;
   down) down "${2:?id}" ;;
+  fix) fix_kata_mac "${2:?id}" ;;
   record) record "${2:?dir}" ;;
-  *) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

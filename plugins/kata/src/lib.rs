@@ -34,6 +34,8 @@ impl CniRules for KataRules {
             .capture("ens*", IfaceKind::Uplink)
             .capture("enp*", IfaceKind::Uplink)
             .capture("br-ex", IfaceKind::Uplink)
+            // In the pod VM (an agent there): the tunnel's end, holding the pod's address.
+            .capture(rules::VM_DEVICE, IfaceKind::Tunnel)
             .option("vxlan_port", OptionType::Integer, &VXLAN_PORT.to_string(), "the peer-pod tunnels' VXLAN UDP port (cloud-api-adaptor's VXLAN_PORT); the decoders decode it")
             .option("vni_min", OptionType::Integer, &VNI_MIN.to_string(), "the first VNI of the peer-pod tunnels (cloud-api-adaptor's VXLAN_MIN_ID); VXLAN on the port below it is someone else's")
             .option("vni_max", OptionType::Integer, &VNI_MAX.to_string(), "the last VNI of the peer-pod tunnels")

@@ -47,10 +47,82 @@ pub fn flow(index: &InventoryIndex, t: &Tunnels, conn: &Connection, out: &mut Fl
         return;
     };
     decision.evidence.push("kata:peer-pod");
+    let at = conn.members.iter().map(|m| m.first_ns).min().unwrap_or(0);
+    let server = peer_pod(index, decision.ends.server.ip, at);
+    let client = peer_pod(index, decision.ends.client.ip, at);
+    let vm_nodes: Vec<String> = [server, client]
+        .iter()
+        .flatten()
+        .map(|p| vm_node(conn, p.name))
+        .collect();
+    // The peer pod's layer of the path; the CNI's plugin states the layer before the
+    // worker's pod veth, and the edge takes the worse of the two verdicts.
+    decision.path = match (server, client) {
+        (Some(p), _) => Some(peer_pod_path(p.node, &vm_nodes[0], Direction::Ingress)),
+        (None, Some(p)) => Some(peer_pod_path(p.node, &vm_nodes[0], Direction::Egress)),
+        (None, None) => None,
+    };
     let points: Vec<String> = vms.iter().map(|ip| format!("peer-pod-vm/{ip}")).collect();
     let points: Vec<&str> = points.iter().map(String::as_str).collect();
     conn.emit_with_points(out, decision, &points);
 }
+
+/// The pod at `ip` at `at_ns`, if one is scheduled on a node (the peer pod's worker).
+fn peer_pod(index: &InventoryIndex, ip: Ip, at_ns: u64) -> Option<Pod<'_>> {
+    index.pods_by_ip(ip).find(|p| {
+        !p.node.is_empty()
+            && !p.host_network
+            && p.created_ns <= at_ns
+            && (p.deleted_ns == 0 || at_ns < p.deleted_ns)
+    })
+}
+
+/// The capture node of a peer pod's VM: an agent in the pod VM names itself as the
+/// cloud-api-adaptor names the VM, `podvm-<pod name>` (then `-<suffix>`). The window's
+/// watched points tell which; unwatched, the name stands for a node nobody watches.
+fn vm_node(conn: &Connection, pod: &str) -> String {
+    let prefix = format!("podvm-{pod}");
+    conn.points()
+        .iter()
+        .map(|p| p.node.as_str())
+        .find(|n| {
+            n.strip_prefix(&prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+        })
+        .unwrap_or(&prefix)
+        .to_string()
+}
+
+/// The peer pod's tunnel as hops: into the pod from the worker (`toward` ingress: the peer
+/// pod serves) through the worker's pod veth, its uplink and the VM's `vxlan0`, or the same
+/// backwards (it is the client); replies retrace them.
+fn peer_pod_path<'a>(worker: &'a str, vm: &'a str, toward: Direction) -> ExpectedPath<'a> {
+    let into_pod = [
+        (worker, IfaceKind::PodVeth, None, Direction::Egress),
+        (worker, IfaceKind::Uplink, None, Direction::Egress),
+        (vm, IfaceKind::Tunnel, Some(VM_DEVICE), Direction::Ingress),
+    ];
+    let mut path = ExpectedPath::new();
+    if toward == Direction::Ingress {
+        for (node, kind, iface, dir) in into_pod {
+            path = path.hop(node, kind, iface, dir);
+        }
+        path.mirrored()
+    } else {
+        for (node, kind, iface, dir) in into_pod.into_iter().rev() {
+            let turned = if dir == Direction::Egress {
+                Direction::Ingress
+            } else {
+                Direction::Egress
+            };
+            path = path.hop(node, kind, iface, turned);
+        }
+        path.mirrored()
+    }
+}
+
+/// The pod VM's end of the tunnel (the cloud-api-adaptor's podvm image).
+pub const VM_DEVICE: &str = "vxlan0";
 
 /// What an inner address is, from the inventory alone. An address in a node's pod range that
 /// no pod holds is unknown here, not a pod: it is the CNI's to say (flannel's `.0` and `.1`

@@ -174,6 +174,16 @@ impl KernelLayout {
     }
 }
 
+/// A drop that lost nothing: an echo reply freed by the ICMP layer for want of a ping socket
+/// (NO_SOCKET) after a raw socket (`ping` as root) already took its copy.
+fn delivered_anyway(reason: &str, d: &super::super::decode::Decoded) -> bool {
+    use cniscope_common::ipproto;
+    let i = &d.inner;
+    reason == "NO_SOCKET"
+        && ((i.protocol == ipproto::ICMP && i.src_port == 0)
+            || (i.protocol == ipproto::ICMPV6 && i.src_port == 129))
+}
+
 /// "SKB_DROP_REASON_NETFILTER_DROP" -> "NETFILTER_DROP", "SKB_CONSUMED" -> "CONSUMED".
 fn reason_name(enum_name: &str) -> String {
     enum_name
@@ -366,13 +376,6 @@ impl DropWatch {
                 continue;
             };
             let reason = self.kernel.name(e.reason);
-            *self
-                .health
-                .nodes
-                .entry(node.clone())
-                .or_default()
-                .entry(reason.clone())
-                .or_default() += 1;
             let bytes = &e.data[..(e.captured as usize).min(e.data.len())];
             let decoded = match decode(LinkType::RawIp, bytes, decoding) {
                 Ok(d) => d,
@@ -381,6 +384,17 @@ impl DropWatch {
                     continue;
                 }
             };
+            if delivered_anyway(&reason, &decoded) {
+                self.health.benign += 1;
+                continue;
+            }
+            *self
+                .health
+                .nodes
+                .entry(node.clone())
+                .or_default()
+                .entry(reason.clone())
+                .or_default() += 1;
             let iface = if e.ifindex == 0 {
                 String::new()
             } else {
@@ -465,6 +479,27 @@ mod tests {
         let benign = k.benign_values();
         assert!(benign.contains(&value("NOT_SPECIFIED").unwrap()));
         assert!(!benign.contains(&value("NETFILTER_DROP").unwrap()));
+    }
+
+    /// An IPv4 ICMP message of `icmp_type` (an echo's id 7), as the kernel hands it over.
+    fn icmp(icmp_type: u8) -> Vec<u8> {
+        let mut p = vec![
+            0x45, 0, 0, 28, 0, 1, 0, 0, 64, 1, 0, 0, 10, 244, 1, 5, 10, 244, 1, 1,
+        ];
+        p.extend([icmp_type, 0, 0, 0, 0, 7, 0, 1]);
+        p
+    }
+
+    #[test]
+    fn an_echo_reply_a_raw_socket_took_is_no_drop_but_other_no_sockets_are() {
+        let d = |bytes: &[u8]| decode(LinkType::RawIp, bytes, &Decoding::default()).unwrap();
+        assert!(delivered_anyway("NO_SOCKET", &d(&icmp(0))));
+        // An echo request without a listener, or the reply dropped for another reason: kept.
+        assert!(!delivered_anyway("NO_SOCKET", &d(&icmp(8))));
+        assert!(!delivered_anyway("NETFILTER_DROP", &d(&icmp(0))));
+        let mut udp = icmp(0);
+        udp[9] = 17;
+        assert!(!delivered_anyway("NO_SOCKET", &d(&udp)));
     }
 
     #[test]
