@@ -12,11 +12,11 @@
 #![no_std]
 #![no_main]
 
+use aya_ebpf::EbpfContext;
 use aya_ebpf::helpers::generated::bpf_probe_read_kernel as read_bytes;
 use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel};
 use aya_ebpf::macros::{map, raw_tracepoint};
 use aya_ebpf::maps::{Array, HashMap, PerCpuArray, RingBuf};
-use aya_ebpf::EbpfContext;
 use aya_ebpf::programs::RawTracePointContext;
 use cniscope_common::{DROP_SNAP, DropEvent, DropLayout, MAX_DROP_REASON, drop_counter};
 
@@ -130,7 +130,7 @@ fn record(ctx: &RawTracePointContext) {
         return;
     };
     // SAFETY: the value is only compared with None.
-    if unsafe { WATCHED_NETNS.get(&netns) }.is_none() {
+    if unsafe { WATCHED_NETNS.get(netns) }.is_none() {
         return;
     }
     bump(drop_counter::MATCHED);
@@ -144,7 +144,9 @@ fn record(ctx: &RawTracePointContext) {
     let tail: u64 = if l.tail_is_offset != 0 {
         field::<u32>(skb, l.skb_tail).unwrap_or(0) as u64
     } else {
-        field::<u64>(skb, l.skb_tail).unwrap_or(0).wrapping_sub(head)
+        field::<u64>(skb, l.skb_tail)
+            .unwrap_or(0)
+            .wrapping_sub(head)
     };
     // 0xffff: no network header set (the stack had not got that far).
     if head == 0 || network == 0xffff || tail <= network as u64 {
