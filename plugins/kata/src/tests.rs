@@ -135,3 +135,72 @@ fn options_are_checked_and_the_port_is_decoded() {
     p.configure(&Options::parse("{}").unwrap()).unwrap();
     assert_eq!(p.decoding().vxlan_ports, vec![4789]);
 }
+
+/// client -> nginx-priv:80's SYNs seen at the worker's veth and uplink and, in the pod VM (an
+/// agent there named as the adaptor names the VM), arriving on vxlan0; `answered` adds the
+/// SYN+ACK back the same way, else the VM's kernel drops the SYNs (`OTHERHOST`).
+fn into_the_vm(answered: bool) -> ObservationBatch {
+    let vm = "podvm-nginx-priv-1a2b3c4d";
+    let syn = || {
+        Row::flow(6, "10.132.0.5", 40000, "10.132.2.46", 80)
+            .fingerprint(fp::TCP_SYN_ISN, 11)
+            .counters(3, 180)
+    };
+    let synack = || {
+        Row::flow(6, "10.132.2.46", 80, "10.132.0.5", 40000)
+            .fingerprint(fp::TCP_SYNACK_ISN, 12)
+            .counters(3, 180)
+    };
+    let tunnel = |r: Row, src: &str, dst: &str| r.vxlan(555_005, src, dst, 4789);
+    let mut b = BatchBuilder::new()
+        .point("n2", "vethnginx", IfaceKind::PodVeth, Direction::Egress) // 0
+        .point("n2", "vethnginx", IfaceKind::PodVeth, Direction::Ingress) // 1
+        .point("n2", "ens3", IfaceKind::Uplink, Direction::Egress) // 2
+        .point("n2", "ens3", IfaceKind::Uplink, Direction::Ingress) // 3
+        .point(vm, "vxlan0", IfaceKind::Tunnel, Direction::Ingress) // 4
+        .point(vm, "vxlan0", IfaceKind::Tunnel, Direction::Egress) // 5
+        .row(syn().at(0))
+        .row(tunnel(syn().at(2), "192.168.10.163", "192.168.10.201"))
+        .row(syn().at(4));
+    if answered {
+        b = b
+            .row(synack().at(5))
+            .row(tunnel(synack().at(3), "192.168.10.201", "192.168.10.163"))
+            .row(synack().at(1));
+    } else {
+        b = b.drop_point(vm, "vxlan0", "OTHERHOST").row(syn().at(6));
+    }
+    b.build()
+}
+
+#[test]
+fn the_peer_pods_tunnel_is_its_path_to_the_vms_vxlan0() {
+    let flows = harness("{}").run(&into_the_vm(true)).unwrap();
+    let path = flows[0].path.as_ref().expect("kata states the path");
+    assert_eq!(path.verdict, Verdict::Ok, "{path:?}");
+    // The VM's kernel drops the frames (seed 003's MAC mismatch): lost after vxlan0.
+    let flows = harness("{}").run(&into_the_vm(false)).unwrap();
+    let path = flows[0].path.as_ref().unwrap();
+    assert_eq!(path.verdict, Verdict::Lost, "{path:?}");
+    assert_eq!(path.last_seen, "podvm-nginx-priv-1a2b3c4d/vxlan0:ingress");
+    assert_eq!(path.drops, [("OTHERHOST".to_string(), 3)]);
+}
+
+#[test]
+fn without_an_agent_in_the_vm_its_hops_are_unwatched() {
+    // Seen to the worker's uplink, answered: ok; not answered: where it went after the
+    // worker cannot be told.
+    let flows = harness("{}").run(&to_peer_pod(555_005, 4789)).unwrap();
+    assert_eq!(flows[0].path.as_ref().unwrap().verdict, Verdict::Ok);
+    let b = points(BatchBuilder::new())
+        .row(
+            Row::flow(6, "10.132.0.5", 40000, "10.132.2.46", 80)
+                .fingerprint(fp::TCP_SYN_ISN, 11)
+                .at(1)
+                .vxlan(555_005, "192.168.10.163", "192.168.10.201", 4789),
+        )
+        .build();
+    let path = harness("{}").run(&b).unwrap()[0].path.clone().unwrap();
+    assert_eq!(path.verdict, Verdict::PartialCapture, "{path:?}");
+    assert_eq!(path.last_seen, "n2/<uplink>:egress");
+}

@@ -46,8 +46,9 @@ pub const BENIGN: &[&str] = &[
 
 #[derive(Debug, Error)]
 pub enum DropsError {
-    #[error("{KERNEL_BTF}: {0}")]
-    Btf(String),
+    /// The kernel's BTF could not be read, or lacks what the program needs.
+    #[error("{path}: {detail}")]
+    Btf { path: String, detail: String },
     #[error("loading the kernel drop program: {0}")]
     Load(String),
     #[error("attaching the kernel drop program to kfree_skb: {0}")]
@@ -88,7 +89,10 @@ impl btfparse::Readable for Bytes {
 impl KernelLayout {
     /// Reads the layout from the BTF file at `path` (the kernel's: [`KERNEL_BTF`]).
     pub fn from_btf(path: &Path) -> Result<KernelLayout, DropsError> {
-        let err = |e: String| DropsError::Btf(e);
+        let err = |detail: String| DropsError::Btf {
+            path: path.display().to_string(),
+            detail,
+        };
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
         let types = TypeInformation::new(&Bytes(bytes)).map_err(|e| err(format!("{e:?}")))?;
         let id = |name: &str| {
@@ -500,6 +504,28 @@ mod tests {
         let mut udp = icmp(0);
         udp[9] = 17;
         assert!(!delivered_anyway("NO_SOCKET", &d(&udp)));
+    }
+
+    #[test]
+    fn a_missing_or_broken_btf_file_is_an_error_naming_it_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("vmlinux");
+        assert!(matches!(
+            KernelLayout::from_btf(&missing),
+            Err(DropsError::Btf { .. })
+        ));
+        for bytes in [
+            &b""[..],
+            b"not BTF at all",
+            &[0x9f, 0xeb, 1, 0, 24, 0, 0, 0],
+        ] {
+            std::fs::write(&missing, bytes).unwrap();
+            let e = KernelLayout::from_btf(&missing).unwrap_err();
+            assert!(
+                e.to_string().starts_with(&missing.display().to_string()),
+                "{e}"
+            );
+        }
     }
 
     #[test]
