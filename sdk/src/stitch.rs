@@ -17,7 +17,9 @@
 //! stays apart: an unresolved gateway is better than a wrong pod.
 //!
 //! Each member is then oriented (client -> server or back) from the handshake (SYN vs SYN+ACK
-//! fingerprints), ICMP echo types, or, failing those, which side spoke first.
+//! fingerprints), ICMP echo types, what the last window found for the 5-tuple, or, failing
+//! those, the ports (an ephemeral one is the client's, [`EPHEMERAL_PORTS_FROM`]) and then
+//! which side spoke first.
 //!
 //! Memory is bounded: a [`Stitcher`] holds at most `max_held` observations; past that the
 //! caller drains early (fewer joins, nothing lost) and [`Stitcher::early_drains`] counts it.
@@ -286,6 +288,22 @@ impl Seen {
     }
 
     /// What the packet itself says about its direction: Some(true) = client -> server.
+    /// Whether this view goes client -> server by its ports alone: one end's port in the
+    /// range Linux hands to connecting sockets (from 32768, `ip_local_port_range`), the
+    /// other's below it (a listener: a service port, a NodePort). None for ICMP, or when both
+    /// or neither are.
+    fn client_by_ports(&self) -> Option<bool> {
+        if self.is_icmp() {
+            return None;
+        }
+        let ephemeral = |p: u16| p >= EPHEMERAL_PORTS_FROM;
+        match (ephemeral(self.src_port), ephemeral(self.dst_port)) {
+            (true, false) if self.dst_port != 0 => Some(true),
+            (false, true) if self.src_port != 0 => Some(false),
+            _ => None,
+        }
+    }
+
     fn own_direction(&self) -> Option<bool> {
         match self.fp_kind {
             fp::TCP_SYN_ISN => return Some(true),
@@ -303,6 +321,10 @@ impl Seen {
         None
     }
 }
+
+/// Where Linux's default range of ports for connecting sockets begins (`ip_local_port_range`
+/// 32768-60999); listeners (service ports, NodePorts up to 32767) sit below it.
+pub const EPHEMERAL_PORTS_FROM: u16 = 32768;
 
 /// Whether an interface name is a node's uplink by the usual naming (eth*, ens*, enp*, eno*,
 /// bond*): where routed (unencapsulated) pod traffic between nodes shows.
@@ -1374,8 +1396,10 @@ fn orient(members: &[Seen], remembered: &[Option<bool>]) -> Vec<bool> {
     }
     let mut queue: Vec<usize> = (0..n).filter(|&i| dir[i].is_some()).collect();
     if queue.is_empty() && n > 0 {
-        // Nothing says: the side that spoke first is the client; on a tie, the one talking
-        // to the lower (service-like) port.
+        // Nothing says: the ports, when one end's is a client's (the kernel's ephemeral range)
+        // and the other's a listener's (a window holding only a connection's replies, its
+        // requests in an earlier one); else the side that spoke first is the client, on a
+        // tie the one talking to the lower (service-like) port.
         let first = (0..n)
             .min_by_key(|&i| {
                 (
@@ -1385,7 +1409,7 @@ fn orient(members: &[Seen], remembered: &[Option<bool>]) -> Vec<bool> {
                 )
             })
             .unwrap_or(0);
-        dir[first] = Some(true);
+        dir[first] = Some(members[first].client_by_ports().unwrap_or(true));
         queue.push(first);
     }
     let mut next_unset = 0;
@@ -1875,9 +1899,21 @@ mod tests {
         fresh.add_batch(&window(vec![reply()]));
         assert_eq!(
             fresh.drain()[0].forward,
-            vec![true],
-            "nothing known: who spoke first"
+            vec![false],
+            "nothing remembered: the ports say 50503 is the client's"
         );
+        // Ports that do not tell (both listeners' or both clients'): who spoke first.
+        for (a, b) in [(5353, 8080), (40000, 50000)] {
+            let mut fresh = Stitcher::default();
+            fresh.add_batch(&window(vec![Row::flow(
+                17,
+                "10.244.1.7",
+                a,
+                "10.244.0.5",
+                b,
+            )]));
+            assert_eq!(fresh.drain()[0].forward, vec![true], "{a} -> {b}");
+        }
     }
 
     #[test]
