@@ -116,13 +116,11 @@ pub fn compose(batches: PluginFlows, plugins: usize) -> (PluginFlows, Vec<u64>) 
                 .extend(b.evidence[evidence_at[bi][row].clone()].iter().map(s));
             gain.points
                 .extend(b.observed_at[points_at[bi][row].clone()].iter().map(s));
-            // Each plugin judges the layer of the path it knows (the CNI's up to the pod's
-            // veth, Kata's the tunnel beyond it): the worst judgement stands.
-            let worse = |g: &Option<Path>| {
-                g.as_ref()
-                    .is_none_or(|p| severity_of(b.path_verdict[row]) > severity_of(p.verdict))
-            };
-            if b.path_verdict[row] != 0 && worse(&gain.path) {
+            // The CNI's layer up to the pod's veth, Kata's the tunnel beyond it.
+            if judged_worse(
+                b.path_verdict[row],
+                gain.path.as_ref().map_or(0, |p| p.verdict),
+            ) {
                 gain.path = Some(Path::of(b, row, &drops_at[bi][row]));
             }
             gone[bi][row] = true;
@@ -168,9 +166,11 @@ struct Gain {
     path: Option<Path>,
 }
 
-/// How bad a verdict code is (0: unjudged or ok).
-fn severity_of(code: u8) -> u8 {
-    crate::topology::verdict_severity(code)
+/// Whether a folded flow's verdict (`code`) should replace `than` (0: unjudged): each plugin
+/// judges the layer of the path it knows, and the worst judgement stands.
+fn judged_worse(code: u8, than: u8) -> bool {
+    use crate::topology::verdict_severity;
+    code != 0 && (than == 0 || verdict_severity(code) > verdict_severity(than))
 }
 
 /// A flow's path columns, by value.
@@ -292,9 +292,10 @@ fn rebuild(
         out.connection.push(b.connection[row]);
         let mut evidence: Vec<u32> = b.evidence[evidence_at[row].clone()].to_vec();
         let mut points: Vec<u32> = b.observed_at[points_at[row].clone()].to_vec();
-        let gained_path = gains.get(&row).and_then(|g| g.path.as_ref()).filter(|p| {
-            b.path_verdict[row] == 0 || severity_of(p.verdict) > severity_of(b.path_verdict[row])
-        });
+        let gained_path = gains
+            .get(&row)
+            .and_then(|g| g.path.as_ref())
+            .filter(|p| judged_worse(p.verdict, b.path_verdict[row]));
         match gained_path {
             Some(p) => {
                 out.path_verdict.push(p.verdict);
@@ -532,47 +533,35 @@ mod tests {
 
     #[test]
     fn the_worse_of_two_judged_layers_stands() {
-        // Kata (kept, better named) judges its tunnel lost; the CNI its layer ok: lost.
-        let named = judged(
-            batch(&[(5, POD, "shop/client", 9, 6, &["x:peer"], &["p2"], 3)]),
-            0,
-            3,
-            "podvm-web/vxlan0:ingress",
-        );
-        let cni = judged(
-            batch(&[(5, 4, "", 9, 6, &["cni:rule"], &["p1"], 3)]),
-            0,
-            1,
-            "",
-        );
-        let (out, _) = compose(vec![(0, cni), (1, named)], 2);
-        let kept = &out[1].1;
-        assert_eq!(kept.path_verdict, [3]);
-        assert_eq!(
-            kept.strings[kept.path_last_seen[0] as usize],
-            "podvm-web/vxlan0:ingress"
-        );
+        // The kept flow (better named, Kata's) and the CNI's, each judged (verdict, last
+        // seen): the kept flow's verdict and last-seen point after composing.
+        let composed = |kata: (u8, &str), cni: (u8, &str)| {
+            let named = judged(
+                batch(&[(5, POD, "shop/client", 9, 6, &["x:peer"], &["p2"], 3)]),
+                0,
+                kata.0,
+                kata.1,
+            );
+            let cni = judged(
+                batch(&[(5, 4, "", 9, 6, &["cni:rule"], &["p1"], 3)]),
+                0,
+                cni.0,
+                cni.1,
+            );
+            let (mut out, _) = compose(vec![(0, cni), (1, named)], 2);
+            let kept = out.remove(1).1;
+            assert!(crate::plugins::convert::check_flows(&kept).is_ok());
+            let last_seen = kept.strings[kept.path_last_seen[0] as usize].clone();
+            (kept.path_verdict, last_seen)
+        };
+        // Kata judges its tunnel lost; the CNI its layer ok: lost.
+        let (verdict, last_seen) = composed((3, "podvm-web/vxlan0:ingress"), (1, ""));
+        assert_eq!(verdict, [3]);
+        assert_eq!(last_seen, "podvm-web/vxlan0:ingress");
         // The other way round: the CNI's lost wins over Kata's ok.
-        let named = judged(
-            batch(&[(5, POD, "shop/client", 9, 6, &["x:peer"], &["p2"], 3)]),
-            0,
-            1,
-            "",
-        );
-        let cni = judged(
-            batch(&[(5, 4, "", 9, 6, &["cni:rule"], &["p1"], 3)]),
-            0,
-            3,
-            "b/flannel.1:ingress",
-        );
-        let (out, _) = compose(vec![(0, cni), (1, named)], 2);
-        let kept = &out[1].1;
-        assert_eq!(kept.path_verdict, [3]);
-        assert_eq!(
-            kept.strings[kept.path_last_seen[0] as usize],
-            "b/flannel.1:ingress"
-        );
-        assert!(crate::plugins::convert::check_flows(kept).is_ok());
+        let (verdict, last_seen) = composed((1, ""), (3, "b/flannel.1:ingress"));
+        assert_eq!(verdict, [3]);
+        assert_eq!(last_seen, "b/flannel.1:ingress");
     }
 
     #[test]

@@ -31,7 +31,6 @@
 use crate::ends::Decision;
 use crate::flow::{EndpointRef, Role};
 use crate::inventory::InventoryIndex;
-use crate::pods::Pod;
 use crate::stitch::{Connection, PointInfo, Seen};
 use crate::{Direction, IfaceKind, Ip};
 use cniscope_common::ipproto;
@@ -141,12 +140,10 @@ impl<'a> Place<'a> {
     pub fn of(inv: &'a InventoryIndex, end: &EndpointRef<'a>, at_ns: u64) -> Place<'a> {
         match end.role {
             Role::Pod => {
-                let alive =
-                    |p: &Pod| p.created_ns <= at_ns && (p.deleted_ns == 0 || at_ns < p.deleted_ns);
                 match inv
                     .pods_by_ip(end.ip)
                     .filter(|p| !p.node.is_empty())
-                    .find(alive)
+                    .find(|p| p.alive_at(at_ns))
                 {
                     Some(p) if p.host_network => Place::Node(p.node),
                     Some(p) => Place::Pod(p.node),

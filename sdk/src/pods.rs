@@ -23,6 +23,11 @@ pub struct Pod<'a> {
 }
 
 impl<'a> Pod<'a> {
+    /// Whether the pod held its addresses at `at_ns` (created by then, not yet deleted).
+    pub fn alive_at(&self, at_ns: u64) -> bool {
+        self.created_ns <= at_ns && (self.deleted_ns == 0 || at_ns < self.deleted_ns)
+    }
+
     /// The annotation `key`, if the plugin asked for it (`DescriptionBuilder::pod_annotation`)
     /// and the pod has it.
     pub fn annotation(&self, key: &str) -> Option<&'a str> {

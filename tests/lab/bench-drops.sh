@@ -25,17 +25,9 @@ cp "$dir/cniscope.toml" "$dir/cniscope.toml.orig"
 # UDP to server-b1's port 5202 dies in node b's FORWARD chain.
 ip netns exec "$id-nb" iptables -I FORWARD -d 10.244.1.2 -p udp --dport 5202 -j DROP
 
-agent() { # extra agent settings; starts the agent and waits until its probes are attached
-  cp "$dir/cniscope.toml.orig" "$dir/cniscope.toml"
-  rm -f "$dir/topology.json"
-  sed -i "s/^interval_secs = 1\$/interval_secs = 1\n$1/" "$dir/cniscope.toml"
-  "$bin" run --config "$dir/cniscope.toml" --format json >"$dir/final.json" 2>"$dir/agent.err" &
-  agent_pid=$!
-  while [ ! -e "$dir/topology.json" ]; do
-    kill -0 "$agent_pid" 2>/dev/null || { cat "$dir/agent.err"; exit 1; }
-    sleep 0.2
-  done
-}
+# shellcheck source=common.sh
+. "$here/common.sh"
+agent() { bench_agent "$bin" "$dir" "$1"; } # extra agent settings
 
 tcp() { # bits per second received, client-a1 -> server-b1
   ip netns exec "$id-server-b1" iperf3 -s -1 -p 5201 >/dev/null 2>&1 &

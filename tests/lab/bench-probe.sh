@@ -28,17 +28,9 @@ iperf() { # prints bits per second, client-a1 -> server-b1 (across nodes)
   wait "$srv" 2>/dev/null || true
 }
 
-agent() { # extra agent settings; starts the agent and waits until its probes are attached
-  cp "$dir/cniscope.toml.orig" "$dir/cniscope.toml"
-  rm -f "$dir/topology.json"
-  sed -i "s/^interval_secs = 1\$/interval_secs = 1\n$1/" "$dir/cniscope.toml"
-  "$bin" run --config "$dir/cniscope.toml" --format json >"$dir/final.json" 2>"$dir/agent.err" &
-  agent_pid=$!
-  while [ ! -e "$dir/topology.json" ]; do
-    kill -0 "$agent_pid" 2>/dev/null || { cat "$dir/agent.err"; exit 1; }
-    sleep 0.2
-  done
-}
+# shellcheck source=common.sh
+. "$here/common.sh"
+agent() { bench_agent "$bin" "$dir" "$1"; } # extra agent settings
 cp "$dir/cniscope.toml" "$dir/cniscope.toml.orig"
 
 # Throughput: rounds of without probes, then with probes (bpf_stats off: its clock reads cost

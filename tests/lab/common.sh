@@ -12,6 +12,22 @@ down() {
   done
 }
 
+# bench_agent BIN DIR SETTINGS: the benches' agent: BIN run on DIR/cniscope.toml.orig with
+# SETTINGS (lines for [agent], \n-separated) added, output in DIR/final.json; returns once its
+# probes are attached (its first topology is written). Sets agent_pid.
+bench_agent() {
+  local bin=$1 dir=$2
+  cp "$dir/cniscope.toml.orig" "$dir/cniscope.toml"
+  rm -f "$dir/topology.json"
+  sed -i "s/^interval_secs = 1\$/interval_secs = 1\n$3/" "$dir/cniscope.toml"
+  "$bin" run --config "$dir/cniscope.toml" --format json >"$dir/final.json" 2>"$dir/agent.err" &
+  agent_pid=$!
+  while [ ! -e "$dir/topology.json" ]; do
+    kill -0 "$agent_pid" 2>/dev/null || { cat "$dir/agent.err"; exit 1; }
+    sleep 0.2
+  done
+}
+
 # underlay ID EXTERNAL_IP: the nodes' L2 network (bridge br0 in ID-ul) with a host outside
 # the cluster (ID-ext) on it.
 underlay() {

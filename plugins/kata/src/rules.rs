@@ -69,12 +69,9 @@ pub fn flow(index: &InventoryIndex, t: &Tunnels, conn: &Connection, out: &mut Fl
 
 /// The pod at `ip` at `at_ns`, if one is scheduled on a node (the peer pod's worker).
 fn peer_pod(index: &InventoryIndex, ip: Ip, at_ns: u64) -> Option<Pod<'_>> {
-    index.pods_by_ip(ip).find(|p| {
-        !p.node.is_empty()
-            && !p.host_network
-            && p.created_ns <= at_ns
-            && (p.deleted_ns == 0 || at_ns < p.deleted_ns)
-    })
+    index
+        .pods_by_ip(ip)
+        .find(|p| !p.node.is_empty() && !p.host_network && p.alive_at(at_ns))
 }
 
 /// The capture node of a peer pod's VM: an agent in the pod VM names itself as the
@@ -94,31 +91,18 @@ fn vm_node(conn: &Connection, pod: &str) -> String {
 }
 
 /// The peer pod's tunnel as hops: into the pod from the worker (`toward` ingress: the peer
-/// pod serves) through the worker's pod veth, its uplink and the VM's `vxlan0`, or the same
-/// backwards (it is the client); replies retrace them.
+/// pod serves) through the worker's pod veth, its uplink and the VM's `vxlan0`; replies
+/// retrace them. When the peer pod is the client its requests take the replies' way.
 fn peer_pod_path<'a>(worker: &'a str, vm: &'a str, toward: Direction) -> ExpectedPath<'a> {
-    let into_pod = [
-        (worker, IfaceKind::PodVeth, None, Direction::Egress),
-        (worker, IfaceKind::Uplink, None, Direction::Egress),
-        (vm, IfaceKind::Tunnel, Some(VM_DEVICE), Direction::Ingress),
-    ];
-    let mut path = ExpectedPath::new();
-    if toward == Direction::Ingress {
-        for (node, kind, iface, dir) in into_pod {
-            path = path.hop(node, kind, iface, dir);
-        }
-        path.mirrored()
-    } else {
-        for (node, kind, iface, dir) in into_pod.into_iter().rev() {
-            let turned = if dir == Direction::Egress {
-                Direction::Ingress
-            } else {
-                Direction::Egress
-            };
-            path = path.hop(node, kind, iface, turned);
-        }
-        path.mirrored()
+    let mut path = ExpectedPath::new()
+        .hop(worker, IfaceKind::PodVeth, None, Direction::Egress)
+        .hop(worker, IfaceKind::Uplink, None, Direction::Egress)
+        .hop(vm, IfaceKind::Tunnel, Some(VM_DEVICE), Direction::Ingress)
+        .mirrored();
+    if toward == Direction::Egress {
+        std::mem::swap(&mut path.requests, &mut path.replies);
     }
+    path
 }
 
 /// The pod VM's end of the tunnel (the cloud-api-adaptor's podvm image).
