@@ -86,10 +86,11 @@ pub struct Hop<'a> {
 
 impl Hop<'_> {
     fn matches(&self, p: &PointInfo) -> bool {
-        p.node == self.node
-            && p.kind == self.kind
-            && self.iface.is_none_or(|i| i == p.iface)
+        // The cheap comparisons first: most points differ in kind or direction.
+        p.kind == self.kind
             && (p.direction == self.direction || p.direction == Direction::Unknown)
+            && p.node == self.node
+            && self.iface.is_none_or(|i| i == p.iface)
     }
 
     /// The same device, crossed the other way (a reply retracing a request).

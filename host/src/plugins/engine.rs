@@ -16,6 +16,10 @@ use wasmtime::{Config, Engine};
 /// How often the epoch advances: the granularity of call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// Set (to anything) to have `perf` name the functions of compiled plugins
+/// (docs/plugin-authors.md, "Profiling a plugin").
+pub const PERFMAP_ENV: &str = "CNISCOPE_WASM_PERFMAP";
+
 #[derive(Debug, Error)]
 pub enum PluginError {
     /// The `.wasm` file could not be read.
@@ -90,6 +94,11 @@ impl PluginEngine {
             // every load and store. A 64 MiB reservation made the flannel plugin 1.5-2x slower
             // (`./x bench`). The memory cap is the ResourceLimiter's job, not the reservation's.
             .max_wasm_stack(1 << 20);
+        if std::env::var_os(PERFMAP_ENV).is_some() {
+            // Plugin authors profile their plugin with `perf record`: wasmtime writes
+            // /tmp/perf-<pid>.map so perf names the plugin's own functions.
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
