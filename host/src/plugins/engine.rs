@@ -17,7 +17,7 @@ use wasmtime::{Config, Engine};
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Set (to anything) to have `perf` name the functions of compiled plugins
-/// (docs/plugin-authors.md, "Profiling a plugin").
+/// (docs/plugins.md, "Writing a plugin").
 pub const PERFMAP_ENV: &str = "CNISCOPE_WASM_PERFMAP";
 
 #[derive(Debug, Error)]
