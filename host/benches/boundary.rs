@@ -227,7 +227,7 @@ fn main() {
         m(native_rate)
     );
     println!(
-        "ratio wasm/native flannel              {:>8.2}x        (target >= 0.5)",
+        "ratio wasm/native flannel              {:>8.2}x        (target >= 0.8)",
         wasm_rate / native_rate
     );
     println!(
