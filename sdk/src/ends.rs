@@ -145,16 +145,12 @@ impl Connection {
         if self.members.first()?.is_link_control() {
             return None;
         }
-        // The client -> server views. A window can hold only the replies of a connection
-        // whose requests the last window counted (the stitcher kept its orientation): decide
-        // on them turned around, or the server would come out as the client.
-        let mirrored: Vec<Seen>;
-        let forward: Vec<&Seen> = if self.forward.contains(&true) {
-            self.forward_members().collect()
-        } else {
-            mirrored = self.members.iter().map(Seen::turned_around).collect();
-            mirrored.iter().collect()
-        };
+        // The client -> server views: the requests, then the replies turned around. A piece
+        // of a connection cut by a drain can hold a reply the requests here do not explain
+        // (a service door's reply at the client's veth, its requests' views before the cut
+        // and its backend's after): every view names the ends, and the same ones.
+        let mirrored: Vec<Seen> = self.reverse_members().map(Seen::turned_around).collect();
+        let forward: Vec<&Seen> = self.forward_members().chain(&mirrored).collect();
         let first = forward[0];
         // Services first: a ClusterIP is no pod or node whatever the CNI's ranges say; a node
         // address on a NodePort is the service's door.
@@ -474,6 +470,28 @@ mod tests {
                 1.0
             )
         );
+    }
+
+    #[test]
+    fn a_reply_from_the_door_names_the_service_though_the_requests_went_to_the_backend() {
+        // A piece of a connection cut by a drain: its requests seen only after DNAT (to the
+        // backend), its replies also where they come back from the ClusterIP.
+        let got = decide(vec![
+            Row::flow(17, "10.0.1.5", 40000, "10.0.1.9", 8080).fingerprint(fp::IPV4_ID, 3 << 16),
+            Row::flow(17, "10.0.1.9", 8080, "10.0.1.5", 40000)
+                .at(1)
+                .fingerprint(fp::IPV4_ID, 4 << 16),
+            Row::flow(17, "10.96.0.1", 80, "10.0.1.5", 40000)
+                .at(2)
+                .fingerprint(fp::IPV4_ID, 4 << 16),
+        ]);
+        let got = got.unwrap();
+        assert_eq!(
+            (got.3.as_str(), got.4, got.5.as_str()),
+            ("10.0.1.9", 8080, "shop/web"),
+            "{got:?}"
+        );
+        assert!(got.6.contains(&"service:dnat"), "{got:?}");
     }
 
     #[test]

@@ -517,6 +517,12 @@ pub struct Stitcher {
     /// Kernel drops that joined no view of any connection (dropped before any watched
     /// point): packets.
     pub drops_alone: u64,
+    /// Pieces of connections already counted that held nothing to count and only views of a
+    /// service door ([`Stitcher::adds_nothing`]): not flows.
+    pub door_only_continuations: u64,
+    /// Views an early drain found only at a service's door and kept held for the next
+    /// ([`Stitcher::waits_for_its_backend`]).
+    pub waited: u64,
     /// The end of the window being drained (`flush`'s time), 0 when not known (an early
     /// drain): then the latest packet held stands for it.
     pub window_end_ns: u64,
@@ -543,6 +549,8 @@ impl Default for Stitcher {
             fingerprint_collisions: 0,
             geneve_option: None,
             drops_alone: 0,
+            door_only_continuations: 0,
+            waited: 0,
             window_end_ns: 0,
         }
     }
@@ -554,6 +562,9 @@ impl Default for Stitcher {
 /// a 200 000-pod inventory. Stitching early loses no packet (the counting place and the
 /// orientation carry over) but a connection cut by it is one more flow.
 pub const DEFAULT_MAX_HELD: usize = 65_536;
+
+/// At most 1/WAITING_SHARE of the held views wait past an early drain for their backend's.
+const WAITING_SHARE: usize = 4;
 
 /// The default of the `time_join_ms` option.
 pub const DEFAULT_TIME_JOIN_MS: u64 = 500;
@@ -759,7 +770,7 @@ impl Stitcher {
             let mut seen = Seen::from_obs(&o, point);
             seen.tunnel_option = option.get(o.index()).copied().flatten();
             if self.push(seen) {
-                self.stitch(&mut each);
+                self.stitch(&mut each, false);
             }
         }
     }
@@ -774,7 +785,7 @@ impl Stitcher {
 
     /// [`drain`](Self::drain), giving each connection to `each` as it is stitched.
     pub fn drain_with(&mut self, mut each: impl FnMut(Connection)) {
-        self.stitch(&mut each);
+        self.stitch(&mut each, true);
         self.forget_last_window(false);
     }
 
@@ -825,8 +836,9 @@ impl Stitcher {
     /// Stitches everything held into connections. Early (a full window) or at the window's
     /// end, the connections of earlier drains of this window and of the last window are
     /// remembered: a connection a drain cuts is one connection, counted once. Each
-    /// connection goes to `each` as soon as it is made, and its views leave the held ones.
-    fn stitch(&mut self, each: &mut dyn FnMut(Connection)) {
+    /// connection goes to `each` as soon as it is made, and its views leave the held ones
+    /// (but for those an early drain lets wait; none waits past the window's end).
+    fn stitch(&mut self, each: &mut dyn FnMut(Connection), window_end: bool) {
         // This window's memory is bounded like the held views: past REMEMBERED_PER_HELD x
         // max_held 5-tuples (~32 bytes each) an early drain forgets the last window's
         // (counted in `forgotten`).
@@ -834,11 +846,15 @@ impl Stitcher {
             self.forget_last_window(true);
         }
         self.held_peak = self.held_peak.max(self.held.len() as u64);
-        if self.held.len() >= self.max_held {
+        let full = self.held.len() >= self.max_held;
+        let early = full && !window_end;
+        if full {
             self.early_drains += 1;
             self.evicted += self.held.len() as u64;
         }
         let held = std::mem::take(&mut self.held);
+        // Views an early drain hands back to the held ones (`waits_for_its_backend`).
+        let mut waiting: Vec<Seen> = Vec::new();
         let window_end_ns = held
             .iter()
             .map(|m| m.last_ns)
@@ -862,6 +878,13 @@ impl Stitcher {
         let points = Rc::new(self.points.clone());
         for group in order.chunk_by(|a, b| a.0 == b.0) {
             let mut members: Vec<Seen> = held.by_ref().take(group.len()).collect();
+            if early
+                && waiting.len() + members.len() <= self.max_held / WAITING_SHARE
+                && self.waits_for_its_backend(&members)
+            {
+                waiting.append(&mut members);
+                continue;
+            }
             // Kernel drops joined the connection by its headers; they are no view of it.
             let mut drops = Vec::new();
             members.retain(|m| {
@@ -908,7 +931,7 @@ impl Stitcher {
             let forward = orient(&members, &remembered);
             let (counted_at, replies_counted_at) =
                 self.counting_place(&members, &forward, last, syn);
-            each(Connection {
+            let conn = Connection {
                 joined_by_time: by_time.contains(&group[0].0),
                 members,
                 forward,
@@ -919,8 +942,49 @@ impl Stitcher {
                 icmp_errors,
                 window_end_ns,
                 points: points.clone(),
-            });
+            };
+            if self.adds_nothing(&conn) {
+                self.door_only_continuations += 1;
+                continue;
+            }
+            each(conn);
         }
+        self.evicted -= waiting.len() as u64;
+        self.waited += waiting.len() as u64;
+        self.held = waiting;
+    }
+
+    /// A connection an early drain finds only at a service's door (the client's views to
+    /// the ClusterIP and back), not yet at its backend: its backend's views of the same
+    /// packets are likely still to come in this window (a drain cuts by arrival, not by
+    /// connection), and stitched now it would be a flow to the service itself and its
+    /// backend's views another. It waits in the held views for the next drain, up to
+    /// 1/[`WAITING_SHARE`] of them (past that it is stitched as it is).
+    fn waits_for_its_backend(&self, members: &[Seen]) -> bool {
+        !self.dnat_fronts.is_empty()
+            && members.iter().any(|m| !m.is_icmp_error())
+            && members.iter().all(|m| {
+                m.is_icmp_error()
+                    || self.points[m.point as usize].is_kernel_drop()
+                    || self.dnat_fronts.contains(&m.src)
+                    || self.dnat_fronts.contains(&m.dst)
+            })
+    }
+
+    /// A piece of a connection an earlier drain already made a flow of, holding no packet to
+    /// count here and only views of a service door (its backend's views went with the earlier
+    /// piece): it adds nothing to that flow, and named from these views alone it would be an
+    /// edge to the service itself ("no backend seen"), one flow too many.
+    fn adds_nothing(&self, conn: &Connection) -> bool {
+        conn.continued
+            && conn.drops.is_empty()
+            && conn.icmp_errors.is_empty()
+            && !self.dnat_fronts.is_empty()
+            && conn
+                .members
+                .iter()
+                .all(|m| self.dnat_fronts.contains(&m.src) || self.dnat_fronts.contains(&m.dst))
+            && conn.counters().0 == 0
     }
 
     /// Chooses (and remembers) where a connection is counted, and where its replies are when
@@ -1063,6 +1127,11 @@ impl Stitcher {
             ("stitch.held_peak", self.held_peak),
             ("stitch.forgotten", self.forgotten),
             ("path.drops_alone", self.drops_alone),
+            (
+                "stitch.door_only_continuations",
+                self.door_only_continuations,
+            ),
+            ("stitch.waited", self.waited),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -2347,6 +2416,111 @@ mod tests {
         let conns = s.drain();
         assert_eq!(conns.len(), 1);
         assert_eq!(conns[0].counters().0, 6, "3 each way, not 12");
+    }
+
+    #[test]
+    fn a_connection_an_early_drain_finds_only_at_a_service_door_waits_for_its_backend() {
+        // A DNS query through a ClusterIP: the client's veth sees it to the door and back
+        // (first batch); the backend's veth sees it DNATed (second batch). The window fills
+        // in between: the door's views wait, the next drain joins them to the backend's.
+        let door: Ip = "10.96.0.10".parse().unwrap();
+        let mut s = Stitcher::new(8);
+        s.dnat_fronts.insert(door);
+        let client = BatchBuilder::new()
+            .point("a", "veth1", IfaceKind::PodVeth, Direction::Unknown)
+            .row(
+                Row::flow(17, "10.244.0.3", 40000, "10.96.0.10", 53)
+                    .fingerprint(fp::IPV4_ID, 7 << 16),
+            )
+            .row(
+                Row::flow(17, "10.96.0.10", 53, "10.244.0.3", 40000)
+                    .fingerprint(fp::IPV4_ID, 9 << 16),
+            )
+            // Six views of other connections fill the window (a quarter of it may wait).
+            .row(Row::flow(17, "10.244.0.4", 40001, "10.244.1.8", 53))
+            .row(Row::flow(17, "10.244.0.5", 40002, "10.244.1.8", 53))
+            .row(Row::flow(17, "10.244.0.6", 40003, "10.244.1.8", 53))
+            .row(Row::flow(17, "10.244.0.7", 40004, "10.244.1.8", 53))
+            .row(Row::flow(17, "10.244.0.8", 40005, "10.244.1.8", 53))
+            .row(Row::flow(17, "10.244.0.9", 40006, "10.244.1.8", 53))
+            .build();
+        let early = s.add_batch(&client);
+        assert_eq!(s.early_drains, 1);
+        assert_eq!(early.len(), 6, "the other connections went");
+        assert_eq!((s.held(), s.waited), (2, 2), "the door's views wait");
+        let backend = BatchBuilder::new()
+            .point("b", "veth7", IfaceKind::PodVeth, Direction::Unknown)
+            .row(
+                Row::flow(17, "10.244.0.3", 40000, "10.244.1.9", 53)
+                    .at(1)
+                    .fingerprint(fp::IPV4_ID, 7 << 16),
+            )
+            .row(
+                Row::flow(17, "10.244.1.9", 53, "10.244.0.3", 40000)
+                    .at(1)
+                    .fingerprint(fp::IPV4_ID, 9 << 16),
+            )
+            .build();
+        s.add_batch(&backend);
+        let conns = s.drain();
+        assert_eq!(conns.len(), 1, "one connection: {conns:?}");
+        assert_eq!(conns[0].members.len(), 4);
+        assert!(!conns[0].continued);
+        assert_eq!(s.evicted, 6, "only the views stitched early");
+
+        // At the window's end nothing waits: a door alone is stitched as it is.
+        let mut s = Stitcher::new(4);
+        s.dnat_fronts.insert(door);
+        let alone = BatchBuilder::new()
+            .point("a", "veth1", IfaceKind::PodVeth, Direction::Unknown)
+            .row(
+                Row::flow(17, "10.244.0.3", 40000, "10.96.0.10", 53)
+                    .fingerprint(fp::IPV4_ID, 7 << 16),
+            )
+            .build();
+        s.add_batch(&alone);
+        assert_eq!(s.drain().len(), 1);
+        assert_eq!(s.held(), 0);
+    }
+
+    /// A connection an early drain stitched with its backend's views, whose reply from the
+    /// door comes after the drain alone (the client's veth is late): that piece adds nothing
+    /// to the flow counted at the backend and is no flow to the service itself.
+    #[test]
+    fn a_door_only_piece_after_the_connection_was_counted_is_no_second_flow() {
+        let door: Ip = "10.96.0.10".parse().unwrap();
+        let mut s = Stitcher::new(4);
+        s.dnat_fronts.insert(door);
+        let first = BatchBuilder::new()
+            .point("a", "veth1", IfaceKind::PodVeth, Direction::Unknown)
+            .point("b", "veth7", IfaceKind::PodVeth, Direction::Unknown)
+            .row(
+                Row::flow(17, "10.244.0.3", 40000, "10.96.0.10", 53)
+                    .fingerprint(fp::IPV4_ID, 7 << 16),
+            )
+            .row(
+                Row::flow(17, "10.244.0.3", 40000, "10.244.1.9", 53)
+                    .at(1)
+                    .counters(2, 200)
+                    .fingerprint(fp::IPV4_ID, 7 << 16),
+            )
+            .row(Row::flow(17, "10.244.0.4", 40001, "10.244.1.8", 53))
+            .row(Row::flow(17, "10.244.0.5", 40002, "10.244.1.8", 53))
+            .build();
+        let early = s.add_batch(&first);
+        assert_eq!(s.early_drains, 1);
+        assert_eq!(early.len(), 3, "{early:#?}");
+        let late = BatchBuilder::new()
+            .point("a", "veth1", IfaceKind::PodVeth, Direction::Unknown)
+            .row(
+                Row::flow(17, "10.96.0.10", 53, "10.244.0.3", 40000)
+                    .fingerprint(fp::IPV4_ID, 9 << 16),
+            )
+            .build();
+        s.add_batch(&late);
+        let rest = s.drain();
+        assert!(rest.is_empty(), "no flow to the door: {rest:#?}");
+        assert_eq!(s.door_only_continuations, 1, "and it is counted");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use crate::support::*;
 use cniscope::synth;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The shipped capture's UDP exchange (client port 35590 -> server 5353: 5 queries with one
@@ -227,27 +228,8 @@ fn synthetic_clusters_of_every_shape_replay_to_their_exact_topology() {
             String::from_utf8_lossy(&written.stderr)
         );
         let found = dir.path().join("found.json");
-        let config = out.join("cniscope.toml");
-        let replay = cniscope(&[
-            "replay",
-            "-c",
-            config.to_str().unwrap(),
-            "-f",
-            "json",
-            "-o",
-            found.to_str().unwrap(),
-        ]);
-        assert!(
-            replay.status.success(),
-            "{shape}: {}",
-            String::from_utf8_lossy(&replay.stderr)
-        );
         let expected = out.join("expected.json");
-        let read =
-            |p: &Path| -> Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
-        let want = synth::edges_of(&read(&expected)).unwrap();
-        let got = synth::edges_of(&read(&found)).unwrap();
-        let score = synth::score(&want, &got);
+        let (_, want, score) = replay_and_score(&out.join("cniscope.toml"), &expected, &found);
         assert!(score.is_exact(), "{shape}:\n{score}");
         assert!(
             score.expected_flows >= 3000 && score.expected_edges > 100,
@@ -272,4 +254,94 @@ fn synthetic_clusters_of_every_shape_replay_to_their_exact_topology() {
             "{shape}: {text}"
         );
     }
+}
+
+/// A window fuller than the plugin holds (`max_held` 1 000 against ~6 000 views a window): the
+/// stitcher drains early ~30 times, cutting connections between their views, and the topology
+/// is still exact. A connection an early drain finds only at a service's door waits for its
+/// backend's views (`stitch.waited`); views of both sides of a cut name the same ends.
+#[test]
+fn windows_stitched_early_many_times_still_replay_to_their_exact_topology() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("captures");
+    let plugins = root().join("dist/plugins");
+    let written = cniscope(&[
+        "synth",
+        "write",
+        "flannel-vxlan",
+        "-o",
+        out.to_str().unwrap(),
+        "-n",
+        "5000",
+        "--pods-per-node",
+        "30",
+        "--seed",
+        "1",
+        "--pod-cidr",
+        "10.60.0.0/16",
+        "--service-cidr",
+        "172.22.0.0/16",
+        "--node-cidr",
+        "10.0.9.0/24",
+        "--churn",
+        "0.25",
+        "--plugins",
+        plugins.to_str().unwrap(),
+    ]);
+    assert!(
+        written.status.success(),
+        "{}",
+        String::from_utf8_lossy(&written.stderr)
+    );
+    let config = out.join("cniscope.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let small = text.replacen(
+        "[plugin.options]\n",
+        "[plugin.options]\nmax_held = 1000\n",
+        1,
+    );
+    assert_ne!(small, text, "the written config has plugin options");
+    std::fs::write(&config, small).unwrap();
+    let found = dir.path().join("found.json");
+    let (doc, _, score) = replay_and_score(&config, &out.join("expected.json"), &found);
+    let counters = &doc["health"]["plugins"]["flannel"]["counters"];
+    assert!(
+        counters["stitch.early_drains"].as_u64().unwrap() >= 20,
+        "{counters}"
+    );
+    assert!(
+        counters["stitch.waited"].as_u64().unwrap() > 0,
+        "{counters}"
+    );
+    assert!(score.is_exact(), "{score}");
+    assert_eq!(score.expected_flows, 5000, "{score}");
+}
+
+/// Replays `config` into `found` (JSON) and scores it against `expected`: the document, the
+/// expected edges, and the score.
+fn replay_and_score(
+    config: &Path,
+    expected: &Path,
+    found: &Path,
+) -> (Value, BTreeMap<synth::EdgeKey, synth::Count>, synth::Score) {
+    let replay = cniscope(&[
+        "replay",
+        "-c",
+        config.to_str().unwrap(),
+        "-f",
+        "json",
+        "-o",
+        found.to_str().unwrap(),
+    ]);
+    assert!(
+        replay.status.success(),
+        "{}: {}",
+        config.display(),
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let read = |p: &Path| -> Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
+    let doc = read(found);
+    let want = synth::edges_of(&read(expected)).unwrap();
+    let score = synth::score(&want, &synth::edges_of(&doc).unwrap());
+    (doc, want, score)
 }
