@@ -112,6 +112,12 @@ impl Row {
         self.fingerprint = value;
         self
     }
+    /// First and last seen, in nanoseconds of the capture clock.
+    pub fn during(mut self, first_ns: u64, last_ns: u64) -> Row {
+        self.first_ns = first_ns;
+        self.last_ns = last_ns;
+        self
+    }
     pub fn counters(mut self, packets: u64, bytes: u64) -> Row {
         self.packets = packets;
         self.bytes = bytes;

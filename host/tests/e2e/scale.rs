@@ -148,7 +148,8 @@ fn forty_thousand_connections_sharing_fingerprints_are_each_counted_once() {
 /// before the capture, pooled connections cut by windows and one DNS payload from every
 /// client, replayed through the shipped plugins: every edge found, nothing else, each with
 /// exactly its connections and packets (`cniscope synth score`). Addresses other than the
-/// defaults, so no rule can lean on them.
+/// defaults, two or three nodes and windows of 1 to 3 s (at 1 s, pooled connections go quiet
+/// for whole windows), so no rule can lean on them.
 #[test]
 fn synthetic_clusters_of_every_shape_replay_to_their_exact_topology() {
     let shapes = [
@@ -194,6 +195,8 @@ fn synthetic_clusters_of_every_shape_replay_to_their_exact_topology() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("captures");
         let seed = (7 + k).to_string();
+        let nodes_count = (2 + k % 2).to_string();
+        let window = (1 + k % 3).to_string();
         let args = [
             "synth",
             "write",
@@ -207,7 +210,9 @@ fn synthetic_clusters_of_every_shape_replay_to_their_exact_topology() {
             "--secs",
             "12",
             "--window-secs",
-            "3",
+            &window,
+            "--nodes",
+            &nodes_count,
             "--seed",
             &seed,
             "--pod-cidr",
