@@ -111,12 +111,10 @@ impl Stitcher {
                 id => used.binary_search(&id).unwrap_or(0) as u32,
             });
             w.u64(r.place.1);
-            w.u8(
-                u8::from(r.client_lower)
-                    | (u8::from(r.place_saw_replies) << 1)
-                    | (u8::from(r.open) << 2)
-                    | (u8::from(r.quiet) << 3),
-            );
+            w.u8(u8::from(r.client_lower)
+                | (u8::from(r.place_saw_replies) << 1)
+                | (u8::from(r.open) << 2)
+                | (u8::from(r.quiet) << 3));
             w.u8(u8::from(r.syn.is_some()));
             w.u32(r.syn.unwrap_or(0));
             w.u32(r.last_ms);

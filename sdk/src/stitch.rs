@@ -886,8 +886,7 @@ impl Stitcher {
     /// window differ. A new handshake on a remembered 5-tuple (another SYN) is a new
     /// connection and joins nothing by memory.
     fn join_by_memory(&self, held: &[Seen], uf: &mut UnionFind) {
-        if self.counted_at[0].is_empty() && self.counted_at[1].is_empty() && self.quiet.is_empty()
-        {
+        if self.counted_at[0].is_empty() && self.counted_at[1].is_empty() && self.quiet.is_empty() {
             return;
         }
         let mut by_place: FastMap<(u32, TupleDigest), usize> = FastMap::default();
@@ -1035,13 +1034,8 @@ impl Stitcher {
             let forward = orient(&members, &remembered);
             // A new handshake on a remembered 5-tuple is a new connection: where the old one
             // was counted says nothing of it.
-            let (counted_at, replies_counted_at) = self.counting_place(
-                &members,
-                &forward,
-                last.filter(|_| continued),
-                syn,
-                open,
-            );
+            let (counted_at, replies_counted_at) =
+                self.counting_place(&members, &forward, last.filter(|_| continued), syn, open);
             let conn = Connection {
                 joined_by_time: by_time.contains(&group[0].0),
                 members,
@@ -1987,7 +1981,11 @@ mod tests {
         s.add_batch(&window((1000..1010).map(open).collect()));
         s.drain();
         // The first window is now neither this one nor the last.
-        assert_eq!((s.quiet(), s.quiet_forgotten), (bound, 0), "all open, all kept");
+        assert_eq!(
+            (s.quiet(), s.quiet_forgotten),
+            (bound, 0),
+            "all open, all kept"
+        );
         s.add_batch(&window(vec![]));
         s.drain();
         // Ten more than the bound: down to 3/4 of it, the first window's going first.
@@ -2642,7 +2640,10 @@ mod tests {
         assert_eq!(first, 2);
         s.add_batch(&points(BatchBuilder::new()).row(rep(1)).build());
         let late = s.drain();
-        assert!(late.is_empty(), "2 packets, counted once, one flow: {late:?}");
+        assert!(
+            late.is_empty(),
+            "2 packets, counted once, one flow: {late:?}"
+        );
         assert_eq!(s.late_copies, 1, "the late copy is counted as one");
         // Nothing remembered: a later window counts afresh.
         s.add_batch(&points(BatchBuilder::new()).row(req(1)).build());

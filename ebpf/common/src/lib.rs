@@ -392,6 +392,8 @@ mod tests {
         use core::mem::size_of;
         assert_eq!(size_of::<super::FlowKey>(), 64 + 4 + 4 + 8 + 8);
         assert_eq!(size_of::<super::FlowStats>(), 32 + 4 + 4 + 4 + 24 + 8 + 4);
+        // The probe ORs new flags into the aligned 32-bit word that starts with them.
+        assert_eq!(core::mem::offset_of!(super::FlowStats, tcp_flags) % 4, 0);
         assert_eq!(size_of::<super::NewFlow>(), 88 + 4 + 4 + 8);
         assert_eq!(size_of::<super::ProbeConfig>(), 40);
         assert_eq!(size_of::<super::CacheSlot>(), 88 + 8 + 80);

@@ -16,10 +16,10 @@ mod mem;
 mod parse;
 mod wire;
 
-use aya_ebpf::bindings::{BPF_NOEXIST, TC_ACT_UNSPEC};
+use aya_ebpf::bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_UNSPEC};
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_ns};
 use aya_ebpf::macros::{classifier, map};
-use aya_ebpf::maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya_ebpf::maps::{Array, HashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::TcContext;
 use cniscope_common::{
     CacheSlot, FlowKey, FlowStats, NewFlow, ProbeConfig, counter, direction, fp,
@@ -34,6 +34,11 @@ use parse::{Parsed, Skip};
 /// another flow holds goes to the hash map. Not LRU: a full hash map must fail an insert (and
 /// be counted), never silently evict.
 ///
+/// The hash maps are shared by the CPUs (atomic counters) and not preallocated: a flow costs
+/// one key and one value whatever the number of CPUs, and only while it is in the map (the
+/// agent deletes what it drains). Per-CPU preallocated maps cost `max_entries` x (key +
+/// value x CPUs) x 2 from the start: 0.7 GB at 1 M flows on two CPUs, 13 GB on 64.
+///
 /// One cache map with both halves, not two maps: a lookup whose map differs by path is not
 /// inlined by the verifier but made an indirect call (a retpoline here).
 #[map]
@@ -43,9 +48,9 @@ static CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(2 * 1024, 0
 #[unsafe(no_mangle)]
 static CACHE_MASK: u32 = 1023;
 #[map]
-static FLOWS_A: PerCpuHashMap<FlowKey, FlowStats> = PerCpuHashMap::with_max_entries(16384, 0);
+static FLOWS_A: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
 #[map]
-static FLOWS_B: PerCpuHashMap<FlowKey, FlowStats> = PerCpuHashMap::with_max_entries(16384, 0);
+static FLOWS_B: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
 #[map]
 static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 /// New flows, as they appear.
@@ -190,25 +195,87 @@ fn record(ifindex: u32, dir: u8, scratch: &mut Scratch) {
     // By reference (the lint would pass the 88-byte key by value, a copy on the stack).
     #[allow(clippy::needless_borrows_for_generic_args)]
     if let Some(s) = flows.get_ptr_mut(&*key) {
-        // SAFETY: this CPU's slot of the entry; only this CPU writes it.
-        let s = unsafe { &mut *s };
-        if s.packets == 0 {
-            // The entry was created on another CPU: this CPU's slot starts here.
-            first(s, p, precise_now(), kind, value);
-        } else {
-            update(s, p, kind, value, tick);
-        }
+        shared_update(s, p, kind, value, tick);
         return;
     }
     let now = precise_now();
     let s = &mut scratch.stats;
     first(s, p, now, kind, value);
     #[allow(clippy::needless_borrows_for_generic_args)]
-    if flows.insert(&*key, &*s, BPF_NOEXIST as u64).is_err() {
-        bump(counter::MAP_FULL);
-        return;
+    match flows.insert(&*key, &*s, BPF_NOEXIST as u64) {
+        Ok(()) => new_flow(key, now, kind, value),
+        // Another CPU made the entry between our lookup and insert: add to it.
+        Err(EEXIST) => match flows.get_ptr_mut(&*key) {
+            Some(s) => shared_update(s, p, kind, value, tick),
+            None => bump(counter::MAP_FULL),
+        },
+        // Full (E2BIG) or no memory for the entry (ENOMEM): the packet is not recorded.
+        Err(_) => bump(counter::MAP_FULL),
     }
-    new_flow(key, now, kind, value);
+}
+
+/// `bpf_map_update_elem`'s answer when `BPF_NOEXIST` finds the key (-EEXIST).
+const EEXIST: i32 = -17;
+
+/// One more packet of a flow in a hash map every CPU writes: the counters and flags by atomic
+/// operations (a packet of the flow on another CPU may be adding at the same moment); the
+/// last time and a late handshake's fingerprint by plain stores (either CPU's value is right).
+#[inline(always)]
+fn shared_update(s: *mut FlowStats, p: &Parsed, kind: u8, value: u32, last_ns: u64) {
+    let i = &p.inner;
+    // SAFETY: `s` is the map's value for this key, valid while this program runs (RCU); the
+    // fields other CPUs may write at the same time are only touched atomically here.
+    unsafe {
+        if fp::upgrades(i.protocol, i.tcp_flags, (*s).fp_kind) {
+            (*s).fp_kind = kind;
+            (*s).fingerprint = value;
+        }
+        atomic_add(&raw mut (*s).packets, 1);
+        atomic_add(&raw mut (*s).bytes, i.ip_len as u64);
+        (*s).last_ns = last_ns;
+        if (*s).tcp_flags & i.tcp_flags != i.tcp_flags {
+            // The flags byte sits in an aligned 64-bit word of the value (little-endian BPF):
+            // OR-ing its bits into that word leaves the other bytes alone.
+            const AT: usize = core::mem::offset_of!(FlowStats, tcp_flags);
+            let word = s.cast::<u8>().add(AT & !7).cast::<u64>();
+            atomic_or(word, (i.tcp_flags as u64) << ((AT & 7) * 8));
+        }
+    }
+}
+
+/// `*p += v` as one atomic instruction (BPF_ATOMIC | BPF_ADD). Inline assembly: the BPF
+/// target has no compare-and-swap, so core's atomics offer no `fetch_add` here.
+///
+/// # Safety
+/// `p` is valid and 8-aligned.
+#[inline(always)]
+unsafe fn atomic_add(p: *mut u64, v: u64) {
+    // SAFETY: the caller's.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {v}",
+            p = in(reg) p,
+            v = in(reg) v,
+            options(nostack, preserves_flags),
+        )
+    };
+}
+
+/// `*p |= v` as one atomic instruction (BPF_ATOMIC | BPF_OR, kernels from 5.12).
+///
+/// # Safety
+/// `p` is valid and 8-aligned.
+#[inline(always)]
+unsafe fn atomic_or(p: *mut u64, v: u64) {
+    // SAFETY: the caller's.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) |= {v}",
+            p = in(reg) p,
+            v = in(reg) v,
+            options(nostack, preserves_flags),
+        )
+    };
 }
 
 /// A slot in the flow cache for `key`: FNV-style mixing of its eleven words.

@@ -4,6 +4,7 @@
 //! attaches them with TCX links (they vanish with the process, even after SIGKILL), and is
 //! drained every interval into the same [`Observation`]s the replay source produces.
 
+mod batch;
 pub mod drops;
 pub mod netns;
 pub mod test_run;
@@ -13,7 +14,7 @@ use super::aggregate::{
 };
 use super::decode::{Decoding, GeneveOpt};
 pub use crate::health::ProbeCounters;
-use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use aya::programs::LinkOrder;
 use aya::programs::tc::{SchedClassifier, SchedClassifierLinkId, TcAttachOptions, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
@@ -21,6 +22,7 @@ use cniscope_common::{
     CacheSlot, FlowKey as WireKey, FlowStats, ProbeConfig, counter, direction, fp,
 };
 use std::collections::{BTreeMap, HashMap};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use thiserror::Error;
 
@@ -133,6 +135,9 @@ pub struct NodeProbe {
     /// Attach at the head of each TCX chain ([`ProbeSettings::tcx_first`]).
     tcx_first: bool,
     events: u64,
+    /// Observations the last drain gave: the next drain's first guess of its size, so its
+    /// list is not grown by doubling (up to twice the memory a busy node's window needs).
+    last_drained: usize,
     /// Link changes in the node's namespace; None when netlink is unavailable (the agent
     /// then only rescans on its timer).
     links: Option<netns::LinkWatch>,
@@ -225,6 +230,7 @@ impl NodeProbe {
             tcx_first: settings.tcx_first,
             programs,
             events: 0,
+            last_drained: 0,
         })
     }
 
@@ -444,8 +450,9 @@ impl NodeProbe {
         let name = if old & 1 == 0 { "FLOWS_A" } else { "FLOWS_B" };
         // The cache's half for that window.
         let half = (old & 1) * self.cache_slots;
-        // Each flow's per-CPU slots, from the cache and the hash map alike.
-        let mut entries: HashMap<WireKey, Vec<FlowStats>> = HashMap::new();
+        // The cache's flows (at most its slots on each CPU), each with its per-CPU slots: a
+        // flow whose slot was taken on one CPU may be in the hash map too.
+        let mut cached: HashMap<WireKey, Vec<FlowStats>> = HashMap::new();
         {
             let cache: PerCpuArray<&mut MapData, CacheSlot> = PerCpuArray::try_from(
                 self.ebpf
@@ -459,7 +466,7 @@ impl NodeProbe {
                         // Slots of older windows are stale: the probe reuses them as empty.
                         for slot in per_cpu.iter() {
                             if slot.generation == old && slot.stats.packets > 0 {
-                                entries.entry(slot.key).or_default().push(slot.stats);
+                                cached.entry(slot.key).or_default().push(slot.stats);
                             }
                         }
                     }
@@ -467,49 +474,41 @@ impl NodeProbe {
                 }
             }
         }
-        let mut flows: PerCpuHashMap<&mut MapData, WireKey, FlowStats> =
-            PerCpuHashMap::try_from(self.ebpf.map_mut(name).expect("flow maps are in the probe"))
-                .map_err(|e| map_err("FLOWS", e.to_string()))?;
-        let mut drained = Vec::new();
-        for item in flows.iter() {
-            match item {
-                Ok((k, v)) => {
-                    entries.entry(k).or_default().extend(v.iter().copied());
-                    drained.push(k);
-                }
-                Err(e) => tracing::warn!(node = %self.node, "reading {name}: {e}"),
-            }
-        }
-        for k in &drained {
-            let _ = flows.remove(k);
-        }
-        let mut out = Vec::with_capacity(entries.len());
-        for (key, per_cpu) in entries {
-            // Not attached by us (BPF_PROG_TEST_RUN runs on the loopback): named by ifindex.
-            let known = self
-                .attached
-                .get(&key.ifindex)
-                .or_else(|| self.departed.get(&key.ifindex).map(|(a, _)| a));
-            let (iface, kind) = match known {
-                Some(a) => (a.name.clone(), a.kind),
-                None => (format!("if{}", key.ifindex), IfaceKind::Other),
-            };
-            let point = points.intern(CapturePoint {
-                node: self.node.clone(),
-                iface,
-                kind,
-                direction: if key.direction == direction::EGRESS {
-                    Direction::Egress
-                } else {
-                    Direction::Ingress
-                },
-                drop_reason: String::new(),
-            });
-            if let Some(o) = observation(point, &key, &per_cpu, clock_offset_ns) {
+        let mut out = Vec::with_capacity(self.last_drained + self.last_drained / 16);
+        // Each (interface, direction) named once per drain, not once per flow.
+        let mut point_ids: HashMap<(u32, u8), u16> = HashMap::new();
+        let mut emit = |probe: &NodeProbe, key: &WireKey, stats: &[FlowStats]| {
+            let point = *point_ids
+                .entry((key.ifindex, key.direction))
+                .or_insert_with(|| probe.point_of(points, key));
+            if let Some(o) = observation(point, key, stats, clock_offset_ns) {
                 out.push(o);
             }
+        };
+        // The hash map's flows, a batch at a time, deleted as they are read: one entry per
+        // flow (the CPUs share it), merged with the flow's cache slots if it has any.
+        let this = &*self;
+        let Some(Map::HashMap(flows)) = this.ebpf.map(name) else {
+            return Err(map_err(
+                "FLOWS",
+                format!("{name} is not the probe's hash map"),
+            ));
+        };
+        batch::drain::<WireKey, FlowStats>(flows.fd().as_fd(), |key, stats| {
+            match cached.remove(key) {
+                Some(mut slots) => {
+                    slots.push(*stats);
+                    emit(this, key, &slots);
+                }
+                None => emit(this, key, std::slice::from_ref(stats)),
+            }
+        })
+        .map_err(|e| map_err("FLOWS", format!("draining {name}: {e}")))?;
+        for (key, slots) in &cached {
+            emit(this, key, slots);
         }
         sort_observations(&mut out);
+        self.last_drained = out.len();
         self.departed.retain(|_, (_, drains_left)| {
             *drains_left -= 1;
             *drains_left > 0
@@ -521,6 +520,31 @@ impl NodeProbe {
             }
         }
         Ok(out)
+    }
+
+    /// The capture point of a drained flow: its interface (attached, or departed since) and
+    /// direction.
+    fn point_of(&self, points: &mut PointTable, key: &WireKey) -> u16 {
+        // Not attached by us (BPF_PROG_TEST_RUN runs on the loopback): named by ifindex.
+        let known = self
+            .attached
+            .get(&key.ifindex)
+            .or_else(|| self.departed.get(&key.ifindex).map(|(a, _)| a));
+        let (iface, kind) = match known {
+            Some(a) => (a.name.clone(), a.kind),
+            None => (format!("if{}", key.ifindex), IfaceKind::Other),
+        };
+        points.intern(CapturePoint {
+            node: self.node.clone(),
+            iface,
+            kind,
+            direction: if key.direction == direction::EGRESS {
+                Direction::Egress
+            } else {
+                Direction::Ingress
+            },
+            drop_reason: String::new(),
+        })
     }
 
     pub fn counters(&self) -> Result<ProbeCounters, LiveError> {
@@ -559,6 +583,35 @@ impl NodeProbe {
             .try_into()
             .expect("a classifier")
     }
+
+    /// What the kernel charges for each of the probe's maps now (`memlock` in the map's
+    /// fdinfo: its own accounting of the map's memory, elements in use for maps that are not
+    /// preallocated), by map name. The ring buffer, taken for reading, is left out.
+    pub fn map_memory(&self) -> Vec<(String, u64)> {
+        self.ebpf
+            .maps()
+            .filter_map(|(name, map)| {
+                let data = match map {
+                    Map::Array(d)
+                    | Map::PerCpuArray(d)
+                    | Map::HashMap(d)
+                    | Map::PerCpuHashMap(d)
+                    | Map::RingBuf(d) => d,
+                    _ => return None,
+                };
+                Some((name.to_string(), memlock(data.fd().as_fd())?))
+            })
+            .collect()
+    }
+}
+
+/// The `memlock:` line of a BPF map descriptor's fdinfo, in bytes.
+pub fn memlock(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Each program once (the baseline is one program on both hooks).

@@ -424,3 +424,66 @@ fn the_probe_decodes_the_vxlan_port_a_plugin_is_configured_with() {
         .count();
     assert!(vxlan > 0, "VXLAN on 58678 decoded");
 }
+
+/// The flow maps are shared by every CPU: a flow's packets on two CPUs at once, through the
+/// hash map (the one-slot cache held by another flow), drained again and again while they
+/// run, add up exactly: no increment lost to a race, none to a buffer swap, none twice.
+#[test]
+fn packets_of_one_flow_on_every_cpu_at_once_are_all_counted_across_drains() {
+    if !root_or_skip("loading eBPF programs needs root") {
+        return;
+    }
+    let settings = ProbeSettings {
+        cache_slots: 1,
+        ..ProbeSettings::default()
+    };
+    let mut probe = NodeProbe::load("test", None, &settings).expect("the kernel accepts it");
+    let (a, b) = ([10, 244, 0, 5], [10, 244, 1, 7]);
+    let eth = |ip: &[u8]| ethernet([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], ip);
+    // `holder` keeps each CPU's one cache slot; `shared` then goes to the hash map.
+    let holder = eth(&ipv4_tcp(a, b, (40001, 80), 1, "A", &[]));
+    let shared = [
+        eth(&ipv4_tcp(a, b, (40002, 80), 1, "A", b"x")),
+        eth(&ipv4_tcp(a, b, (40002, 80), 1, "PA", b"x")),
+    ];
+    const ROUNDS: u64 = 2000;
+    const REPEAT: u32 = 500;
+    let fd = test_run::program_fd(probe.ingress_program()).unwrap();
+    let mut points = PointTable::default();
+    let mut observations = Vec::new();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2)
+            .map(|t| {
+                let (fd, holder, frame) = (&fd, &holder, &shared[t]);
+                s.spawn(move || {
+                    for _ in 0..ROUNDS {
+                        use std::os::fd::AsFd;
+                        test_run::run_fd(fd.as_fd(), holder, 1).unwrap();
+                        test_run::run_fd(fd.as_fd(), frame, REPEAT).unwrap();
+                    }
+                })
+            })
+            .collect();
+        while !workers.iter().all(|w| w.is_finished()) {
+            observations.extend(probe.drain(&mut points, 0).unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    });
+    // The last window, and the one before it whose writers may have just finished.
+    for _ in 0..2 {
+        observations.extend(probe.drain(&mut points, 0).unwrap());
+    }
+    let of_port = |port: u16| {
+        observations
+            .iter()
+            .filter(|o| o.key.src_port == port)
+            .fold((0, 0), |(p, f), o| (p + o.packets, f | o.tcp_flags))
+    };
+    let (packets, flags) = of_port(40002);
+    assert_eq!(packets, 2 * ROUNDS * REPEAT as u64, "every packet, once");
+    assert_eq!(flags, 0x18, "ACK from one CPU, PSH from the other");
+    assert_eq!(of_port(40001).0, 2 * ROUNDS);
+    let counters = probe.counters().unwrap();
+    assert_eq!(counters.map_full, 0);
+    assert_eq!(counters.packets, 2 * ROUNDS * (1 + REPEAT as u64));
+}

@@ -4,7 +4,7 @@
 use aya::programs::SchedClassifier;
 use pcap_parser::{PcapBlockOwned, PcapError, create_reader};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
@@ -41,8 +41,20 @@ pub fn run(prog: &SchedClassifier, frame: &[u8]) -> io::Result<u32> {
 /// reads: the probe's own cost, as `bpf_stats` cannot show it).
 pub fn run_repeated(prog: &SchedClassifier, frame: &[u8], repeat: u32) -> io::Result<(u32, u32)> {
     let fd = prog.fd().map_err(|e| io::Error::other(e.to_string()))?;
+    run_fd(fd.as_fd(), frame, repeat)
+}
+
+/// A loaded program's descriptor of its own, for test runs from other threads while the
+/// probe is drained.
+pub fn program_fd(prog: &SchedClassifier) -> io::Result<OwnedFd> {
+    let fd = prog.fd().map_err(|e| io::Error::other(e.to_string()))?;
+    fd.as_fd().try_clone_to_owned()
+}
+
+/// [`run_repeated`] on a program's descriptor.
+pub fn run_fd(prog: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> io::Result<(u32, u32)> {
     let mut attr = TestRunAttr {
-        prog_fd: fd.as_fd().as_raw_fd() as u32,
+        prog_fd: prog.as_raw_fd() as u32,
         data_size_in: frame.len() as u32,
         data_in: frame.as_ptr() as u64,
         repeat: repeat.max(1),
