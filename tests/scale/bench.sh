@@ -58,6 +58,7 @@ echo "== plugin memory: all $n connections in one 5 s window (flannel-vxlan)"
 d="$work/one-window"
 "$bin" synth write flannel-vxlan -o "$d" -n "$n" --secs 5 --window-secs 5 --pods-per-node 100 --plugins "$root/dist/plugins" >/dev/null
 "$bin" replay -c "$d/cniscope.toml" -f json -o "$d.json" --allow-partial 2>/dev/null || true
+"$bin" synth score "$d/expected.json" "$d.json" 2>/dev/null | grep -E '^(edges|flows):' || true
 python3 - "$d.json" "$n" <<'EOF'
 import json, sys
 doc, n = json.load(open(sys.argv[1])), int(sys.argv[2])
