@@ -148,8 +148,9 @@ pub struct ProbeCounters {
     pub map_full: u64,
     pub parse_failed: u64,
     pub not_ip: u64,
-    /// New-flow events read from the ring buffer: one per flow, interface, CPU and interval
-    /// (the per-CPU flow cache sees each CPU's first packet of a flow as new).
+    /// New-flow events read from the ring buffer: one per flow, interface and interval, and
+    /// one more for each further CPU whose flow cache takes the flow (each CPU's cache sees
+    /// its first packet of a flow as new; the hash map behind them is shared).
     pub new_flow_events: u64,
     /// Runs of both probes and their total time, from the kernel's `bpf_stats` (zero unless
     /// `agent.bpf_stats` is on): `program_run_ns / program_runs` is the cost per packet.
