@@ -494,7 +494,7 @@ impl NodeProbe {
                 format!("{name} is not the probe's hash map"),
             ));
         };
-        batch::drain::<WireKey, FlowStats>(flows.fd().as_fd(), |key, stats| {
+        let drained = batch::drain::<WireKey, FlowStats>(flows.fd().as_fd(), |key, stats| {
             match cached.remove(key) {
                 Some(mut slots) => {
                     slots.push(*stats);
@@ -502,8 +502,12 @@ impl NodeProbe {
                 }
                 None => emit(this, key, std::slice::from_ref(stats)),
             }
-        })
-        .map_err(|e| map_err("FLOWS", format!("draining {name}: {e}")))?;
+        });
+        // What was read is already deleted from the map: keep it. What was not stays there
+        // and comes out at this buffer's next drain.
+        if let Err(e) = drained {
+            tracing::warn!(node = %this.node, "draining {name}: {e}");
+        }
         for (key, slots) in &cached {
             emit(this, key, slots);
         }
