@@ -11,7 +11,7 @@
 //!   cargo bench -p cniscope --bench probe
 
 use cniscope::sources::aggregate::PointTable;
-use cniscope::sources::live::{NodeProbe, ProbeSettings, memlock, test_run};
+use cniscope::sources::live::{NodeProbe, ProbeSettings, sys, test_run};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -96,20 +96,16 @@ fn agent_memory() {
     };
     let kernel_before = kernel_kb();
     let mut probe = NodeProbe::load("bench", None, &settings).expect("probe loads");
-    let flows_mem = |p: &NodeProbe| -> u64 {
+    // The flow maps' memory, or the other maps'.
+    let memory = |p: &NodeProbe, flows: bool| -> u64 {
         p.map_memory()
             .iter()
-            .filter(|(name, _)| name.starts_with("FLOWS"))
+            .filter(|(name, _)| name.starts_with("FLOWS") == flows)
             .map(|(_, b)| b)
             .sum()
     };
-    let empty = flows_mem(&probe);
-    let fixed: u64 = probe
-        .map_memory()
-        .iter()
-        .filter(|(name, _)| !name.starts_with("FLOWS"))
-        .map(|(_, b)| b)
-        .sum();
+    let empty = memory(&probe, true);
+    let fixed = memory(&probe, false);
     let mut frame = Vec::with_capacity(64);
     let mut fill = |probe: &NodeProbe| {
         for i in 0..n {
@@ -131,14 +127,14 @@ fn agent_memory() {
     fill(&probe);
     drop(probe.drain(&mut points, 0).expect("drain"));
     fill(&probe);
-    let full = flows_mem(&probe);
+    let full = memory(&probe, true);
     let kernel_after = kernel_kb();
     // The per-CPU preallocated pair the probe had before, at the same capacity: made for
     // the comparison only, as the kernel would have made it.
     let key = std::mem::size_of::<cniscope_common::FlowKey>() as u32;
     let value = std::mem::size_of::<cniscope_common::FlowStats>() as u32;
     let old = per_cpu_hash(key, value, settings.flow_entries)
-        .map(|fd| memlock(fd.as_fd()).unwrap_or(0))
+        .map(|fd| sys::memlock(fd.as_fd()).unwrap_or(0))
         .unwrap_or(0);
 
     let rss_before = status_kb("VmRSS");
@@ -221,17 +217,7 @@ fn per_cpu_hash(key: u32, value: u32, entries: u32) -> std::io::Result<OwnedFd> 
     let mut attr = [0u32; 18];
     attr[..4].copy_from_slice(&[BPF_MAP_TYPE_PERCPU_HASH, key, value, entries]);
     // SAFETY: BPF_MAP_CREATE reads `attr` (zero past the fields set) and returns a new fd.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_CREATE,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let fd = unsafe { sys::bpf(BPF_MAP_CREATE, &mut attr) }?;
     // SAFETY: a descriptor the kernel just made for us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

@@ -4,9 +4,9 @@
 //! attaches them with TCX links (they vanish with the process, even after SIGKILL), and is
 //! drained every interval into the same [`Observation`]s the replay source produces.
 
-mod batch;
 pub mod drops;
 pub mod netns;
+pub mod sys;
 pub mod test_run;
 
 use super::aggregate::{
@@ -412,13 +412,8 @@ impl NodeProbe {
     /// watches).
     pub fn watched_points(&self) -> impl Iterator<Item = CapturePoint> + '_ {
         self.attached.values().flat_map(|a| {
-            [Direction::Ingress, Direction::Egress].map(|direction| CapturePoint {
-                node: self.node.clone(),
-                iface: a.name.clone(),
-                kind: a.kind,
-                direction,
-                drop_reason: String::new(),
-            })
+            [Direction::Ingress, Direction::Egress]
+                .map(|direction| self.capture_point(a.name.clone(), a.kind, direction))
         })
     }
 
@@ -494,15 +489,16 @@ impl NodeProbe {
                 format!("{name} is not the probe's hash map"),
             ));
         };
-        let drained = batch::drain::<WireKey, FlowStats>(flows.fd().as_fd(), |key, stats| {
-            match cached.remove(key) {
-                Some(mut slots) => {
-                    slots.push(*stats);
-                    emit(this, key, &slots);
+        let drained =
+            sys::drain::<WireKey, FlowStats>(flows.fd().as_fd(), |key, stats| {
+                match cached.remove(key) {
+                    Some(mut slots) => {
+                        slots.push(*stats);
+                        emit(this, key, &slots);
+                    }
+                    None => emit(this, key, std::slice::from_ref(stats)),
                 }
-                None => emit(this, key, std::slice::from_ref(stats)),
-            }
-        });
+            });
         // What was read is already deleted from the map: keep it. What was not stays there
         // and comes out at this buffer's next drain.
         if let Err(e) = drained {
@@ -538,17 +534,23 @@ impl NodeProbe {
             Some(a) => (a.name.clone(), a.kind),
             None => (format!("if{}", key.ifindex), IfaceKind::Other),
         };
-        points.intern(CapturePoint {
+        let direction = if key.direction == direction::EGRESS {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        };
+        points.intern(self.capture_point(iface, kind, direction))
+    }
+
+    /// One direction of one of this node's interfaces.
+    fn capture_point(&self, iface: String, kind: IfaceKind, direction: Direction) -> CapturePoint {
+        CapturePoint {
             node: self.node.clone(),
             iface,
             kind,
-            direction: if key.direction == direction::EGRESS {
-                Direction::Egress
-            } else {
-                Direction::Ingress
-            },
+            direction,
             drop_reason: String::new(),
-        })
+        }
     }
 
     pub fn counters(&self) -> Result<ProbeCounters, LiveError> {
@@ -603,19 +605,10 @@ impl NodeProbe {
                     | Map::RingBuf(d) => d,
                     _ => return None,
                 };
-                Some((name.to_string(), memlock(data.fd().as_fd())?))
+                Some((name.to_string(), sys::memlock(data.fd().as_fd())?))
             })
             .collect()
     }
-}
-
-/// The `memlock:` line of a BPF map descriptor's fdinfo, in bytes.
-pub fn memlock(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
-    use std::os::fd::AsRawFd;
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("memlock:"))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Each program once (the baseline is one program on both hooks).
@@ -633,18 +626,18 @@ fn mac(b: &[u8; 6]) -> u64 {
     b.iter().fold(0u64, |acc, x| (acc << 8) | *x as u64)
 }
 
-/// Merges one flow's per-CPU slots: counters add up, the first packet (earliest CPU slot)
-/// gives the fingerprint, unless a slot saw the handshake (as the replay aggregator).
+/// Merges one flow's records (its cache slot on each CPU that held it, its shared hash map
+/// entry): counters add up, the first packet (earliest record) gives the fingerprint, unless
+/// a record saw the handshake (as the replay aggregator).
 pub fn observation(
     point: u16,
     key: &WireKey,
-    per_cpu: &[FlowStats],
+    records: &[FlowStats],
     clock_offset_ns: i64,
 ) -> Option<Observation> {
-    let used: Vec<&FlowStats> = per_cpu.iter().filter(|s| s.packets > 0).collect();
-    let first = used.iter().min_by_key(|s| s.first_ns)?;
-    let syn = used
-        .iter()
+    let used = || records.iter().filter(|s| s.packets > 0);
+    let first = used().min_by_key(|s| s.first_ns)?;
+    let syn = used()
         .filter(|s| fp::is_handshake(s.fp_kind))
         .min_by_key(|s| s.first_ns);
     let fp_from = syn.unwrap_or(first);
@@ -677,20 +670,15 @@ pub fn observation(
         dst_mac: mac(&first.dst_mac),
         outer_src_mac: mac(&first.outer_src_mac),
         outer_dst_mac: mac(&first.outer_dst_mac),
-        tcp_flags: used.iter().fold(0, |f, s| f | s.tcp_flags),
+        tcp_flags: used().fold(0, |f, s| f | s.tcp_flags),
         fp_kind: fp_from.fp_kind,
         fingerprint: fp_from.fingerprint,
-        packets: used.iter().map(|s| s.packets).sum(),
-        bytes: used.iter().map(|s| s.bytes).sum(),
+        packets: used().map(|s| s.packets).sum(),
+        bytes: used().map(|s| s.bytes).sum(),
         first_ns: to_unix(first.first_ns),
         // Later packets carry the time to the tick (the probe's `tick_now`), which can lag a
         // slot's first packet, timed precisely, by up to one tick.
-        last_ns: to_unix(
-            used.iter()
-                .map(|s| s.last_ns.max(s.first_ns))
-                .max()
-                .unwrap_or(0),
-        ),
+        last_ns: to_unix(used().map(|s| s.last_ns.max(s.first_ns)).max().unwrap_or(0)),
         geneve,
     })
 }

@@ -446,6 +446,7 @@ fn packets_of_one_flow_on_every_cpu_at_once_are_all_counted_across_drains() {
         eth(&ipv4_tcp(a, b, (40002, 80), 1, "A", b"x")),
         eth(&ipv4_tcp(a, b, (40002, 80), 1, "PA", b"x")),
     ];
+    use std::os::fd::AsFd;
     const ROUNDS: u64 = 2000;
     const REPEAT: u32 = 500;
     let fd = test_run::program_fd(probe.ingress_program()).unwrap();
@@ -457,7 +458,6 @@ fn packets_of_one_flow_on_every_cpu_at_once_are_all_counted_across_drains() {
                 let (fd, holder, frame) = (&fd, &holder, &shared[t]);
                 s.spawn(move || {
                     for _ in 0..ROUNDS {
-                        use std::os::fd::AsFd;
                         test_run::run_fd(fd.as_fd(), holder, 1).unwrap();
                         test_run::run_fd(fd.as_fd(), frame, REPEAT).unwrap();
                     }

@@ -62,17 +62,7 @@ pub fn run_fd(prog: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> io::Result<(u3
     };
     // SAFETY: BPF_PROG_TEST_RUN reads `frame` (len data_size_in) and writes only the attr's
     // output fields; data_out is null so no output buffer is written.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    unsafe { super::sys::bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
     Ok((attr.retval, attr.duration))
 }
 

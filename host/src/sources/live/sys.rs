@@ -1,10 +1,36 @@
-//! `BPF_MAP_LOOKUP_AND_DELETE_BATCH`: reads and deletes a hash map's entries many at a time.
+//! The `bpf(2)` calls aya does not make, and what the kernel says of a map's memory.
+//!
+//! `BPF_MAP_LOOKUP_AND_DELETE_BATCH` reads and deletes a hash map's entries many at a time.
 //! aya offers only one element per system call (next key, lookup, delete: three calls per
 //! flow, ~3 M calls for 1 M flows); a batch moves thousands of entries per call and deletes
 //! them as it goes, so the drain never holds more than one batch besides its observations.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// `bpf(cmd, attr, sizeof attr)`: the system call's result, or the error it set.
+///
+/// # Safety
+/// `attr` is the `union bpf_attr` member `cmd` reads, and every pointer in it is valid for
+/// what the kernel reads or writes through it.
+pub unsafe fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<libc::c_long> {
+    // SAFETY: the caller's; the kernel reads and writes at most `size_of::<A>()` of `attr`.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, std::mem::size_of::<A>()) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// The `memlock:` line of a BPF map descriptor's fdinfo, in bytes: the kernel's own account
+/// of the map's memory (for maps that are not preallocated, the elements in use).
+pub fn memlock(fd: BorrowedFd<'_>) -> Option<u64> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+}
 
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 
@@ -55,15 +81,7 @@ pub fn drain<K: Copy + Default, V: Copy + Default>(
         // SAFETY: the kernel writes at most `count` keys and values into buffers that hold
         // `size` of each (K and V are the map's key and value types), and `token` bytes of
         // position into `pos_out`; it reads `pos_in`, written by the previous call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_AND_DELETE_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        let err = (r < 0).then(io::Error::last_os_error);
+        let err = unsafe { bpf(BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut attr) }.err();
         if let Some(e) = &err
             && e.raw_os_error() == Some(libc::ENOSPC)
             && attr.count == 0
