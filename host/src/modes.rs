@@ -188,6 +188,10 @@ impl HealthSource for ReplayStats {
             health.drop(format!("malformed packet: {reason}"), *n);
         }
         health.drop("unsupported link type", self.unsupported_linktype);
+        health.drop(
+            "handshakes merged: a 5-tuple reopened over 255 times at one point in one window",
+            self.reopenings_merged,
+        );
         for e in &self.file_errors {
             health.error(e.clone());
         }

@@ -631,27 +631,129 @@ impl UnionFind {
     }
 }
 
-/// The same 5-tuple is one connection. Keyed by the 5-tuple's digest (8 bytes, not 56: this
-/// map is as large as the window); a digest two different 5-tuples share is told apart by
-/// comparing them, and those few go by the whole 5-tuple.
-fn join_by_tuple(held: &[Seen], uf: &mut UnionFind, digest: impl Fn(&TupleKey) -> TupleDigest) {
-    let mut by_digest: FastMap<TupleDigest, usize> = FastMap::default();
+/// What the tuple join notes of one 5-tuple (by digest) to find one reused in the window.
+struct TupleSeen {
+    /// Its first view.
+    first: usize,
+    /// When its earliest view was first seen.
+    first_ns: u64,
+    /// Its first SYN's ISN, and when its earliest SYN view was first seen (`u64::MAX`: none).
+    syn: u32,
+    syn_ns: u64,
+    /// SYNs with two different ISNs.
+    two_syns: bool,
+}
+
+impl TupleSeen {
+    /// Two connections on one 5-tuple in this window: two handshakes, or packets from before
+    /// the one handshake (the end of a connection opened earlier, then a new one). The
+    /// capture starts a new observation at each (`fp::opens_another`), so their views can be
+    /// told apart. One connection's views all come at or after its earliest SYN.
+    fn reused(&self) -> bool {
+        self.two_syns || (self.syn_ns != u64::MAX && self.first_ns < self.syn_ns)
+    }
+}
+
+/// The same 5-tuple is one connection, but for a 5-tuple reused in the window (see
+/// [`TupleSeen::reused`]): its views are one connection per handshake, by time (each view
+/// goes with the latest handshake that began at or before it; views before the first are
+/// the connection before it). Returns, for the views of reused 5-tuples, the ISN of the
+/// handshake each belongs to.
+///
+/// Keyed by the 5-tuple's digest (8 bytes, not 56: this map is as large as the window); a
+/// digest two different 5-tuples share is told apart by comparing them, and those few go by
+/// the whole 5-tuple.
+fn join_by_tuple(
+    held: &[Seen],
+    uf: &mut UnionFind,
+    digest: impl Fn(&TupleKey) -> TupleDigest,
+) -> FastMap<usize, u32> {
+    let mut by_digest: FastMap<TupleDigest, TupleSeen> = FastMap::default();
     let mut shared_digest: FastMap<TupleKey, usize> = FastMap::default();
+    let joins = |s: &Seen| s.fp_kind != fp::ICMP_QUOTE;
     for (i, s) in held.iter().enumerate() {
-        if s.fp_kind == fp::ICMP_QUOTE {
+        if !joins(s) {
             // An ICMP error joins the connection it quotes (`join_by_quote`), not the other
             // errors between the same two hosts.
             continue;
         }
         let key = s.tuple_key();
-        let first = *by_digest.entry(digest(&key)).or_insert(i);
-        let j = if held[first].tuple_key() == key {
-            first
+        let seen = by_digest.entry(digest(&key)).or_insert(TupleSeen {
+            first: i,
+            first_ns: s.first_ns,
+            syn: 0,
+            syn_ns: u64::MAX,
+            two_syns: false,
+        });
+        let j = if held[seen.first].tuple_key() == key {
+            seen.first_ns = seen.first_ns.min(s.first_ns);
+            if s.fp_kind == fp::TCP_SYN_ISN {
+                if seen.syn_ns == u64::MAX {
+                    seen.syn = s.fingerprint;
+                } else if seen.syn != s.fingerprint {
+                    seen.two_syns = true;
+                }
+                seen.syn_ns = seen.syn_ns.min(s.first_ns);
+            }
+            seen.first
         } else {
             *shared_digest.entry(key).or_insert(i)
         };
         uf.union(i, j);
     }
+    let mut handshake_of = FastMap::default();
+    if !by_digest.values().any(TupleSeen::reused) {
+        return handshake_of;
+    }
+    // Rare: join again, the reused 5-tuples' views one connection per handshake.
+    *uf = UnionFind((0..held.len()).collect());
+    let mut reused: FastMap<TupleKey, Vec<usize>> = FastMap::default();
+    for (i, s) in held.iter().enumerate() {
+        if !joins(s) {
+            continue;
+        }
+        let key = s.tuple_key();
+        let seen = &by_digest[&digest(&key)];
+        if held[seen.first].tuple_key() != key {
+            uf.union(i, *shared_digest.get(&key).expect("noted above"));
+        } else if seen.reused() {
+            reused.entry(key).or_default().push(i);
+        } else {
+            uf.union(i, seen.first);
+        }
+    }
+    for views in reused.values() {
+        // Each handshake's ISN and when it began (its earliest SYN view), in time order.
+        let mut starts: Vec<(u64, u32)> = Vec::new();
+        for &i in views {
+            let s = &held[i];
+            if s.fp_kind == fp::TCP_SYN_ISN {
+                match starts.iter_mut().find(|h| h.1 == s.fingerprint) {
+                    Some(h) => h.0 = h.0.min(s.first_ns),
+                    None => starts.push((s.first_ns, s.fingerprint)),
+                }
+            }
+        }
+        starts.sort_unstable();
+        // The first view of each connection: one before the first handshake, one per ISN.
+        let mut firsts: Vec<(Option<u32>, usize)> = Vec::with_capacity(starts.len() + 1);
+        for &i in views {
+            let s = &held[i];
+            let isn = if s.fp_kind == fp::TCP_SYN_ISN {
+                Some(s.fingerprint)
+            } else {
+                starts.iter().rev().find(|h| h.0 <= s.first_ns).map(|h| h.1)
+            };
+            if let Some(isn) = isn {
+                handshake_of.insert(i, isn);
+            }
+            match firsts.iter().find(|f| f.0 == isn) {
+                Some(&(_, first)) => uf.union(i, first),
+                None => firsts.push((isn, i)),
+            }
+        }
+    }
+    handshake_of
 }
 
 /// Joins each ICMPv4 error to the view whose 5-tuple it quotes (`fp::ICMP_QUOTE`): a
@@ -884,8 +986,14 @@ impl Stitcher {
     /// drain can fall between a packet's two views at a NAT (it arrived before the drain, its
     /// rewritten copy left after it), and then the first packets the two views hold in this
     /// window differ. A new handshake on a remembered 5-tuple (another SYN) is a new
-    /// connection and joins nothing by memory.
-    fn join_by_memory(&self, held: &[Seen], uf: &mut UnionFind) {
+    /// connection and joins nothing by memory, nor do the other views of its connection on a
+    /// 5-tuple reused in this window (`handshake_of`, from [`join_by_tuple`]).
+    fn join_by_memory(
+        &self,
+        held: &[Seen],
+        uf: &mut UnionFind,
+        handshake_of: &FastMap<usize, u32>,
+    ) {
         if self.counted_at[0].is_empty() && self.counted_at[1].is_empty() && self.quiet.is_empty() {
             return;
         }
@@ -898,6 +1006,9 @@ impl Stitcher {
                 continue;
             };
             if m.fp_kind == fp::TCP_SYN_ISN && Some(m.fingerprint) != r.syn {
+                continue;
+            }
+            if handshake_of.get(&i).is_some_and(|&isn| Some(isn) != r.syn) {
                 continue;
             }
             let first = *by_place.entry(r.place).or_insert(i);
@@ -943,10 +1054,10 @@ impl Stitcher {
             .unwrap_or(0)
             .max(self.window_end_ns);
         let mut uf = UnionFind((0..held.len()).collect());
-        join_by_tuple(&held, &mut uf, digest);
+        let handshake_of = join_by_tuple(&held, &mut uf, digest);
         join_by_quote(&held, &mut uf);
         self.join_by_fingerprint(&held, &mut uf);
-        self.join_by_memory(&held, &mut uf);
+        self.join_by_memory(&held, &mut uf, &handshake_of);
         let by_time = self.join_by_time(&held, &mut uf);
         // Group by sorting (root, index): one allocation, members in arrival order.
         let mut order: Vec<(usize, usize)> = (0..held.len()).map(|i| (uf.find(i), i)).collect();
@@ -1890,6 +2001,127 @@ mod tests {
                 .is_some_and(|(_, v)| *v >= u64::from(n) - 256),
             "{collisions:?}"
         );
+    }
+
+    /// Two connections on one 5-tuple in one window (a deleted pod's address and port used
+    /// again by its successor, to the same service and backend), seen at the client's veth
+    /// (to the ClusterIP and back) and, after DNAT, at the backend's veth on another node:
+    /// the capture keeps them apart at each point (`fp::opens_another`), and so must the
+    /// stitcher, each connection with its own views and packets.
+    #[test]
+    fn two_connections_on_one_5_tuple_in_one_window_stay_two() {
+        let ms = 1_000_000;
+        let conn = |syn: u32, synack: u32, at: u64, packets: u64| {
+            [
+                Row::flow(6, "10.244.0.5", 40000, "10.96.0.10", 80)
+                    .at(0)
+                    .fingerprint(fp::TCP_SYN_ISN, syn)
+                    .flags(tcp::SYN | tcp::ACK | tcp::FIN)
+                    .during(at, at + 9 * ms)
+                    .counters(packets, packets * 100),
+                Row::flow(6, "10.244.0.5", 40000, "10.244.1.7", 8080)
+                    .at(1)
+                    .fingerprint(fp::TCP_SYN_ISN, syn)
+                    .flags(tcp::SYN | tcp::ACK | tcp::FIN)
+                    .during(at + ms / 10, at + 9 * ms)
+                    .counters(packets, packets * 100),
+                Row::flow(6, "10.244.1.7", 8080, "10.244.0.5", 40000)
+                    .at(1)
+                    .fingerprint(fp::TCP_SYNACK_ISN, synack)
+                    .flags(tcp::SYN | tcp::ACK | tcp::FIN)
+                    .during(at + ms / 5, at + 9 * ms)
+                    .counters(2, 200),
+                Row::flow(6, "10.96.0.10", 80, "10.244.0.5", 40000)
+                    .at(0)
+                    .fingerprint(fp::TCP_SYNACK_ISN, synack)
+                    .flags(tcp::SYN | tcp::ACK | tcp::FIN)
+                    .during(at + ms / 4, at + 9 * ms)
+                    .counters(2, 200),
+            ]
+        };
+        let mut b = BatchBuilder::new()
+            .point("a", "veth1", IfaceKind::PodVeth, Direction::Ingress)
+            .point("b", "veth9", IfaceKind::PodVeth, Direction::Egress);
+        for r in conn(111, 900, 0, 5)
+            .into_iter()
+            .chain(conn(222, 700, 1_000 * ms, 7))
+        {
+            b = b.row(r);
+        }
+        let mut s = Stitcher::default();
+        s.add_batch(&b.build());
+        let mut conns = s.drain();
+        conns.sort_by_key(|c| c.members[0].first_ns);
+        assert_eq!(conns.len(), 2);
+        // Requests and replies, at one place.
+        for (c, (syn, packets)) in conns.iter().zip([(111, 5 + 2), (222, 7 + 2)]) {
+            assert_eq!(c.members.len(), 4);
+            assert!(
+                c.members
+                    .iter()
+                    .all(|m| m.fingerprint == syn || m.fp_kind == fp::TCP_SYNACK_ISN)
+            );
+            assert!(!c.continued);
+            assert_eq!(c.counters().0, packets, "counted once, at one place");
+        }
+    }
+
+    /// The tail of a connection opened in the last window (no handshake now, its FIN), then a
+    /// new connection on the same 5-tuple: the tail goes on the old connection, the new one
+    /// is new.
+    #[test]
+    fn a_connection_ending_and_another_starting_on_its_5_tuple_stay_two() {
+        let ms = 1_000_000;
+        let req = || Row::flow(6, "10.244.0.5", 40000, "10.244.1.7", 80);
+        let rep = || Row::flow(6, "10.244.1.7", 80, "10.244.0.5", 40000);
+        let mut s = Stitcher::default();
+        s.add_batch(&window(vec![
+            req()
+                .fingerprint(fp::TCP_SYN_ISN, 1)
+                .during(0, ms)
+                .counters(3, 300),
+            rep()
+                .fingerprint(fp::TCP_SYNACK_ISN, 2)
+                .during(ms / 2, ms)
+                .counters(2, 200),
+        ]));
+        assert_eq!(s.drain().len(), 1);
+        s.add_batch(&window(vec![
+            req()
+                .fingerprint(fp::TCP_SEQ, 4)
+                .flags(tcp::ACK | tcp::FIN)
+                .during(5_000 * ms, 5_001 * ms)
+                .counters(2, 100),
+            rep()
+                .fingerprint(fp::TCP_SEQ, 3)
+                .flags(tcp::ACK | tcp::FIN)
+                .during(5_000 * ms, 5_001 * ms)
+                .counters(2, 100),
+            req()
+                .fingerprint(fp::TCP_SYN_ISN, 77)
+                .during(6_000 * ms, 6_001 * ms)
+                .counters(4, 400),
+            rep()
+                .fingerprint(fp::TCP_SYNACK_ISN, 88)
+                .during(6_000 * ms + 1, 6_001 * ms)
+                .counters(3, 300),
+        ]));
+        let mut conns = s.drain();
+        conns.sort_by_key(|c| c.members[0].first_ns);
+        assert_eq!(conns.len(), 2);
+        assert!(conns[0].continued, "the old connection's tail");
+        assert_eq!(conns[0].counters().0, 4);
+        assert!(!conns[1].continued, "the new handshake");
+        assert_eq!(conns[1].counters().0, 7);
+        // The next window continues the new one.
+        s.add_batch(&window(vec![
+            req()
+                .fingerprint(fp::TCP_SEQ, 80)
+                .during(11_000 * ms, 11_001 * ms),
+        ]));
+        let next = s.drain();
+        assert_eq!(next.len(), 1);
+        assert!(next[0].continued);
     }
 
     /// A batch of `rows`, all seen at one pod veth.

@@ -163,6 +163,42 @@ pub mod fp {
     pub fn upgrades(protocol: u8, flags: u8, current: u8) -> bool {
         protocol == ipproto::TCP && flags & tcp_flags::SYN != 0 && !is_handshake(current)
     }
+
+    /// How far a SYN may trail other packets of its own connection at one point (packets
+    /// handled on two CPUs at once) and still be that connection's handshake seen late.
+    pub const SYN_REORDER_NS: u64 = 10_000_000;
+
+    /// Does this packet open another connection on a 5-tuple an observation already holds at
+    /// this point, in this window (a deleted pod's address and port used again by a new pod,
+    /// a port reused after TIME_WAIT)? It does when it is a handshake packet (SYN or SYN+ACK,
+    /// `kind`/`value` from [`of`]) and the observation
+    /// - holds another handshake (another ISN: a retransmitted SYN carries the same one), or
+    /// - holds no handshake but a FIN or RST (the old connection ended), or packets from more
+    ///   than [`SYN_REORDER_NS`] before (not a SYN reordered behind its own packets).
+    ///
+    /// Both capture sources then start a new observation of the same key, so one connection's
+    /// packets are never counted on another's ([`upgrades`] covers the reordered SYN).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn opens_another(
+        protocol: u8,
+        kind: u8,
+        value: u32,
+        held_kind: u8,
+        held_value: u32,
+        held_flags: u8,
+        held_first_ns: u64,
+        now_ns: u64,
+    ) -> bool {
+        if protocol != ipproto::TCP || !is_handshake(kind) {
+            return false;
+        }
+        if is_handshake(held_kind) {
+            return held_kind != kind || held_value != value;
+        }
+        held_flags & (tcp_flags::FIN | tcp_flags::RST) != 0
+            || now_ns.saturating_sub(held_first_ns) > SYN_REORDER_NS
+    }
 }
 
 /// How many L4 payload bytes [`payload_hash`] covers.
@@ -414,6 +450,38 @@ mod tests {
         assert!(!fp::upgrades(ipproto::TCP, SYN, fp::TCP_SYNACK_ISN));
         assert!(!fp::upgrades(ipproto::UDP, SYN, fp::IPV4_ID));
         assert!(!fp::upgrades(ipproto::TCP, ACK, fp::TCP_SEQ));
+    }
+
+    #[test]
+    fn a_new_handshake_on_a_held_tuple_opens_another_connection() {
+        use super::{fp, ipproto};
+        let (syn, synack, seq) = (fp::TCP_SYN_ISN, fp::TCP_SYNACK_ISN, fp::TCP_SEQ);
+        let opens = |kind, value, held: (u8, u32, u8, u64), now| {
+            fp::opens_another(
+                ipproto::TCP,
+                kind,
+                value,
+                held.0,
+                held.1,
+                held.2,
+                held.3,
+                now,
+            )
+        };
+        // Another ISN after a handshake, in either direction: another connection.
+        assert!(opens(syn, 2, (syn, 1, 0, 0), 1));
+        assert!(opens(synack, 2, (synack, 1, 0x10, 0), 1));
+        // The same SYN again (a retransmission): the same connection.
+        assert!(!opens(syn, 1, (syn, 1, 0x02, 0), 3_000_000_000));
+        // No handshake held: a SYN after a FIN or RST, or long after, opens another; a SYN
+        // reordered just behind its connection's packets does not.
+        assert!(opens(syn, 5, (seq, 9, super::tcp_flags::FIN, 0), 1));
+        assert!(opens(syn, 5, (seq, 9, super::tcp_flags::RST, 0), 1));
+        assert!(opens(syn, 5, (seq, 9, 0x10, 0), fp::SYN_REORDER_NS + 1));
+        assert!(!opens(syn, 5, (seq, 9, 0x10, 0), 1_000));
+        // Not a handshake packet, or not TCP: never.
+        assert!(!opens(seq, 5, (syn, 1, 0, 0), 1));
+        assert!(!fp::opens_another(ipproto::UDP, syn, 5, syn, 1, 0, 0, 1));
     }
 
     #[test]

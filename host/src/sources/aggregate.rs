@@ -1,6 +1,6 @@
 //! Packets -> observations: one observation per flow direction per capture point per window.
 
-use super::decode::{Decoded, GeneveOpt, L3L4, fp};
+use super::decode::{Decoded, GeneveOpt, L3L4, fp, tcp_flags};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -110,6 +110,9 @@ pub struct FlowKey {
     pub outer_dst: u128,
     pub outer_src_port: u16,
     pub outer_dst_port: u16,
+    /// 0, or which later connection on the same key this is within the window (a new
+    /// handshake on a 5-tuple already held: [`fp::opens_another`]).
+    pub generation: u8,
 }
 
 /// One direction of one flow at one point, over one window.
@@ -149,6 +152,7 @@ impl FlowKey {
             outer_dst: outer.dst,
             outer_src_port: outer.src_port,
             outer_dst_port: outer.dst_port,
+            generation: 0,
         }
     }
 }
@@ -185,16 +189,59 @@ impl Observation {
 #[derive(Default)]
 pub struct Aggregator {
     flows: HashMap<FlowKey, Observation, foldhash::fast::RandomState>,
+    /// Keys (generation 0) that a new handshake split in this window, and their latest
+    /// generation: where their packets go now. Empty but for reused 5-tuples.
+    reopened: HashMap<FlowKey, u8, foldhash::fast::RandomState>,
+    /// Handshakes on a key already split [`MAX_GENERATION`] times, merged into its latest
+    /// observation (counted: `capture.reopened_merged`).
+    merged_reopenings: u64,
 }
+
+/// The most connections one key keeps apart in one window (a 5-tuple reused 255 times in a
+/// window is a scan or a flood, not connections worth telling apart).
+pub const MAX_GENERATION: u8 = u8::MAX;
 
 impl Aggregator {
     pub fn add(&mut self, point: u16, d: &Decoded, ts_ns: u64) {
         // The key alone on the per-packet path; the rest only for a flow's first packet.
-        let key = FlowKey::of(point, d);
-        let obs = self
+        let mut key = FlowKey::of(point, d);
+        if !self.reopened.is_empty()
+            && let Some(&generation) = self.reopened.get(&key)
+        {
+            key.generation = generation;
+        }
+        let mut obs = self
             .flows
             .entry(key)
             .or_insert_with(|| Observation::first(key, d, ts_ns));
+        if d.inner.tcp_flags & tcp_flags::SYN != 0 && obs.packets > 0 {
+            let (kind, value) = d.fingerprint();
+            if fp::opens_another(
+                d.inner.protocol,
+                kind,
+                value,
+                obs.fp_kind,
+                obs.fingerprint,
+                obs.tcp_flags,
+                obs.first_ns,
+                ts_ns,
+            ) {
+                if key.generation == MAX_GENERATION {
+                    self.merged_reopenings += 1;
+                } else {
+                    let base = FlowKey {
+                        generation: 0,
+                        ..key
+                    };
+                    key.generation += 1;
+                    self.reopened.insert(base, key.generation);
+                    obs = self
+                        .flows
+                        .entry(key)
+                        .or_insert_with(|| Observation::first(key, d, ts_ns));
+                }
+            }
+        }
         // A SYN seen after other packets (out-of-order capture) still gives the ISN.
         if fp::upgrades(d.inner.protocol, d.inner.tcp_flags, obs.fp_kind) {
             (obs.fp_kind, obs.fingerprint) = d.fingerprint();
@@ -204,6 +251,12 @@ impl Aggregator {
         obs.bytes += d.inner.ip_len as u64;
         obs.first_ns = obs.first_ns.min(ts_ns);
         obs.last_ns = obs.last_ns.max(ts_ns);
+    }
+
+    /// Handshakes merged into an earlier connection's observation because their key was
+    /// already split [`MAX_GENERATION`] times in the window.
+    pub fn merged_reopenings(&self) -> u64 {
+        self.merged_reopenings
     }
 
     pub fn len(&self) -> usize {
@@ -216,6 +269,7 @@ impl Aggregator {
 
     /// Everything aggregated so far, in a stable order (first seen, then key), and resets.
     pub fn drain(&mut self) -> Vec<Observation> {
+        self.reopened.clear();
         let mut out: Vec<Observation> = self.flows.drain().map(|(_, o)| o).collect();
         sort_observations(&mut out);
         out
@@ -238,7 +292,125 @@ pub fn sort_observations(obs: &mut [Observation]) {
             k.dst_port,
             k.protocol,
             (k.tunnel, k.vni, k.outer_src, k.outer_dst),
-            (k.outer_src_port, k.outer_dst_port),
+            (k.outer_src_port, k.outer_dst_port, k.generation),
         )
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::decode::{ipproto, tcp_flags::*};
+
+    /// One TCP packet client:40000 -> server:80 (or back) at one point.
+    fn tcp(reply: bool, flags: u8, seq: u32) -> Decoded {
+        let (a, b) = (0xffff_0af4_0105u128, 0xffff_0af4_0207u128);
+        let (src, dst, sp, dp) = if reply {
+            (b, a, 80, 40_000)
+        } else {
+            (a, b, 40_000, 80)
+        };
+        Decoded {
+            inner: L3L4 {
+                src,
+                dst,
+                protocol: ipproto::TCP,
+                src_port: sp,
+                dst_port: dp,
+                tcp_flags: flags,
+                tcp_seq: seq,
+                ip_len: 60,
+                ..L3L4::default()
+            },
+            tunnel: None,
+            outgoing: None,
+        }
+    }
+
+    /// (generation, direction is the reply, fingerprint kind, fingerprint, packets) of each
+    /// observation drained.
+    fn drained(agg: &mut Aggregator) -> Vec<(u8, bool, u8, u32, u64)> {
+        agg.drain()
+            .iter()
+            .map(|o| {
+                let k = &o.key;
+                (
+                    k.generation,
+                    k.src_port == 80,
+                    o.fp_kind,
+                    o.fingerprint,
+                    o.packets,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_handshake_on_a_held_5_tuple_starts_another_observation() {
+        let mut agg = Aggregator::default();
+        let ms = 1_000_000;
+        // Connection A: handshake (SYN retransmitted once), data, FIN.
+        agg.add(1, &tcp(false, SYN, 100), 0);
+        agg.add(1, &tcp(false, SYN, 100), 1_000 * ms);
+        agg.add(1, &tcp(true, SYN | ACK, 900), 1_001 * ms);
+        agg.add(1, &tcp(false, ACK, 101), 1_002 * ms);
+        agg.add(1, &tcp(true, FIN | ACK, 901), 1_003 * ms);
+        agg.add(1, &tcp(false, FIN | ACK, 101), 1_004 * ms);
+        // Connection B on the same 5-tuple, at the same point, in the same window.
+        agg.add(1, &tcp(false, SYN, 5_000), 2_000 * ms);
+        agg.add(1, &tcp(true, SYN | ACK, 7_000), 2_001 * ms);
+        agg.add(1, &tcp(false, ACK, 5_001), 2_002 * ms);
+        agg.add(1, &tcp(true, ACK, 7_001), 2_003 * ms);
+        agg.add(1, &tcp(false, ACK, 5_001), 2_004 * ms);
+        let mut got = drained(&mut agg);
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (0, false, fp::TCP_SYN_ISN, 100, 4),
+                (0, true, fp::TCP_SYNACK_ISN, 900, 2),
+                (1, false, fp::TCP_SYN_ISN, 5_000, 3),
+                (1, true, fp::TCP_SYNACK_ISN, 7_000, 2),
+            ]
+        );
+        // A window later the key starts from generation 0 again.
+        agg.add(1, &tcp(false, ACK, 5_002), 3_000 * ms);
+        assert_eq!(drained(&mut agg), vec![(0, false, fp::TCP_SEQ, 5_002, 1)]);
+    }
+
+    #[test]
+    fn a_handshake_after_a_closed_connection_without_one_starts_another_observation() {
+        let mut agg = Aggregator::default();
+        let ms = 1_000_000;
+        // The tail of a connection opened before the window, then a new one.
+        agg.add(2, &tcp(false, ACK, 50), 0);
+        agg.add(2, &tcp(false, RST, 51), ms);
+        agg.add(2, &tcp(false, SYN, 9), 2 * ms);
+        agg.add(2, &tcp(false, ACK, 10), 3 * ms);
+        // A SYN reordered just behind its own connection's first packet is its handshake.
+        agg.add(3, &tcp(false, ACK, 10), 0);
+        agg.add(3, &tcp(false, SYN, 9), 1_000);
+        let mut got = drained(&mut agg);
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (0, false, fp::TCP_SYN_ISN, 9, 2),
+                (0, false, fp::TCP_SEQ, 50, 2),
+                (1, false, fp::TCP_SYN_ISN, 9, 2),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_tuple_reopened_past_the_last_generation_is_merged_and_counted() {
+        let mut agg = Aggregator::default();
+        for isn in 0..=u32::from(MAX_GENERATION) + 2 {
+            agg.add(1, &tcp(false, SYN, isn), u64::from(isn));
+        }
+        let got = drained(&mut agg);
+        assert_eq!(got.len(), usize::from(MAX_GENERATION) + 1);
+        assert_eq!(agg.merged_reopenings(), 2);
+        assert_eq!(got.iter().map(|g| g.4).sum::<u64>(), 258);
+    }
 }

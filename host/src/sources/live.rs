@@ -665,6 +665,7 @@ pub fn observation(
             outer_dst: addr(&key.outer_dst.0),
             outer_src_port: key.outer_src_port,
             outer_dst_port: key.outer_dst_port,
+            generation: 0,
         },
         src_mac: mac(&first.src_mac),
         dst_mac: mac(&first.dst_mac),

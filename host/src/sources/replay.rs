@@ -116,6 +116,9 @@ pub struct ReplayStats {
     pub malformed: BTreeMap<String, u64>,
     /// Interfaces with a link type we do not read, and their packet counts.
     pub unsupported_linktype: u64,
+    /// Handshakes on a 5-tuple already reopened 255 times at one point in one window, merged
+    /// into the latest connection's observation ([`super::aggregate::MAX_GENERATION`]).
+    pub reopenings_merged: u64,
     /// Per-file problems that stopped reading that file (truncation, corruption).
     pub file_errors: Vec<String>,
 }
@@ -511,6 +514,7 @@ impl Replay {
         if !agg.is_empty() || window_end.is_some() {
             on_window(&self.points, agg.drain(), window_end.unwrap_or(0));
         }
+        self.stats.reopenings_merged += agg.merged_reopenings();
         on_progress(self.progress());
     }
 
