@@ -189,7 +189,7 @@ impl HealthSource for ReplayStats {
         }
         health.drop("unsupported link type", self.unsupported_linktype);
         health.drop(
-            "handshakes merged: a 5-tuple reopened over 255 times at one point in one window",
+            "connections merged: a 5-tuple reopened over 255 times at one point in one window",
             self.reopenings_merged,
         );
         for e in &self.file_errors {

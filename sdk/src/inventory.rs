@@ -156,6 +156,44 @@ impl InventoryIndex {
             .filter_map(|i| self.inventory.pods.get(i as usize))
     }
 
+    /// The moments a pod address passed from one pod to another (ns since the epoch: the
+    /// later pod's creation, else the earlier one's deletion), by address, sorted: only
+    /// addresses more than one pod carried, at known times.
+    pub fn readdressings(&self) -> FastMap<Ip, Vec<u64>> {
+        let mut out: FastMap<Ip, Vec<u64>> = FastMap::default();
+        let pods = &self.inventory.pods;
+        for (&(i, ip), &next) in &self.next_with_ip {
+            let (Some(a), Some(b)) = (pods.get(i as usize), pods.get(next as usize)) else {
+                continue;
+            };
+            // The one deleted first is the older (0: not deleted), else the one created first.
+            let ends = |p: &Pod| {
+                (
+                    if p.deleted_ns == 0 {
+                        u64::MAX
+                    } else {
+                        p.deleted_ns
+                    },
+                    p.created_ns,
+                )
+            };
+            let (old, new) = if ends(&a) <= ends(&b) { (a, b) } else { (b, a) };
+            let at = if new.created_ns > 0 {
+                new.created_ns
+            } else {
+                old.deleted_ns
+            };
+            if at > 0 {
+                out.entry(ip).or_default().push(at);
+            }
+        }
+        for times in out.values_mut() {
+            times.sort_unstable();
+            times.dedup();
+        }
+        out
+    }
+
     pub fn is_pod_ip(&self, ip: Ip) -> bool {
         self.pods_by_ip.contains_key(&ip)
     }
@@ -183,6 +221,35 @@ pub fn warnings_to_result(warnings: &[String]) -> Result<(), crate::PluginError>
 mod tests {
     use super::*;
     use crate::testkit::pod;
+
+    #[test]
+    fn readdressings_are_when_an_address_passed_from_one_pod_to_the_next() {
+        let timed = |name: &str, ip: &str, created_ns: u64, deleted_ns: u64| crate::NewPod {
+            created_ns,
+            deleted_ns,
+            ..pod("apps", name, "n1", ip)
+        };
+        let inv = Inventory {
+            pods: [
+                // Listed out of time order: the passing is at the later pod's creation.
+                timed("third", "10.0.0.1", 90, 0),
+                timed("first", "10.0.0.1", 10, 40),
+                timed("second", "10.0.0.1", 50, 80),
+                // Creation unknown: at the earlier pod's deletion.
+                timed("gone", "10.0.0.2", 5, 30),
+                timed("came", "10.0.0.2", 0, 0),
+                timed("alone", "10.0.0.3", 10, 0),
+            ]
+            .into_iter()
+            .collect(),
+            ..Inventory::default()
+        };
+        let (idx, _) = InventoryIndex::new(inv);
+        let r = idx.readdressings();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[&"10.0.0.1".parse().unwrap()], vec![50, 90]);
+        assert_eq!(r[&"10.0.0.2".parse().unwrap()], vec![30]);
+    }
 
     #[test]
     fn pods_by_ip_lists_every_pod_that_held_the_address_in_table_order() {

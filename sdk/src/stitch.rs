@@ -532,6 +532,13 @@ pub struct Stitcher {
     /// before DNAT, and the time fallback may join it to the one view from the same source
     /// socket to somewhere else. Empty = no DNAT fallback. See [`Stitcher::learn`].
     pub dnat_fronts: FastSet<Ip>,
+    /// Pod addresses that passed from one pod to another, and when
+    /// ([`crate::inventory::InventoryIndex::readdressings`]): a UDP 5-tuple heard before and
+    /// after such a moment is two connections. See [`Stitcher::learn`].
+    pub readdressed: FastMap<Ip, Vec<u64>>,
+    /// 5-tuples that carried two connections or more in one window, kept apart
+    /// ([`join_by_tuple`]).
+    pub reused_tuples: u64,
     /// How close in time two first sightings must be for the fallback to join them.
     pub time_join_ns: u64,
     /// Connections the fallback joined.
@@ -578,6 +585,8 @@ impl Default for Stitcher {
             quiet_forgotten: 0,
             nat_sources: FastSet::default(),
             dnat_fronts: FastSet::default(),
+            readdressed: FastMap::default(),
+            reused_tuples: 0,
             time_join_ns: DEFAULT_TIME_JOIN_MS * 1_000_000,
             time_joins: 0,
             forgotten: 0,
@@ -642,23 +651,58 @@ struct TupleSeen {
     syn_ns: u64,
     /// SYNs with two different ISNs.
     two_syns: bool,
+    /// When its latest view was last seen.
+    last_ns: u64,
+    /// One of its ends is a pod address that passed to another pod at some time.
+    readdressed: bool,
 }
 
 impl TupleSeen {
-    /// Two connections on one 5-tuple in this window: two handshakes, or packets from before
-    /// the one handshake (the end of a connection opened earlier, then a new one). The
-    /// capture starts a new observation at each (`fp::opens_another`), so their views can be
-    /// told apart. One connection's views all come at or after its earliest SYN.
-    fn reused(&self) -> bool {
-        self.two_syns || (self.syn_ns != u64::MAX && self.first_ns < self.syn_ns)
+    /// Two connections on one 5-tuple in this window: two handshakes, packets from before
+    /// the one handshake (the end of a connection opened earlier, then a new one), or a UDP
+    /// 5-tuple seen before and after one of its pod addresses passed to another pod (at two
+    /// pods' veths, or at one point where the capture started another observation after a
+    /// silence, `fp::opens_another`). One connection's views all come at or after its
+    /// earliest SYN.
+    fn reused(&self, key: &TupleKey, readdressed: &FastMap<Ip, Vec<u64>>) -> bool {
+        self.two_syns
+            || (self.syn_ns != u64::MAX && self.first_ns < self.syn_ns)
+            || (key.0 == ipproto::UDP
+                && self.readdressed
+                && readdressing_moments(key, readdressed)
+                    .any(|t| self.first_ns < t && t <= self.last_ns))
     }
 }
 
+/// When a pod address of the 5-tuple passed to another pod.
+fn readdressing_moments<'a>(
+    key: &TupleKey,
+    readdressed: &'a FastMap<Ip, Vec<u64>>,
+) -> impl Iterator<Item = u64> + 'a {
+    [key.1.0, key.2.0]
+        .into_iter()
+        .filter_map(|ip| readdressed.get(&ip))
+        .flatten()
+        .copied()
+}
+
+/// Which connection a view of a reused 5-tuple belongs to ([`join_by_tuple`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reuse {
+    /// The TCP connection of this handshake (the client's ISN).
+    Handshake(u32),
+    /// A UDP connection that began after a pod address in its 5-tuple passed to another pod
+    /// (the n-th such stretch of the 5-tuple): nothing remembered of the 5-tuple is of it.
+    Readdressed(u32),
+}
+
 /// The same 5-tuple is one connection, but for a 5-tuple reused in the window (see
-/// [`TupleSeen::reused`]): its views are one connection per handshake, by time (each view
-/// goes with the latest handshake that began at or before it; views before the first are
-/// the connection before it). Returns, for the views of reused 5-tuples, the ISN of the
-/// handshake each belongs to.
+/// [`TupleSeen::reused`]): its views are one connection per TCP handshake, by time (each
+/// view goes with the latest handshake that began at or before it; views before the first
+/// are the connection before it), or for UDP one per stretch between the moments a pod
+/// address of the 5-tuple passed to another pod (`readdressed`). Returns the connection of
+/// each view of a reused 5-tuple that is not the one going on from before, and how many
+/// 5-tuples were reused.
 ///
 /// Keyed by the 5-tuple's digest (8 bytes, not 56: this map is as large as the window); a
 /// digest two different 5-tuples share is told apart by comparing them, and those few go by
@@ -667,7 +711,8 @@ fn join_by_tuple(
     held: &[Seen],
     uf: &mut UnionFind,
     digest: impl Fn(&TupleKey) -> TupleDigest,
-) -> FastMap<usize, u32> {
+    readdressed: &FastMap<Ip, Vec<u64>>,
+) -> (FastMap<usize, Reuse>, u64) {
     let mut by_digest: FastMap<TupleDigest, TupleSeen> = FastMap::default();
     let mut shared_digest: FastMap<TupleKey, usize> = FastMap::default();
     let joins = |s: &Seen| s.fp_kind != fp::ICMP_QUOTE;
@@ -678,12 +723,15 @@ fn join_by_tuple(
             continue;
         }
         let key = s.tuple_key();
-        let seen = by_digest.entry(digest(&key)).or_insert(TupleSeen {
+        let seen = by_digest.entry(digest(&key)).or_insert_with(|| TupleSeen {
             first: i,
             first_ns: s.first_ns,
             syn: 0,
             syn_ns: u64::MAX,
             two_syns: false,
+            last_ns: s.last_ns,
+            readdressed: !readdressed.is_empty()
+                && (readdressed.contains_key(&s.src) || readdressed.contains_key(&s.dst)),
         });
         let j = if held[seen.first].tuple_key() == key {
             seen.first_ns = seen.first_ns.min(s.first_ns);
@@ -695,19 +743,21 @@ fn join_by_tuple(
                 }
                 seen.syn_ns = seen.syn_ns.min(s.first_ns);
             }
+            seen.last_ns = seen.last_ns.max(s.last_ns);
             seen.first
         } else {
             *shared_digest.entry(key).or_insert(i)
         };
         uf.union(i, j);
     }
-    let mut handshake_of = FastMap::default();
-    if !by_digest.values().any(TupleSeen::reused) {
-        return handshake_of;
+    let mut reuse = FastMap::default();
+    let reused = |t: &TupleSeen| t.reused(&held[t.first].tuple_key(), readdressed);
+    if !by_digest.values().any(reused) {
+        return (reuse, 0);
     }
-    // Rare: join again, the reused 5-tuples' views one connection per handshake.
+    // Rare: join again, the reused 5-tuples' views one connection each.
     *uf = UnionFind((0..held.len()).collect());
-    let mut reused: FastMap<TupleKey, Vec<usize>> = FastMap::default();
+    let mut views_of: FastMap<TupleKey, Vec<usize>> = FastMap::default();
     for (i, s) in held.iter().enumerate() {
         if !joins(s) {
             continue;
@@ -716,44 +766,92 @@ fn join_by_tuple(
         let seen = &by_digest[&digest(&key)];
         if held[seen.first].tuple_key() != key {
             uf.union(i, *shared_digest.get(&key).expect("noted above"));
-        } else if seen.reused() {
-            reused.entry(key).or_default().push(i);
+        } else if reused(seen) {
+            views_of.entry(key).or_default().push(i);
         } else {
             uf.union(i, seen.first);
         }
     }
-    for views in reused.values() {
-        // Each handshake's ISN and when it began (its earliest SYN view), in time order.
-        let mut starts: Vec<(u64, u32)> = Vec::new();
-        for &i in views {
-            let s = &held[i];
-            if s.fp_kind == fp::TCP_SYN_ISN {
-                match starts.iter_mut().find(|h| h.1 == s.fingerprint) {
-                    Some(h) => h.0 = h.0.min(s.first_ns),
-                    None => starts.push((s.first_ns, s.fingerprint)),
-                }
+    for (key, views) in &views_of {
+        let of = if key.0 == ipproto::TCP {
+            by_handshake(held, views)
+        } else {
+            by_readdressing(held, views, key, readdressed)
+        };
+        // The first view of each connection; `None`: the one going on from before.
+        let mut firsts: Vec<(Option<Reuse>, usize)> = Vec::with_capacity(4);
+        for (&i, conn) in views.iter().zip(of) {
+            if let Some(c) = conn {
+                reuse.insert(i, c);
             }
-        }
-        starts.sort_unstable();
-        // The first view of each connection: one before the first handshake, one per ISN.
-        let mut firsts: Vec<(Option<u32>, usize)> = Vec::with_capacity(starts.len() + 1);
-        for &i in views {
-            let s = &held[i];
-            let isn = if s.fp_kind == fp::TCP_SYN_ISN {
-                Some(s.fingerprint)
-            } else {
-                starts.iter().rev().find(|h| h.0 <= s.first_ns).map(|h| h.1)
-            };
-            if let Some(isn) = isn {
-                handshake_of.insert(i, isn);
-            }
-            match firsts.iter().find(|f| f.0 == isn) {
+            match firsts.iter().find(|f| f.0 == conn) {
                 Some(&(_, first)) => uf.union(i, first),
-                None => firsts.push((isn, i)),
+                None => firsts.push((conn, i)),
             }
         }
     }
-    handshake_of
+    (reuse, views_of.len() as u64)
+}
+
+/// The handshake each view of a reused TCP 5-tuple belongs to: its own for a SYN, else the
+/// latest that began at or before it (None: before the first).
+fn by_handshake(held: &[Seen], views: &[usize]) -> Vec<Option<Reuse>> {
+    // Each handshake's ISN and when it began (its earliest SYN view), in time order.
+    let mut starts: Vec<(u64, u32)> = Vec::new();
+    for &i in views {
+        let s = &held[i];
+        if s.fp_kind == fp::TCP_SYN_ISN {
+            match starts.iter_mut().find(|h| h.1 == s.fingerprint) {
+                Some(h) => h.0 = h.0.min(s.first_ns),
+                None => starts.push((s.first_ns, s.fingerprint)),
+            }
+        }
+    }
+    starts.sort_unstable();
+    views
+        .iter()
+        .map(|&i| {
+            let s = &held[i];
+            if s.fp_kind == fp::TCP_SYN_ISN {
+                return Some(Reuse::Handshake(s.fingerprint));
+            }
+            starts
+                .iter()
+                .rev()
+                .find(|h| h.0 <= s.first_ns)
+                .map(|h| Reuse::Handshake(h.1))
+        })
+        .collect()
+}
+
+/// The connection each view of a reused UDP 5-tuple belongs to: its views in time order cut
+/// where every earlier one had ended and one of its pod addresses passed to another pod
+/// since; the views after the first cut are [`Reuse::Readdressed`], one connection per
+/// stretch.
+fn by_readdressing(
+    held: &[Seen],
+    views: &[usize],
+    key: &TupleKey,
+    readdressed: &FastMap<Ip, Vec<u64>>,
+) -> Vec<Option<Reuse>> {
+    let moments: Vec<u64> = readdressing_moments(key, readdressed).collect();
+    let mut order: Vec<usize> = (0..views.len()).collect();
+    order.sort_unstable_by_key(|&k| held[views[k]].first_ns);
+    // Per view (in `views` order): its stretch, 0 for the first.
+    let mut stretch = vec![0u32; views.len()];
+    let (mut current, mut ended) = (0u32, 0u64);
+    for (n, &k) in order.iter().enumerate() {
+        let s = &held[views[k]];
+        if n > 0 && s.first_ns > ended && moments.iter().any(|&t| ended < t && t <= s.first_ns) {
+            current += 1;
+        }
+        stretch[k] = current;
+        ended = ended.max(s.last_ns);
+    }
+    stretch
+        .iter()
+        .map(|&n| (n > 0).then_some(Reuse::Readdressed(n)))
+        .collect()
 }
 
 /// Joins each ICMPv4 error to the view whose 5-tuple it quotes (`fp::ICMP_QUOTE`): a
@@ -818,6 +916,7 @@ impl Stitcher {
     ) {
         self.nat_sources = nat_sources.into_iter().collect();
         self.dnat_fronts = inv.services.front_ips().collect();
+        self.readdressed = inv.readdressings();
     }
 
     pub fn new(max_held: usize) -> Stitcher {
@@ -986,14 +1085,9 @@ impl Stitcher {
     /// drain can fall between a packet's two views at a NAT (it arrived before the drain, its
     /// rewritten copy left after it), and then the first packets the two views hold in this
     /// window differ. A new handshake on a remembered 5-tuple (another SYN) is a new
-    /// connection and joins nothing by memory, nor do the other views of its connection on a
-    /// 5-tuple reused in this window (`handshake_of`, from [`join_by_tuple`]).
-    fn join_by_memory(
-        &self,
-        held: &[Seen],
-        uf: &mut UnionFind,
-        handshake_of: &FastMap<usize, u32>,
-    ) {
+    /// connection and joins nothing by memory, nor do the other views of a new connection on
+    /// a 5-tuple reused in this window (`reuse`, from [`join_by_tuple`]).
+    fn join_by_memory(&self, held: &[Seen], uf: &mut UnionFind, reuse: &FastMap<usize, Reuse>) {
         if self.counted_at[0].is_empty() && self.counted_at[1].is_empty() && self.quiet.is_empty() {
             return;
         }
@@ -1008,8 +1102,10 @@ impl Stitcher {
             if m.fp_kind == fp::TCP_SYN_ISN && Some(m.fingerprint) != r.syn {
                 continue;
             }
-            if handshake_of.get(&i).is_some_and(|&isn| Some(isn) != r.syn) {
-                continue;
+            match reuse.get(&i) {
+                Some(&Reuse::Handshake(isn)) if Some(isn) != r.syn => continue,
+                Some(Reuse::Readdressed(_)) => continue,
+                _ => {}
             }
             let first = *by_place.entry(r.place).or_insert(i);
             uf.union(first, i);
@@ -1054,10 +1150,11 @@ impl Stitcher {
             .unwrap_or(0)
             .max(self.window_end_ns);
         let mut uf = UnionFind((0..held.len()).collect());
-        let handshake_of = join_by_tuple(&held, &mut uf, digest);
+        let (reuse, reused) = join_by_tuple(&held, &mut uf, digest, &self.readdressed);
+        self.reused_tuples += reused;
         join_by_quote(&held, &mut uf);
         self.join_by_fingerprint(&held, &mut uf);
-        self.join_by_memory(&held, &mut uf, &handshake_of);
+        self.join_by_memory(&held, &mut uf, &reuse);
         let by_time = self.join_by_time(&held, &mut uf);
         // Group by sorting (root, index): one allocation, members in arrival order.
         let mut order: Vec<(usize, usize)> = (0..held.len()).map(|i| (uf.find(i), i)).collect();
@@ -1113,7 +1210,18 @@ impl Stitcher {
                 .zip(&before)
                 .map(|(m, r)| r.map(|r| m.source_is_lower() == r.client_lower))
                 .collect();
-            let last = before.iter().flatten().next().copied();
+            // A UDP connection begun after its pod address passed to another pod remembers
+            // nothing of the one before.
+            let readdressed = !reuse.is_empty()
+                && group
+                    .iter()
+                    .any(|(_, i)| matches!(reuse.get(i), Some(Reuse::Readdressed(_))));
+            let last = before
+                .iter()
+                .flatten()
+                .next()
+                .copied()
+                .filter(|_| !readdressed);
             // Remembered, but the place it was counted at sees nothing of it now and its
             // packets came long after the last one (late copies of counted packets follow within
             // the path's latency): new packets. A UDP or ICMP 5-tuple used again (by a new pod
@@ -1361,6 +1469,7 @@ impl Stitcher {
             ("stitch.waited", self.waited),
             ("stitch.quiet", self.quiet.len() as u64),
             ("stitch.quiet_forgotten", self.quiet_forgotten),
+            ("stitch.reused_5_tuples", self.reused_tuples),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -1879,7 +1988,7 @@ impl Kin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{BatchBuilder, Row};
+    use crate::testkit::{BatchBuilder, Row, ip};
     use crate::{Direction, IfaceKind};
 
     #[test]
@@ -1899,7 +2008,13 @@ mod tests {
         // Every 5-tuple with the same digest: only the whole tuple may join.
         for same_digest in [false, true] {
             let mut uf = UnionFind((0..held.len()).collect());
-            join_by_tuple(&held, &mut uf, |k| if same_digest { 7 } else { digest(k) });
+            let none = FastMap::default();
+            let _ = join_by_tuple(
+                &held,
+                &mut uf,
+                |k| if same_digest { 7 } else { digest(k) },
+                &none,
+            );
             let roots: Vec<usize> = (0..held.len()).map(|i| uf.find(i)).collect();
             assert_eq!(roots, [0, 1, 0, 3, 3], "same digest for all: {same_digest}");
         }
@@ -2064,6 +2179,12 @@ mod tests {
             assert!(!c.continued);
             assert_eq!(c.counters().0, packets, "counted once, at one place");
         }
+        // Both of the window's 5-tuples (before and after DNAT) carried two connections.
+        let reused = s
+            .counters()
+            .into_iter()
+            .find(|(k, _)| k == "stitch.reused_5_tuples");
+        assert_eq!(reused.map(|r| r.1), Some(2));
     }
 
     /// The tail of a connection opened in the last window (no handshake now, its FIN), then a
@@ -2122,6 +2243,77 @@ mod tests {
         let next = s.drain();
         assert_eq!(next.len(), 1);
         assert!(next[0].continued);
+    }
+
+    /// A DNS query from a pod, and a second from the pod that got its address after it was
+    /// deleted, from the same port, each DNATed to another backend: the capture keeps the
+    /// two apart at the client's veth (a UDP 5-tuple heard again after a silence), and the
+    /// stitcher keeps them two because the address passed to another pod in between. Without
+    /// that moment they are one UDP 5-tuple, one connection, as conntrack keeps it.
+    #[test]
+    fn a_udp_5_tuple_before_and_after_its_pod_address_passed_on_is_two_connections() {
+        let sec = 1_000_000_000;
+        // `veth`: the client pod's veth (the new pod's is another, or the same when the
+        // capture point is shared, as a node's uplink is).
+        let query = |at: u64, veth: usize, backend: &str, id: u32| {
+            [
+                Row::flow(17, "10.244.0.5", 40000, "10.96.0.10", 53)
+                    .at(veth)
+                    .fingerprint(fp::IPV4_ID, id << 16 | 30)
+                    .during(at, at),
+                Row::flow(17, "10.244.0.5", 40000, backend, 53)
+                    .at(1)
+                    .fingerprint(fp::IPV4_ID, id << 16 | 30)
+                    .during(at + 100_000, at + 100_000),
+                Row::flow(17, backend, 53, "10.244.0.5", 40000)
+                    .at(1)
+                    .fingerprint(fp::IPV4_ID, (id + 1) << 16 | 60)
+                    .during(at + 200_000, at + 200_000),
+                Row::flow(17, "10.96.0.10", 53, "10.244.0.5", 40000)
+                    .at(veth)
+                    .fingerprint(fp::IPV4_ID, (id + 1) << 16 | 60)
+                    .during(at + 300_000, at + 300_000),
+            ]
+        };
+        let batch = |new_veth: usize| {
+            let mut b = BatchBuilder::new()
+                .point("a", "veth1", IfaceKind::PodVeth, Direction::Ingress)
+                .point("b", "veth9", IfaceKind::PodVeth, Direction::Egress)
+                .point("a", "veth2", IfaceKind::PodVeth, Direction::Ingress);
+            for r in query(sec, 0, "10.244.1.7", 100).into_iter().chain(query(
+                3 * sec,
+                new_veth,
+                "10.244.1.8",
+                200,
+            )) {
+                b = b.row(r);
+            }
+            b.build()
+        };
+        for new_veth in [0, 2] {
+            let mut s = Stitcher::default();
+            s.readdressed.insert(ip("10.244.0.5"), vec![2 * sec]);
+            s.add_batch(&batch(new_veth));
+            let conns = s.drain();
+            assert_eq!(conns.len(), 2);
+            for c in &conns {
+                assert_eq!(c.members.len(), 4);
+                let backends: FastSet<Ip> = c
+                    .members
+                    .iter()
+                    .filter(|m| m.point == 1)
+                    .map(|m| m.dst.min(m.src))
+                    .collect();
+                assert_eq!(backends.len(), 1, "one backend each");
+                assert!(!c.continued);
+                assert_eq!(c.counters().0, 2, "query and answer at the client's veth");
+            }
+        }
+        // The address passed on at another time (or never): one connection.
+        let mut s = Stitcher::default();
+        s.readdressed.insert(ip("10.244.0.5"), vec![5 * sec]);
+        s.add_batch(&batch(0));
+        assert_eq!(s.drain().len(), 1);
     }
 
     /// A batch of `rows`, all seen at one pod veth.

@@ -168,13 +168,21 @@ pub mod fp {
     /// handled on two CPUs at once) and still be that connection's handshake seen late.
     pub const SYN_REORDER_NS: u64 = 10_000_000;
 
+    /// A UDP 5-tuple silent this long at one point and then heard again starts another
+    /// observation there: it may be another connection (a deleted pod's address and port
+    /// used again by the pod that got the address), which the plugins can then tell apart
+    /// (they join the pieces again when nothing says they are two).
+    pub const UDP_QUIET_NS: u64 = 1_000_000_000;
+
     /// Does this packet open another connection on a 5-tuple an observation already holds at
     /// this point, in this window (a deleted pod's address and port used again by a new pod,
-    /// a port reused after TIME_WAIT)? It does when it is a handshake packet (SYN or SYN+ACK,
-    /// `kind`/`value` from [`of`]) and the observation
+    /// a port reused after TIME_WAIT)? For TCP it does when it is a handshake packet (SYN or
+    /// SYN+ACK, `kind`/`value` from [`of`]) and the observation
     /// - holds another handshake (another ISN: a retransmitted SYN carries the same one), or
     /// - holds no handshake but a FIN or RST (the old connection ended), or packets from more
     ///   than [`SYN_REORDER_NS`] before (not a SYN reordered behind its own packets).
+    ///
+    /// A UDP packet does after [`UDP_QUIET_NS`] of silence on the observation.
     ///
     /// Both capture sources then start a new observation of the same key, so one connection's
     /// packets are never counted on another's ([`upgrades`] covers the reordered SYN).
@@ -187,9 +195,12 @@ pub mod fp {
         held_kind: u8,
         held_value: u32,
         held_flags: u8,
-        held_first_ns: u64,
+        (held_first_ns, held_last_ns): (u64, u64),
         now_ns: u64,
     ) -> bool {
+        if protocol == ipproto::UDP {
+            return now_ns.saturating_sub(held_last_ns) > UDP_QUIET_NS;
+        }
         if protocol != ipproto::TCP || !is_handshake(kind) {
             return false;
         }
@@ -481,7 +492,38 @@ mod tests {
         assert!(!opens(syn, 5, (seq, 9, 0x10, 0), 1_000));
         // Not a handshake packet, or not TCP: never.
         assert!(!opens(seq, 5, (syn, 1, 0, 0), 1));
-        assert!(!fp::opens_another(ipproto::UDP, syn, 5, syn, 1, 0, 0, 1));
+        assert!(!fp::opens_another(
+            ipproto::ICMP,
+            syn,
+            5,
+            syn,
+            1,
+            0,
+            (0, 0),
+            1
+        ));
+        // UDP: after a silence, whatever the fingerprints.
+        let (id, s) = (fp::IPV4_ID, 1_000_000_000);
+        assert!(fp::opens_another(
+            ipproto::UDP,
+            id,
+            5,
+            id,
+            5,
+            0,
+            (0, s),
+            2 * s + 1
+        ));
+        assert!(!fp::opens_another(
+            ipproto::UDP,
+            id,
+            5,
+            id,
+            6,
+            0,
+            (0, s),
+            2 * s
+        ));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Packets -> observations: one observation per flow direction per capture point per window.
 
-use super::decode::{Decoded, GeneveOpt, L3L4, fp, tcp_flags};
+use super::decode::{Decoded, GeneveOpt, L3L4, fp, ipproto, tcp_flags};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -111,7 +111,8 @@ pub struct FlowKey {
     pub outer_src_port: u16,
     pub outer_dst_port: u16,
     /// 0, or which later connection on the same key this is within the window (a new
-    /// handshake on a 5-tuple already held: [`fp::opens_another`]).
+    /// handshake on a 5-tuple already held, a UDP 5-tuple heard again after a silence:
+    /// [`fp::opens_another`]).
     pub generation: u8,
 }
 
@@ -189,11 +190,11 @@ impl Observation {
 #[derive(Default)]
 pub struct Aggregator {
     flows: HashMap<FlowKey, Observation, foldhash::fast::RandomState>,
-    /// Keys (generation 0) that a new handshake split in this window, and their latest
-    /// generation: where their packets go now. Empty but for reused 5-tuples.
+    /// Keys (generation 0) that a new handshake (or a UDP silence) split in this window, and
+    /// their latest generation: where their packets go now. Empty but for reused 5-tuples.
     reopened: HashMap<FlowKey, u8, foldhash::fast::RandomState>,
-    /// Handshakes on a key already split [`MAX_GENERATION`] times, merged into its latest
-    /// observation (counted: `capture.reopened_merged`).
+    /// Reopenings of a key already split [`MAX_GENERATION`] times, merged into its latest
+    /// observation (reported in `health.drops`).
     merged_reopenings: u64,
 }
 
@@ -214,7 +215,10 @@ impl Aggregator {
             .flows
             .entry(key)
             .or_insert_with(|| Observation::first(key, d, ts_ns));
-        if d.inner.tcp_flags & tcp_flags::SYN != 0 && obs.packets > 0 {
+        // Cheap tests first: only handshakes and UDP can open another connection on a key.
+        if (d.inner.tcp_flags & tcp_flags::SYN != 0 || d.inner.protocol == ipproto::UDP)
+            && obs.packets > 0
+        {
             let (kind, value) = d.fingerprint();
             if fp::opens_another(
                 d.inner.protocol,
@@ -223,7 +227,7 @@ impl Aggregator {
                 obs.fp_kind,
                 obs.fingerprint,
                 obs.tcp_flags,
-                obs.first_ns,
+                (obs.first_ns, obs.last_ns),
                 ts_ns,
             ) {
                 if key.generation == MAX_GENERATION {
@@ -253,7 +257,7 @@ impl Aggregator {
         obs.last_ns = obs.last_ns.max(ts_ns);
     }
 
-    /// Handshakes merged into an earlier connection's observation because their key was
+    /// Reopenings merged into an earlier connection's observation because their key was
     /// already split [`MAX_GENERATION`] times in the window.
     pub fn merged_reopenings(&self) -> u64 {
         self.merged_reopenings
@@ -400,6 +404,30 @@ mod tests {
                 (1, false, fp::TCP_SYN_ISN, 9, 2),
             ]
         );
+    }
+
+    #[test]
+    fn a_udp_tuple_heard_again_after_a_silence_starts_another_observation() {
+        let mut agg = Aggregator::default();
+        let udp = |id: u16| {
+            let mut d = tcp(false, 0, 0);
+            d.inner.protocol = ipproto::UDP;
+            d.inner.ip_id = Some(id);
+            d
+        };
+        let ms = 1_000_000;
+        agg.add(1, &udp(1), 0);
+        agg.add(1, &udp(2), 900 * ms);
+        agg.add(1, &udp(3), 1_800 * ms);
+        // Silent for more than fp::UDP_QUIET_NS.
+        agg.add(1, &udp(4), 2_900 * ms);
+        agg.add(1, &udp(5), 3_000 * ms);
+        let got: Vec<(u8, u64)> = agg
+            .drain()
+            .iter()
+            .map(|o| (o.key.generation, o.packets))
+            .collect();
+        assert_eq!(got, vec![(0, 3), (1, 2)]);
     }
 
     #[test]

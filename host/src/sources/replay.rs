@@ -116,7 +116,7 @@ pub struct ReplayStats {
     pub malformed: BTreeMap<String, u64>,
     /// Interfaces with a link type we do not read, and their packet counts.
     pub unsupported_linktype: u64,
-    /// Handshakes on a 5-tuple already reopened 255 times at one point in one window, merged
+    /// Reopenings (handshakes, UDP after a silence) of a 5-tuple already reopened 255 times at one point in one window, merged
     /// into the latest connection's observation ([`super::aggregate::MAX_GENERATION`]).
     pub reopenings_merged: u64,
     /// Per-file problems that stopped reading that file (truncation, corruption).

@@ -409,6 +409,21 @@ pub fn write(
     let mut next_port: Vec<u16> = (0..c.pods.len())
         .map(|_| 32768 + rng.below(20000) as u16)
         .collect();
+    // A pod that got a deleted pod's address picks the ports its predecessor did: Linux
+    // starts the search for a connection's ephemeral port at a hash of (source address,
+    // destination, destination port) under a boot-wide secret, the same in every network
+    // namespace of the node. So the successor's connections reuse 5-tuples of the old pod's,
+    // inside one window when windows are long enough.
+    for (succ, pod) in c.pods.iter().enumerate() {
+        if let Some(created) = pod.created_s
+            && let Some(pred) = c
+                .pods
+                .iter()
+                .position(|p| p.ip == pod.ip && p.deleted_s == Some(created.saturating_sub(1)))
+        {
+            next_port[succ] = next_port[pred];
+        }
+    }
     let mut next_ping: Vec<u16> = (0..nodes).map(|_| rng.word() as u16).collect();
     let mut masqueraded: HashSet<(usize, u16, Ip)> = HashSet::new();
     let query = dns_query();
