@@ -475,7 +475,7 @@ mod tests {
                 held.0,
                 held.1,
                 held.2,
-                held.3,
+                (held.3, held.3),
                 now,
             )
         };
