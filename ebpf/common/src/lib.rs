@@ -184,8 +184,9 @@ pub mod fp {
     ///
     /// A UDP packet does after [`UDP_QUIET_NS`] of silence on the observation.
     ///
-    /// Both capture sources then start a new observation of the same key, so one connection's
-    /// packets are never counted on another's ([`upgrades`] covers the reordered SYN).
+    /// Replay then starts a new observation of the same key, so one connection's packets are
+    /// never counted on another's ([`upgrades`] covers the reordered SYN). The live probe
+    /// does not yet (docs/cni-rules.md, "A 5-tuple used twice in one window").
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     pub fn opens_another(

@@ -409,11 +409,11 @@ pub fn write(
     let mut next_port: Vec<u16> = (0..c.pods.len())
         .map(|_| 32768 + rng.below(20000) as u16)
         .collect();
-    // A pod that got a deleted pod's address picks the ports its predecessor did: Linux
-    // starts the search for a connection's ephemeral port at a hash of (source address,
-    // destination, destination port) under a boot-wide secret, the same in every network
-    // namespace of the node. So the successor's connections reuse 5-tuples of the old pod's,
-    // inside one window when windows are long enough.
+    // A pod that got a deleted pod's address starts from the port its predecessor started
+    // from, so some of its connections reuse 5-tuples of the old pod's, inside one window when
+    // windows are long enough. Real nodes do it by chance (a UDP socket takes a random port;
+    // a port range wraps): the generator makes it common, so the rule that keeps two
+    // connections on one 5-tuple apart is exercised in every churned run.
     for (succ, pod) in c.pods.iter().enumerate() {
         if let Some(created) = pod.created_s
             && let Some(pred) = c
