@@ -148,6 +148,9 @@ pub struct ProbeCounters {
     pub map_full: u64,
     pub parse_failed: u64,
     pub not_ip: u64,
+    /// Packets that opened another connection on a flow's key but were added to the earlier
+    /// connection's record (its key in the shared hash map, not the per-CPU cache).
+    pub reopen_merged: u64,
     /// New-flow events read from the ring buffer: one per flow, interface and interval, and
     /// one more for each further CPU whose flow cache takes the flow (each CPU's cache sees
     /// its first packet of a flow as new; the hash map behind them is shared).
@@ -165,6 +168,10 @@ impl ProbeCounters {
             ("ring buffer full (new-flow events lost)", self.ringbuf_full),
             ("flow map full (packets not recorded)", self.map_full),
             ("headers unreadable", self.parse_failed),
+            (
+                "connections merged (a reused 5-tuple's new connection added to the old one's record)",
+                self.reopen_merged,
+            ),
         ] {
             // Listed even at zero: an operator sees each kind of loss is watched.
             health.drops.insert(format!("probe {node}: {what}"), v);

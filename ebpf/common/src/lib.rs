@@ -184,9 +184,10 @@ pub mod fp {
     ///
     /// A UDP packet does after [`UDP_QUIET_NS`] of silence on the observation.
     ///
-    /// Replay then starts a new observation of the same key, so one connection's packets are
-    /// never counted on another's ([`upgrades`] covers the reordered SYN). The live probe
-    /// does not yet (docs/cni-rules.md, "A 5-tuple used twice in one window").
+    /// Both capture sources then start a new observation of the same key (the probe for
+    /// flows its per-CPU cache holds; the agent splits records of several CPUs the same way),
+    /// so one connection's packets are never counted on another's ([`upgrades`] covers the
+    /// reordered SYN).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     pub fn opens_another(
@@ -255,7 +256,11 @@ pub mod counter {
     pub const PARSE_FAILED: u32 = 3;
     /// Not IP (ARP, LLDP, STP): expected, not a loss.
     pub const NOT_IP: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Packets that opened another connection on a flow's key but were added to the earlier
+    /// connection's record: its key was in the shared hash map (the probe splits only what
+    /// its per-CPU cache holds), or 255 were split already, or the map had no room.
+    pub const REOPEN_MERGED: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// What the probe decodes, beyond what every probe does (its read-only global `PROBE_CONFIG`,
@@ -296,7 +301,11 @@ pub struct FlowKey {
     pub direction: u8,
     pub tunnel: u8,
     pub protocol: u8,
-    pub _pad: [u8; 5],
+    /// 0, or a later connection on the same key in this interval: the probe moves a flow's
+    /// record out of its cache slot under generation 1, 2, ... when the key opens another
+    /// connection ([`fp::opens_another`]).
+    pub generation: u8,
+    pub _pad: [u8; 4],
 }
 
 /// What the probe accumulates per [`FlowKey`] (per CPU; the host merges the CPUs).
@@ -336,7 +345,9 @@ pub struct CacheSlot {
     pub key: FlowKey,
     /// The window (`ACTIVE`'s value) the slot was filled in.
     pub generation: u32,
-    pub _pad: u32,
+    /// Earlier connections on this key moved out of the slot in this window (to the hash map,
+    /// as generations 1, 2, ...).
+    pub reopened: u32,
     pub stats: FlowStats,
 }
 

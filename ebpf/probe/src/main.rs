@@ -180,6 +180,26 @@ fn record(ifindex: u32, dir: u8, scratch: &mut Scratch) {
         let slot = unsafe { &mut *slot };
         let taken = slot.generation == window && slot.stats.packets != 0;
         if taken && mem::same(&slot.key, key) {
+            if !reopens(p, kind, value, &slot.stats, tick) {
+                update(&mut slot.stats, p, kind, value, tick);
+                return;
+            }
+            // Another connection on this key: the slot's record goes to the hash map under
+            // the next generation, and the slot starts over with this packet.
+            slot.reopened += 1;
+            if slot.reopened <= u8::MAX as u32 {
+                key.generation = slot.reopened as u8;
+                #[allow(clippy::needless_borrows_for_generic_args)]
+                let moved = flows.insert(&*key, &slot.stats, BPF_NOEXIST as u64).is_ok();
+                key.generation = 0;
+                if moved {
+                    let now = precise_now();
+                    first(&mut slot.stats, p, now, kind, value);
+                    new_flow(key, now, kind, value);
+                    return;
+                }
+            }
+            bump(counter::REOPEN_MERGED);
             update(&mut slot.stats, p, kind, value, tick);
             return;
         }
@@ -187,6 +207,7 @@ fn record(ifindex: u32, dir: u8, scratch: &mut Scratch) {
             let now = precise_now();
             mem::copy(&mut slot.key, key);
             slot.generation = window;
+            slot.reopened = 0;
             first(&mut slot.stats, p, now, kind, value);
             new_flow(key, now, kind, value);
             return;
@@ -195,6 +216,12 @@ fn record(ifindex: u32, dir: u8, scratch: &mut Scratch) {
     // By reference (the lint would pass the 88-byte key by value, a copy on the stack).
     #[allow(clippy::needless_borrows_for_generic_args)]
     if let Some(s) = flows.get_ptr_mut(&*key) {
+        // SAFETY: the map's value, valid while this program runs; a torn read of another
+        // CPU's concurrent update only makes the test below err either way, and it is counted.
+        if reopens(p, kind, value, unsafe { &*s }, tick) {
+            // Other CPUs add to this entry at any moment: it cannot be split safely here.
+            bump(counter::REOPEN_MERGED);
+        }
         shared_update(s, p, kind, value, tick);
         return;
     }
@@ -331,6 +358,25 @@ fn tick_now(jiffies: &mut u64, ns: &mut u64) -> u64 {
         *ns = precise_now();
     }
     *ns
+}
+
+/// Whether this packet opens another connection on the key whose record is `s`
+/// ([`fp::opens_another`], as the replay aggregator decides it). Only handshakes and UDP can.
+#[inline(always)]
+fn reopens(p: &Parsed, kind: u8, value: u32, s: &FlowStats, now: u64) -> bool {
+    let i = &p.inner;
+    (i.tcp_flags & cniscope_common::tcp_flags::SYN != 0
+        || i.protocol == cniscope_common::ipproto::UDP)
+        && fp::opens_another(
+            i.protocol,
+            kind,
+            value,
+            s.fp_kind,
+            s.fingerprint,
+            s.tcp_flags,
+            (s.first_ns, s.last_ns),
+            now,
+        )
 }
 
 /// One more packet of a flow already in `s`.

@@ -19,7 +19,7 @@ use thiserror::Error;
 
 pub const MAGIC: [u8; 4] = *b"CSOB";
 /// Bumped whenever [`NodeBatch`] changes shape.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum WireError {

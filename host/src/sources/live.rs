@@ -19,7 +19,7 @@ use aya::programs::LinkOrder;
 use aya::programs::tc::{SchedClassifier, SchedClassifierLinkId, TcAttachOptions, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use cniscope_common::{
-    CacheSlot, FlowKey as WireKey, FlowStats, ProbeConfig, counter, direction, fp,
+    CacheSlot, FlowKey as WireKey, FlowStats, ProbeConfig, counter, direction, fp, ipproto,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsFd;
@@ -476,9 +476,7 @@ impl NodeProbe {
             let point = *point_ids
                 .entry((key.ifindex, key.direction))
                 .or_insert_with(|| probe.point_of(points, key));
-            if let Some(o) = observation(point, key, stats, clock_offset_ns) {
-                out.push(o);
-            }
+            observations(point, key, stats, clock_offset_ns, &mut out);
         };
         // The hash map's flows, a batch at a time, deleted as they are read: one entry per
         // flow (the CPUs share it), merged with the flow's cache slots if it has any.
@@ -577,6 +575,7 @@ impl NodeProbe {
             map_full: sum(counter::MAP_FULL),
             parse_failed: sum(counter::PARSE_FAILED),
             not_ip: sum(counter::NOT_IP),
+            reopen_merged: sum(counter::REOPEN_MERGED),
             new_flow_events: self.events,
         })
     }
@@ -627,15 +626,101 @@ fn mac(b: &[u8; 6]) -> u64 {
 }
 
 /// Merges one flow's records (its cache slot on each CPU that held it, its shared hash map
-/// entry): counters add up, the first packet (earliest record) gives the fingerprint, unless
-/// a record saw the handshake (as the replay aggregator).
-pub fn observation(
+/// entry) into its observations: counters add up, the first packet (earliest record) gives
+/// the fingerprint, unless a record saw the handshake (as the replay aggregator). Records of
+/// two connections on one key (each CPU's slot holds one, `fp::opens_another`) are two
+/// observations: one per TCP handshake, each record with the latest handshake that began at
+/// or before it; UDP records cut where one begins after `fp::UDP_QUIET_NS` of silence.
+pub fn observations(
     point: u16,
     key: &WireKey,
     records: &[FlowStats],
     clock_offset_ns: i64,
-) -> Option<Observation> {
+    out: &mut Vec<Observation>,
+) {
     let used = || records.iter().filter(|s| s.packets > 0);
+    let starts = connection_starts(key.protocol, records);
+    if starts.len() <= 1 {
+        out.extend(observation(point, key, 0, used(), clock_offset_ns));
+        return;
+    }
+    let of = |s: &FlowStats| {
+        starts
+            .iter()
+            .rposition(|&(t, isn)| match isn {
+                Some(isn) if fp::is_handshake(s.fp_kind) => s.fingerprint == isn,
+                _ => t <= s.first_ns,
+            })
+            .unwrap_or(0)
+    };
+    for n in 0..starts.len() {
+        let generation = key.generation.saturating_add(n as u8);
+        out.extend(observation(
+            point,
+            key,
+            generation,
+            used().filter(|s| of(s) == n),
+            clock_offset_ns,
+        ));
+    }
+}
+
+/// Where the connections in one key's records begin, in time order: (time, the handshake's
+/// ISN for TCP). One entry when the records are one connection (the usual case).
+fn connection_starts(protocol: u8, records: &[FlowStats]) -> Vec<(u64, Option<u32>)> {
+    let mut used: Vec<&FlowStats> = records.iter().filter(|s| s.packets > 0).collect();
+    if used.len() <= 1 {
+        return vec![(0, None)];
+    }
+    used.sort_unstable_by_key(|s| s.first_ns);
+    let mut starts: Vec<(u64, Option<u32>)> = Vec::new();
+    match protocol {
+        ipproto::TCP => {
+            for s in &used {
+                if !fp::is_handshake(s.fp_kind) {
+                    continue;
+                }
+                match starts.iter_mut().find(|h| h.1 == Some(s.fingerprint)) {
+                    Some(h) => h.0 = h.0.min(s.first_ns),
+                    None => starts.push((s.first_ns, Some(s.fingerprint))),
+                }
+            }
+            starts.sort_unstable();
+            // Records from well before the first handshake are the connection before it.
+            let first = starts.first().map_or(0, |h| h.0);
+            if starts.is_empty()
+                || used.iter().any(|s| {
+                    !fp::is_handshake(s.fp_kind)
+                        && s.first_ns.saturating_add(fp::SYN_REORDER_NS) < first
+                })
+            {
+                starts.insert(0, (0, None));
+            }
+        }
+        ipproto::UDP => {
+            starts.push((0, None));
+            let mut ended = used[0].last_ns.max(used[0].first_ns);
+            for s in &used[1..] {
+                if s.first_ns > ended.saturating_add(fp::UDP_QUIET_NS) {
+                    starts.push((s.first_ns, None));
+                }
+                ended = ended.max(s.last_ns.max(s.first_ns));
+            }
+        }
+        _ => starts.push((0, None)),
+    }
+    starts
+}
+
+/// One observation of `key` from its records (already chosen as one connection's).
+fn observation<'a>(
+    point: u16,
+    key: &WireKey,
+    generation: u8,
+    records: impl Iterator<Item = &'a FlowStats> + Clone,
+    clock_offset_ns: i64,
+) -> Option<Observation> {
+    let used = || records.clone();
     let first = used().min_by_key(|s| s.first_ns)?;
     let syn = used()
         .filter(|s| fp::is_handshake(s.fp_kind))
@@ -665,7 +750,7 @@ pub fn observation(
             outer_dst: addr(&key.outer_dst.0),
             outer_src_port: key.outer_src_port,
             outer_dst_port: key.outer_dst_port,
-            generation: 0,
+            generation,
         },
         src_mac: mac(&first.src_mac),
         dst_mac: mac(&first.dst_mac),
@@ -696,4 +781,77 @@ pub fn clock_offset_ns() -> i64 {
         ts.tv_sec * 1_000_000_000 + ts.tv_nsec
     };
     now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(
+        first_ns: u64,
+        last_ns: u64,
+        fp_kind: u8,
+        fingerprint: u32,
+        packets: u64,
+    ) -> FlowStats {
+        FlowStats {
+            first_ns,
+            last_ns,
+            fp_kind,
+            fingerprint,
+            packets,
+            bytes: packets * 60,
+            ..FlowStats::default()
+        }
+    }
+
+    fn split(protocol: u8, records: &[FlowStats]) -> Vec<(u32, u64)> {
+        let key = WireKey {
+            protocol,
+            ..WireKey::default()
+        };
+        let mut out = Vec::new();
+        observations(0, &key, records, 0, &mut out);
+        let mut got: Vec<(u32, u64)> = out.iter().map(|o| (o.fingerprint, o.packets)).collect();
+        got.sort();
+        got
+    }
+
+    /// One key's records from two CPUs' cache slots and the hash map: one connection's are
+    /// merged; two connections' (two handshakes, or the end of one before a handshake, or UDP
+    /// after a silence) are two observations, as replay makes them.
+    #[test]
+    fn records_of_two_connections_on_one_key_are_two_observations() {
+        let ms = 1_000_000;
+        let (syn, seq) = (fp::TCP_SYN_ISN, fp::TCP_SEQ);
+        // One connection on two CPUs: its handshake on one, later packets on the other.
+        let one = [record(0, ms, syn, 7, 3), record(2 * ms, 3 * ms, seq, 9, 4)];
+        assert_eq!(split(ipproto::TCP, &one), vec![(7, 7)]);
+        // Two handshakes, each CPU's slot one connection; the map's packets go with the
+        // handshake they follow.
+        let two = [
+            record(0, ms, syn, 7, 3),
+            record(900 * ms, 901 * ms, syn, 70, 2),
+            record(950 * ms, 960 * ms, seq, 71, 5),
+        ];
+        assert_eq!(split(ipproto::TCP, &two), vec![(7, 3), (70, 7)]);
+        // The end of a connection from an earlier interval, then a new one.
+        let tail = [
+            record(0, ms, seq, 3, 2),
+            record(500 * ms, 501 * ms, syn, 70, 2),
+        ];
+        assert_eq!(split(ipproto::TCP, &tail), vec![(3, 2), (70, 2)]);
+        // UDP: a silence longer than fp::UDP_QUIET_NS cuts; a shorter one does not.
+        let id = fp::IPV4_ID;
+        let udp = [
+            record(0, ms, id, 1, 2),
+            record(1_500 * ms, 1_501 * ms, id, 2, 2),
+        ];
+        assert_eq!(split(ipproto::UDP, &udp), vec![(1, 2), (2, 2)]);
+        let near = [
+            record(0, ms, id, 1, 2),
+            record(500 * ms, 501 * ms, id, 2, 2),
+        ];
+        assert_eq!(split(ipproto::UDP, &near), vec![(1, 4)]);
+    }
 }

@@ -220,6 +220,63 @@ fn assert_agree(
     live.len()
 }
 
+/// Two connections on one 5-tuple inside one drain interval (a port used again with a new
+/// handshake): two observations, as replay makes them, whether the flow sits in the per-CPU
+/// cache or (one slot, taken by another flow) in the shared hash map, where the probe cannot
+/// split it safely: merged there, and counted (`reopen_merged`).
+#[test]
+fn a_5_tuple_reused_within_one_interval_is_two_observations() {
+    if !root_or_skip("loading eBPF programs needs root") {
+        return;
+    }
+    let (a, b) = ([10, 244, 0, 5], [10, 244, 1, 7]);
+    let eth = |ip: &[u8]| ethernet([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], ip);
+    let conn = |isn: u32| {
+        [
+            eth(&ipv4_tcp(a, b, (40000, 80), isn, "S", &[])),
+            eth(&ipv4_tcp(a, b, (40000, 80), isn + 1, "A", &[])),
+            eth(&ipv4_tcp(a, b, (40000, 80), isn + 1, "FA", &[])),
+        ]
+    };
+    let other = eth(&ipv4_tcp(a, b, (40001, 80), 5, "S", &[]));
+    for (mut probe, how) in probes() {
+        for in_map in [false, true] {
+            if in_map && how != "hash map" {
+                continue;
+            }
+            if in_map {
+                // Another flow takes the one cache slot: the reused key goes to the map.
+                test_run::run(probe.ingress_program(), &other).unwrap();
+            }
+            let before = probe.counters().unwrap().reopen_merged;
+            for f in conn(1_000).iter().chain(&conn(9_000_000)) {
+                test_run::run(probe.ingress_program(), f).unwrap();
+            }
+            let merged = probe.counters().unwrap().reopen_merged - before;
+            let mut points = PointTable::default();
+            let mut got: Vec<(u16, u32, u64)> = probe
+                .drain(&mut points, 0)
+                .unwrap()
+                .iter()
+                .filter(|o| o.key.src_port == 40000)
+                .map(|o| (o.key.src_port, o.fingerprint, o.packets))
+                .collect();
+            got.sort();
+            if in_map {
+                assert_eq!(got, vec![(40000, 1_000, 6)], "{how}: merged in the map");
+                assert_eq!(merged, 1, "{how}: and counted");
+            } else {
+                assert_eq!(
+                    got,
+                    vec![(40000, 1_000, 3), (40000, 9_000_000, 3)],
+                    "{how}: one observation per connection"
+                );
+                assert_eq!(merged, 0, "{how}");
+            }
+        }
+    }
+}
+
 /// The benchmark's floor (`baseline_probe`): a program that passes every packet and records
 /// nothing, so that its bpf_stats figure is the hook's and the statistics' own cost.
 #[test]
