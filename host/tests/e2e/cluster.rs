@@ -541,7 +541,10 @@ fn resent_bad_and_good_batches_give_exactly_the_replays_topology() {
     );
     let log = agg.stderr();
     assert!(
-        log.contains("observation batch version 99, this aggregator reads version 2"),
+        log.contains(&format!(
+            "observation batch version 99, this aggregator reads version {}",
+            cniscope::cluster::wire::VERSION
+        )),
         "{log}"
     );
 
