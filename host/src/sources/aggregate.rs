@@ -110,10 +110,6 @@ pub struct FlowKey {
     pub outer_dst: u128,
     pub outer_src_port: u16,
     pub outer_dst_port: u16,
-    /// 0, or which later connection on the same key this is within the window (a new
-    /// handshake on a 5-tuple already held, a UDP 5-tuple heard again after a silence:
-    /// [`fp::opens_another`]).
-    pub generation: u8,
 }
 
 /// One direction of one flow at one point, over one window.
@@ -126,6 +122,11 @@ pub struct Observation {
     pub outer_dst_mac: u64,
     pub tcp_flags: u8,
     pub fp_kind: u8,
+    /// 0, or which later connection on the same key this is within the window (a new
+    /// handshake on a 5-tuple already held, a UDP 5-tuple heard again after a silence:
+    /// [`fp::opens_another`]). Kept here, in the padding beside the fingerprint, not in the
+    /// key: one more byte there made every observation 16 bytes larger.
+    pub generation: u8,
     pub fingerprint: u32,
     pub packets: u64,
     pub bytes: u64,
@@ -153,7 +154,6 @@ impl FlowKey {
             outer_dst: outer.dst,
             outer_src_port: outer.src_port,
             outer_dst_port: outer.dst_port,
-            generation: 0,
         }
     }
 }
@@ -174,6 +174,7 @@ impl Observation {
             outer_dst_mac: outer.dst_mac,
             tcp_flags: 0,
             fp_kind,
+            generation: 0,
             fingerprint,
             packets: 0,
             bytes: 0,
@@ -189,8 +190,9 @@ impl Observation {
 /// replay's time, hashing a 5-tuple per packet.
 #[derive(Default)]
 pub struct Aggregator {
-    flows: HashMap<FlowKey, Observation, foldhash::fast::RandomState>,
-    /// Keys (generation 0) that a new handshake (or a UDP silence) split in this window, and
+    /// By key and generation.
+    flows: HashMap<(FlowKey, u8), Observation, foldhash::fast::RandomState>,
+    /// Keys that a new handshake (or a UDP silence) split in this window, and
     /// their latest generation: where their packets go now. Empty but for reused 5-tuples.
     reopened: HashMap<FlowKey, u8, foldhash::fast::RandomState>,
     /// Reopenings of a key already split [`MAX_GENERATION`] times, merged into its latest
@@ -205,15 +207,16 @@ pub const MAX_GENERATION: u8 = u8::MAX;
 impl Aggregator {
     pub fn add(&mut self, point: u16, d: &Decoded, ts_ns: u64) {
         // The key alone on the per-packet path; the rest only for a flow's first packet.
-        let mut key = FlowKey::of(point, d);
+        let key = FlowKey::of(point, d);
+        let mut generation = 0;
         if !self.reopened.is_empty()
-            && let Some(&generation) = self.reopened.get(&key)
+            && let Some(&g) = self.reopened.get(&key)
         {
-            key.generation = generation;
+            generation = g;
         }
         let mut obs = self
             .flows
-            .entry(key)
+            .entry((key, generation))
             .or_insert_with(|| Observation::first(key, d, ts_ns));
         // Cheap tests first: only handshakes and UDP can open another connection on a key.
         if (d.inner.tcp_flags & tcp_flags::SYN != 0 || d.inner.protocol == ipproto::UDP)
@@ -230,19 +233,18 @@ impl Aggregator {
                 (obs.first_ns, obs.last_ns),
                 ts_ns,
             ) {
-                if key.generation == MAX_GENERATION {
+                if generation == MAX_GENERATION {
                     self.merged_reopenings += 1;
                 } else {
-                    let base = FlowKey {
-                        generation: 0,
-                        ..key
-                    };
-                    key.generation += 1;
-                    self.reopened.insert(base, key.generation);
+                    generation += 1;
+                    self.reopened.insert(key, generation);
                     obs = self
                         .flows
-                        .entry(key)
-                        .or_insert_with(|| Observation::first(key, d, ts_ns));
+                        .entry((key, generation))
+                        .or_insert_with(|| Observation {
+                            generation,
+                            ..Observation::first(key, d, ts_ns)
+                        });
                 }
             }
         }
@@ -296,7 +298,7 @@ pub fn sort_observations(obs: &mut [Observation]) {
             k.dst_port,
             k.protocol,
             (k.tunnel, k.vni, k.outer_src, k.outer_dst),
-            (k.outer_src_port, k.outer_dst_port, k.generation),
+            (k.outer_src_port, k.outer_dst_port, o.generation),
         )
     });
 }
@@ -339,7 +341,7 @@ mod tests {
             .map(|o| {
                 let k = &o.key;
                 (
-                    k.generation,
+                    o.generation,
                     k.src_port == 80,
                     o.fp_kind,
                     o.fingerprint,
@@ -425,7 +427,7 @@ mod tests {
         let got: Vec<(u8, u64)> = agg
             .drain()
             .iter()
-            .map(|o| (o.key.generation, o.packets))
+            .map(|o| (o.generation, o.packets))
             .collect();
         assert_eq!(got, vec![(0, 3), (1, 2)]);
     }
