@@ -82,7 +82,8 @@ pub struct Spec {
     pub pod_cidr: ([u8; 4], u8),
     pub service_cidr: ([u8; 4], u8),
     pub node_cidr: ([u8; 4], u8),
-    /// The share of client pods deleted mid-capture, their address given to a new pod.
+    /// The share of client pods deleted mid-capture, their address given to a new pod (which
+    /// starts from the old pod's source ports, so some 5-tuples are used twice in a window).
     pub churn: f64,
     /// The share of TCP connections already open when the capture starts.
     pub open_before: f64,

@@ -42,7 +42,8 @@ pub struct WriteArgs {
     service_cidr: ([u8; 4], u8),
     #[arg(long, default_value = "192.168.50.0/24", value_parser = cidr)]
     node_cidr: ([u8; 4], u8),
-    /// The share of client pods deleted mid-capture, their address reused by a new pod.
+    /// The share of client pods deleted mid-capture, their address reused by a new pod that
+    /// starts from the old one's source ports (some 5-tuples used twice in a window).
     #[arg(long, default_value_t = 0.1)]
     churn: f64,
     /// The share of TCP connections already open when the capture starts.
