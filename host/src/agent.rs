@@ -16,6 +16,7 @@ use crate::plugins::bindings::wit;
 use crate::plugins::{PluginEngine, PluginError, PluginInstance};
 use crate::sources::aggregate::{IfaceKind, Observation, PointTable};
 use crate::sources::decode::Decoding;
+use crate::sources::live::SWAP_SETTLE;
 use crate::sources::live::drops::DropWatch;
 use crate::sources::live::netns::{LinkWatch, glob, wait_for_links};
 use crate::sources::live::{LiveError, NodeProbe, ProbeSettings, clock_offset_ns};
@@ -82,6 +83,23 @@ struct Node {
 const RESCAN_EVERY: Duration = Duration::from_secs(2);
 /// How long the agent waits for link events before looking at the stop flag and the clock.
 const WAKE_EVERY: Duration = Duration::from_millis(50);
+
+/// Milliseconds to wait after each node's drain (tests only: a long drain on a busy node,
+/// made deterministic; a window must still hold every node's views of the same moments).
+pub const DRAIN_PAUSE_ENV: &str = "CNISCOPE_TEST_DRAIN_PAUSE_MS";
+
+fn pause_between_nodes_for_tests() {
+    static PAUSE: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    let pause = PAUSE.get_or_init(|| {
+        std::env::var(DRAIN_PAUSE_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    });
+    if let Some(p) = pause {
+        std::thread::sleep(*p);
+    }
+}
 
 /// The probes of every node this process watches, the interfaces they follow and the
 /// windows they drain: live capture, whoever consumes it (the single-process [`Agent`], or
@@ -305,12 +323,23 @@ impl Capture {
     /// Drains every probe: one window's observations.
     pub fn drain(&mut self) -> Result<Vec<Observation>, LiveError> {
         let mut all = Vec::new();
+        // Every node's probes leave the window at once, then each is drained
+        // ([`NodeProbe::swap`] says why).
+        let mut swapped = Vec::with_capacity(self.nodes.len());
         for n in &mut self.nodes {
+            swapped.push(n.probe.swap()?);
+        }
+        std::thread::sleep(SWAP_SETTLE);
+        for (n, old) in self.nodes.iter_mut().zip(swapped) {
             // Every watched point is in the table the window's batch carries, seen or not.
             for p in n.probe.watched_points() {
                 self.points.intern(p);
             }
-            all.extend(n.probe.drain(&mut self.points, self.clock_offset)?);
+            all.extend(
+                n.probe
+                    .drain_swapped(old, &mut self.points, self.clock_offset)?,
+            );
+            pause_between_nodes_for_tests();
         }
         self.read_drops(true, &mut all);
         Ok(all)

@@ -18,6 +18,7 @@
 #                                   node a -> remote pod, pod -> external (natOutgoing)
 #   calico.sh services ID           one connection per service shape (common.sh service_traffic)
 #   calico.sh reuse ID              pod old-a3 talks, is deleted, new-a4 gets its IP and talks
+#   calico.sh service-stream ID N   N connections client-a1 -> ClusterIP, one after another
 #   calico.sh inject-ipip ID        an IPIP TCP connection remote-b2 -> client-a1 and a ping
 #                                   from node b's tunnel address, as frames on node a's eth0
 #   calico.sh down ID               remove every namespace named ID-*
@@ -145,6 +146,17 @@ traffic() {
   wait "${pids[@]}" 2>/dev/null || true
 }
 
+service_stream() {
+  local id=$1 n=$2 pids=() i
+  mapfile -t pids < <(start_servers "$id" server-b1 peer-a2)
+  sleep 1
+  for i in $(seq "$n"); do
+    nsx "$id-client-a1" python3 "$here/echo.py" tcp "$cluster_ip" 80 1
+  done
+  kill "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+}
+
 reuse() {
   local id=$1 pid
   ip netns exec "$id-server-b1" python3 "$here/echo.py" serve-tcp 0.0.0.0 8080 >/dev/null &
@@ -174,7 +186,8 @@ case "${1:-}" in
   traffic) traffic "${2:?id}" ;;
   services) service_traffic "${2:?id}" client-a1 peer-a2 "${node_ip[a]}" "${node_ip[b]}" ;;
   reuse) reuse "${2:?id}" ;;
+  service-stream) service_stream "${2:?id}" "${3:?connections}" ;;
   inject-ipip) inject_ipip "${2:?id}" ;;
   down) down "${2:?id}" ;;
-  *) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -115,6 +115,10 @@ struct Attached {
     l3: bool,
 }
 
+/// How long a program that read `ACTIVE` just before a swap may still write the old buffer:
+/// TC programs run for well under a microsecond; a millisecond is ample.
+pub const SWAP_SETTLE: std::time::Duration = std::time::Duration::from_millis(1);
+
 pub struct NodeProbe {
     pub node: String,
     netns: Option<PathBuf>,
@@ -424,24 +428,48 @@ impl NodeProbe {
         points: &mut PointTable,
         clock_offset_ns: i64,
     ) -> Result<Vec<Observation>, LiveError> {
+        let old = self.swap()?;
+        std::thread::sleep(SWAP_SETTLE);
+        self.drain_swapped(old, points, clock_offset_ns)
+    }
+
+    /// Points the probes at the other flow buffers; returns the window they stopped writing,
+    /// for [`NodeProbe::drain_swapped`] once [`SWAP_SETTLE`] has passed. A process capturing
+    /// several nodes swaps them all before draining any: draining one node takes
+    /// milliseconds, and a connection that began in between would have its first node's views
+    /// in the next window and the other node's in this one (its service door, seen only on
+    /// the client's node, a window late: the connection counted as a direct one).
+    pub fn swap(&mut self) -> Result<u32, LiveError> {
+        let old = self.window;
+        let next = old.wrapping_add(1);
+        let set = Array::<&mut MapData, u32>::try_from(
+            self.ebpf.map_mut("ACTIVE").expect("ACTIVE is in the probe"),
+        )
+        .and_then(|mut active| active.set(0, next, 0));
+        if let Err(e) = set {
+            return Err(LiveError::Map {
+                node: self.node.clone(),
+                map: "ACTIVE",
+                detail: e.to_string(),
+            });
+        }
+        self.window = next;
+        Ok(old)
+    }
+
+    /// Drains window `old`'s buffers, which [`NodeProbe::swap`] took from the probes at least
+    /// [`SWAP_SETTLE`] ago.
+    pub fn drain_swapped(
+        &mut self,
+        old: u32,
+        points: &mut PointTable,
+        clock_offset_ns: i64,
+    ) -> Result<Vec<Observation>, LiveError> {
         let map_err = |map: &'static str, e: String| LiveError::Map {
             node: self.node.clone(),
             map,
             detail: e,
         };
-        let old = self.window;
-        self.window = self.window.wrapping_add(1);
-        {
-            let mut active: Array<&mut MapData, u32> =
-                Array::try_from(self.ebpf.map_mut("ACTIVE").expect("ACTIVE is in the probe"))
-                    .map_err(|e| map_err("ACTIVE", e.to_string()))?;
-            active
-                .set(0, self.window, 0)
-                .map_err(|e| map_err("ACTIVE", e.to_string()))?;
-        }
-        // A program that read ACTIVE just before the swap may still be writing the old
-        // buffer: TC programs run for well under a microsecond; give them a millisecond.
-        std::thread::sleep(std::time::Duration::from_millis(1));
         let name = if old & 1 == 0 { "FLOWS_A" } else { "FLOWS_B" };
         // The cache's half for that window.
         let half = (old & 1) * self.cache_slots;

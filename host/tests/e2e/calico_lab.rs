@@ -72,6 +72,42 @@ fn calico_lab_edges(mode: &str) {
     lab_down(lab);
 }
 
+/// `cniscope run` captures both nodes in one process and drains them one after the other. A
+/// window must still hold both nodes' views of the same moments: were each node's probes
+/// moved to the next window only at its own drain, a connection made while node a's drain
+/// runs would leave node b's views in this window and node a's (the only ones that see the
+/// service's ClusterIP, before kube-proxy's DNAT) in the next, and this window would count it
+/// as a direct connection to the backend. The drain is made slow (400 ms after each node) so
+/// that such connections are many, not one in a few runs.
+#[test]
+fn connections_made_while_another_node_drains_keep_their_service() {
+    if !root_or_skip("the lab and the probes need root") {
+        return;
+    }
+    plugin("calico");
+    let lab = Lab::build("calico.sh", "cd", "bgp");
+    lab.agent_settings(1, "duration_secs = 12");
+    let agent = lab.start_agent_with_env(&[("CNISCOPE_TEST_DRAIN_PAUSE_MS", "400")]);
+    let connections = 40;
+    lab.script(&["service-stream", &lab.id, &connections.to_string()]);
+    let doc = crate::lab::finish(agent);
+    let (client, server) = ("pod/default/client-a1", "pod/default/server-b1");
+    let edges: Vec<String> = doc["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} -> {} via {} flows {}",
+                e["src"], e["dst"], e["service"], e["flows"]
+            )
+        })
+        .collect();
+    let via = edge(&doc, client, server, "tcp", Some("service/default/echo"));
+    assert_eq!(via["flows"], connections, "{edges:#?}");
+    assert_eq!(edges.len(), 1, "no direct or door-only pieces: {edges:#?}");
+}
+
 #[test]
 fn a_reused_ip_goes_to_the_pod_that_had_it_at_the_time() {
     if !root_or_skip("the lab and the probes need root") {

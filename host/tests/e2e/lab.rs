@@ -97,7 +97,13 @@ impl Lab {
 
     /// Starts the agent and waits until it has published once (the probes are attached).
     pub fn start_agent(&self) -> Child {
+        self.start_agent_with_env(&[])
+    }
+
+    /// [`Lab::start_agent`] with these environment variables set.
+    pub fn start_agent_with_env(&self, env: &[(&str, &str)]) -> Child {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cniscope"))
+            .envs(env.iter().copied())
             .args([
                 "run",
                 "--config",
