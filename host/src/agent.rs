@@ -84,14 +84,15 @@ const RESCAN_EVERY: Duration = Duration::from_secs(2);
 /// How long the agent waits for link events before looking at the stop flag and the clock.
 const WAKE_EVERY: Duration = Duration::from_millis(50);
 
-/// Milliseconds to wait after each node's drain (tests only: a long drain on a busy node,
-/// made deterministic; a window must still hold every node's views of the same moments).
-pub const DRAIN_PAUSE_ENV: &str = "CNISCOPE_TEST_DRAIN_PAUSE_MS";
+/// Milliseconds to wait after each node's swap to the next window (tests only: nodes that
+/// leave a window at moments this far apart, as a cluster's agents do by their clocks and
+/// schedulers; a window must still hold every node's views of the same moments).
+pub const SWAP_PAUSE_ENV: &str = "CNISCOPE_TEST_SWAP_PAUSE_MS";
 
 fn pause_between_nodes_for_tests() {
     static PAUSE: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
     let pause = PAUSE.get_or_init(|| {
-        std::env::var(DRAIN_PAUSE_ENV)
+        std::env::var(SWAP_PAUSE_ENV)
             .ok()
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis)
@@ -328,6 +329,7 @@ impl Capture {
         let mut swapped = Vec::with_capacity(self.nodes.len());
         for n in &mut self.nodes {
             swapped.push(n.probe.swap()?);
+            pause_between_nodes_for_tests();
         }
         std::thread::sleep(SWAP_SETTLE);
         for (n, old) in self.nodes.iter_mut().zip(swapped) {
@@ -339,7 +341,6 @@ impl Capture {
                 n.probe
                     .drain_swapped(old, &mut self.points, self.clock_offset)?,
             );
-            pause_between_nodes_for_tests();
         }
         self.read_drops(true, &mut all);
         Ok(all)
@@ -407,6 +408,8 @@ impl Capture {
         let started = Instant::now();
         let mut window_start = now_ns();
         let interval_ns = (self.interval.as_nanos() as u64).max(1);
+        // Views drained after a boundary that began after it: the next window's.
+        let mut carried: Vec<Observation> = Vec::new();
         self.follow_interfaces();
         loop {
             let now = now_ns();
@@ -440,7 +443,8 @@ impl Capture {
                 // A burst of drops fills the ring buffer in far less than an interval.
                 self.read_drops(false, &mut Vec::new());
             }
-            let observations = self.drain()?;
+            let mut observations = std::mem::take(&mut carried);
+            observations.extend(self.drain()?);
             // The boundary, not the drain's own time: a few microseconds later on one node
             // than another, it would put their views of the same moment in different windows.
             let end = if last {
@@ -448,6 +452,13 @@ impl Capture {
             } else {
                 boundary
             };
+            // A node leaves the window when it is drained, a little after the boundary, and
+            // not at the same moment as another node (another process, another clock): what
+            // began after the boundary belongs to the next window, where the nodes that left
+            // first have their views of the same packets.
+            if !last {
+                carried.extend(observations.extract_if(.., |o| o.first_ns >= end));
+            }
             window(self, observations, window_start, end)?;
             window_start = end;
             if last {

@@ -72,22 +72,23 @@ fn calico_lab_edges(mode: &str) {
     lab_down(lab);
 }
 
-/// `cniscope run` captures both nodes in one process and drains them one after the other. A
-/// window must still hold both nodes' views of the same moments: were each node's probes
-/// moved to the next window only at its own drain, a connection made while node a's drain
-/// runs would leave node b's views in this window and node a's (the only ones that see the
-/// service's ClusterIP, before kube-proxy's DNAT) in the next, and this window would count it
-/// as a direct connection to the backend. The drain is made slow (400 ms after each node) so
-/// that such connections are many, not one in a few runs.
+/// Nodes leave a window at different moments: a cluster's agents drain by their own clocks
+/// and schedulers, `cniscope run` one node after another. A window must still hold every
+/// node's views of the same moments: a connection made after the boundary, once the client's
+/// node has left the window but not yet the server's, would leave the server node's views in
+/// this window and the client node's (the only ones that see the service's ClusterIP, before
+/// kube-proxy's DNAT) in the next, and this window would count it as a direct connection to
+/// the backend. Here each node leaves 400 ms after the one before, so that such connections
+/// are many, not one in a few runs.
 #[test]
-fn connections_made_while_another_node_drains_keep_their_service() {
+fn connections_made_while_the_nodes_change_windows_keep_their_service() {
     if !root_or_skip("the lab and the probes need root") {
         return;
     }
     plugin("calico");
     let lab = Lab::build("calico.sh", "cd", "bgp");
     lab.agent_settings(1, "duration_secs = 12");
-    let agent = lab.start_agent_with_env(&[("CNISCOPE_TEST_DRAIN_PAUSE_MS", "400")]);
+    let agent = lab.start_agent_with_env(&[("CNISCOPE_TEST_SWAP_PAUSE_MS", "400")]);
     let connections = 40;
     lab.script(&["service-stream", &lab.id, &connections.to_string()]);
     let doc = crate::lab::finish(agent);
