@@ -712,11 +712,19 @@ impl Reuse {
     fn is_udp_stretch(self) -> bool {
         matches!(self, Reuse::Readdressed(_) | Reuse::Stretch(_))
     }
+
+    /// The stretch number of a UDP stretch (0: the first, or not a stretch).
+    fn stretch(c: Option<Reuse>) -> u32 {
+        match c {
+            Some(Reuse::Stretch(n) | Reuse::Readdressed(n)) => n,
+            _ => 0,
+        }
+    }
 }
 
-/// The stretches of one UDP 5-tuple, in time order: each one's first view, and whether it may
-/// be joined again to the one before (a silence, not a readdressing, cut it).
-type Stretches = Vec<(usize, bool)>;
+/// The stretches of one UDP 5-tuple, in time order: each one's first view, and how it was cut
+/// from the one before (None for the first).
+type Stretches = Vec<(usize, Option<Reuse>)>;
 
 /// The same 5-tuple is one connection, but for a 5-tuple reused in the window (see
 /// [`TupleSeen::reused`]): its views are one connection per TCP handshake, by time (each
@@ -818,17 +826,9 @@ fn join_by_tuple(
             .iter()
             .any(|f| matches!(f.0, Some(Reuse::Stretch(_))))
         {
-            // In time order: stretch numbers are.
-            let mut list: Vec<(u32, usize, bool)> = firsts
-                .iter()
-                .map(|&(c, i)| match c {
-                    Some(Reuse::Stretch(n)) => (n, i, true),
-                    Some(Reuse::Readdressed(n)) => (n, i, false),
-                    _ => (0, i, false),
-                })
-                .collect();
-            list.sort_unstable();
-            stretches.push(list.into_iter().map(|(_, i, t)| (i, t)).collect());
+            let mut list: Stretches = firsts.iter().map(|&(c, i)| (i, c)).collect();
+            list.sort_unstable_by_key(|&(_, c)| Reuse::stretch(c));
+            stretches.push(list);
         }
     }
     (reuse, stretches, views_of.len() as u64)
@@ -922,9 +922,9 @@ fn rejoin_stretches(held: &[Seen], uf: &mut UnionFind, stretches: &[Stretches]) 
     for list in stretches {
         let shared = held[list[0].0].tuple_key();
         for w in 1..list.len() {
-            let (first, may_join) = list[w];
+            let (first, cut) = list[w];
             let (a, b) = (uf.find(list[w - 1].0), uf.find(first));
-            if !may_join || a == b {
+            if !matches!(cut, Some(Reuse::Stretch(_))) || a == b {
                 continue;
             }
             let others = |r: usize| -> Vec<TupleKey> {
@@ -1271,11 +1271,13 @@ impl Stitcher {
             // of the 5-tuple from before it in the group) remembers nothing of the one before.
             let new_stretch = !reuse.is_empty() && {
                 let mark = |j: usize| reuse.get(&group[j].1).copied();
+                let unmarked: Vec<TupleKey> = (0..members.len())
+                    .filter(|&j| mark(j).is_none())
+                    .map(|j| members[j].tuple_key())
+                    .collect();
                 (0..members.len()).any(|j| {
                     mark(j).is_some_and(Reuse::is_udp_stretch)
-                        && !(0..members.len()).any(|k| {
-                            mark(k).is_none() && members[k].tuple_key() == members[j].tuple_key()
-                        })
+                        && !unmarked.contains(&members[j].tuple_key())
                 })
             };
             if early

@@ -361,22 +361,19 @@ fn tick_now(jiffies: &mut u64, ns: &mut u64) -> u64 {
 }
 
 /// Whether this packet opens another connection on the key whose record is `s`
-/// ([`fp::opens_another`], as the replay aggregator decides it). Only handshakes and UDP can.
+/// ([`fp::opens_another`], as the replay aggregator decides it).
 #[inline(always)]
 fn reopens(p: &Parsed, kind: u8, value: u32, s: &FlowStats, now: u64) -> bool {
-    let i = &p.inner;
-    (i.tcp_flags & cniscope_common::tcp_flags::SYN != 0
-        || i.protocol == cniscope_common::ipproto::UDP)
-        && fp::opens_another(
-            i.protocol,
-            kind,
-            value,
-            s.fp_kind,
-            s.fingerprint,
-            s.tcp_flags,
-            (s.first_ns, s.last_ns),
-            now,
-        )
+    fp::opens_another(
+        p.inner.protocol,
+        kind,
+        value,
+        s.fp_kind,
+        s.fingerprint,
+        s.tcp_flags,
+        (s.first_ns, s.last_ns),
+        now,
+    )
 }
 
 /// One more packet of a flow already in `s`.
