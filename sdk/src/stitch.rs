@@ -1271,7 +1271,7 @@ impl Stitcher {
             // of the 5-tuple from before it in the group) remembers nothing of the one before.
             let new_stretch = !reuse.is_empty() && {
                 let mark = |j: usize| reuse.get(&group[j].1).copied();
-                let unmarked: Vec<TupleKey> = (0..members.len())
+                let unmarked: FastSet<TupleKey> = (0..members.len())
                     .filter(|&j| mark(j).is_none())
                     .map(|j| members[j].tuple_key())
                     .collect();
