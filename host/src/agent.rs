@@ -440,8 +440,12 @@ impl Capture {
                     self.follow_interfaces();
                     rescan_at = Instant::now() + RESCAN_EVERY;
                 }
-                // A burst of drops fills the ring buffer in far less than an interval.
+                // A burst of drops, or of new flows, fills a ring buffer in far less than an
+                // interval.
                 self.read_drops(false, &mut Vec::new());
+                for n in &mut self.nodes {
+                    n.probe.read_events();
+                }
             }
             let mut observations = std::mem::take(&mut carried);
             observations.extend(self.drain()?);

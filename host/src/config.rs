@@ -153,7 +153,10 @@ pub struct AgentSection {
     pub duration_secs: Spanned<f64>,
     /// Where the topology is written each interval and at exit (besides stdout at exit).
     pub output_file: Option<String>,
-    /// Flows per node per interval the probes can hold (each of two buffers).
+    /// Flows per node per interval the probes can hold (each of two buffers; a flow is one
+    /// interface and direction of a connection, so a connection is 2-8 flows on a node).
+    /// Kernel memory: 16 bytes per entry up front (the hash buckets: 4 MiB per buffer at the
+    /// default 262 144), ~256 bytes per flow while it is held.
     #[serde(default = "default_flow_entries")]
     pub flow_entries: Spanned<u32>,
     /// Slots per CPU in each of the probes' two flow caches (a power of two, 1 to 65536): the
@@ -204,7 +207,7 @@ fn zero_secs() -> Spanned<f64> {
     spanned(0.0)
 }
 fn default_flow_entries() -> Spanned<u32> {
-    spanned(16384)
+    spanned(262_144)
 }
 fn default_cache_slots() -> Spanned<u32> {
     spanned(1024)

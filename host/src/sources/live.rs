@@ -94,7 +94,7 @@ const BASELINE: [(&str, TcAttachType); 2] = [
 impl Default for ProbeSettings {
     fn default() -> Self {
         ProbeSettings {
-            flow_entries: 16384,
+            flow_entries: 262_144,
             ringbuf_bytes: 256 * 1024,
             decoding: Decoding::default(),
             helper_reads_only: false,
@@ -433,6 +433,17 @@ impl NodeProbe {
         self.drain_swapped(old, points, clock_offset_ns)
     }
 
+    /// Reads the new-flow events the ring buffer holds. They are counted here (the flow maps
+    /// carry the same facts, merged per CPU). The capture reads them every 50 ms, not once
+    /// an interval: a busy node's new flows of a whole interval would not fit.
+    pub fn read_events(&mut self) {
+        while let Some(item) = self.events_rb.next() {
+            if item.len() >= std::mem::size_of::<cniscope_common::NewFlow>() {
+                self.events += 1;
+            }
+        }
+    }
+
     /// Points the probes at the other flow buffers; returns the window they stopped writing,
     /// for [`NodeProbe::drain_swapped`] once [`SWAP_SETTLE`] has passed. A process capturing
     /// several nodes swaps them all before draining any: draining one node takes
@@ -539,12 +550,7 @@ impl NodeProbe {
             *drains_left -= 1;
             *drains_left > 0
         });
-        // New-flow events: counted here (the flow maps carry the same facts, merged per CPU).
-        while let Some(item) = self.events_rb.next() {
-            if item.len() >= std::mem::size_of::<cniscope_common::NewFlow>() {
-                self.events += 1;
-            }
-        }
+        self.read_events();
         Ok(out)
     }
 
