@@ -1764,11 +1764,19 @@ impl Stitcher {
 
     /// Whether `a` and `b` can be one packet before and after NAT: each end is the same
     /// socket in both, or one of its two addresses is one NAT puts there (a node's gateway or
-    /// address, a service's door). A pod's reply and another pod's request never are. NAT
-    /// never changes an ICMP message's type: an echo request and a reply never are, though
-    /// node addresses at both ends (a node's ping to one pod, another pod's reply to another
-    /// node) would let any ends relate. Without learned NAT addresses ([`Stitcher::learn`])
-    /// anything else can.
+    /// address, a service's door), or (joined by a TCP sequence number) the same address with
+    /// another port. A pod's reply and another pod's request never are. NAT never changes an
+    /// ICMP message's type: an echo request and a reply never are, though node addresses at
+    /// both ends (a node's ping to one pod, another pod's reply to another node) would let
+    /// any ends relate. Without learned NAT addresses ([`Stitcher::learn`]) anything else can.
+    ///
+    /// The same address with another port: conntrack keeps every connection's tuple unique,
+    /// so a new connection whose tuple after NAT is an existing entry's (a pod's source port
+    /// used to a ClusterIP, then straight to the backend the service picked, or to a second
+    /// service over it, while the first is in TIME_WAIT) leaves the node with another source
+    /// port and the same address (nf_nat's unique-tuple remap, even without any NAT rule).
+    /// Only a sequence number, which NAT never touches, is proof enough that such views are
+    /// one connection: IPv4 IDs repeat across a pod's sockets.
     fn nat_can_relate(&self, a: &Seen, b: &Seen) -> bool {
         if a.is_icmp() && a.src_port != b.src_port {
             return false;
@@ -1777,8 +1785,18 @@ impl Stitcher {
             return true;
         }
         let nat = |x: &Ip| self.nat_sources.contains(x) || self.dnat_fronts.contains(x);
+        let by_sequence = |s: &Seen| {
+            s.protocol == ipproto::TCP
+                && matches!(
+                    s.fp_kind,
+                    fp::TCP_SYN_ISN | fp::TCP_SYNACK_ISN | fp::TCP_SEQ
+                )
+        };
+        let port_remap = by_sequence(a) && by_sequence(b);
         let (pa, pb) = (a.flow_ports(), b.flow_ports());
-        let end = |(x, xp): (Ip, u16), (y, yp): (Ip, u16)| (x, xp) == (y, yp) || nat(&x) || nat(&y);
+        let end = |(x, xp): (Ip, u16), (y, yp): (Ip, u16)| {
+            (x, xp) == (y, yp) || (port_remap && x == y) || nat(&x) || nat(&y)
+        };
         end((a.src, pa.0), (b.src, pb.0)) && end((a.dst, pa.1), (b.dst, pb.1))
     }
 
@@ -2695,6 +2713,49 @@ mod tests {
         sizes.sort();
         assert_eq!(sizes, [1, 2]);
         assert_eq!(s.fingerprint_collisions, 1);
+    }
+
+    /// conntrack's unique-tuple remap gives a pod's connection another source port on its way
+    /// out, its address kept: a TCP sequence number joins the views on either side of it; an
+    /// IPv4 ID, which a pod's sockets share, does not.
+    #[test]
+    fn a_sequence_number_joins_across_a_source_port_remap_an_ipv4_id_does_not() {
+        let b = BatchBuilder::new()
+            .point("a", "veth1", IfaceKind::PodVeth, Direction::Ingress)
+            .point("a", "eth0", IfaceKind::Uplink, Direction::Egress)
+            .row(
+                Row::flow(6, "10.123.10.5", 32904, "10.123.20.70", 8080)
+                    .at(0)
+                    .fingerprint(fp::TCP_SYN_ISN, 2511376236),
+            )
+            .row(
+                Row::flow(6, "10.123.10.5", 31052, "10.123.20.70", 8080)
+                    .at(1)
+                    .fingerprint(fp::TCP_SYN_ISN, 2511376236),
+            )
+            .row(
+                Row::flow(17, "10.123.10.5", 40000, "10.123.20.70", 53)
+                    .at(0)
+                    .fingerprint(fp::IPV4_ID, 9 << 16 | 40),
+            )
+            .row(
+                Row::flow(17, "10.123.10.5", 40001, "10.123.20.70", 53)
+                    .at(1)
+                    .fingerprint(fp::IPV4_ID, 9 << 16 | 40),
+            )
+            .build();
+        let mut s = Stitcher {
+            dnat_fronts: ["10.97.0.10".parse().unwrap()].into_iter().collect(),
+            ..Stitcher::default()
+        };
+        s.add_batch(&b);
+        let mut sizes: Vec<(u8, usize)> = s
+            .drain()
+            .iter()
+            .map(|c| (c.members[0].protocol, c.members.len()))
+            .collect();
+        sizes.sort();
+        assert_eq!(sizes, [(6, 2), (17, 1), (17, 1)]);
     }
 
     /// Two ping sessions between nodes and pods, on other nodes: one's request and the other's

@@ -364,3 +364,44 @@ fn pcapng_names_interfaces_and_directions_from_its_blocks() {
         (2, 500_000_000)
     );
 }
+
+/// A pod's source port used to a ClusterIP and straight to the backend it picked (Linux picks
+/// ports per destination): after DNAT both are one tuple, and conntrack gives the later
+/// connection another source port on its way out of the node, the pod's address kept
+/// (`tests/data/calico-port-remap/README.md`, recorded on the Calico lab). The views before and
+/// after the remap share the TCP sequence numbers: one connection each, none counted twice.
+#[test]
+fn a_source_port_conntrack_remapped_is_one_connection() {
+    plugin("calico");
+    let doc = topology(&[
+        "replay",
+        "-c",
+        data("calico-port-remap/cniscope.toml").to_str().unwrap(),
+        "-f",
+        "json",
+    ]);
+    let mut edges: Vec<String> = doc["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} -> {} via {} port {} flows {} packets {}",
+                e["src"], e["dst"], e["service"], e["port"], e["flows"], e["packets"]
+            )
+        })
+        .collect();
+    edges.sort();
+    let (client, server) = ("\"pod/default/client-a1\"", "\"pod/default/server-b1\"");
+    assert_eq!(
+        edges,
+        [
+            format!(
+                "{client} -> {server} via \"service/default/echo\" port 8080 flows 5 packets 50"
+            ),
+            format!("{client} -> {server} via null port 8080 flows 4 packets 40"),
+        ],
+        "{:#}",
+        doc["health"]["plugins"]
+    );
+}
