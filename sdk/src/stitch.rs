@@ -1809,6 +1809,22 @@ impl Stitcher {
         // ICMP has no source port to share: a ping from the node and one from a pod would look
         // alike.
         let eligible = |s: &Seen| !s.is_icmp() && s.src_port != 0;
+        // Connections whose views already span NAT (more than one 5-tuple, joined by
+        // fingerprint or memory) found their other side: a time join would give them a
+        // second one. A pod's source port to a ClusterIP and, until just before, straight to
+        // the backend: the door's view would take the direct connection, which has the same
+        // source socket, though its own backend view (remapped to another port) joined it by
+        // its ISN.
+        let mut first_tuple: FastMap<usize, TupleKey> = FastMap::default();
+        let mut spanning: FastSet<usize> = FastSet::default();
+        let roots: Vec<usize> = (0..held.len()).map(|i| uf.find(i)).collect();
+        for (s, &root) in held.iter().zip(&roots) {
+            let key = s.tuple_key();
+            if *first_tuple.entry(root).or_insert(key) != key {
+                spanning.insert(root);
+            }
+        }
+        let spans_nat: Vec<bool> = roots.iter().map(|r| spanning.contains(r)).collect();
         // SNAT keeps the protocol, source port and destination; the source is a NAT source.
         if !self.nat_sources.is_empty() {
             let nat = &self.nat_sources;
@@ -1816,6 +1832,7 @@ impl Stitcher {
                 held,
                 uf,
                 &mut joined,
+                &spans_nat,
                 |s| eligible(s) && nat.contains(&s.src),
                 |s| eligible(s) && !nat.contains(&s.src),
                 |s| (s.protocol, s.src_port, s.dst, s.dst_port),
@@ -1829,6 +1846,7 @@ impl Stitcher {
                 held,
                 uf,
                 &mut joined,
+                &spans_nat,
                 |s| eligible(s) && fronts.contains(&s.dst),
                 |s| eligible(s) && !fronts.contains(&s.dst) && !fronts.contains(&s.src),
                 |s| (s.protocol, s.src_port, s.src, 0),
@@ -1848,6 +1866,7 @@ impl Stitcher {
         held: &[Seen],
         uf: &mut UnionFind,
         joined: &mut FastSet<usize>,
+        spans_nat: &[bool],
         translated: impl Fn(&Seen) -> bool,
         original: impl Fn(&Seen) -> bool,
         key: impl Fn(&Seen) -> (u8, u16, Ip, u16),
@@ -1882,7 +1901,9 @@ impl Stitcher {
                 continue;
             }
             let (a, b) = (t.earliest, o.earliest);
-            if uf.find(a) == uf.find(b)
+            if spans_nat[a]
+                || spans_nat[b]
+                || uf.find(a) == uf.find(b)
                 || held[a].first_ns.abs_diff(held[b].first_ns) > self.time_join_ns
             {
                 continue;

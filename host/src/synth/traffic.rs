@@ -10,7 +10,7 @@ use super::cluster::{Cluster, Role};
 use super::wire::{self, Captures, Ip, Packet, PointId, Transport, Underlay};
 use super::{Rng, Shape, Spec, SynthError};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// One edge of the expected topology, keyed as the topology document keys its edges.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
@@ -426,6 +426,10 @@ pub fn write(
     }
     let mut next_ping: Vec<u16> = (0..nodes).map(|_| rng.word() as u16).collect();
     let mut masqueraded: HashSet<(usize, u16, Ip)> = HashSet::new();
+    // Each pod's last source port straight to each backend pod, and each node's next port for
+    // conntrack's unique-tuple remap (below).
+    let mut direct_port: HashMap<(usize, usize), u16> = HashMap::new();
+    let mut remap_port: Vec<u16> = (0..nodes).map(|_| 1024 + rng.below(20000) as u16).collect();
     let query = dns_query();
     let answer = dns_answer(&query);
     let mut truth = Truth::default();
@@ -508,24 +512,49 @@ pub fn write(
             kind => {
                 let pod = &c.pods[plan.client];
                 let server = &c.pods[plan.server];
-                let port = client_port(plan.client);
+                let mut port = client_port(plan.client);
                 let service = match kind {
                     Kind::ServiceTcp => Some(&c.web),
                     Kind::ServiceUdp => Some(&c.dns),
                     _ => None,
                 };
                 let target = service.map_or(8080, |s| s.target);
+                let mut wire_port = port;
+                match kind {
+                    Kind::PodTcp | Kind::SameNode => {
+                        direct_port.insert((plan.client, plan.server), port);
+                    }
+                    // Linux picks source ports per destination: one in 20 service connections
+                    // takes the port its pod last used straight to the backend kube-proxy now
+                    // picks. After DNAT that is the earlier connection's tuple, which
+                    // conntrack still holds, so the connection leaves the node with another
+                    // source port and the pod's address (nf_nat's unique-tuple remap). Only a
+                    // connection opened in the capture: one opened before it held its tuple
+                    // before the direct one could.
+                    Kind::ServiceTcp
+                        if target == 8080 && !plan.open_before && rng.below(20) == 0 =>
+                    {
+                        if let Some(&used) = direct_port.get(&(plan.client, plan.server)) {
+                            port = used;
+                            let r = &mut remap_port[pod.node];
+                            wire_port = *r;
+                            *r = if *r >= 32767 { 1024 } else { *r + 1 };
+                        }
+                    }
+                    _ => {}
+                }
                 let wire_t = Tuple {
                     src: pod.ip,
-                    sport: port,
+                    sport: wire_port,
                     dst: server.ip,
                     dport: target,
                 };
                 let view = match service {
                     Some(s) => Tuple {
+                        src: pod.ip,
+                        sport: port,
                         dst: s.ip,
                         dport: s.port,
-                        ..wire_t
                     },
                     None => wire_t,
                 };
