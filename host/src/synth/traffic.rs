@@ -534,7 +534,8 @@ pub fn write(
                     Kind::ServiceTcp
                         if target == 8080 && !plan.open_before && rng.below(20) == 0 =>
                     {
-                        if let Some(&used) = direct_port.get(&(plan.client, plan.server)) {
+                        // Taken once: the pod's next socket to the ClusterIP gets another port.
+                        if let Some(used) = direct_port.remove(&(plan.client, plan.server)) {
                             port = used;
                             let r = &mut remap_port[pod.node];
                             wire_port = *r;
