@@ -8,7 +8,9 @@
 //! Real packet shapes (from the shipped captures and the labs), varied: random ISNs and IPv4
 //! IDs, the same DNS payload from every client, ports from each pod's ephemeral range, pods
 //! deleted mid-capture with their address reused by a new pod a second later, connections
-//! already open when the capture starts, pooled connections that windows cut.
+//! already open when the capture starts, pooled connections that windows cut, a service
+//! connection on the port its pod last used straight to the same backend (conntrack remaps it
+//! on the way out).
 
 mod cluster;
 mod traffic;
