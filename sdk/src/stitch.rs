@@ -277,15 +277,18 @@ impl Seen {
     /// A fingerprint strong enough to join on: IPv4 ID 0 (common for DF packets) and payload
     /// hashes are too weak.
     fn join_fingerprint(&self) -> Option<(u8, u8, u32)> {
-        match self.fp_kind {
-            fp::TCP_SYN_ISN | fp::TCP_SYNACK_ISN | fp::TCP_SEQ => {
-                Some((self.protocol, self.fp_kind, self.fingerprint))
-            }
-            fp::IPV4_ID if self.fingerprint >> 16 != 0 => {
-                Some((self.protocol, self.fp_kind, self.fingerprint))
-            }
-            _ => None,
-        }
+        (self.fingerprint_is_sequence()
+            || (self.fp_kind == fp::IPV4_ID && self.fingerprint >> 16 != 0))
+            .then_some((self.protocol, self.fp_kind, self.fingerprint))
+    }
+
+    /// Its fingerprint is a TCP sequence number (a SYN's, a SYN+ACK's or the first seen):
+    /// what no NAT touches.
+    fn fingerprint_is_sequence(&self) -> bool {
+        matches!(
+            self.fp_kind,
+            fp::TCP_SYN_ISN | fp::TCP_SYNACK_ISN | fp::TCP_SEQ
+        )
     }
 
     /// This TCP or UDP view's 5-tuple as an ICMPv4 error would quote it (`fp::quote`).
@@ -1785,14 +1788,8 @@ impl Stitcher {
             return true;
         }
         let nat = |x: &Ip| self.nat_sources.contains(x) || self.dnat_fronts.contains(x);
-        let by_sequence = |s: &Seen| {
-            s.protocol == ipproto::TCP
-                && matches!(
-                    s.fp_kind,
-                    fp::TCP_SYN_ISN | fp::TCP_SYNACK_ISN | fp::TCP_SEQ
-                )
-        };
-        let port_remap = by_sequence(a) && by_sequence(b);
+        // Joined by fingerprint: both views have the same kind.
+        let port_remap = a.fingerprint_is_sequence();
         let (pa, pb) = (a.flow_ports(), b.flow_ports());
         let end = |(x, xp): (Ip, u16), (y, yp): (Ip, u16)| {
             (x, xp) == (y, yp) || (port_remap && x == y) || nat(&x) || nat(&y)
@@ -1815,16 +1812,20 @@ impl Stitcher {
         // the backend: the door's view would take the direct connection, which has the same
         // source socket, though its own backend view (remapped to another port) joined it by
         // its ISN.
-        let mut first_tuple: FastMap<usize, TupleKey> = FastMap::default();
-        let mut spanning: FastSet<usize> = FastSet::default();
+        if self.nat_sources.is_empty() && self.dnat_fronts.is_empty() {
+            return joined;
+        }
         let roots: Vec<usize> = (0..held.len()).map(|i| uf.find(i)).collect();
+        // Each group's first 5-tuple, and whether another one is in it.
+        let mut tuples: FastMap<usize, (TupleKey, bool)> = FastMap::default();
         for (s, &root) in held.iter().zip(&roots) {
             let key = s.tuple_key();
-            if *first_tuple.entry(root).or_insert(key) != key {
-                spanning.insert(root);
-            }
+            tuples
+                .entry(root)
+                .and_modify(|(first, spans)| *spans |= *first != key)
+                .or_insert((key, false));
         }
-        let spans_nat: Vec<bool> = roots.iter().map(|r| spanning.contains(r)).collect();
+        let spans_nat: Vec<bool> = roots.iter().map(|r| tuples[r].1).collect();
         // SNAT keeps the protocol, source port and destination; the source is a NAT source.
         if !self.nat_sources.is_empty() {
             let nat = &self.nat_sources;

@@ -93,20 +93,10 @@ fn connections_made_while_the_nodes_change_windows_keep_their_service() {
     lab.script(&["service-stream", &lab.id, &connections.to_string()]);
     let doc = crate::lab::finish(agent);
     let (client, server) = ("pod/default/client-a1", "pod/default/server-b1");
-    let edges: Vec<String> = doc["edges"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            format!(
-                "{} -> {} via {} flows {}",
-                e["src"], e["dst"], e["service"], e["flows"]
-            )
-        })
-        .collect();
+    let all = edges(&doc);
     let via = edge(&doc, client, server, "tcp", Some("service/default/echo"));
-    assert_eq!(via["flows"], connections, "{edges:#?}");
-    assert_eq!(edges.len(), 1, "no direct or door-only pieces: {edges:#?}");
+    assert_eq!(via["flows"], connections, "{all:#?}");
+    assert_eq!(all.len(), 1, "no direct or door-only pieces: {all:#?}");
 }
 
 #[test]
