@@ -14,7 +14,7 @@ use crate::inventory::Inventory;
 use crate::pipeline::Pipeline;
 use crate::plugins::bindings::wit;
 use crate::plugins::{PluginEngine, PluginError, PluginInstance};
-use crate::sources::aggregate::{IfaceKind, Observation, PointTable};
+use crate::sources::aggregate::{IfaceKind, Observation, PointTable, sort_observations};
 use crate::sources::decode::Decoding;
 use crate::sources::live::SWAP_SETTLE;
 use crate::sources::live::drops::DropWatch;
@@ -463,6 +463,10 @@ impl Capture {
             if !last {
                 carried.extend(observations.extract_if(.., |o| o.first_ns >= end));
             }
+            // In time order across the nodes, as replay hands a window over: a window too
+            // big for a plugin to hold is stitched in pieces (early drains), and a piece must
+            // hold every node's views of its connections, not one node's views of all.
+            sort_observations(&mut observations);
             window(self, observations, window_start, end)?;
             window_start = end;
             if last {

@@ -301,9 +301,10 @@ pub struct FlowKey {
     pub direction: u8,
     pub tunnel: u8,
     pub protocol: u8,
-    /// 0, or a later connection on the same key in this interval: the probe moves a flow's
-    /// record out of its cache slot under generation 1, 2, ... when the key opens another
-    /// connection ([`fp::opens_another`]).
+    /// 0, or a later connection on the same key in this interval ([`fp::opens_another`]):
+    /// the probe moves a flow's record out of its cache slot under generation 1, 2, ...
+    /// (below [`SPLIT_GENERATION`]); the hash map gives each later connection of a key it
+    /// holds a new record under [`SPLIT_GENERATION`], then the ones above it.
     pub generation: u8,
     pub _pad: [u8; 4],
 }
@@ -326,7 +327,10 @@ pub struct FlowStats {
     pub geneve_len: u8,
     pub geneve_type: u8,
     pub geneve_class: u16,
-    pub _pad: [u8; 2],
+    /// In a generation-0 record of the hash map: 0, or the generation its key's newest
+    /// connection is recorded under (a later connection on the key split off in the map).
+    pub successor: u8,
+    pub _pad: u8,
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
     pub outer_src_mac: [u8; 6],
@@ -334,6 +338,10 @@ pub struct FlowStats {
     pub geneve_data: [u8; 8],
     pub _pad2: [u8; 4],
 }
+
+/// The first generation the hash map gives a later connection on a key it holds; the cache's
+/// moves use the ones below it, so the two never claim the same record.
+pub const SPLIT_GENERATION: u8 = 128;
 
 /// One slot of the probe's per-CPU flow cache (`CACHE`, one half per window parity): a
 /// direct-mapped table in front of the flow hash maps. A slot holds a flow when `generation`

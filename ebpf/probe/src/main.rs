@@ -22,7 +22,7 @@ use aya_ebpf::macros::{classifier, map};
 use aya_ebpf::maps::{Array, HashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::TcContext;
 use cniscope_common::{
-    CacheSlot, FlowKey, FlowStats, NewFlow, ProbeConfig, counter, direction, fp,
+    CacheSlot, FlowKey, FlowStats, NewFlow, ProbeConfig, SPLIT_GENERATION, counter, direction, fp,
 };
 use parse::{Parsed, Skip};
 
@@ -187,7 +187,7 @@ fn record(ifindex: u32, dir: u8, scratch: &mut Scratch) {
             // Another connection on this key: the slot's record goes to the hash map under
             // the next generation, and the slot starts over with this packet.
             slot.reopened += 1;
-            if slot.reopened <= u8::MAX as u32 {
+            if slot.reopened < SPLIT_GENERATION as u32 {
                 key.generation = slot.reopened as u8;
                 #[allow(clippy::needless_borrows_for_generic_args)]
                 let moved = flows.insert(&*key, &slot.stats, BPF_NOEXIST as u64).is_ok();
@@ -215,11 +215,58 @@ fn record(ifindex: u32, dir: u8, scratch: &mut Scratch) {
     }
     // By reference (the lint would pass the 88-byte key by value, a copy on the stack).
     #[allow(clippy::needless_borrows_for_generic_args)]
-    if let Some(s) = flows.get_ptr_mut(&*key) {
-        // SAFETY: the map's value, valid while this program runs; a torn read of another
-        // CPU's concurrent update only makes the test below err either way, and it is counted.
+    if let Some(head) = flows.get_ptr_mut(&*key) {
+        // A key whose later connections the map split off: its packets go to the newest.
+        // SAFETY: the map's value, valid while this program runs (RCU).
+        let successor = unsafe { (*head).successor };
+        let mut s = head;
+        if successor != 0 {
+            key.generation = successor;
+            #[allow(clippy::needless_borrows_for_generic_args)]
+            match flows.get_ptr_mut(&*key) {
+                Some(newest) => s = newest,
+                None => key.generation = 0,
+            }
+        }
+        // SAFETY: as above; a torn read of another CPU's concurrent update only makes the
+        // test err either way (a split too many, or a merge, which is counted).
         if reopens(p, kind, value, unsafe { &*s }, tick) {
-            // Other CPUs add to this entry at any moment: it cannot be split safely here.
+            // Other CPUs add to this record at any moment, so it stays as it is: the new
+            // connection gets a record of its own under the next split generation, and the
+            // key's generation-0 record points there.
+            let next = if key.generation < SPLIT_GENERATION {
+                SPLIT_GENERATION
+            } else {
+                key.generation.wrapping_add(1)
+            };
+            if next != 0 {
+                key.generation = next;
+                let now = precise_now();
+                first(&mut scratch.stats, p, now, kind, value);
+                #[allow(clippy::needless_borrows_for_generic_args)]
+                let split = flows.insert(&*key, &scratch.stats, BPF_NOEXIST as u64);
+                match split {
+                    Ok(()) => {
+                        new_flow(key, now, kind, value);
+                        // SAFETY: a byte no atomic operation touches; the last split wins.
+                        unsafe { (*head).successor = next };
+                        key.generation = 0;
+                        return;
+                    }
+                    // Another CPU split it at the same moment: add to its record.
+                    Err(EEXIST) => {
+                        #[allow(clippy::needless_borrows_for_generic_args)]
+                        let other = flows.get_ptr_mut(&*key);
+                        if let Some(other) = other {
+                            shared_update(other, p, kind, value, tick);
+                            key.generation = 0;
+                            return;
+                        }
+                    }
+                    Err(_) => {}
+                }
+                key.generation = 0;
+            }
             bump(counter::REOPEN_MERGED);
         }
         shared_update(s, p, kind, value, tick);

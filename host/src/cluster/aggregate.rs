@@ -18,7 +18,7 @@ use crate::modes::load_inventory;
 use crate::pipeline::Pipeline;
 use crate::plugins::{PluginEngine, PluginError};
 use crate::sinks::{Format, render, replace_file};
-use crate::sources::aggregate::PointTable;
+use crate::sources::aggregate::{PointTable, sort_observations};
 use crate::topology::{TopologyDoc, TopologySnapshot};
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{AckPolicy, pull};
@@ -317,6 +317,8 @@ impl Aggregator {
                 handles.push(m);
             }
             handles.extend(copies);
+            // In time order across the nodes ([`crate::agent::Capture::run`] says why).
+            sort_observations(&mut observations);
             let end = self.windows.window_end_ns(k);
             // The plugins run on this worker while the other fetches and decodes what
             // comes next.

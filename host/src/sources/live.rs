@@ -675,7 +675,13 @@ pub fn observations(
     let used = || records.iter().filter(|s| s.packets > 0);
     let starts = connection_starts(key.protocol, records);
     if starts.len() <= 1 {
-        out.extend(observation(point, key, 0, used(), clock_offset_ns));
+        out.extend(observation(
+            point,
+            key,
+            key.generation,
+            used(),
+            clock_offset_ns,
+        ));
         return;
     }
     let of = |s: &FlowStats| {
